@@ -1,0 +1,75 @@
+"""Shared test helpers: run the real CLI in a subprocess, tiny shapes, a small real corpus."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Tiny models so every training test takes seconds.
+TINY = ["--dim", "32", "--layers", "1", "--heads", "2", "--max-seq", "32", "--max-vocab", "300"]
+
+
+def cli_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TEXTJEPA_NUM_THREADS", "1")
+    env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real `textjepa` command in a subprocess (python -m textjepa)."""
+    return subprocess.run(
+        [sys.executable, "-m", "textjepa", *map(str, args)],
+        cwd=cwd,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user mistake: non-zero exit, a one-line `error:` message naming the problem, no traceback."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    for needle in needles:
+        assert needle.lower() in error_lines[0].lower(), error_lines[0]
+
+
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
+    "python encodes text into tokens and a small encoder learns to predict masked spans from context "
+    "rivers carry water from mountains to the sea and cities grow along their banks"
+).split()
+
+
+def synthetic_lines(count: int, seed: int = 0, sep: str | None = None) -> list[str]:
+    """Deterministic varied English-like lines (optionally `left<sep>right`)."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        left = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 20))) + f" item {i}"
+        if sep is None:
+            lines.append(left)
+        else:
+            right = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
+            lines.append(f"{left}{sep}{right}")
+    return lines
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(synthetic_lines(400)) + "\n", encoding="utf-8")
+    return path

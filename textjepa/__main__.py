@@ -1,0 +1,5 @@
+import sys
+
+from textjepa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""The seed's command style: `textjepa --latent DATA [steps] [batch] ...` with positional shape arguments.
+
+Each form is rewritten to its subcommand with named options, so both styles share one code path.
+Positional values follow the flag in the seed's order; any later `--option` passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from textjepa.errors import TextJepaError
+
+# flag -> (subcommand, required positionals -> how they are passed, optional positionals in seed order)
+SEED_FORMS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "--latent": (
+        "latent",
+        ("DATA",),
+        ("steps", "batch", "dim", "max-seq", "layers", "heads", "max-vocab", "max-spans", "max-span-len",
+         "max-masked-ratio"),
+    ),
+    "--eval-jepa": ("eval-jepa", ("MODEL", "--vocab", "DATA"), ("steps", "batch", "dim", "max-seq", "layers", "heads")),
+    "--train-world": (
+        "train-world",
+        ("DATA",),
+        ("steps", "batch", "dim", "max-seq", "layers", "heads", "max-vocab", "bridge-dim"),
+    ),
+    "--eval-world": (
+        "eval-world",
+        ("MODEL", "--vocab", "DATA"),
+        ("steps", "batch", "dim", "max-seq", "layers", "heads", "bridge-dim"),
+    ),
+    "--infer-agent": (
+        "infer",
+        ("MODEL", "--vocab", "PROMPT"),
+        ("dim", "max-seq", "layers", "heads", "bridge-dim", "max-new-tokens"),
+    ),
+    "--serve": ("serve", ("MODEL", "--vocab"), ("bind", "dim", "max-seq", "layers", "heads", "bridge-dim")),
+    "--prepare-ultrachat": ("prepare", ("ultrachat",), ("OUTPUT", "context-window", "min-tokens", "max-rows")),
+}
+
+
+def translate_seed_form(argv: list[str]) -> list[str]:
+    if not argv or argv[0] not in SEED_FORMS:
+        return argv
+    flag, rest = argv[0], argv[1:]
+    command, required, optional = SEED_FORMS[flag]
+    if any(a in ("-h", "--help") for a in rest):
+        return [command, "--help"]
+    positionals: list[str] = []
+    while rest and not (rest[0].startswith("--") and len(rest[0]) > 2):
+        positionals.append(rest.pop(0))
+    # Constant words (such as the "ultrachat" of --prepare-ultrachat) are not taken from the user.
+    constant = [r for r in required if r.islower() and not r.startswith("--")]
+    needed = [r for r in required if r not in constant]
+    if len(positionals) < len(needed):
+        missing = " ".join(f"<{n.lstrip('-').lower()}>" for n in needed[len(positionals):])
+        raise TextJepaError(f"{flag} needs {missing} (usage: textjepa {flag} {' '.join(needed)} ...)")
+    if len(positionals) > len(needed) + len(optional):
+        raise TextJepaError(f"{flag}: too many positional arguments ({len(positionals)})")
+    # Positionals first, then options: argparse binds an optional positional only before options.
+    words, options = [command, *constant], []
+    for name, value in zip(needed, positionals):
+        (options.extend([name, value]) if name.startswith("--") else words.append(value))
+    for name, value in zip(optional, positionals[len(needed):]):
+        (words.append(value) if name.isupper() else options.extend([f"--{name}", value]))
+    return words + options + rest

@@ -1,0 +1,185 @@
+"""Configuration: one dataclass per command, every default in this file.
+
+The CLI only maps arguments onto these; the library takes them as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from textjepa.errors import TextJepaError
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<mask>")
+PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
+# Byte-level BPE needs all 256 byte symbols so that no Unicode text is ever out of vocabulary.
+MIN_VOCAB = len(SPECIAL_TOKENS) + 256
+DEFAULT_ACTION = "reply"
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the encoder and its heads; stored in every checkpoint's metadata."""
+
+    vocab_size: int = 8000
+    dim: int = 368
+    layers: int = 4
+    heads: int = 8
+    max_seq: int = 128
+    mlp_ratio: int = 4
+    predictor_hidden: int = 0  # 0 means dim // 2 (a bottleneck)
+    bridge_dim: int = 256
+    actions: list[str] = field(default_factory=lambda: [DEFAULT_ACTION])
+
+    def validate(self) -> None:
+        for name in ("dim", "layers", "heads", "max_seq", "bridge_dim"):
+            if getattr(self, name) < 1:
+                raise TextJepaError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise TextJepaError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        if self.vocab_size < MIN_VOCAB:
+            raise TextJepaError(
+                f"max_vocab {self.vocab_size} is too small: the {len(SPECIAL_TOKENS)} special tokens "
+                f"{', '.join(SPECIAL_TOKENS)} and 256 byte symbols need at least {MIN_VOCAB}"
+            )
+
+    @property
+    def predictor_width(self) -> int:
+        return self.predictor_hidden or max(1, self.dim // 2)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class DataConfig:
+    """How a line file becomes training records."""
+
+    path: str = ""
+    data_dir: str = "data"  # hub caches and token caches live here
+    max_line_bytes: int = 1_000_000
+    min_tokens: int = 2
+    val_fraction: float = 0.05
+    tokenizer_sample_lines: int = 200_000  # tokenizer training reads at most this many lines
+
+
+@dataclass
+class TrainConfig:
+    """What every training stage shares: optimisation, schedules, output."""
+
+    steps: int = 1000
+    batch: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    decay_fraction: float = 0.3  # the last 30% of steps decay with a cosine
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_start: float = 0.996
+    ema_end: float = 0.9999
+    eval_every: int = 100
+    eval_batches: int = 8
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs"
+    resume: str | None = None  # a state file, or "auto" for the newest valid one in out_dir
+    bucket_by_length: bool = True
+    progress: bool = True
+    regularizer: str = "vicreg"  # or "sigreg"
+    var_weight: float = 1.0
+    cov_weight: float = 0.04
+    sigreg_weight: float = 0.05
+    sigreg_projections: int = 64
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise TextJepaError(f"steps must be at least 1, got {self.steps}")
+        if self.batch < 2:
+            raise TextJepaError(f"batch must be at least 2 (in-batch statistics need two rows), got {self.batch}")
+        if not self.lr > 0:
+            raise TextJepaError(f"lr must be positive, got {self.lr}")
+        if self.regularizer not in ("vicreg", "sigreg"):
+            raise TextJepaError(f"regularizer must be vicreg or sigreg, got {self.regularizer!r}")
+        if not 0 <= self.ema_start <= self.ema_end < 1:
+            raise TextJepaError("EMA momenta must satisfy 0 <= start <= end < 1")
+        if self.eval_every < 1:
+            raise TextJepaError(f"eval_every must be at least 1, got {self.eval_every}")
+
+
+@dataclass
+class MaskingConfig:
+    max_spans: int = 4
+    max_span_len: int = 8
+    max_masked_ratio: float = 0.4
+
+    def validate(self) -> None:
+        if self.max_spans < 1 or self.max_span_len < 1:
+            raise TextJepaError("max_spans and max_span_len must be at least 1")
+        if not 0 < self.max_masked_ratio < 1:
+            raise TextJepaError(f"max_masked_ratio must be in (0, 1), got {self.max_masked_ratio}")
+
+
+@dataclass
+class LatentConfig:
+    """`textjepa latent`: JEPA pretraining of the encoder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+
+
+@dataclass
+class WorldConfig:
+    """`textjepa train-world`: the next-turn transition and the decoder bridge."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(min_tokens=1))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # A faster teacher than for JEPA: 0.996 -> 0.9999 barely moves in a few hundred steps.
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_start=0.99, ema_end=0.999, lr=3e-4))
+    init_encoder: str | None = None
+    freeze_encoder_steps: int = 0
+    infonce_weight: float = 1.0
+    temperature: float = 0.05
+    bridge_weight: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    """`textjepa eval-jepa` and `textjepa eval-world`."""
+
+    model: str = ""
+    data: str | None = None  # None: the data the model was trained on
+    vocab: str | None = None  # the seed form's <vocab|tokenizer>; checked against the model's tokenizer
+    steps: int = 20
+    batch: int = 64
+    split: str = "auto"  # val, all, or auto (val when the data is the training data)
+    seed: int = 0
+    device: str = "auto"
+    json_path: str | None = None
+    data_dir: str = "data"
+    shape_overrides: dict = field(default_factory=dict)  # shape args given on the command line
+
+
+@dataclass
+class InferConfig:
+    """`textjepa infer`: prompt -> world model -> decoder -> text."""
+
+    model: str = ""
+    prompt: str = ""
+    vocab: str | None = None
+    decoder: str = "retrieval"
+    bridge: str | None = None
+    decoder_model: str | None = None
+    ablate_conditioning: bool = False
+    max_new_tokens: int = 128
+    top_k: int = 1
+    temperature: float = 0.7
+    device: str = "auto"
+    json: bool = False
+    shape_overrides: dict = field(default_factory=dict)

@@ -1,0 +1,287 @@
+"""Token ids: the byte-level BPE tokenizer and the memory-mapped token store.
+
+A corpus is tokenised once per (corpus hash, tokenizer hash, reading rules); the ids live in flat
+memory-mapped files so that memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from textjepa.config import MIN_VOCAB, PAD_ID, SPECIAL_TOKENS
+from textjepa.data.lines import LineStats
+from textjepa.errors import TextJepaError
+
+# Records longer than this are cut when stored; batches crop further to max_seq.
+MAX_STORED_TOKENS = 2048
+_ENCODE_CHUNK = 2048
+_STORE_VERSION = 1
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    if vocab_size < MIN_VOCAB:
+        raise TextJepaError(
+            f"max_vocab {vocab_size} is too small: the special tokens {', '.join(SPECIAL_TOKENS)} "
+            f"and 256 byte symbols need at least {MIN_VOCAB}"
+        )
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    for expected_id, token in enumerate(SPECIAL_TOKENS):
+        if tokenizer.token_to_id(token) != expected_id:
+            raise AssertionError(f"special token {token} did not get id {expected_id}")
+    return tokenizer
+
+
+def tokenizer_hash(tokenizer: Tokenizer) -> str:
+    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+
+
+def tokenizer_from_string(text: str) -> Tokenizer:
+    return Tokenizer.from_str(text)
+
+
+def write_vocab_txt(tokenizer: Tokenizer, path: Path) -> None:
+    """The seed's vocab file: one token per line, line number = id."""
+    vocab = tokenizer.get_vocab()
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    atomic_write_text(path, "\n".join(tokens) + "\n")
+
+
+def check_vocab_argument(path: str, tokenizer: Tokenizer) -> None:
+    """The seed form passes <vocab|tokenizer> beside the model; it must be the model's own."""
+    file = Path(path)
+    if not file.is_file():
+        raise TextJepaError(f"vocab/tokenizer file not found: {path}")
+    text = file.read_text(encoding="utf-8", errors="replace")
+    if file.suffix == ".json":
+        try:
+            other = Tokenizer.from_str(text)
+        except Exception as exc:  # the tokenizers library raises its own exception types
+            raise TextJepaError(f"{path} is not a tokenizer.json file") from exc
+        if tokenizer_hash(other) != tokenizer_hash(tokenizer):
+            raise TextJepaError(f"tokenizer {path} is not the one this model was trained with")
+        return
+    ours = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+    if text.splitlines() != ours:
+        raise TextJepaError(f"vocab file {path} does not match the model's tokenizer")
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    return [encoding.ids for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+# ---------------------------------------------------------------- files
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def file_hash(path: str | Path) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- token store
+
+
+@dataclass
+class TokenField:
+    """One text field of every record: flat ids plus offsets (record i is ids[off[i]:off[i+1]])."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+
+    def lengths(self, index: np.ndarray) -> np.ndarray:
+        return self.offsets[index + 1] - self.offsets[index]
+
+    def record(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+
+@dataclass
+class TokenStore:
+    """Memory-mapped token ids of a corpus, one or more fields per record (and action ids)."""
+
+    fields: dict[str, TokenField]
+    actions: np.ndarray | None
+    action_names: list[str]
+    stats: LineStats
+    corpus_hash: str
+    path: Path
+
+    def __len__(self) -> int:
+        first = next(iter(self.fields.values()))
+        return len(first.offsets) - 1
+
+    @property
+    def total_tokens(self) -> int:
+        return int(sum(int(f.offsets[-1]) for f in self.fields.values()))
+
+
+def _store_dir(cache_root: Path, corpus_hash: str, tok_hash: str, kind: str, min_tokens: int, cap: int) -> Path:
+    return cache_root / "tokens" / f"{kind}_{corpus_hash}_{tok_hash}_m{min_tokens}_c{cap}_v{_STORE_VERSION}"
+
+
+def open_token_store(directory: Path) -> TokenStore:
+    meta = json.loads((directory / "meta.json").read_text())
+    fields = {}
+    for name in meta["fields"]:
+        ids = np.memmap(directory / f"{name}.ids.bin", dtype=np.uint32, mode="r") if meta["tokens"][name] else (
+            np.zeros(0, dtype=np.uint32)
+        )
+        offsets = np.memmap(directory / f"{name}.offsets.bin", dtype=np.int64, mode="r")
+        fields[name] = TokenField(ids=ids, offsets=offsets)
+    actions = None
+    if meta.get("has_actions"):
+        actions = np.memmap(directory / "actions.bin", dtype=np.int16, mode="r")
+    return TokenStore(
+        fields=fields,
+        actions=actions,
+        action_names=meta.get("action_names", []),
+        stats=LineStats.from_dict(meta["stats"]),
+        corpus_hash=meta["corpus_hash"],
+        path=directory,
+    )
+
+
+def build_or_open_token_store(
+    records: Iterator[tuple],
+    field_names: Sequence[str],
+    tokenizer: Tokenizer,
+    corpus_hash: str,
+    cache_root: str | Path,
+    kind: str,
+    min_tokens: int,
+    stats: LineStats,
+    max_line_bytes: int,
+    with_actions: bool = False,
+    progress: bool = False,
+) -> TokenStore:
+    """Tokenise `records` (tuples of texts, plus an action name last when with_actions) once.
+
+    The cache is keyed by the corpus content and the tokenizer, so a changed file or tokenizer is
+    tokenised anew and an unchanged one is reused. The store is built in a temporary directory and
+    renamed only when complete: an interrupted build is never trusted.
+    """
+    target = _store_dir(Path(cache_root), corpus_hash, tokenizer_hash(tokenizer), kind, min_tokens, max_line_bytes)
+    if (target / "meta.json").exists():
+        return open_token_store(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(target.name + ".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+
+    handles = {name: (open(tmp / f"{name}.ids.bin", "wb"), open(tmp / f"{name}.offsets.bin", "wb")) for name in field_names}
+    action_handle = open(tmp / "actions.bin", "wb") if with_actions else None
+    action_names: list[str] = []
+    positions = dict.fromkeys(field_names, 0)
+    for _, offsets_handle in handles.values():
+        offsets_handle.write(np.zeros(1, dtype=np.int64).tobytes())
+    bar = _progress_bar(progress, "tokenising")
+    try:
+        while chunk := list(islice(records, _ENCODE_CHUNK)):
+            encoded = [encode_texts(tokenizer, [row[j] for row in chunk]) for j in range(len(field_names))]
+            keep = [
+                all(len(encoded[j][r]) >= min_tokens for j in range(len(field_names))) for r in range(len(chunk))
+            ]
+            kept = sum(keep)
+            stats.skip("too few tokens", len(chunk) - kept)
+            stats.used += kept
+            for j, name in enumerate(field_names):
+                rows = [encoded[j][r][:MAX_STORED_TOKENS] for r in range(len(chunk)) if keep[r]]
+                flat = np.fromiter((t for row in rows for t in row), dtype=np.uint32)
+                ends = positions[name] + np.cumsum([len(row) for row in rows], dtype=np.int64)
+                positions[name] = int(ends[-1]) if len(ends) else positions[name]
+                handles[name][0].write(flat.tobytes())
+                handles[name][1].write(ends.astype(np.int64).tobytes())
+            if action_handle is not None:
+                ids = []
+                for r, row in enumerate(chunk):
+                    if keep[r]:
+                        if row[-1] not in action_names:
+                            action_names.append(row[-1])
+                        ids.append(action_names.index(row[-1]))
+                action_handle.write(np.asarray(ids, dtype=np.int16).tobytes())
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        for ids_handle, offsets_handle in handles.values():
+            ids_handle.close()
+            offsets_handle.close()
+        if action_handle is not None:
+            action_handle.close()
+        if bar is not None:
+            bar.close()
+    meta = {
+        "fields": list(field_names),
+        "tokens": positions,
+        "stats": stats.to_dict(),
+        "corpus_hash": corpus_hash,
+        "has_actions": with_actions,
+        "action_names": action_names,
+        "version": _STORE_VERSION,
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    if stats.used == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return TokenStore({}, None, [], stats, corpus_hash, target)
+    if target.exists():  # another process finished the same store first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return open_token_store(target)
+
+
+def _progress_bar(enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=" lines", mininterval=1.0)
+
+
+def pad_batch(rows: Sequence[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad rows (each cut to max_len) to the longest row; returns ids and a validity mask."""
+    width = min(max_len, max(len(row) for row in rows))
+    ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    valid = np.zeros((len(rows), width), dtype=bool)
+    for r, row in enumerate(rows):
+        n = min(len(row), width)
+        ids[r, :n] = row[:n]
+        valid[r, :n] = True
+    return ids, valid

@@ -1,0 +1,137 @@
+"""eval-jepa: how well the predictor recovers the teacher's latents of held-out masked spans."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from textjepa.checkpoint import check_shape_overrides, load_checkpoint, teacher_path
+from textjepa.config import DataConfig, EvalConfig, MaskingConfig
+from textjepa.data.batches import iter_split_batches
+from textjepa.data.sources import LATENT_RECORDS, load_corpus, resolve_data
+from textjepa.data.tokens import TokenStore, check_vocab_argument
+from textjepa.errors import TextJepaError
+from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics
+from textjepa.models.encoder import Encoder
+from textjepa.models.heads import LatentModel
+from textjepa.objectives.masking import span_ids
+from textjepa.runtime import configure_threads, resolve_device
+from textjepa.train.latent import masked_view
+
+JEPA_COLUMNS = ["cosine_mean", "l2_mean", "top1", "top5", "mrr", "mean_rank"]
+JSON_NAMES = {"top1": "retrieval_top1", "top5": "retrieval_top5", "mrr": "retrieval_mrr"}
+
+
+@torch.no_grad()
+def jepa_metrics(
+    model: LatentModel,
+    teacher: Encoder,
+    store: TokenStore,
+    masking: MaskingConfig,
+    cfg: EvalConfig,
+    split: str,
+    val_fraction: float,
+    train_seed: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """Span-level metrics: predictions and targets are mean-pooled over each masked span, then each
+    span's prediction has to retrieve its own target among all spans of the batch."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    averager = MetricAverager()
+    for batch in iter_split_batches(
+        store, cfg.batch, model.encoder.config.max_seq, split, val_fraction, train_seed, max_batches=cfg.steps
+    ):
+        ids = torch.from_numpy(batch.ids["text"]).to(device)
+        valid = torch.from_numpy(batch.valid["text"]).to(device)
+        masked_ids, mask = masked_view(ids, valid, masking, generator)
+        prediction = model.predictor(model.encoder(masked_ids, valid)[mask])
+        target = teacher(ids, valid)[mask]
+        span = span_ids(mask)[mask] - 1
+        spans = int(span.max()) + 1
+        counts = torch.zeros(spans, device=device).index_add_(0, span, torch.ones_like(span, dtype=torch.float))
+        pooled_pred = torch.zeros(spans, prediction.shape[1], device=device).index_add_(0, span, prediction)
+        pooled_target = torch.zeros(spans, target.shape[1], device=device).index_add_(0, span, target)
+        metrics = retrieval_metrics(pooled_pred / counts[:, None], pooled_target / counts[:, None])
+        averager.add(metrics, spans)
+    if averager.rows == 0:
+        raise TextJepaError(f"no {split} batches of {cfg.batch} lines to evaluate; lower --batch or use --split all")
+    result = averager.result()
+    result["spans"] = float(averager.rows)
+    return result
+
+
+def load_latent_models(path: Path, device: torch.device):
+    checkpoint = load_checkpoint(path, expect_kind="latent")
+    model = LatentModel(checkpoint.config)
+    model.encoder.load_state_dict(checkpoint.module_state("encoder"))
+    model.predictor.load_state_dict(checkpoint.module_state("predictor"))
+    teacher = copy.deepcopy(model.encoder)
+    teacher_file = teacher_path(checkpoint.path)
+    if teacher_file.is_file():
+        teacher.load_state_dict(load_checkpoint(teacher_file, expect_kind="latent").module_state("encoder"))
+    return checkpoint, model.to(device).eval(), teacher.to(device).eval()
+
+
+def choose_split(requested: str, store: TokenStore, info: dict) -> str:
+    if requested != "auto":
+        return requested
+    return "val" if store.corpus_hash == info.get("data", {}).get("corpus_hash") else "all"
+
+
+def evaluate_jepa(cfg: EvalConfig) -> dict:
+    configure_threads()
+    device = resolve_device(cfg.device)
+    checkpoint, model, teacher = load_latent_models(Path(cfg.model), device)
+    check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
+    if cfg.vocab:
+        check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
+    data_info = checkpoint.info.get("data", {})
+    data_arg = cfg.data or data_info.get("path")
+    if not data_arg:
+        raise TextJepaError("no data given and the checkpoint does not record its training data")
+    path = resolve_data(data_arg, cfg.data_dir, "latent")
+    data = DataConfig(
+        path=str(path), data_dir=cfg.data_dir, max_line_bytes=data_info.get("max_line_bytes", 1_000_000),
+        min_tokens=data_info.get("min_tokens", 2), val_fraction=data_info.get("val_fraction", 0.05),
+    )
+    _, store = load_corpus(path, LATENT_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
+    split = choose_split(cfg.split, store, checkpoint.info)
+    masking = MaskingConfig(**checkpoint.info.get("masking", {}))
+    seed = data_info.get("seed", 0)
+    trained = jepa_metrics(model, teacher, store, masking, cfg, split, data.val_fraction, seed, device)
+    torch.manual_seed(cfg.seed)
+    baseline_model = LatentModel(checkpoint.config).to(device).eval()
+    baseline_teacher = copy.deepcopy(baseline_model.encoder)
+    untrained = jepa_metrics(baseline_model, baseline_teacher, store, masking, cfg, split, data.val_fraction, seed, device)
+    print(f"eval-jepa {checkpoint.path.name} on {path} ({split} split, {int(trained['spans'])} masked spans)")
+    print(format_table({"trained": trained, "untrained baseline": untrained}, JEPA_COLUMNS))
+    report = {
+        "model": str(checkpoint.path),
+        "data": str(path),
+        "split": split,
+        "trained": _rename(trained),
+        "untrained_baseline": _rename(untrained),
+    }
+    if cfg.json_path:
+        _write_json(cfg.json_path, report)
+    return report
+
+
+def _rename(metrics: dict) -> dict:
+    return {JSON_NAMES.get(k, k): v for k, v in metrics.items()}
+
+
+def _write_json(target: str, report: dict) -> None:
+    text = json.dumps(report, indent=2)
+    if target == "-":
+        print(text)
+        return
+    from textjepa.data.tokens import atomic_write_text
+
+    try:
+        atomic_write_text(Path(target), text + "\n")
+    except OSError as exc:
+        raise TextJepaError(f"cannot write {target}: {exc.strerror}") from exc

@@ -1,0 +1,38 @@
+"""Losses shared by the stages: alignment of unit vectors, regulariser, in-batch InfoNCE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from textjepa.config import TrainConfig
+from textjepa.objectives.regularizers import sigreg, vicreg_terms
+
+
+def alignment_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of unit vectors, 2 - 2 cos."""
+    return (2.0 - 2.0 * F.cosine_similarity(prediction.float(), target.float(), dim=-1)).mean()
+
+
+def regularizer_loss(z: torch.Tensor, train: TrainConfig, generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+    if train.regularizer == "sigreg":
+        value = sigreg(z, train.sigreg_projections, generator)
+        return train.sigreg_weight * value, {"sigreg": float(value.detach())}
+    variance, covariance = vicreg_terms(z)
+    return train.var_weight * variance + train.cov_weight * covariance, {
+        "variance": float(variance.detach()),
+        "covariance": float(covariance.detach()),
+    }
+
+
+def info_nce(prediction: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Each prediction should be closest to its own target among the batch's targets."""
+    logits = F.normalize(prediction.float(), dim=-1) @ F.normalize(targets.float(), dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(prediction), device=prediction.device))
+
+
+def similarity_structure_loss(projected: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Train a projection to keep the in-batch cosine-similarity structure of `reference`."""
+    a = F.normalize(projected.float(), dim=-1)
+    b = F.normalize(reference.float(), dim=-1)
+    return (a @ a.T - b @ b.T).pow(2).mean()

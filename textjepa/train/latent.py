@@ -1,0 +1,148 @@
+"""JEPA pretraining: predict the teacher's latents of masked spans from the visible rest of the line."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+from tokenizers import Tokenizer
+
+from textjepa.checkpoint import ensure_writable_dir
+from textjepa.config import MASK_ID, LatentConfig, MaskingConfig, ModelConfig, TrainConfig
+from textjepa.data.batches import Batch, TrainSampler, iter_split_batches
+from textjepa.data.sources import LATENT_RECORDS, load_corpus, resolve_data
+from textjepa.data.tokens import TokenStore
+from textjepa.errors import TextJepaError
+from textjepa.models.heads import LatentModel
+from textjepa.objectives.jepa import alignment_loss, regularizer_loss
+from textjepa.objectives.masking import sample_span_mask
+from textjepa.runtime import configure_threads, init_distributed, resolve_device, seed_everything, shutdown_distributed
+from textjepa.train.loop import TrainResult, run_training
+
+_MAX_REGULARIZER_ROWS = 1024
+
+
+class JepaObjective(nn.Module):
+    """Online encoder on the masked view + predictor at masked positions, against teacher targets."""
+
+    def __init__(self, config: ModelConfig, train: TrainConfig) -> None:
+        super().__init__()
+        model = LatentModel(config)
+        self.encoder, self.predictor = model.encoder, model.predictor
+        self.train_config = train
+        self.generator = torch.Generator().manual_seed(train.seed + 17)
+
+    def forward(self, ids: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
+        latents = self.encoder(ids, valid)
+        prediction = self.predictor(latents[mask])
+        align = alignment_loss(prediction, target[mask])
+        rows = latents[valid]
+        if len(rows) > _MAX_REGULARIZER_ROWS:
+            pick = torch.randperm(len(rows), generator=self.generator)[:_MAX_REGULARIZER_ROWS].to(rows.device)
+            rows = rows[pick]
+        reg, reg_metrics = regularizer_loss(rows, self.train_config, self.generator)
+        return align + reg, {"alignment": float(align.detach()), **reg_metrics}
+
+
+def masked_view(batch_ids: torch.Tensor, valid: torch.Tensor, masking: MaskingConfig, generator: torch.Generator):
+    mask = sample_span_mask(valid.cpu(), masking, generator).to(valid.device)
+    return batch_ids.masked_fill(mask, MASK_ID), mask
+
+
+class LatentStage:
+    kind = "latent"
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        store: TokenStore,
+        cfg: LatentConfig,
+        device: torch.device,
+    ) -> None:
+        self.config, self.tokenizer, self.store, self.cfg, self.device = config, tokenizer, store, cfg, device
+        self.model = JepaObjective(config, cfg.train).to(device)
+        self.teacher = copy.deepcopy(self.model.encoder).requires_grad_(False).eval()
+        self.mask_generator = torch.Generator().manual_seed(cfg.train.seed + 1)
+
+    def make_inputs(self, batch: Batch, step: int) -> dict:
+        ids = torch.from_numpy(batch.ids["text"]).to(self.device)
+        valid = torch.from_numpy(batch.valid["text"]).to(self.device)
+        masked_ids, mask = masked_view(ids, valid, self.cfg.masking, self.mask_generator)
+        with torch.no_grad():
+            target = self.teacher(ids, valid)
+        return {"ids": masked_ids, "valid": valid, "mask": mask, "target": target}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        generator = torch.Generator().manual_seed(12345)
+        total_align, total_cos, batches = 0.0, 0.0, 0
+        for batch in iter_split_batches(
+            self.store, self.cfg.train.batch, self.config.max_seq, "val",
+            self.cfg.data.val_fraction, self.cfg.train.seed, max_batches=self.cfg.train.eval_batches,
+        ):
+            ids = torch.from_numpy(batch.ids["text"]).to(self.device)
+            valid = torch.from_numpy(batch.valid["text"]).to(self.device)
+            masked_ids, mask = masked_view(ids, valid, self.cfg.masking, generator)
+            prediction = self.model.predictor(self.model.encoder(masked_ids, valid)[mask])
+            target = self.teacher(ids, valid)[mask]
+            total_align += float(alignment_loss(prediction, target))
+            total_cos += float(torch.nn.functional.cosine_similarity(prediction, target, dim=-1).mean())
+            batches += 1
+        if batches == 0:
+            raise TextJepaError("the validation split is smaller than one batch; raise --val-fraction or lower --batch")
+        return {"score": -total_align / batches, "val_loss": total_align / batches, "val_cos": total_cos / batches}
+
+    def checkpoint_tensors(self):
+        online = {f"encoder.{k}": v for k, v in self.model.encoder.state_dict().items()}
+        online.update({f"predictor.{k}": v for k, v in self.model.predictor.state_dict().items()})
+        teacher = {f"encoder.{k}": v for k, v in self.teacher.state_dict().items()}
+        return online, teacher
+
+    def checkpoint_info(self) -> dict:
+        return {"masking": dataclasses.asdict(self.cfg.masking), "regularizer": self.cfg.train.regularizer}
+
+    def finish(self, best_path: Path) -> None:
+        return None
+
+
+def train_latent(cfg: LatentConfig) -> TrainResult:
+    cfg.train.validate()
+    cfg.masking.validate()
+    cfg.model.validate()
+    configure_threads()
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device)
+    try:
+        if dist.enabled and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+        out_dir = Path(cfg.train.out_dir)
+        ensure_writable_dir(out_dir)
+        path = resolve_data(cfg.data.path, cfg.data.data_dir, "latent")
+        tokenizer, store = load_corpus(path, LATENT_RECORDS, cfg.data, None, cfg.model.vocab_size, cfg.train.progress)
+        config = dataclasses.replace(cfg.model, vocab_size=tokenizer.get_vocab_size())
+        seed_everything(cfg.train.seed)
+        stage = LatentStage(config, tokenizer, store, cfg, device)
+        sampler = TrainSampler(
+            store, cfg.train.batch, config.max_seq, cfg.data.val_fraction, cfg.train.seed,
+            cfg.train.bucket_by_length, rank=dist.rank, world_size=dist.world_size,
+        )
+        run_info = {
+            "data": {"path": str(path), "corpus_hash": store.corpus_hash, "val_fraction": cfg.data.val_fraction,
+                     "seed": cfg.train.seed, "min_tokens": cfg.data.min_tokens, "max_line_bytes": cfg.data.max_line_bytes},
+            "train": dataclasses.asdict(cfg.train),
+        }
+        result = run_training(stage, sampler, cfg.train, out_dir, dist, run_info)
+        if dist.is_main:
+            print(f"best checkpoint: {result.best_path} ({_describe(result.best_metrics)})")
+        return result
+    finally:
+        shutdown_distributed(dist)
+
+
+def _describe(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
