@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from textjepa.data.batches import iter_split_batches
 from textjepa.data.sources import LATENT_RECORDS, load_corpus, resolve_data
 from textjepa.data.tokens import TokenStore, check_vocab_argument
 from textjepa.errors import TextJepaError
-from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics
+from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
 from textjepa.models.encoder import Encoder
 from textjepa.models.heads import LatentModel
 from textjepa.objectives.masking import span_ids
@@ -116,22 +115,10 @@ def evaluate_jepa(cfg: EvalConfig) -> dict:
         "untrained_baseline": _rename(untrained),
     }
     if cfg.json_path:
-        _write_json(cfg.json_path, report)
+        write_json_report(cfg.json_path, report)
     return report
 
 
 def _rename(metrics: dict) -> dict:
     return {JSON_NAMES.get(k, k): v for k, v in metrics.items()}
 
-
-def _write_json(target: str, report: dict) -> None:
-    text = json.dumps(report, indent=2)
-    if target == "-":
-        print(text)
-        return
-    from textjepa.data.tokens import atomic_write_text
-
-    try:
-        atomic_write_text(Path(target), text + "\n")
-    except OSError as exc:
-        raise TextJepaError(f"cannot write {target}: {exc.strerror}") from exc

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+from textjepa.data.tokens import atomic_write_text
+from textjepa.errors import TextJepaError
 
 
 def retrieval_metrics(prediction: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
@@ -48,3 +54,15 @@ def format_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
     for name, metrics in rows.items():
         lines.append(name.ljust(name_width) + "".join(f"{metrics.get(c, float('nan')):14.4f}" for c in columns))
     return "\n".join(lines)
+
+
+def write_json_report(target: str, report: dict) -> None:
+    """`--json FILE` (atomically) or `--json -` (stdout)."""
+    text = json.dumps(report, indent=2)
+    if target == "-":
+        print(text)
+        return
+    try:
+        atomic_write_text(Path(target), text + "\n")
+    except OSError as exc:
+        raise TextJepaError(f"cannot write {target}: {exc.strerror}") from exc

@@ -177,7 +177,7 @@ def run_training(
             scheduler.step()
             ema_update(stage.teacher, model.encoder, ema_momentum(step, train))
 
-            metrics = {"loss": float(loss), "grad_norm": float(grad_norm), **metrics}
+            metrics = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}
             for key, value in metrics.items():
                 window[key] = window.get(key, 0.0) + value
             window_steps += 1

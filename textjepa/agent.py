@@ -1,0 +1,144 @@
+"""The agent: encode(prompt) -> transition(reply) -> bridge -> decoder -> text.
+
+Loads a world checkpoint once; used by `infer` and by the HTTP server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, teacher_path
+from textjepa.config import DEFAULT_ACTION, PAD_ID
+from textjepa.data.tokens import check_vocab_argument
+from textjepa.decoders.base import Conditioning, Decoder, Generation
+from textjepa.errors import TextJepaError
+from textjepa.models.encoder import Encoder, masked_mean
+from textjepa.models.heads import WorldModel
+
+
+def user_context(prompt: str) -> str:
+    """A bare prompt becomes the `User: ...` form the world model was trained on."""
+    prompt = prompt.strip()
+    return prompt if prompt.startswith(("User:", "Assistant:")) else f"User: {prompt}"
+
+
+def load_world(path: Path, device: torch.device) -> tuple[Checkpoint, WorldModel, Encoder]:
+    checkpoint = load_checkpoint(path, expect_kind="world")
+    world = WorldModel(checkpoint.config)
+    world.load_state_dict(checkpoint.tensors)
+    teacher = Encoder(checkpoint.config)
+    teacher_file = teacher_path(checkpoint.path)
+    source = load_checkpoint(teacher_file, expect_kind="world") if teacher_file.is_file() else checkpoint
+    teacher.load_state_dict(source.module_state("encoder"))
+    return checkpoint, world.to(device).eval(), teacher.to(device).eval()
+
+
+@dataclass
+class Encoded:
+    ids: torch.Tensor
+    valid: torch.Tensor
+    token_counts: list[int]
+    truncated: list[bool]
+
+
+@dataclass
+class Reply:
+    generation: Generation
+    conditioning: Conditioning
+    context: str
+    prompt_tokens: int
+    notes: list[str] = field(default_factory=list)
+
+
+class Agent:
+    def __init__(self, checkpoint: Checkpoint, world: WorldModel, teacher: Encoder, decoder: Decoder, device: torch.device) -> None:
+        self.checkpoint, self.world, self.teacher, self.decoder, self.device = checkpoint, world, teacher, decoder, device
+        self.config = checkpoint.config
+        self.tokenizer = checkpoint.tokenizer
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path,
+        decoder: str = "retrieval",
+        device: torch.device | None = None,
+        vocab: str | None = None,
+        shape_overrides: dict | None = None,
+        **decoder_options,
+    ) -> Agent:
+        from textjepa.decoders.registry import load_decoder
+
+        device = device or torch.device("cpu")
+        checkpoint, world, teacher = load_world(Path(model_path), device)
+        check_shape_overrides(checkpoint.config, shape_overrides or {}, checkpoint.path)
+        if vocab:
+            check_vocab_argument(vocab, checkpoint.tokenizer)
+        backend = load_decoder(decoder, checkpoint.path, world_checkpoint=checkpoint, device=device, **decoder_options)
+        return cls(checkpoint, world, teacher, backend, device)
+
+    @property
+    def model_name(self) -> str:
+        return self.checkpoint.path.name
+
+    def tokenize(self, texts: Sequence[str]) -> Encoded:
+        """Token ids for a batch; texts longer than max_seq keep their last max_seq tokens (the latest turns)."""
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        rows = [e.ids[-self.config.max_seq :] for e in encodings]
+        width = max(1, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+        valid = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            valid[i, : len(row)] = True
+        return Encoded(
+            ids.to(self.device), valid.to(self.device), [len(e.ids) for e in encodings],
+            [len(e.ids) > self.config.max_seq for e in encodings],
+        )
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Pooled encoder latents (the online encoder, as the world model's state)."""
+        encoded = self.tokenize(texts)
+        return masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid).float().cpu()
+
+    @torch.no_grad()
+    def condition(self, contexts: Sequence[str], ablate: bool = False, action: str = DEFAULT_ACTION) -> tuple[list[Conditioning], Encoded]:
+        if action not in self.config.actions:
+            raise TextJepaError(f"unknown action {action!r}; the model knows {self.config.actions}")
+        encoded = self.tokenize(contexts)
+        state = masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid)
+        actions = torch.full((len(contexts),), self.config.actions.index(action), dtype=torch.long, device=self.device)
+        predicted = self.world.transition(state, actions)
+        vector = self.world.bridge(predicted)
+        if ablate:
+            vector = torch.zeros_like(vector)
+        out = [
+            Conditioning(predicted=predicted[i].cpu(), state=state[i].cpu(), vector=vector[i].cpu(), ablated=ablate)
+            for i in range(len(contexts))
+        ]
+        return out, encoded
+
+    def prepare(self, prompt: str, ablate: bool = False) -> tuple[str, Conditioning, int, list[str]]:
+        if not prompt or not prompt.strip():
+            raise TextJepaError("the prompt is empty")
+        context = user_context(prompt)
+        [conditioning], encoded = self.condition([context], ablate=ablate)
+        notes = []
+        if encoded.truncated[0]:
+            notes.append(
+                f"prompt truncated from {encoded.token_counts[0]} to the last {self.config.max_seq} tokens (max_seq)"
+            )
+        return context, conditioning, min(encoded.token_counts[0], self.config.max_seq), notes
+
+    def respond(self, prompt: str, ablate: bool = False, max_new_tokens: int = 128, **options) -> Reply:
+        context, conditioning, prompt_tokens, notes = self.prepare(prompt, ablate)
+        generation = self.decoder.generate(context, conditioning, max_new_tokens=max_new_tokens, **options)
+        return Reply(generation, conditioning, context, prompt_tokens, notes + generation.notes)
+
+    def stream(self, prompt: str, ablate: bool = False, max_new_tokens: int = 128, **options) -> Iterator[str]:
+        context, conditioning, _, _ = self.prepare(prompt, ablate)
+        yield from self.decoder.stream(context, conditioning, max_new_tokens=max_new_tokens, **options)

@@ -1,0 +1,39 @@
+"""The interface every decoder implements: text from a prompt and the world model's conditioning."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    """What the world model says about the next turn.
+
+    predicted: the transition's predicted next-turn latent; state: the context latent it came from;
+    vector: the bridge's conditioning vector (zeros when ablated).
+    """
+
+    predicted: torch.Tensor
+    state: torch.Tensor
+    vector: torch.Tensor
+    ablated: bool = False
+
+
+@dataclass
+class Generation:
+    text: str
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+
+
+class Decoder(Protocol):
+    name: str
+
+    def generate(self, prompt: str, conditioning: Conditioning, max_new_tokens: int = 128, **options) -> Generation: ...
+
+    def stream(self, prompt: str, conditioning: Conditioning, max_new_tokens: int = 128, **options) -> Iterator[str]: ...

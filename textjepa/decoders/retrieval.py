@@ -1,0 +1,136 @@
+"""The offline default decoder: answer with the training reply whose teacher latent is nearest.
+
+Its index is built at the end of world training from the best checkpoint's teacher: the latents of
+the training split's next turns (deduplicated), beside the reply texts, and the mean next latent
+(the "mean" baseline of eval-world).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+from textjepa.data.batches import iter_split_batches
+from textjepa.data.lines import escape, unescape
+from textjepa.data.tokens import TokenStore, atomic_write_text
+from textjepa.decoders.base import Conditioning, Generation
+from textjepa.errors import TextJepaError
+from textjepa.models.encoder import Encoder, masked_mean
+
+INDEX_FORMAT = "textjepa-index"
+MAX_INDEX_ENTRIES = 200_000
+
+
+def index_paths(model_path: Path) -> tuple[Path, Path]:
+    stem = model_path.name.replace(".safetensors", "")
+    return model_path.with_name(f"{stem}.index.safetensors"), model_path.with_name(f"{stem}.replies.txt")
+
+
+@torch.no_grad()
+def build_retrieval_index(
+    model_path: Path,
+    teacher: Encoder,
+    store: TokenStore,
+    tokenizer: Tokenizer,
+    max_seq: int,
+    val_fraction: float,
+    seed: int,
+    device: torch.device,
+    batch: int = 128,
+) -> Path:
+    index_file, replies_file = index_paths(model_path)
+    seen: dict[str, int] = {}
+    latents: list[torch.Tensor] = []
+    total = torch.zeros(teacher.config.dim, dtype=torch.float64)
+    count = 0
+    for chunk in iter_split_batches(store, batch, max_seq, "train", val_fraction, seed, drop_last=False):
+        ids = torch.from_numpy(chunk.ids["next"]).to(device)
+        valid = torch.from_numpy(chunk.valid["next"]).to(device)
+        pooled = masked_mean(teacher(ids, valid), valid).float().cpu()
+        total += pooled.double().sum(0)
+        count += len(pooled)
+        for row, record in enumerate(chunk.index):
+            if len(seen) >= MAX_INDEX_ENTRIES:
+                break
+            text = tokenizer.decode(store.fields["next"].record(int(record)).tolist(), skip_special_tokens=True)
+            if text not in seen:
+                seen[text] = len(seen)
+                latents.append(pooled[row])
+    if not latents:
+        raise TextJepaError("no training next turns to index")
+    matrix = F.normalize(torch.stack(latents), dim=-1)
+    mean = (total / max(1, count)).float()
+    atomic_write_text(replies_file, "\n".join(escape(text) for text in seen) + "\n")
+    tmp = index_file.with_name(f".{index_file.name}.tmp-{os.getpid()}")
+    save_file(
+        {"latents": matrix.contiguous(), "mean_next_latent": mean.contiguous()},
+        str(tmp),
+        metadata={"format": INDEX_FORMAT, "checkpoint": model_path.name, "replies": replies_file.name},
+    )
+    tmp.chmod(0o644)
+    os.replace(tmp, index_file)
+    return index_file
+
+
+class RetrievalIndex:
+    def __init__(self, latents: torch.Tensor, mean_next_latent: torch.Tensor, replies: list[str]) -> None:
+        self.latents, self.mean_next_latent, self.replies = latents, mean_next_latent, replies
+
+    @classmethod
+    def load(cls, model_path: Path) -> RetrievalIndex:
+        index_file, replies_file = index_paths(model_path)
+        if not index_file.is_file() or not replies_file.is_file():
+            raise TextJepaError(
+                f"retrieval index {index_file.name} not found beside {model_path.name}; it is written at the end of "
+                "train-world (re-run training to completion)"
+            )
+        with safe_open(str(index_file), framework="pt") as handle:
+            if (handle.metadata() or {}).get("format") != INDEX_FORMAT:
+                raise TextJepaError(f"{index_file} is not a textjepa retrieval index")
+            latents, mean = handle.get_tensor("latents"), handle.get_tensor("mean_next_latent")
+        replies = [unescape(line) for line in replies_file.read_text(encoding="utf-8").splitlines()]
+        if len(replies) != len(latents):
+            raise TextJepaError(f"{replies_file} does not match {index_file} ({len(replies)} vs {len(latents)} entries)")
+        return cls(latents, mean, replies)
+
+    def nearest(self, query: torch.Tensor, k: int) -> list[tuple[str, float]]:
+        scores = self.latents @ F.normalize(query.float().cpu(), dim=-1)
+        top = torch.topk(scores, min(k, len(scores)))
+        return [(self.replies[int(i)], float(s)) for s, i in zip(top.values, top.indices)]
+
+
+class RetrievalDecoder:
+    """Nearest training reply to the predicted next latent (cosine)."""
+
+    name = "retrieval"
+
+    def __init__(self, index: RetrievalIndex) -> None:
+        self.index = index
+
+    def generate(self, prompt: str, conditioning: Conditioning, max_new_tokens: int = 128, top_k: int = 1, **_) -> Generation:
+        notes = []
+        query = conditioning.predicted
+        if conditioning.ablated:
+            query = conditioning.state
+            notes.append("conditioning ablated: retrieval falls back to the context latent")
+        ranked = self.index.nearest(query, max(1, top_k))
+        text = truncate_words(ranked[0][0], max_new_tokens)
+        return Generation(text=text, alternatives=ranked, notes=notes, completion_tokens=len(text.split()))
+
+    def stream(self, prompt: str, conditioning: Conditioning, max_new_tokens: int = 128, **options) -> Iterator[str]:
+        text = self.generate(prompt, conditioning, max_new_tokens, **options).text
+        # Word by word, keeping the whitespace, so joined chunks equal the non-streamed text.
+        yield from re.findall(r"\S+\s*|\s+", text)
+
+
+def truncate_words(text: str, max_words: int) -> str:
+    words = re.findall(r"\S+\s*", text)
+    return text if len(words) <= max_words else "".join(words[:max_words]).rstrip()

@@ -1,0 +1,90 @@
+"""eval-world: the transition's predictions against the true next turns, beside two baselines.
+
+Baselines computed in the same run on the same batches: "copy" (the context latent itself as the
+prediction) and "mean" (the training set's mean next latent for every context).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from textjepa.agent import load_world
+from textjepa.checkpoint import check_shape_overrides
+from textjepa.config import DataConfig, EvalConfig
+from textjepa.data.batches import iter_split_batches
+from textjepa.data.sources import WORLD_RECORDS, load_corpus, resolve_data
+from textjepa.data.tokens import check_vocab_argument
+from textjepa.decoders.retrieval import RetrievalIndex
+from textjepa.errors import TextJepaError
+from textjepa.eval.jepa import choose_split
+from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
+from textjepa.models.encoder import masked_mean
+from textjepa.runtime import configure_threads, resolve_device
+from textjepa.train.world import action_mapping, batch_tensors
+
+WORLD_COLUMNS = ["transition_cos", "transition_l2", "R@1", "R@5", "MRR"]
+_NAMES = {"cosine_mean": "transition_cos", "l2_mean": "transition_l2", "top1": "R@1", "top5": "R@5", "mrr": "MRR"}
+
+
+def _named(metrics: dict) -> dict:
+    return {_NAMES.get(k, k): v for k, v in metrics.items() if k != "candidates"}
+
+
+@torch.no_grad()
+def evaluate_world(cfg: EvalConfig) -> dict:
+    configure_threads()
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    checkpoint, world, teacher = load_world(Path(cfg.model), device)
+    check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
+    if cfg.vocab:
+        check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
+    mean_next = RetrievalIndex.load(checkpoint.path).mean_next_latent.to(device)
+    data_info = checkpoint.info.get("data", {})
+    data_arg = cfg.data or data_info.get("path")
+    if not data_arg:
+        raise TextJepaError("no data given and the checkpoint does not record its training data")
+    path = resolve_data(data_arg, cfg.data_dir, "world")
+    data = DataConfig(
+        path=str(path), data_dir=cfg.data_dir, max_line_bytes=data_info.get("max_line_bytes", 1_000_000),
+        min_tokens=data_info.get("min_tokens", 1), val_fraction=data_info.get("val_fraction", 0.05),
+    )
+    _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
+    mapping = action_mapping(store, checkpoint.config.actions, checkpoint.path.name)
+    split = choose_split(cfg.split, store, checkpoint.info)
+    rows = {"world model": MetricAverager(), "copy baseline": MetricAverager(), "mean baseline": MetricAverager()}
+    for batch in iter_split_batches(
+        store, cfg.batch, checkpoint.config.max_seq, split, data.val_fraction, data_info.get("seed", 0),
+        max_batches=cfg.steps,
+    ):
+        tensors = batch_tensors(batch, mapping, device)
+        state = world.state(tensors["ids"], tensors["valid"])
+        prediction = world.transition(state, tensors["actions"])
+        target = masked_mean(teacher(tensors["next_ids"], tensors["next_valid"]), tensors["next_valid"])
+        n = len(target)
+        rows["world model"].add(retrieval_metrics(prediction, target), n)
+        rows["copy baseline"].add(retrieval_metrics(state, target), n)
+        rows["mean baseline"].add(retrieval_metrics(mean_next.expand_as(target), target), n)
+    if rows["world model"].rows == 0:
+        raise TextJepaError(
+            f"no {split} batches of {cfg.batch} pairs in {path}; lower --batch or use --split all"
+        )
+    results = {name: _named(averager.result()) for name, averager in rows.items()}
+    pairs = rows["world model"].rows
+    print(f"eval-world {checkpoint.path.name} on {path} ({split} split, {pairs} pairs, batches of {cfg.batch})")
+    print(format_table(results, WORLD_COLUMNS))
+    report = {
+        "model": str(checkpoint.path),
+        "data": str(path),
+        "split": split,
+        "pairs": pairs,
+        "batch": cfg.batch,
+        "world_model": results["world model"],
+        "baseline_copy": results["copy baseline"],
+        "baseline_mean": results["mean baseline"],
+    }
+    if cfg.json_path:
+        write_json_report(cfg.json_path, report)
+    return report
