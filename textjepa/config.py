@@ -183,3 +183,27 @@ class InferConfig:
     device: str = "auto"
     json: bool = False
     shape_overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class DemoConfig:
+    """`textjepa demo`: the embedded default, sized to finish in minutes on 2 CPU cores."""
+
+    out_dir: str = "runs/demo"
+    dim: int = 128
+    layers: int = 2
+    heads: int = 4
+    max_seq: int = 64
+    max_vocab: int = 4000
+    latent_steps: int = 600
+    world_steps: int = 800
+    batch: int = 32
+    world_batch: int = 64
+    eval_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    prompts: tuple[str, ...] = (
+        "What does `json.dumps(obj)` do?",
+        "What does `shutil.copyfile(src, dst)` do?",
+    )

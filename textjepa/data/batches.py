@@ -160,7 +160,7 @@ def iter_split_batches(
             produced += 1
             if max_batches is not None and produced >= max_batches:
                 return
-    if len(carry) >= 2 and not drop_last:
+    if len(carry) and not drop_last:
         yield make_batch(store, carry, max_seq)
 
 

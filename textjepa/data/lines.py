@@ -30,7 +30,8 @@ class LineStats:
     skipped: Counter = field(default_factory=Counter)
 
     def skip(self, reason: str, count: int = 1) -> None:
-        self.skipped[reason] += count
+        if count:
+            self.skipped[reason] += count
 
     @property
     def total_skipped(self) -> int:

@@ -1,0 +1,71 @@
+"""The embedded default, end to end with no downloads: corpus -> JEPA encoder -> world model -> answers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from textjepa.agent import Agent
+from textjepa.config import DataConfig, DemoConfig, EvalConfig, LatentConfig, ModelConfig, TrainConfig, WorldConfig
+from textjepa.data.local_corpus import build_demo_corpus
+from textjepa.eval.jepa import evaluate_jepa
+from textjepa.eval.world import evaluate_world
+from textjepa.runtime import resolve_device
+from textjepa.train.latent import train_latent
+from textjepa.train.world import train_world
+
+
+def _banner(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    started = time.perf_counter()
+    out = Path(cfg.out_dir)
+    data_dir = str(out / "cache")
+
+    _banner("1/5 corpus: docstrings of the installed Python standard library")
+    corpus = build_demo_corpus(out / "corpus")
+    print(f"{corpus.paragraphs} paragraphs -> {corpus.paragraphs_path}")
+    print(f"{corpus.pairs} question -> answer pairs -> {corpus.pairs_path}")
+
+    _banner("2/5 JEPA pretraining of the encoder")
+    shape = ModelConfig(vocab_size=cfg.max_vocab, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads, max_seq=cfg.max_seq)
+    common = {"eval_every": cfg.eval_every, "seed": cfg.seed, "device": cfg.device, "progress": cfg.progress}
+    latent = train_latent(
+        LatentConfig(
+            data=DataConfig(path=str(corpus.paragraphs_path), data_dir=data_dir),
+            model=shape,
+            train=TrainConfig(steps=cfg.latent_steps, batch=cfg.batch, out_dir=str(out / "latent"), **common),
+        )
+    )
+
+    _banner("3/5 eval-jepa on the held-out paragraphs")
+    jepa_report = evaluate_jepa(EvalConfig(model=str(latent.best_path), data_dir=data_dir, device=cfg.device))
+
+    _banner("4/5 world model on question -> answer pairs (encoder from step 2)")
+    defaults = WorldConfig()
+    world = train_world(
+        WorldConfig(
+            data=DataConfig(path=str(corpus.pairs_path), data_dir=data_dir, min_tokens=1),
+            train=TrainConfig(
+                **{**vars(defaults.train), **common, "steps": cfg.world_steps, "batch": cfg.world_batch,
+                   "out_dir": str(out / "world")}
+            ),
+            init_encoder=str(latent.best_path),
+        )
+    )
+    world_report = evaluate_world(
+        EvalConfig(model=str(world.best_path), data_dir=data_dir, batch=cfg.world_batch, device=cfg.device)
+    )
+
+    _banner("5/5 the agent answers (retrieval decoder)")
+    agent = Agent.load(world.best_path, device=resolve_device(cfg.device))
+    answers = []
+    for prompt in cfg.prompts:
+        reply = agent.respond(prompt)
+        answers.append({"prompt": prompt, "output": reply.generation.text})
+        print(f"prompt: {prompt}\naction: reply\noutput: {reply.generation.text}\n")
+    print(f"demo finished in {time.perf_counter() - started:.0f} s; artifacts in {out}/")
+    print(f"try: textjepa infer {world.best_path} \"What does \\`os.path.join\\` do?\"")
+    return {"jepa": jepa_report, "world": world_report, "answers": answers}
