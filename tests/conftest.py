@@ -68,6 +68,12 @@ def synthetic_lines(count: int, seed: int = 0, sep: str | None = None) -> list[s
     return lines
 
 
+def main_checkpoint(directory: Path, kind: str) -> Path:
+    """The one model_<kind>_<size>.safetensors in a directory (not the teacher)."""
+    [path] = [p for p in directory.glob(f"model_{kind}_*.safetensors") if not p.name.endswith("_teacher.safetensors")]
+    return path
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"

@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from conftest import TINY, assert_user_error, run_cli
+from conftest import TINY, assert_user_error, main_checkpoint, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
         "--out-dir", out, "--data-dir", root / "cache", "--val-fraction", "0.1",
     )
     assert result.returncode == 0, result.stderr
-    [model] = [p for p in out.glob("model_latent_*.safetensors") if not p.name.endswith("_teacher.safetensors")]
+    model = main_checkpoint(out, "latent")
     return {"root": root, "corpus": corpus, "out": out, "model": model, "stdout": result.stdout}
 
 

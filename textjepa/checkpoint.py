@@ -39,6 +39,15 @@ def state_path(path: Path) -> Path:
     return path.with_name(path.name.replace(".safetensors", ".state.pt"))
 
 
+def pick_model_file(paths: list[str]) -> str:
+    """`--init-encoder model_latent_*.safetensors` (the seed's form) expands in the shell to the checkpoint
+    and its teacher; the checkpoint is the one that is not `_teacher`."""
+    models = [p for p in paths if not p.endswith("_teacher.safetensors")]
+    if len(models) != 1:
+        raise TextJepaError(f"expected one checkpoint (its _teacher file is found beside it), got: {' '.join(paths)}")
+    return models[0]
+
+
 def ensure_writable_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shape.add_argument("--bridge-dim", type=int, default=None, help=f"conditioning vector width (default {m.bridge_dim})")
     add_train_args(t, defaults.train, defaults.data)
     world = t.add_argument_group("world model")
-    world.add_argument("--init-encoder", default=None, metavar="PATH", help="model_latent_*.safetensors or model_world_*.safetensors")
+    world.add_argument(
+        "--init-encoder", nargs="+", default=None, metavar="PATH",
+        help="model_latent_*.safetensors or model_world_*.safetensors (a shell glob that also names the _teacher file is fine)",
+    )
     world.add_argument("--freeze-encoder-steps", type=int, default=defaults.freeze_encoder_steps, help="keep the encoder fixed for the first N steps")
     world.add_argument("--infonce-weight", type=float, default=defaults.infonce_weight, help="in-batch next-turn contrast (default %(default)s)")
     world.add_argument("--temperature", type=float, default=defaults.temperature, help="InfoNCE temperature (default %(default)s)")
@@ -77,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train_world(args: argparse.Namespace) -> int:
+    from textjepa.checkpoint import pick_model_file
     from textjepa.train.world import train_world
 
     defaults = WorldConfig()
@@ -84,7 +88,7 @@ def run_train_world(args: argparse.Namespace) -> int:
         data=data_config(args, args.data, defaults.data),
         model=defaults.model,
         train=train_config(args, defaults.train),
-        init_encoder=args.init_encoder,
+        init_encoder=pick_model_file(args.init_encoder) if args.init_encoder else None,
         freeze_encoder_steps=args.freeze_encoder_steps,
         infonce_weight=args.infonce_weight,
         temperature=args.temperature,

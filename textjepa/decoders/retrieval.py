@@ -31,7 +31,8 @@ MAX_INDEX_ENTRIES = 200_000
 
 def index_paths(model_path: Path) -> tuple[Path, Path]:
     stem = model_path.name.replace(".safetensors", "")
-    return model_path.with_name(f"{stem}.index.safetensors"), model_path.with_name(f"{stem}.replies.txt")
+    # Not *.safetensors, so that a shell glob model_world_*.safetensors still names only the checkpoints.
+    return model_path.with_name(f"{stem}.index"), model_path.with_name(f"{stem}.replies.txt")
 
 
 @torch.no_grad()
