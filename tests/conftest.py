@@ -23,7 +23,9 @@ def cli_env(**extra: str) -> dict:
     return env
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """The real `textjepa` command in a subprocess (python -m textjepa)."""
     return subprocess.run(
         [sys.executable, "-m", "textjepa", *map(str, args)],

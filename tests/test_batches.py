@@ -1,18 +1,24 @@
 import numpy as np
+from conftest import synthetic_lines
 
 from textjepa.data.batches import TrainSampler, count_split, is_validation, iter_split_batches
 from textjepa.data.lines import LineStats, iter_latent_texts
 from textjepa.data.tokens import build_or_open_token_store, file_hash, train_tokenizer
-
-from conftest import synthetic_lines
 
 
 def make_store(tmp_path, corpus):
     tokenizer = train_tokenizer(synthetic_lines(200), 400)
     stats = LineStats()
     return build_or_open_token_store(
-        ((t,) for t in iter_latent_texts(corpus, 10_000, stats)), ("text",), tokenizer, file_hash(corpus),
-        tmp_path / "cache", "latent", 2, stats, 10_000,
+        ((t,) for t in iter_latent_texts(corpus, 10_000, stats)),
+        ("text",),
+        tokenizer,
+        file_hash(corpus),
+        tmp_path / "cache",
+        "latent",
+        2,
+        stats,
+        10_000,
     )
 
 

@@ -3,9 +3,8 @@
 import json
 
 import pytest
-from safetensors import safe_open
-
 from conftest import TINY, assert_user_error, main_checkpoint, run_cli
+from safetensors import safe_open
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +16,23 @@ def trained(tmp_path_factory):
     corpus.write_text("\n".join(synthetic_lines(600)) + "\n")
     out = root / "run"
     result = run_cli(
-        "latent", corpus, *TINY, "--steps", "80", "--batch", "16", "--eval-every", "40", "--lr", "2e-3",
-        "--out-dir", out, "--data-dir", root / "cache", "--val-fraction", "0.1",
+        "latent",
+        corpus,
+        *TINY,
+        "--steps",
+        "80",
+        "--batch",
+        "16",
+        "--eval-every",
+        "40",
+        "--lr",
+        "2e-3",
+        "--out-dir",
+        out,
+        "--data-dir",
+        root / "cache",
+        "--val-fraction",
+        "0.1",
     )
     assert result.returncode == 0, result.stderr
     model = main_checkpoint(out, "latent")
@@ -49,8 +63,9 @@ def test_latent_writes_every_artifact(trained):
 
 def test_eval_jepa_trained_beats_untrained(trained):
     report_path = trained["root"] / "eval.json"
-    result = run_cli("eval-jepa", trained["model"], "--data-dir", trained["root"] / "cache", "--json", report_path,
-                     "--batch", "16")
+    result = run_cli(
+        "eval-jepa", trained["model"], "--data-dir", trained["root"] / "cache", "--json", report_path, "--batch", "16"
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
     assert report["split"] == "val"
@@ -73,24 +88,56 @@ def test_seed_form_eval_and_shape_checks(trained):
 
 
 def test_resume_continues_from_the_saved_step(trained, tmp_path):
-    common = ["latent", trained["corpus"], *TINY, "--batch", "16", "--eval-every", "10", "--out-dir", tmp_path,
-              "--data-dir", trained["root"] / "cache", "--no-progress"]
+    common = [
+        "latent",
+        trained["corpus"],
+        *TINY,
+        "--batch",
+        "16",
+        "--eval-every",
+        "10",
+        "--out-dir",
+        tmp_path,
+        "--data-dir",
+        trained["root"] / "cache",
+        "--no-progress",
+    ]
     assert run_cli(*common, "--steps", "20").returncode == 0
     resumed = run_cli(*common, "--steps", "30", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert "at step 20" in resumed.stdout
     steps = [json.loads(x)["step"] for x in next(tmp_path.glob("*.metrics.jsonl")).read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 30 and 20 in steps
-    bigger = run_cli(*common[:2], "--dim", "64", *TINY[2:], *common[2 + len(TINY):], "--steps", "30",
-                     "--resume", str(next(tmp_path.glob("*.state.pt"))))
+    bigger = run_cli(
+        *common[:2],
+        "--dim",
+        "64",
+        *TINY[2:],
+        *common[2 + len(TINY) :],
+        "--steps",
+        "30",
+        "--resume",
+        str(next(tmp_path.glob("*.state.pt"))),
+    )
     assert_user_error(bigger, "cannot resume")
 
 
 def test_corrupt_training_state_is_reported(trained, tmp_path):
     state = tmp_path / "model_latent_1k.state.pt"
     state.write_bytes(b"TEXTJEPA-STATE-1\n" + b"0" * 64 + b"\n" + b"not a real payload")
-    result = run_cli("latent", trained["corpus"], *TINY, "--steps", "5", "--resume", state, "--out-dir", tmp_path,
-                     "--data-dir", trained["root"] / "cache")
+    result = run_cli(
+        "latent",
+        trained["corpus"],
+        *TINY,
+        "--steps",
+        "5",
+        "--resume",
+        state,
+        "--out-dir",
+        tmp_path,
+        "--data-dir",
+        trained["root"] / "cache",
+    )
     assert_user_error(result, "corrupt")
 
 
@@ -105,8 +152,10 @@ def test_corrupt_training_state_is_reported(trained, tmp_path):
 def test_unusable_files_give_one_line_errors(tmp_path, content, needle):
     data = tmp_path / "bad.txt"
     data.write_bytes(content)
-    assert_user_error(run_cli("latent", data, *TINY, "--steps", "2", "--out-dir", tmp_path / "out",
-                              "--data-dir", tmp_path / "cache"), needle)
+    assert_user_error(
+        run_cli("latent", data, *TINY, "--steps", "2", "--out-dir", tmp_path / "out", "--data-dir", tmp_path / "cache"),
+        needle,
+    )
 
 
 def test_invalid_utf8_line_among_good_ones_is_counted(tmp_path):
@@ -115,8 +164,22 @@ def test_invalid_utf8_line_among_good_ones_is_counted(tmp_path):
     data = tmp_path / "mixed.txt"
     good = "\n".join(synthetic_lines(120)).encode()
     data.write_bytes(good + b"\n\xff\xfe\xfd broken\n" + good + b"\n")
-    result = run_cli("latent", data, *TINY, "--steps", "3", "--batch", "4", "--eval-every", "3", "--out-dir",
-                     tmp_path / "out", "--data-dir", tmp_path / "cache", "--no-progress")
+    result = run_cli(
+        "latent",
+        data,
+        *TINY,
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--eval-every",
+        "3",
+        "--out-dir",
+        tmp_path / "out",
+        "--data-dir",
+        tmp_path / "cache",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     assert "used 240 lines, skipped 1 (undecodable: 1)" in result.stdout
 
@@ -142,8 +205,8 @@ def test_missing_file_and_unwritable_output(corpus, tmp_path):
 
 
 def test_eval_rejects_foreign_files(tmp_path, trained):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, str(foreign))

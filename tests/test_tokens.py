@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
+from conftest import synthetic_lines
 
 from textjepa.config import MASK_ID, PAD_ID, UNK_ID
 from textjepa.data.lines import LineStats, iter_latent_texts
 from textjepa.data.tokens import build_or_open_token_store, file_hash, train_tokenizer
 from textjepa.errors import TextJepaError
-
-from conftest import synthetic_lines
 
 
 def test_tokenizer_special_ids_and_no_unknown_on_any_unicode():
@@ -27,8 +26,15 @@ def test_vocab_smaller_than_specials_plus_bytes_is_an_error():
 def store_for(path, tokenizer, cache, stats=None):
     stats = stats or LineStats()
     return build_or_open_token_store(
-        ((t,) for t in iter_latent_texts(path, 10_000, stats)), ("text",), tokenizer, file_hash(path), cache,
-        "latent", 2, stats, 10_000,
+        ((t,) for t in iter_latent_texts(path, 10_000, stats)),
+        ("text",),
+        tokenizer,
+        file_hash(path),
+        cache,
+        "latent",
+        2,
+        stats,
+        10_000,
     )
 
 

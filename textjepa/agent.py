@@ -19,11 +19,29 @@ from textjepa.errors import TextJepaError
 from textjepa.models.encoder import Encoder, masked_mean
 from textjepa.models.heads import WorldModel
 
+ROLE_PREFIXES = {"user": "User: ", "assistant": "Assistant: "}
 
-def user_context(prompt: str) -> str:
-    """A bare prompt becomes the `User: ...` form the world model was trained on."""
-    prompt = prompt.strip()
-    return prompt if prompt.startswith(("User:", "Assistant:")) else f"User: {prompt}"
+
+def as_messages(prompt: str | Sequence[dict]) -> list[dict]:
+    """A bare prompt is one user message; a message list (OpenAI style) is used as it is."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [dict(m) for m in prompt]
+
+
+def conversation_context(messages: Sequence[dict]) -> str:
+    """The `User: ...\nAssistant: ...` form the world model was trained on (system turns are left out).
+
+    A single user message that already starts with `User:` is taken as written.
+    """
+    turns = []
+    for message in messages:
+        prefix = ROLE_PREFIXES.get(message.get("role", ""))
+        content = str(message.get("content") or "").strip()
+        if prefix is None or not content:
+            continue
+        turns.append(content if content.startswith(("User:", "Assistant:")) else prefix + content)
+    return "\n".join(turns)
 
 
 def load_world(path: Path, device: torch.device) -> tuple[Checkpoint, WorldModel, Encoder]:
@@ -55,8 +73,16 @@ class Reply:
 
 
 class Agent:
-    def __init__(self, checkpoint: Checkpoint, world: WorldModel, teacher: Encoder, decoder: Decoder, device: torch.device) -> None:
-        self.checkpoint, self.world, self.teacher, self.decoder, self.device = checkpoint, world, teacher, decoder, device
+    def __init__(
+        self, checkpoint: Checkpoint, world: WorldModel, teacher: Encoder, decoder: Decoder, device: torch.device
+    ) -> None:
+        self.checkpoint, self.world, self.teacher, self.decoder, self.device = (
+            checkpoint,
+            world,
+            teacher,
+            decoder,
+            device,
+        )
         self.config = checkpoint.config
         self.tokenizer = checkpoint.tokenizer
 
@@ -95,7 +121,9 @@ class Agent:
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             valid[i, : len(row)] = True
         return Encoded(
-            ids.to(self.device), valid.to(self.device), [len(e.ids) for e in encodings],
+            ids.to(self.device),
+            valid.to(self.device),
+            [len(e.ids) for e in encodings],
             [len(e.ids) > self.config.max_seq for e in encodings],
         )
 
@@ -106,7 +134,9 @@ class Agent:
         return masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid).float().cpu()
 
     @torch.no_grad()
-    def condition(self, contexts: Sequence[str], ablate: bool = False, action: str = DEFAULT_ACTION) -> tuple[list[Conditioning], Encoded]:
+    def condition(
+        self, contexts: Sequence[str], ablate: bool = False, action: str = DEFAULT_ACTION
+    ) -> tuple[list[Conditioning], Encoded]:
         if action not in self.config.actions:
             raise TextJepaError(f"unknown action {action!r}; the model knows {self.config.actions}")
         encoded = self.tokenize(contexts)
@@ -122,10 +152,10 @@ class Agent:
         ]
         return out, encoded
 
-    def prepare(self, prompt: str, ablate: bool = False) -> tuple[str, Conditioning, int, list[str]]:
-        if not prompt or not prompt.strip():
+    def prepare(self, messages: Sequence[dict], ablate: bool = False) -> tuple[str, Conditioning, int, list[str]]:
+        context = conversation_context(messages)
+        if not context.strip():
             raise TextJepaError("the prompt is empty")
-        context = user_context(prompt)
         [conditioning], encoded = self.condition([context], ablate=ablate)
         notes = []
         if encoded.truncated[0]:
@@ -134,11 +164,19 @@ class Agent:
             )
         return context, conditioning, min(encoded.token_counts[0], self.config.max_seq), notes
 
-    def respond(self, prompt: str, ablate: bool = False, max_new_tokens: int = 128, **options) -> Reply:
-        context, conditioning, prompt_tokens, notes = self.prepare(prompt, ablate)
-        generation = self.decoder.generate(context, conditioning, max_new_tokens=max_new_tokens, **options)
+    def respond(
+        self, prompt: str | Sequence[dict], ablate: bool = False, max_new_tokens: int = 128, **options
+    ) -> Reply:
+        """prompt: a string or OpenAI-style messages. The world model sees the conversation context; the
+        decoder gets the messages (an LLM applies its chat template) and the conditioning."""
+        messages = as_messages(prompt)
+        context, conditioning, prompt_tokens, notes = self.prepare(messages, ablate)
+        generation = self.decoder.generate(messages, conditioning, max_new_tokens=max_new_tokens, **options)
         return Reply(generation, conditioning, context, prompt_tokens, notes + generation.notes)
 
-    def stream(self, prompt: str, ablate: bool = False, max_new_tokens: int = 128, **options) -> Iterator[str]:
-        context, conditioning, _, _ = self.prepare(prompt, ablate)
-        yield from self.decoder.stream(context, conditioning, max_new_tokens=max_new_tokens, **options)
+    def stream(
+        self, prompt: str | Sequence[dict], ablate: bool = False, max_new_tokens: int = 128, **options
+    ) -> Iterator[str]:
+        messages = as_messages(prompt)
+        _, conditioning, _, _ = self.prepare(messages, ablate)
+        yield from self.decoder.stream(messages, conditioning, max_new_tokens=max_new_tokens, **options)

@@ -49,8 +49,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         WorldConfig(
             data=DataConfig(path=str(corpus.pairs_path), data_dir=data_dir, min_tokens=1),
             train=TrainConfig(
-                **{**vars(defaults.train), **common, "steps": cfg.world_steps, "batch": cfg.world_batch,
-                   "out_dir": str(out / "world")}
+                **{
+                    **vars(defaults.train),
+                    **common,
+                    "steps": cfg.world_steps,
+                    "batch": cfg.world_batch,
+                    "out_dir": str(out / "world"),
+                }
             ),
             init_encoder=str(latent.best_path),
         )
@@ -67,5 +72,5 @@ def run_demo(cfg: DemoConfig) -> dict:
         answers.append({"prompt": prompt, "output": reply.generation.text})
         print(f"prompt: {prompt}\naction: reply\noutput: {reply.generation.text}\n")
     print(f"demo finished in {time.perf_counter() - started:.0f} s; artifacts in {out}/")
-    print(f"try: textjepa infer {world.best_path} \"What does \\`os.path.join\\` do?\"")
+    print(f'try: textjepa infer {world.best_path} "What does \\`os.path.join\\` do?"')
     return {"jepa": jepa_report, "world": world_report, "answers": answers}

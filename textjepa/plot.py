@@ -17,7 +17,9 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     for line in metrics_path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         (val if record.get("split") == "val" else train).append(record)
-    val_keys = [k for k in (val[0] if val else {}) if k not in ("step", "split") and isinstance(val[0][k], (int, float))]
+    val_keys = [
+        k for k in (val[0] if val else {}) if k not in ("step", "split") and isinstance(val[0][k], (int, float))
+    ]
     panels = 1 + len(val_keys)
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
     axes = axes[0]

@@ -40,9 +40,17 @@ def run(args: argparse.Namespace) -> int:
     defaults = DemoConfig()
     run_demo(
         DemoConfig(
-            out_dir=args.out_dir, dim=args.dim, layers=args.layers, heads=args.heads, max_seq=args.max_seq,
-            max_vocab=args.max_vocab, latent_steps=args.latent_steps, world_steps=args.world_steps,
-            eval_every=args.eval_every, device=args.device, progress=not args.no_progress,
+            out_dir=args.out_dir,
+            dim=args.dim,
+            layers=args.layers,
+            heads=args.heads,
+            max_seq=args.max_seq,
+            max_vocab=args.max_vocab,
+            latent_steps=args.latent_steps,
+            world_steps=args.world_steps,
+            eval_every=args.eval_every,
+            device=args.device,
+            progress=not args.no_progress,
             prompts=tuple(args.prompt) if args.prompt else defaults.prompts,
         )
     )

@@ -32,9 +32,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_shape_args(p, defaults.model, with_bridge=False)
     add_train_args(p, defaults.train, defaults.data)
     masking = p.add_argument_group("span masking")
-    masking.add_argument("--max-spans", type=int, default=defaults.masking.max_spans, help="spans per line (default %(default)s)")
-    masking.add_argument("--max-span-len", type=int, default=defaults.masking.max_span_len, help="tokens per span (default %(default)s)")
-    masking.add_argument("--max-masked-ratio", type=float, default=defaults.masking.max_masked_ratio, help="cap on masked share (default %(default)s)")
+    masking.add_argument(
+        "--max-spans", type=int, default=defaults.masking.max_spans, help="spans per line (default %(default)s)"
+    )
+    masking.add_argument(
+        "--max-span-len", type=int, default=defaults.masking.max_span_len, help="tokens per span (default %(default)s)"
+    )
+    masking.add_argument(
+        "--max-masked-ratio",
+        type=float,
+        default=defaults.masking.max_masked_ratio,
+        help="cap on masked share (default %(default)s)",
+    )
     p.set_defaults(run=run_latent)
 
     e = subparsers.add_parser(
@@ -46,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     e.add_argument("model", metavar="MODEL", help="model_latent_*.safetensors")
-    e.add_argument("data", metavar="DATA", nargs="?", default=None, help="line file or hub:<id> (default: the training data)")
+    e.add_argument(
+        "data", metavar="DATA", nargs="?", default=None, help="line file or hub:<id> (default: the training data)"
+    )
     add_eval_args(e)
     add_checked_shape_args(e, with_bridge=False)
     e.set_defaults(run=run_eval_jepa)
@@ -57,17 +68,32 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", default=None, help="tokenizer.json or vocab file; must be the model's own")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="evaluation batches (default %(default)s)")
     parser.add_argument("--batch", type=int, default=defaults.batch, help="lines per batch (default %(default)s)")
-    parser.add_argument("--split", choices=("auto", "val", "train", "all"), default="auto", help="auto: the held-out split when DATA is the training data")
+    parser.add_argument(
+        "--split",
+        choices=("auto", "val", "train", "all"),
+        default="auto",
+        help="auto: the held-out split when DATA is the training data",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="masking seed (default %(default)s)")
     parser.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
     parser.add_argument("--data-dir", default=defaults.data_dir, help="hub and token caches (default %(default)s)")
-    parser.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="also write the metrics as JSON (- for stdout)")
+    parser.add_argument(
+        "--json", dest="json_path", default=None, metavar="FILE", help="also write the metrics as JSON (- for stdout)"
+    )
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
-        model=args.model, data=args.data, vocab=args.vocab, steps=args.steps, batch=args.batch, split=args.split,
-        seed=args.seed, device=args.device, json_path=args.json_path, data_dir=args.data_dir,
+        model=args.model,
+        data=args.data,
+        vocab=args.vocab,
+        steps=args.steps,
+        batch=args.batch,
+        split=args.split,
+        seed=args.seed,
+        device=args.device,
+        json_path=args.json_path,
+        data_dir=args.data_dir,
         shape_overrides=shape_overrides(args),
     )
 

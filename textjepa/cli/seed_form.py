@@ -13,8 +13,18 @@ SEED_FORMS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "--latent": (
         "latent",
         ("DATA",),
-        ("steps", "batch", "dim", "max-seq", "layers", "heads", "max-vocab", "max-spans", "max-span-len",
-         "max-masked-ratio"),
+        (
+            "steps",
+            "batch",
+            "dim",
+            "max-seq",
+            "layers",
+            "heads",
+            "max-vocab",
+            "max-spans",
+            "max-span-len",
+            "max-masked-ratio",
+        ),
     ),
     "--eval-jepa": ("eval-jepa", ("MODEL", "--vocab", "DATA"), ("steps", "batch", "dim", "max-seq", "layers", "heads")),
     "--train-world": (
@@ -51,7 +61,7 @@ def translate_seed_form(argv: list[str]) -> list[str]:
     constant = [r for r in required if r.islower() and not r.startswith("--")]
     needed = [r for r in required if r not in constant]
     if len(positionals) < len(needed):
-        missing = " ".join(f"<{n.lstrip('-').lower()}>" for n in needed[len(positionals):])
+        missing = " ".join(f"<{n.lstrip('-').lower()}>" for n in needed[len(positionals) :])
         raise TextJepaError(f"{flag} needs {missing} (usage: textjepa {flag} {' '.join(needed)} ...)")
     if len(positionals) > len(needed) + len(optional):
         raise TextJepaError(f"{flag}: too many positional arguments ({len(positionals)})")
@@ -59,6 +69,6 @@ def translate_seed_form(argv: list[str]) -> list[str]:
     words, options = [command, *constant], []
     for name, value in zip(needed, positionals):
         (options.extend([name, value]) if name.startswith("--") else words.append(value))
-    for name, value in zip(optional, positionals[len(needed):]):
+    for name, value in zip(optional, positionals[len(needed) :]):
         (words.append(value) if name.isupper() else options.extend([f"--{name}", value]))
     return words + options + rest

@@ -31,16 +31,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shape.add_argument("--layers", type=int, default=None, help=f"transformer blocks (default {m.layers})")
     shape.add_argument("--heads", type=int, default=None, help=f"attention heads (default {m.heads})")
     shape.add_argument("--max-vocab", type=int, default=None, help=f"BPE vocabulary size (default {m.vocab_size})")
-    shape.add_argument("--bridge-dim", type=int, default=None, help=f"conditioning vector width (default {m.bridge_dim})")
+    shape.add_argument(
+        "--bridge-dim", type=int, default=None, help=f"conditioning vector width (default {m.bridge_dim})"
+    )
     add_train_args(t, defaults.train, defaults.data)
     world = t.add_argument_group("world model")
     world.add_argument(
-        "--init-encoder", nargs="+", default=None, metavar="PATH",
-        help="model_latent_*.safetensors or model_world_*.safetensors (a shell glob that also names the _teacher file is fine)",
+        "--init-encoder",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="model_latent_*.safetensors or model_world_*.safetensors (a glob that also names _teacher is fine)",
     )
-    world.add_argument("--freeze-encoder-steps", type=int, default=defaults.freeze_encoder_steps, help="keep the encoder fixed for the first N steps")
-    world.add_argument("--infonce-weight", type=float, default=defaults.infonce_weight, help="in-batch next-turn contrast (default %(default)s)")
-    world.add_argument("--temperature", type=float, default=defaults.temperature, help="InfoNCE temperature (default %(default)s)")
+    world.add_argument(
+        "--freeze-encoder-steps",
+        type=int,
+        default=defaults.freeze_encoder_steps,
+        help="keep the encoder fixed for the first N steps",
+    )
+    world.add_argument(
+        "--infonce-weight",
+        type=float,
+        default=defaults.infonce_weight,
+        help="in-batch next-turn contrast (default %(default)s)",
+    )
+    world.add_argument(
+        "--temperature", type=float, default=defaults.temperature, help="InfoNCE temperature (default %(default)s)"
+    )
     t.set_defaults(run=run_train_world)
 
     e = subparsers.add_parser(
@@ -53,7 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     e.add_argument("model", metavar="MODEL", help="model_world_*.safetensors")
-    e.add_argument("data", metavar="DATA", nargs="?", default=None, help="pair file or hub:<id> (default: the training data)")
+    e.add_argument(
+        "data", metavar="DATA", nargs="?", default=None, help="pair file or hub:<id> (default: the training data)"
+    )
     add_eval_args(e)
     add_checked_shape_args(e, with_bridge=True)
     e.set_defaults(run=run_eval_world)
@@ -70,9 +89,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--bridge", default=None, help="a trained prefix bridge for an LLM decoder")
     i.add_argument("--decoder-model", default=None, help="LLM for the transformers/llamacpp decoders")
     i.add_argument("--ablate-conditioning", action="store_true", help="zero the conditioning vector")
-    i.add_argument("--max-new-tokens", type=int, default=InferConfig.max_new_tokens, help="reply length cap (default %(default)s)")
+    i.add_argument(
+        "--max-new-tokens", type=int, default=InferConfig.max_new_tokens, help="reply length cap (default %(default)s)"
+    )
     i.add_argument("--top-k", type=int, default=1, help="also show the k best alternatives (retrieval)")
-    i.add_argument("--temperature", type=float, default=InferConfig.temperature, help="sampling temperature (LLM decoders)")
+    i.add_argument(
+        "--temperature", type=float, default=InferConfig.temperature, help="sampling temperature (LLM decoders)"
+    )
     i.add_argument("--device", default="auto", help="auto, cpu or cuda")
     i.add_argument("--json", action="store_true", help="print the result as JSON")
     add_checked_shape_args(i, with_bridge=True)
@@ -124,8 +147,13 @@ def run_infer(args: argparse.Namespace) -> int:
         bridge=args.bridge,
         decoder_model=args.decoder_model,
     )
-    reply = agent.respond(args.prompt, ablate=args.ablate_conditioning, max_new_tokens=args.max_new_tokens,
-                          top_k=args.top_k, temperature=args.temperature)
+    reply = agent.respond(
+        args.prompt,
+        ablate=args.ablate_conditioning,
+        max_new_tokens=args.max_new_tokens,
+        top_k=args.top_k,
+        temperature=args.temperature,
+    )
     result = {
         "model": agent.model_name,
         "action": "reply",

@@ -68,9 +68,15 @@ def tokenizer_texts(path: Path, records: Records, data: DataConfig) -> Iterator[
         yield from row[: len(records.fields)]
 
 
-def load_or_train_tokenizer(path: Path, corpus_hash: str, records: Records, data: DataConfig, vocab_size: int) -> Tokenizer:
+def load_or_train_tokenizer(
+    path: Path, corpus_hash: str, records: Records, data: DataConfig, vocab_size: int
+) -> Tokenizer:
     """Trained once per (corpus, vocab size, reader) and cached, so re-runs and resumes get the same one."""
-    cache = Path(data.data_dir) / "tokenizers" / f"{records.kind}_{corpus_hash}_v{vocab_size}_s{data.tokenizer_sample_lines}.json"
+    cache = (
+        Path(data.data_dir)
+        / "tokenizers"
+        / f"{records.kind}_{corpus_hash}_v{vocab_size}_s{data.tokenizer_sample_lines}.json"
+    )
     if cache.is_file():
         return tokenizer_from_string(cache.read_text(encoding="utf-8"))
     tokenizer = train_tokenizer(tokenizer_texts(path, records, data), vocab_size)

@@ -160,8 +160,10 @@ def open_token_store(directory: Path) -> TokenStore:
     meta = json.loads((directory / "meta.json").read_text())
     fields = {}
     for name in meta["fields"]:
-        ids = np.memmap(directory / f"{name}.ids.bin", dtype=np.uint32, mode="r") if meta["tokens"][name] else (
-            np.zeros(0, dtype=np.uint32)
+        ids = (
+            np.memmap(directory / f"{name}.ids.bin", dtype=np.uint32, mode="r")
+            if meta["tokens"][name]
+            else (np.zeros(0, dtype=np.uint32))
         )
         offsets = np.memmap(directory / f"{name}.offsets.bin", dtype=np.int64, mode="r")
         fields[name] = TokenField(ids=ids, offsets=offsets)
@@ -206,7 +208,9 @@ def build_or_open_token_store(
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     tmp.mkdir()
 
-    handles = {name: (open(tmp / f"{name}.ids.bin", "wb"), open(tmp / f"{name}.offsets.bin", "wb")) for name in field_names}
+    handles = {
+        name: (open(tmp / f"{name}.ids.bin", "wb"), open(tmp / f"{name}.offsets.bin", "wb")) for name in field_names
+    }
     action_handle = open(tmp / "actions.bin", "wb") if with_actions else None
     action_names: list[str] = []
     positions = dict.fromkeys(field_names, 0)
@@ -216,9 +220,7 @@ def build_or_open_token_store(
     try:
         while chunk := list(islice(records, _ENCODE_CHUNK)):
             encoded = [encode_texts(tokenizer, [row[j] for row in chunk]) for j in range(len(field_names))]
-            keep = [
-                all(len(encoded[j][r]) >= min_tokens for j in range(len(field_names))) for r in range(len(chunk))
-            ]
+            keep = [all(len(encoded[j][r]) >= min_tokens for j in range(len(field_names))) for r in range(len(chunk))]
             kept = sum(keep)
             stats.skip("too few tokens", len(chunk) - kept)
             stats.used += kept

@@ -32,8 +32,14 @@ class Generation:
 
 
 class Decoder(Protocol):
+    """messages: OpenAI-style [{"role": ..., "content": ...}]; the last one is the user's turn."""
+
     name: str
 
-    def generate(self, prompt: str, conditioning: Conditioning, max_new_tokens: int = 128, **options) -> Generation: ...
+    def generate(
+        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
+    ) -> Generation: ...
 
-    def stream(self, prompt: str, conditioning: Conditioning, max_new_tokens: int = 128, **options) -> Iterator[str]: ...
+    def stream(
+        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
+    ) -> Iterator[str]: ...

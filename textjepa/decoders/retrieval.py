@@ -99,7 +99,9 @@ class RetrievalIndex:
             latents, mean = handle.get_tensor("latents"), handle.get_tensor("mean_next_latent")
         replies = [unescape(line) for line in replies_file.read_text(encoding="utf-8").splitlines()]
         if len(replies) != len(latents):
-            raise TextJepaError(f"{replies_file} does not match {index_file} ({len(replies)} vs {len(latents)} entries)")
+            raise TextJepaError(
+                f"{replies_file} does not match {index_file} ({len(replies)} vs {len(latents)} entries)"
+            )
         return cls(latents, mean, replies)
 
     def nearest(self, query: torch.Tensor, k: int) -> list[tuple[str, float]]:
@@ -116,7 +118,9 @@ class RetrievalDecoder:
     def __init__(self, index: RetrievalIndex) -> None:
         self.index = index
 
-    def generate(self, prompt: str, conditioning: Conditioning, max_new_tokens: int = 128, top_k: int = 1, **_) -> Generation:
+    def generate(
+        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, top_k: int = 1, **_
+    ) -> Generation:
         notes = []
         query = conditioning.predicted
         if conditioning.ablated:
@@ -126,8 +130,10 @@ class RetrievalDecoder:
         text = truncate_words(ranked[0][0], max_new_tokens)
         return Generation(text=text, alternatives=ranked, notes=notes, completion_tokens=len(text.split()))
 
-    def stream(self, prompt: str, conditioning: Conditioning, max_new_tokens: int = 128, **options) -> Iterator[str]:
-        text = self.generate(prompt, conditioning, max_new_tokens, **options).text
+    def stream(
+        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
+    ) -> Iterator[str]:
+        text = self.generate(messages, conditioning, max_new_tokens, **options).text
         # Word by word, keeping the whitespace, so joined chunks equal the non-streamed text.
         yield from re.findall(r"\S+\s*|\s+", text)
 

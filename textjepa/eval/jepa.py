@@ -93,8 +93,11 @@ def evaluate_jepa(cfg: EvalConfig) -> dict:
         raise TextJepaError("no data given and the checkpoint does not record its training data")
     path = resolve_data(data_arg, cfg.data_dir, "latent")
     data = DataConfig(
-        path=str(path), data_dir=cfg.data_dir, max_line_bytes=data_info.get("max_line_bytes", 1_000_000),
-        min_tokens=data_info.get("min_tokens", 2), val_fraction=data_info.get("val_fraction", 0.05),
+        path=str(path),
+        data_dir=cfg.data_dir,
+        max_line_bytes=data_info.get("max_line_bytes", 1_000_000),
+        min_tokens=data_info.get("min_tokens", 2),
+        val_fraction=data_info.get("val_fraction", 0.05),
     )
     _, store = load_corpus(path, LATENT_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     split = choose_split(cfg.split, store, checkpoint.info)
@@ -104,7 +107,9 @@ def evaluate_jepa(cfg: EvalConfig) -> dict:
     torch.manual_seed(cfg.seed)
     baseline_model = LatentModel(checkpoint.config).to(device).eval()
     baseline_teacher = copy.deepcopy(baseline_model.encoder)
-    untrained = jepa_metrics(baseline_model, baseline_teacher, store, masking, cfg, split, data.val_fraction, seed, device)
+    untrained = jepa_metrics(
+        baseline_model, baseline_teacher, store, masking, cfg, split, data.val_fraction, seed, device
+    )
     print(f"eval-jepa {checkpoint.path.name} on {path} ({split} split, {int(trained['spans'])} masked spans)")
     print(format_table({"trained": trained, "untrained baseline": untrained}, JEPA_COLUMNS))
     report = {
@@ -121,4 +126,3 @@ def evaluate_jepa(cfg: EvalConfig) -> dict:
 
 def _rename(metrics: dict) -> dict:
     return {JSON_NAMES.get(k, k): v for k, v in metrics.items()}
-

@@ -48,15 +48,23 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         raise TextJepaError("no data given and the checkpoint does not record its training data")
     path = resolve_data(data_arg, cfg.data_dir, "world")
     data = DataConfig(
-        path=str(path), data_dir=cfg.data_dir, max_line_bytes=data_info.get("max_line_bytes", 1_000_000),
-        min_tokens=data_info.get("min_tokens", 1), val_fraction=data_info.get("val_fraction", 0.05),
+        path=str(path),
+        data_dir=cfg.data_dir,
+        max_line_bytes=data_info.get("max_line_bytes", 1_000_000),
+        min_tokens=data_info.get("min_tokens", 1),
+        val_fraction=data_info.get("val_fraction", 0.05),
     )
     _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     mapping = action_mapping(store, checkpoint.config.actions, checkpoint.path.name)
     split = choose_split(cfg.split, store, checkpoint.info)
     rows = {"world model": MetricAverager(), "copy baseline": MetricAverager(), "mean baseline": MetricAverager()}
     for batch in iter_split_batches(
-        store, cfg.batch, checkpoint.config.max_seq, split, data.val_fraction, data_info.get("seed", 0),
+        store,
+        cfg.batch,
+        checkpoint.config.max_seq,
+        split,
+        data.val_fraction,
+        data_info.get("seed", 0),
         max_batches=cfg.steps,
     ):
         tensors = batch_tensors(batch, mapping, device)
@@ -68,9 +76,7 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         rows["copy baseline"].add(retrieval_metrics(state, target), n)
         rows["mean baseline"].add(retrieval_metrics(mean_next.expand_as(target), target), n)
     if rows["world model"].rows == 0:
-        raise TextJepaError(
-            f"no {split} batches of {cfg.batch} pairs in {path}; lower --batch or use --split all"
-        )
+        raise TextJepaError(f"no {split} batches of {cfg.batch} pairs in {path}; lower --batch or use --split all")
     results = {name: _named(averager.result()) for name, averager in rows.items()}
     pairs = rows["world model"].rows
     print(f"eval-world {checkpoint.path.name} on {path} ({split} split, {pairs} pairs, batches of {cfg.batch})")

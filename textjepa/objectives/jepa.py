@@ -14,7 +14,9 @@ def alignment_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (2.0 - 2.0 * F.cosine_similarity(prediction.float(), target.float(), dim=-1)).mean()
 
 
-def regularizer_loss(z: torch.Tensor, train: TrainConfig, generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
+def regularizer_loss(
+    z: torch.Tensor, train: TrainConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, dict]:
     if train.regularizer == "sigreg":
         value = sigreg(z, train.sigreg_projections, generator)
         return train.sigreg_weight * value, {"sigreg": float(value.detach())}

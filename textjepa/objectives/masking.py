@@ -17,7 +17,9 @@ def sample_span_mask(valid: torch.Tensor, masking: MaskingConfig, generator: tor
     device = valid.device
     lengths = valid.sum(1)
     n_spans = torch.randint(1, masking.max_spans + 1, (batch, 1), generator=generator, device=device)
-    span_len = torch.randint(1, masking.max_span_len + 1, (batch, masking.max_spans), generator=generator, device=device)
+    span_len = torch.randint(
+        1, masking.max_span_len + 1, (batch, masking.max_spans), generator=generator, device=device
+    )
     span_len = torch.minimum(span_len, (lengths - 1).clamp_min(1).unsqueeze(1))
     room = (lengths.unsqueeze(1) - span_len + 1).clamp_min(1)
     start = (torch.rand((batch, masking.max_spans), generator=generator, device=device) * room).long()

@@ -18,7 +18,9 @@ def vicreg_terms(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torc
     return variance, covariance
 
 
-def sigreg(z: torch.Tensor, num_projections: int, generator: torch.Generator | None = None, knots: int = 17) -> torch.Tensor:
+def sigreg(
+    z: torch.Tensor, num_projections: int, generator: torch.Generator | None = None, knots: int = 17
+) -> torch.Tensor:
     """Epps-Pulley test statistic of random 1-D projections against a standard normal, averaged.
 
     The empirical characteristic function of each projection is compared with exp(-t^2/2) on a grid,

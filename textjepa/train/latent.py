@@ -7,8 +7,8 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from torch import nn
 from tokenizers import Tokenizer
+from torch import nn
 
 from textjepa.checkpoint import ensure_writable_dir
 from textjepa.config import MASK_ID, LatentConfig, MaskingConfig, ModelConfig, TrainConfig
@@ -81,8 +81,13 @@ class LatentStage:
         generator = torch.Generator().manual_seed(12345)
         total_align, total_cos, batches = 0.0, 0.0, 0
         for batch in iter_split_batches(
-            self.store, self.cfg.train.batch, self.config.max_seq, "val",
-            self.cfg.data.val_fraction, self.cfg.train.seed, max_batches=self.cfg.train.eval_batches,
+            self.store,
+            self.cfg.train.batch,
+            self.config.max_seq,
+            "val",
+            self.cfg.data.val_fraction,
+            self.cfg.train.seed,
+            max_batches=self.cfg.train.eval_batches,
         ):
             ids = torch.from_numpy(batch.ids["text"]).to(self.device)
             valid = torch.from_numpy(batch.valid["text"]).to(self.device)
@@ -127,12 +132,24 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
         seed_everything(cfg.train.seed)
         stage = LatentStage(config, tokenizer, store, cfg, device)
         sampler = TrainSampler(
-            store, cfg.train.batch, config.max_seq, cfg.data.val_fraction, cfg.train.seed,
-            cfg.train.bucket_by_length, rank=dist.rank, world_size=dist.world_size,
+            store,
+            cfg.train.batch,
+            config.max_seq,
+            cfg.data.val_fraction,
+            cfg.train.seed,
+            cfg.train.bucket_by_length,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
         run_info = {
-            "data": {"path": str(path), "corpus_hash": store.corpus_hash, "val_fraction": cfg.data.val_fraction,
-                     "seed": cfg.train.seed, "min_tokens": cfg.data.min_tokens, "max_line_bytes": cfg.data.max_line_bytes},
+            "data": {
+                "path": str(path),
+                "corpus_hash": store.corpus_hash,
+                "val_fraction": cfg.data.val_fraction,
+                "seed": cfg.train.seed,
+                "min_tokens": cfg.data.min_tokens,
+                "max_line_bytes": cfg.data.max_line_bytes,
+            },
             "train": dataclasses.asdict(cfg.train),
         }
         result = run_training(stage, sampler, cfg.train, out_dir, dist, run_info)
@@ -145,4 +162,3 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
 
 def _describe(metrics: dict) -> str:
     return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-

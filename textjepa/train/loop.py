@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from torch import nn
 from tokenizers import Tokenizer
+from torch import nn
 
 from textjepa.checkpoint import (
     find_latest_state,
@@ -186,7 +186,9 @@ def run_training(
             if done % log_every == 0 or done == train.steps:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 record = {k: v / window_steps for k, v in window.items()}
-                record.update(step=done, split="train", lr=scheduler.get_last_lr()[0], tokens_per_s=window_tokens / elapsed)
+                record.update(
+                    step=done, split="train", lr=scheduler.get_last_lr()[0], tokens_per_s=window_tokens / elapsed
+                )
                 if dist.is_main:
                     _append_jsonl(metrics_path, record)
                 if bar is not None:
@@ -221,7 +223,9 @@ def run_training(
         from textjepa.plot import plot_metrics
 
         plot_metrics(metrics_path, metrics_path.with_suffix(".png"))
-    return TrainResult(best_path=best_path, best_metrics=best_metrics, steps_done=train.steps, metrics_path=metrics_path)
+    return TrainResult(
+        best_path=best_path, best_metrics=best_metrics, steps_done=train.steps, metrics_path=metrics_path
+    )
 
 
 def _save_model_files(stage: Stage, path: Path, info: dict) -> None:

@@ -7,8 +7,8 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from torch import nn
 from tokenizers import Tokenizer
+from torch import nn
 
 from textjepa.checkpoint import Checkpoint, check_shape_overrides, ensure_writable_dir, load_checkpoint, teacher_path
 from textjepa.config import ModelConfig, WorldConfig
@@ -44,7 +44,9 @@ class WorldObjective(nn.Module):
     def encoder(self) -> nn.Module:
         return self.world.encoder
 
-    def forward(self, ids: torch.Tensor, valid: torch.Tensor, actions: torch.Tensor, target: torch.Tensor, frozen: bool):
+    def forward(
+        self, ids: torch.Tensor, valid: torch.Tensor, actions: torch.Tensor, target: torch.Tensor, frozen: bool
+    ):
         state = self.world.state(ids, valid)
         if frozen:
             state = state.detach()
@@ -71,8 +73,10 @@ def action_mapping(store: TokenStore, actions: list[str], source: str) -> torch.
 
 
 def batch_tensors(batch: Batch, mapping: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    actions = mapping[torch.from_numpy(batch.actions)] if batch.actions is not None else torch.zeros(
-        len(batch.index), dtype=torch.long
+    actions = (
+        mapping[torch.from_numpy(batch.actions)]
+        if batch.actions is not None
+        else torch.zeros(len(batch.index), dtype=torch.long)
     )
     return {
         "ids": torch.from_numpy(batch.ids["context"]).to(device),
@@ -136,8 +140,13 @@ class WorldStage:
         sums: dict[str, float] = {}
         batches = 0
         for batch in iter_split_batches(
-            self.store, self.cfg.train.batch, self.config.max_seq, "val",
-            self.cfg.data.val_fraction, self.cfg.train.seed, max_batches=self.cfg.train.eval_batches,
+            self.store,
+            self.cfg.train.batch,
+            self.config.max_seq,
+            "val",
+            self.cfg.data.val_fraction,
+            self.cfg.train.seed,
+            max_batches=self.cfg.train.eval_batches,
         ):
             tensors = batch_tensors(batch, self.mapping, self.device)
             prediction = world(tensors["ids"], tensors["valid"], tensors["actions"])
@@ -171,8 +180,14 @@ class WorldStage:
         teacher = copy.deepcopy(self.teacher)
         teacher.load_state_dict(best_teacher.module_state("encoder"))
         index_path = build_retrieval_index(
-            best_path, teacher, self.store, self.tokenizer, self.config.max_seq,
-            self.cfg.data.val_fraction, self.cfg.train.seed, self.device,
+            best_path,
+            teacher,
+            self.store,
+            self.tokenizer,
+            self.config.max_seq,
+            self.cfg.data.val_fraction,
+            self.cfg.train.seed,
+            self.device,
         )
         print(f"retrieval index: {index_path}")
 
@@ -211,17 +226,31 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainR
         path = resolve_data(cfg.data.path, cfg.data.data_dir, "world")
         tokenizer, store = load_corpus(path, WORLD_RECORDS, cfg.data, tokenizer, config.vocab_size, cfg.train.progress)
         if init is None or init.kind == "latent":
-            config = dataclasses.replace(config, vocab_size=tokenizer.get_vocab_size(), actions=list(store.action_names))
+            config = dataclasses.replace(
+                config, vocab_size=tokenizer.get_vocab_size(), actions=list(store.action_names)
+            )
         mapping = action_mapping(store, config.actions, str(init.path) if init else "the model")
         seed_everything(cfg.train.seed)
         stage = WorldStage(config, tokenizer, store, cfg, device, init, mapping)
         sampler = TrainSampler(
-            store, cfg.train.batch, config.max_seq, cfg.data.val_fraction, cfg.train.seed,
-            cfg.train.bucket_by_length, rank=dist.rank, world_size=dist.world_size,
+            store,
+            cfg.train.batch,
+            config.max_seq,
+            cfg.data.val_fraction,
+            cfg.train.seed,
+            cfg.train.bucket_by_length,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
         run_info = {
-            "data": {"path": str(path), "corpus_hash": store.corpus_hash, "val_fraction": cfg.data.val_fraction,
-                     "seed": cfg.train.seed, "min_tokens": cfg.data.min_tokens, "max_line_bytes": cfg.data.max_line_bytes},
+            "data": {
+                "path": str(path),
+                "corpus_hash": store.corpus_hash,
+                "val_fraction": cfg.data.val_fraction,
+                "seed": cfg.train.seed,
+                "min_tokens": cfg.data.min_tokens,
+                "max_line_bytes": cfg.data.max_line_bytes,
+            },
             "train": dataclasses.asdict(cfg.train),
         }
         result = run_training(stage, sampler, cfg.train, out_dir, dist, run_info)
