@@ -73,7 +73,8 @@ class TrainConfig:
     """What every training stage shares: optimisation, schedules, output."""
 
     steps: int = 1000
-    batch: int = 32
+    batch: int = 32  # per process: the global batch is batch x world size
+    global_batch: int = 0  # if set, the global batch; each of N processes takes global_batch / N
     lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
@@ -101,6 +102,8 @@ class TrainConfig:
             raise TextJepaError(f"steps must be at least 1, got {self.steps}")
         if self.batch < 2:
             raise TextJepaError(f"batch must be at least 2 (in-batch statistics need two rows), got {self.batch}")
+        if self.global_batch < 0:
+            raise TextJepaError(f"global batch must be positive, got {self.global_batch}")
         if not self.lr > 0:
             raise TextJepaError(f"lr must be positive, got {self.lr}")
         if self.regularizer not in ("vicreg", "sigreg"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,24 +64,127 @@ class Distributed:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device, timeout_seconds: float = 120.0) -> Distributed:
-    """Join the process group torchrun describes in the environment; a no-op for a single process."""
+# How long a collective (or joining the job) may wait for the other ranks. Rank 0 validates and saves while
+# the others wait at a barrier, so it must cover a validation pass; TEXTJEPA_DIST_TIMEOUT (seconds) overrides.
+DEFAULT_DIST_TIMEOUT_SECONDS = 600.0
+# Tokenising a large corpus the first time can take hours; the other ranks wait that long for it.
+DATA_PREP_TIMEOUT_SECONDS = 24 * 3600.0
+
+
+def init_distributed(device: torch.device, timeout_seconds: float | None = None) -> Distributed:
+    """Join the process group torchrun describes in the environment; a no-op for a single process.
+
+    gloo on CPU, nccl on CUDA. A rendezvous that cannot be reached fails with a clear error after the
+    timeout instead of hanging.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed()
     import torch.distributed as dist
 
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise TextJepaError(
+            f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; launch with torchrun --nproc_per_node N"
+        )
+    if timeout_seconds is None:
+        timeout_seconds = float(os.environ.get("TEXTJEPA_DIST_TIMEOUT", DEFAULT_DIST_TIMEOUT_SECONDS))
     backend = "nccl" if device.type == "cuda" else "gloo"
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
     except Exception as exc:  # rendezvous failures come as several exception types
-        raise TextJepaError(f"could not join the distributed job ({backend}): {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TextJepaError(
+            f"could not join the distributed job ({backend} at {where}, waited up to {timeout_seconds:.0f} s): {reason}"
+        ) from exc
     info = Distributed(
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0"))
     )
     if device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def per_rank_batch(batch: int, global_batch: int, world_size: int) -> int:
+    """Lines per rank. --batch is per rank (global = batch x world size) unless --global-batch is given,
+    which must divide evenly among the ranks: a silently rounded global batch would change the run."""
+    if not global_batch:
+        return batch
+    if global_batch % world_size:
+        raise TextJepaError(
+            f"--global-batch {global_batch} does not divide among {world_size} processes; "
+            f"use a multiple of {world_size} (or --batch, which is per process)"
+        )
+    per_rank = global_batch // world_size
+    if per_rank < 2:
+        raise TextJepaError(f"--global-batch {global_batch} leaves {per_rank} line per process; need at least 2")
+    return per_rank
+
+
+def broadcast_object(obj, info: Distributed):
+    """Rank 0's `obj` on every rank (a no-op for a single process)."""
+    if not info.enabled:
+        return obj
+    import torch.distributed as dist
+
+    holder = [obj if info.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_objects(obj, info: Distributed) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: list[float], info: Distributed) -> list[float]:
+    """Element-wise sum of `values` over all ranks."""
+    if not info.enabled:
+        return list(values)
+    import torch.distributed as dist
+
+    # nccl reduces only CUDA tensors; gloo takes CPU ones.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.cpu().tolist()
+
+
+@contextmanager
+def local_main_first(info: Distributed) -> Iterator[None]:
+    """Run the body on each node's local rank 0 first, then on the other ranks of that node.
+
+    Used for data preparation: downloads, the tokenizer and the token store are cached on disk, so they are
+    built once per node (the other ranks then find them) and every rank trains with the same tokenizer. An
+    error on local rank 0 still releases the others, which then meet the same error themselves.
+    """
+    if not info.enabled:
+        yield
+        return
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=DATA_PREP_TIMEOUT_SECONDS))
+    if info.local_rank != 0:
+        dist.barrier(group=group)
+    try:
+        yield
+    finally:
+        if info.local_rank == 0:
+            dist.barrier(group=group)
+
+
+def barrier(info: Distributed) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def shutdown_distributed(info: Distributed) -> None:

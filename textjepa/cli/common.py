@@ -71,6 +71,13 @@ def add_train_args(parser: argparse.ArgumentParser, defaults: TrainConfig, data:
     group.add_argument(
         "--batch", type=int, default=defaults.batch, help="lines per batch (per process) (default %(default)s)"
     )
+    group.add_argument(
+        "--global-batch",
+        type=int,
+        default=defaults.global_batch or None,
+        metavar="N",
+        help="lines per step over all processes; each of W torchrun processes takes N/W (overrides --batch)",
+    )
     group.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default %(default)s)")
     group.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
     group.add_argument(
@@ -128,6 +135,7 @@ def train_config(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfig
             **vars(defaults),
             "steps": args.steps,
             "batch": args.batch,
+            "global_batch": args.global_batch or 0,
             "lr": args.lr,
             "seed": args.seed,
             "eval_every": args.eval_every,

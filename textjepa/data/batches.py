@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from textjepa.config import PAD_ID
 from textjepa.data.tokens import TokenStore, pad_batch
 from textjepa.errors import TextJepaError
 
@@ -132,6 +133,68 @@ class TrainSampler:
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.pending = [np.asarray(p, dtype=np.int64) for p in state["pending"]]
+
+    def restart_stream(self, step: int) -> None:
+        """A fresh stream for this rank from `step`: used when a resumed run has another world size, so
+        the saved per-rank positions do not apply."""
+        self.rng = np.random.default_rng([self.seed, self.rank, step])
+        self.pending = []
+
+    def shard(self, rank: int, world_size: int, batch: int) -> TrainSampler:
+        """The sampler rank `rank` of a `world_size`-process run with per-rank `batch` would use."""
+        return TrainSampler(
+            self.store,
+            batch,
+            self.max_seq,
+            self.val_fraction,
+            self.seed,
+            self.bucket_by_length,
+            self.pool_batches,
+            rank=rank,
+            world_size=world_size,
+        )
+
+
+class UnionSampler:
+    """One process drawing exactly the union of the batches `world_size` ranks would draw.
+
+    A debugging/testing aid (TEXTJEPA_EMULATE_WORLD_SIZE): 1 process x batch N*B sees the same global
+    batches as N processes x batch B, so their losses can be compared.
+    """
+
+    def __init__(self, base: TrainSampler, world_size: int) -> None:
+        if base.world_size != 1 or base.batch % world_size:
+            raise TextJepaError(f"cannot emulate {world_size} ranks with batch {base.batch} (must divide it)")
+        self.parts = [base.shard(rank, world_size, base.batch // world_size) for rank in range(world_size)]
+
+    def next_batch(self) -> Batch:
+        return concat_batches([part.next_batch() for part in self.parts])
+
+    def state_dict(self) -> dict:
+        return {"union": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for part, part_state in zip(self.parts, state["union"], strict=True):
+            part.load_state_dict(part_state)
+
+    def restart_stream(self, step: int) -> None:
+        for part in self.parts:
+            part.restart_stream(step)
+
+
+def concat_batches(batches: list[Batch]) -> Batch:
+    """Stack batches row-wise, re-padding every field to the widest of them."""
+    ids, valid = {}, {}
+    for name in batches[0].ids:
+        width = max(b.ids[name].shape[1] for b in batches)
+        ids[name] = np.concatenate(
+            [np.pad(b.ids[name], ((0, 0), (0, width - b.ids[name].shape[1])), constant_values=PAD_ID) for b in batches]
+        )
+        valid[name] = np.concatenate(
+            [np.pad(b.valid[name], ((0, 0), (0, width - b.valid[name].shape[1]))) for b in batches]
+        )
+    actions = None if batches[0].actions is None else np.concatenate([b.actions for b in batches])
+    return Batch(ids=ids, valid=valid, index=np.concatenate([b.index for b in batches]), actions=actions)
 
 
 def iter_split_batches(

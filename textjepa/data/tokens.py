@@ -204,7 +204,8 @@ def build_or_open_token_store(
         return open_token_store(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(target.name + ".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _writer_alive(stale):  # another process may be building the same store right now
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     tmp.mkdir()
 
@@ -267,6 +268,19 @@ def build_or_open_token_store(
     else:
         os.replace(tmp, target)
     return open_token_store(target)
+
+
+def _writer_alive(tmp: Path) -> bool:
+    pid = tmp.name.rsplit(".tmp-", 1)[-1]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _progress_bar(enabled: bool, desc: str):

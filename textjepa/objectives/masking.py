@@ -2,27 +2,61 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from textjepa.config import MaskingConfig
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
-def sample_span_mask(valid: torch.Tensor, masking: MaskingConfig, generator: torch.Generator) -> torch.Tensor:
+
+def mask_uniform_columns(masking: MaskingConfig) -> int:
+    """How many uniforms one row's mask consumes: span count, span lengths, span starts."""
+    return 1 + 2 * masking.max_spans
+
+
+def keyed_uniforms(keys: np.ndarray, salt: int, columns: int) -> torch.Tensor:
+    """[len(keys), columns] uniforms in [0, 1) that depend only on (key, salt, column).
+
+    Training keys them by record number and salts them with (seed, step), so a row gets the same mask
+    whichever batch, rank or world size draws it, and a resumed run masks exactly as an uninterrupted one.
+    """
+    keys = np.asarray(keys, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = keys[:, None] * np.uint64(columns) + np.arange(columns, dtype=np.uint64)[None, :]
+        x = x ^ (np.uint64(salt & 0xFFFFFFFFFFFFFFFF) * _GOLDEN)
+        # splitmix64 finaliser
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(40)).astype(np.float32) / float(1 << 24))
+
+
+def sample_span_mask(
+    valid: torch.Tensor,
+    masking: MaskingConfig,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Boolean [B, T]: up to max_spans spans of 1..max_span_len tokens per row, inside the real tokens.
 
     At most max_masked_ratio of a row's real tokens are masked, at least one is masked and at least one
-    stays visible (rows of fewer than two tokens get no mask).
+    stays visible (rows of fewer than two tokens get no mask). The randomness comes from `generator`, or
+    from per-row `uniforms` [B, mask_uniform_columns(masking)] (see keyed_uniforms).
     """
     batch, width = valid.shape
     device = valid.device
     lengths = valid.sum(1)
-    n_spans = torch.randint(1, masking.max_spans + 1, (batch, 1), generator=generator, device=device)
-    span_len = torch.randint(
-        1, masking.max_span_len + 1, (batch, masking.max_spans), generator=generator, device=device
-    )
+    spans = masking.max_spans
+    if uniforms is None:
+        uniforms = torch.rand((batch, mask_uniform_columns(masking)), generator=generator)
+    uniforms = uniforms.to(device)
+    n_spans = 1 + (uniforms[:, :1] * spans).long().clamp_max(spans - 1)
+    span_len = 1 + (uniforms[:, 1 : 1 + spans] * masking.max_span_len).long().clamp_max(masking.max_span_len - 1)
     span_len = torch.minimum(span_len, (lengths - 1).clamp_min(1).unsqueeze(1))
     room = (lengths.unsqueeze(1) - span_len + 1).clamp_min(1)
-    start = (torch.rand((batch, masking.max_spans), generator=generator, device=device) * room).long()
+    start = (uniforms[:, 1 + spans :] * room).long()
     used = torch.arange(masking.max_spans, device=device).unsqueeze(0) < n_spans
     pos = torch.arange(width, device=device).view(1, 1, width)
     covered = (pos >= start.unsqueeze(-1)) & (pos < (start + span_len).unsqueeze(-1)) & used.unsqueeze(-1)

@@ -18,8 +18,16 @@ from textjepa.data.tokens import TokenStore
 from textjepa.errors import TextJepaError
 from textjepa.models.heads import LatentModel
 from textjepa.objectives.jepa import alignment_loss, regularizer_loss
-from textjepa.objectives.masking import sample_span_mask
-from textjepa.runtime import configure_threads, init_distributed, resolve_device, seed_everything, shutdown_distributed
+from textjepa.objectives.masking import keyed_uniforms, mask_uniform_columns, sample_span_mask
+from textjepa.runtime import (
+    configure_threads,
+    init_distributed,
+    local_main_first,
+    per_rank_batch,
+    resolve_device,
+    seed_everything,
+    shutdown_distributed,
+)
 from textjepa.train.loop import TrainResult, run_training
 
 _MAX_REGULARIZER_ROWS = 1024
@@ -47,8 +55,14 @@ class JepaObjective(nn.Module):
         return align + reg, {"alignment": float(align.detach()), **reg_metrics}
 
 
-def masked_view(batch_ids: torch.Tensor, valid: torch.Tensor, masking: MaskingConfig, generator: torch.Generator):
-    mask = sample_span_mask(valid.cpu(), masking, generator).to(valid.device)
+def masked_view(
+    batch_ids: torch.Tensor,
+    valid: torch.Tensor,
+    masking: MaskingConfig,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
+):
+    mask = sample_span_mask(valid.cpu(), masking, generator, uniforms).to(valid.device)
     return batch_ids.masked_fill(mask, MASK_ID), mask
 
 
@@ -66,12 +80,15 @@ class LatentStage:
         self.config, self.tokenizer, self.store, self.cfg, self.device = config, tokenizer, store, cfg, device
         self.model = JepaObjective(config, cfg.train).to(device)
         self.teacher = copy.deepcopy(self.model.encoder).requires_grad_(False).eval()
-        self.mask_generator = torch.Generator().manual_seed(cfg.train.seed + 1)
 
     def make_inputs(self, batch: Batch, step: int) -> dict:
         ids = torch.from_numpy(batch.ids["text"]).to(self.device)
         valid = torch.from_numpy(batch.valid["text"]).to(self.device)
-        masked_ids, mask = masked_view(ids, valid, self.cfg.masking, self.mask_generator)
+        # Masks keyed by (record, step, seed): the same whichever rank or world size draws the record, and
+        # a resumed run masks exactly as an uninterrupted one would.
+        salt = (self.cfg.train.seed + 1) * 1_000_003 + step
+        uniforms = keyed_uniforms(batch.index, salt, mask_uniform_columns(self.cfg.masking))
+        masked_ids, mask = masked_view(ids, valid, self.cfg.masking, uniforms=uniforms)
         with torch.no_grad():
             target = self.teacher(ids, valid)
         return {"ids": masked_ids, "valid": valid, "mask": mask, "target": target}
@@ -122,12 +139,16 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
     try:
+        cfg.train.batch = per_rank_batch(cfg.train.batch, cfg.train.global_batch, dist.world_size)
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
         out_dir = Path(cfg.train.out_dir)
         ensure_writable_dir(out_dir)
-        path = resolve_data(cfg.data.path, cfg.data.data_dir, "latent")
-        tokenizer, store = load_corpus(path, LATENT_RECORDS, cfg.data, None, cfg.model.vocab_size, cfg.train.progress)
+        with local_main_first(dist):  # caches are built once per node, then shared
+            path = resolve_data(cfg.data.path, cfg.data.data_dir, "latent")
+            tokenizer, store = load_corpus(
+                path, LATENT_RECORDS, cfg.data, None, cfg.model.vocab_size, cfg.train.progress
+            )
         config = dataclasses.replace(cfg.model, vocab_size=tokenizer.get_vocab_size())
         seed_everything(cfg.train.seed)
         stage = LatentStage(config, tokenizer, store, cfg, device)

@@ -7,7 +7,9 @@ the model's loss is, how it is validated and what is saved. Everything else happ
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +30,11 @@ from textjepa.checkpoint import (
     teacher_path,
 )
 from textjepa.config import ModelConfig, TrainConfig
-from textjepa.data.batches import Batch, TrainSampler
-from textjepa.data.tokens import tokenizer_hash
+from textjepa.data.batches import Batch, TrainSampler, UnionSampler
+from textjepa.data.tokens import atomic_write_text, tokenizer_hash
 from textjepa.errors import TextJepaError
 from textjepa.models.encoder import count_parameters, format_size
-from textjepa.runtime import Distributed
+from textjepa.runtime import Distributed, all_reduce_sum, barrier, broadcast_object, gather_objects
 from textjepa.train.schedules import ema_momentum, lr_factor
 
 
@@ -77,17 +79,6 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98))
 
 
-def _resolve_resume(train: TrainConfig, out_dir: Path, kind: str) -> Path | None:
-    if not train.resume:
-        return None
-    if train.resume == "auto":
-        found = find_latest_state(out_dir, kind)
-        if found is None:
-            print(f"--resume auto: no valid {kind} training state in {out_dir}, starting from step 0")
-        return found
-    return Path(train.resume)
-
-
 def run_training(
     stage: Stage,
     sampler: TrainSampler,
@@ -96,6 +87,12 @@ def run_training(
     dist: Distributed,
     run_info: dict,
 ) -> TrainResult:
+    """Train `stage` for train.steps steps, validating, keeping the best checkpoint and the training state.
+
+    Under torchrun every rank runs this with its own shard sampler; gradients are averaged by DDP, so the
+    model, optimizer and EMA teacher stay identical on all ranks. Rank 0 alone validates, logs (metrics
+    averaged over the ranks) and writes files; the others wait at a barrier meanwhile.
+    """
     model = stage.model
     size = format_size(count_parameters(model))
     best_path = model_path(out_dir, stage.kind, size)
@@ -105,20 +102,28 @@ def run_training(
     optimizer = build_optimizer(model, train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
     start_step, best_score, best_metrics = 0, float("-inf"), {}
+    if dist.is_main:
+        _remove_stale_temp_files(out_dir)
 
-    resume_from = _resolve_resume(train, out_dir, stage.kind)
-    if resume_from is not None:
-        state = load_training_state(resume_from)
-        _check_resumable(state, stage, resume_from)
+    emulate = int(os.environ.get("TEXTJEPA_EMULATE_WORLD_SIZE", "1") or 1)
+    if emulate > 1:
+        if dist.enabled:
+            raise TextJepaError("TEXTJEPA_EMULATE_WORLD_SIZE is for single-process runs, not under torchrun")
+        sampler = UnionSampler(sampler, emulate)
+    debug = DebugLog.from_env(dist)
+
+    loaded = _load_resume_state(train, out_dir, stage, dist)
+    if loaded is not None:
+        state, source = loaded
         model.load_state_dict(state["model"])
         stage.teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
         start_step, best_score, best_metrics = state["step"], state["best_score"], state["best_metrics"]
+        note = _restore_rank_state(state, sampler, stage, dist, start_step)
         if dist.is_main:
-            print(f"resumed from {resume_from} at step {start_step}")
+            print(f"resumed from {source} at step {start_step}" + (f" ({note})" if note else ""))
+            _truncate_metrics(metrics_path, start_step)
     elif dist.is_main and metrics_path.exists():
         metrics_path.unlink()  # a fresh run starts a fresh log
 
@@ -127,12 +132,24 @@ def run_training(
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [dist.local_rank] if next(model.parameters()).is_cuda else None
+        # find_unused_parameters: a world run with a frozen encoder leaves the encoder without gradients.
         forward_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+        # DDP broadcast rank 0's model; the teacher is outside it and must start identical too.
+        broadcast_module(stage.teacher)
+    if debug is not None:
+        debug.write(
+            {
+                "event": "start",
+                "step": start_step,
+                "teacher_sha256": tensor_digest(stage.teacher.state_dict().values()),
+                "optimizer_sha256": optimizer_digest(optimizer.state_dict()),
+            }
+        )
 
     if dist.is_main:
         save_tokenizer_files(out_dir, stage.kind, stage.tokenizer)
 
-    def save_state(step: int) -> None:
+    def save_state(step: int, rank_states: list[dict]) -> None:
         if not dist.is_main:
             return
         save_training_state(
@@ -146,8 +163,9 @@ def run_training(
                 "teacher": stage.teacher.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "sampler": sampler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
+                # Each rank's data position, RNG and generators, so every rank resumes its own stream.
+                "world_size": dist.world_size,
+                "ranks": rank_states,
                 "best_score": best_score,
                 "best_metrics": best_metrics,
             },
@@ -178,16 +196,28 @@ def run_training(
             ema_update(stage.teacher, model.encoder, ema_momentum(step, train))
 
             metrics = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}
+            if debug is not None:
+                debug.write(
+                    {
+                        "step": step + 1,
+                        "records": batch.index.tolist(),
+                        "loss": metrics["loss"],
+                        "teacher_sha256": tensor_digest(stage.teacher.state_dict().values()),
+                    }
+                )
             for key, value in metrics.items():
                 window[key] = window.get(key, 0.0) + value
             window_steps += 1
-            window_tokens += batch.real_tokens * dist.world_size
+            window_tokens += batch.real_tokens
             done = step + 1
             if done % log_every == 0 or done == train.steps:
+                # Every rank takes part: rank 0 logs the mean over ranks and the tokens of all ranks.
+                keys = sorted(window)
+                totals = all_reduce_sum([window[k] for k in keys] + [float(window_tokens)], dist)
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {k: v / window_steps for k, v in window.items()}
+                record = {k: totals[i] / (window_steps * dist.world_size) for i, k in enumerate(keys)}
                 record.update(
-                    step=done, split="train", lr=scheduler.get_last_lr()[0], tokens_per_s=window_tokens / elapsed
+                    step=done, split="train", lr=scheduler.get_last_lr()[0], tokens_per_s=totals[-1] / elapsed
                 )
                 if dist.is_main:
                     _append_jsonl(metrics_path, record)
@@ -195,6 +225,7 @@ def run_training(
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window, window_steps, window_tokens, window_start = {}, 0, 0, time.perf_counter()
             if done % train.eval_every == 0 or done == train.steps:
+                rank_states = gather_objects(_rank_state(sampler, stage), dist)
                 if dist.is_main:
                     model.eval()
                     val = stage.validate()
@@ -202,17 +233,22 @@ def run_training(
                     if val["score"] > best_score:
                         best_score, best_metrics = val["score"], {"step": done, **val}
                         _save_model_files(stage, best_path, {**run_info, "step": done, "val": val})
-                    save_state(done)
+                    save_state(done, rank_states)
                     if bar is not None:
                         bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
-                if dist.enabled:
-                    torch.distributed.barrier()
+                barrier(dist)
             if bar is not None:
                 bar.update(1)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        save_state(step)
+        if dist.enabled:
+            # The ranks may stop at different steps, so no consistent state can be gathered now.
+            raise TextJepaError(
+                f"interrupted at step {step}; the last training state saved at a validation step is in "
+                f"{training_state_path}, continue with --resume auto"
+            ) from None
+        save_state(step, [_rank_state(sampler, stage)])
         raise TextJepaError(
             f"interrupted at step {step}; training state saved to {training_state_path}, continue with --resume auto"
         ) from None
@@ -226,6 +262,166 @@ def run_training(
     return TrainResult(
         best_path=best_path, best_metrics=best_metrics, steps_done=train.steps, metrics_path=metrics_path
     )
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _resolve_resume(train: TrainConfig, out_dir: Path, kind: str) -> Path | None:
+    if not train.resume:
+        return None
+    if train.resume == "auto":
+        found = find_latest_state(out_dir, kind)
+        if found is None:
+            print(f"--resume auto: no valid {kind} training state in {out_dir}, starting from step 0")
+        return found
+    return Path(train.resume)
+
+
+def _load_resume_state(train: TrainConfig, out_dir: Path, stage: Stage, dist: Distributed) -> tuple[dict, Path] | None:
+    """Rank 0 finds, verifies and checks the state, then hands it to every rank (so on several nodes only
+    rank 0 needs the file). An error on rank 0 is raised on every rank instead of leaving them waiting."""
+    if not train.resume:
+        return None
+    payload: tuple = ("none",)
+    if dist.is_main:
+        try:
+            source = _resolve_resume(train, out_dir, stage.kind)
+            if source is not None:
+                state = load_training_state(source)
+                _check_resumable(state, stage, source)
+                payload = ("ok", state, source)
+        except TextJepaError as exc:
+            payload = ("error", str(exc))
+    payload = broadcast_object(payload, dist)
+    if payload[0] == "error":
+        raise TextJepaError(payload[1])
+    return None if payload[0] == "none" else (payload[1], payload[2])
+
+
+def _generators(stage: Stage) -> dict[str, torch.Generator]:
+    """The stage's own random generators (masking, regulariser sampling): saved so a resume is exact."""
+    found = {}
+    for owner_name, owner in (("stage", stage), ("model", stage.model)):
+        for name, value in vars(owner).items():
+            if isinstance(value, torch.Generator):
+                found[f"{owner_name}.{name}"] = value
+    return found
+
+
+def _rank_state(sampler, stage: Stage) -> dict:
+    return {
+        "sampler": sampler.state_dict(),
+        "generators": {name: g.get_state() for name, g in _generators(stage).items()},
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _restore_rank_state(state: dict, sampler, stage: Stage, dist: Distributed, step: int) -> str:
+    """Put this rank's data position and RNGs back; returns a note when that is not possible exactly."""
+    saved_world = state.get("world_size", 1)
+    if saved_world != dist.world_size or "ranks" not in state:
+        sampler.restart_stream(step)
+        return (
+            f"the state was saved by {saved_world} process(es), this run has {dist.world_size}: "
+            "each rank's data stream restarts from this step"
+        )
+    mine = state["ranks"][dist.rank]
+    try:
+        sampler.load_state_dict(mine["sampler"])
+    except (KeyError, ValueError, TypeError):
+        sampler.restart_stream(step)
+        return "the saved data position is of another sampler kind; the data stream restarts"
+    generators = _generators(stage)
+    for name, generator_state in mine["generators"].items():
+        if name in generators:
+            generators[name].set_state(generator_state)
+    torch.set_rng_state(mine["torch_rng"])
+    return ""
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log records past the resumed step (a killed run may have logged beyond its last state)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    """Temporary files (`.NAME.tmp-PID`) of writers that no longer run: a crash mid-write leaves them."""
+    for path in out_dir.glob(".*.tmp-*"):
+        pid_text = path.name.rsplit(".tmp-", 1)[1]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- distributed helpers and debugging
+
+
+@torch.no_grad()
+def broadcast_module(module: nn.Module) -> None:
+    import torch.distributed
+
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        torch.distributed.broadcast(tensor.data, src=0)
+
+
+def tensor_digest(tensors) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def optimizer_digest(optimizer_state: dict) -> str:
+    """A digest of the optimizer's per-parameter state (moments, step counts)."""
+    tensors = []
+    for index in sorted(optimizer_state["state"]):
+        for key in sorted(optimizer_state["state"][index]):
+            value = optimizer_state["state"][index][key]
+            tensors.append(value if torch.is_tensor(value) else torch.tensor(float(value)))
+    return tensor_digest(tensors)
+
+
+class DebugLog:
+    """TEXTJEPA_DEBUG_DIR=DIR: each rank writes rank<R>.jsonl with the record numbers it drew, its loss and a
+    digest of its teacher per step, so tests can check sharding and that the teacher stays identical."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def from_env(cls, dist: Distributed) -> DebugLog | None:
+        directory = os.environ.get("TEXTJEPA_DEBUG_DIR")
+        if not directory:
+            return None
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return cls(Path(directory) / f"rank{dist.rank}.jsonl")
+
+    def write(self, record: dict) -> None:
+        _append_jsonl(self.path, record)
 
 
 def _save_model_files(stage: Stage, path: Path, info: dict) -> None:

@@ -21,7 +21,15 @@ from textjepa.eval.metrics import retrieval_metrics
 from textjepa.models.encoder import masked_mean
 from textjepa.models.heads import WorldModel
 from textjepa.objectives.jepa import alignment_loss, info_nce, regularizer_loss, similarity_structure_loss
-from textjepa.runtime import configure_threads, init_distributed, resolve_device, seed_everything, shutdown_distributed
+from textjepa.runtime import (
+    configure_threads,
+    init_distributed,
+    local_main_first,
+    per_rank_batch,
+    resolve_device,
+    seed_everything,
+    shutdown_distributed,
+)
 from textjepa.train.loop import TrainResult, run_training
 
 
@@ -217,14 +225,18 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainR
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
     try:
+        cfg.train.batch = per_rank_batch(cfg.train.batch, cfg.train.global_batch, dist.world_size)
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
         out_dir = Path(cfg.train.out_dir)
         ensure_writable_dir(out_dir)
         config, tokenizer, init = resolve_world_config(cfg, shape_overrides or {})
         config.validate()
-        path = resolve_data(cfg.data.path, cfg.data.data_dir, "world")
-        tokenizer, store = load_corpus(path, WORLD_RECORDS, cfg.data, tokenizer, config.vocab_size, cfg.train.progress)
+        with local_main_first(dist):  # caches are built once per node, then shared
+            path = resolve_data(cfg.data.path, cfg.data.data_dir, "world")
+            tokenizer, store = load_corpus(
+                path, WORLD_RECORDS, cfg.data, tokenizer, config.vocab_size, cfg.train.progress
+            )
         if init is None or init.kind == "latent":
             config = dataclasses.replace(
                 config, vocab_size=tokenizer.get_vocab_size(), actions=list(store.action_names)
