@@ -66,17 +66,47 @@ class TrainResult:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    teacher_params = list(teacher.parameters())
-    student_params = list(student.parameters())
-    torch._foreach_mul_(teacher_params, momentum)
-    torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+    # teacher += (1 - momentum) * (student - teacher): one fused pass over the weights.
+    torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1.0 - momentum)
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98))
+    # The fused kernel (CPU and CUDA) is 3-4x faster than the per-tensor loop: on CPU the default AdamW step
+    # of the 9.6M-parameter default model took ~15% of a training step.
+    device = next(model.parameters()).device.type
+    fused = device in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98), fused=fused or None)
+
+
+def train_step(
+    stage: Stage,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train: TrainConfig,
+    batch: Batch,
+    step: int,
+    forward_model: nn.Module | None = None,
+) -> dict[str, float]:
+    """One optimisation step: inputs (teacher targets included), forward, backward, clip, update, EMA.
+
+    `forward_model` is the DDP wrapper under torchrun (it averages the gradients), else the model itself.
+    bench/train_throughput.py times exactly this function.
+    """
+    model = stage.model
+    inputs = stage.make_inputs(batch, step)
+    loss, metrics = (forward_model or model)(**inputs)
+    if not torch.isfinite(loss):
+        raise TextJepaError(f"loss became {float(loss)} at step {step}; lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    ema_update(stage.teacher, model.encoder, ema_momentum(step, train))
+    return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}
 
 
 def run_training(
@@ -184,18 +214,7 @@ def run_training(
         for step in range(start_step, train.steps):
             model.train()
             batch = sampler.next_batch()
-            inputs = stage.make_inputs(batch, step)
-            loss, metrics = forward_model(**inputs)
-            if not torch.isfinite(loss):
-                raise TextJepaError(f"loss became {float(loss)} at step {step}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            ema_update(stage.teacher, model.encoder, ema_momentum(step, train))
-
-            metrics = {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}
+            metrics = train_step(stage, optimizer, scheduler, train, batch, step, forward_model)
             if debug is not None:
                 debug.write(
                     {

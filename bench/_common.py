@@ -1,0 +1,67 @@
+"""Helpers shared by the benchmark scripts (not a benchmark itself: run_all skips files starting with `_`).
+
+Every benchmark measures its reference in the same run, side by side, because the 2 cores are shared with
+other work and absolute numbers drift; the ratios are what we report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+CACHE_DIR = Path(os.environ.get("TEXTJEPA_BENCH_CACHE", REPO_ROOT / "bench" / ".cache"))
+
+
+def demo_paragraphs() -> Path:
+    """Real text of varied length: paragraphs of the installed standard library's docstrings (built once)."""
+    from textjepa.data.local_corpus import build_demo_corpus
+
+    target = CACHE_DIR / "demo" / "stdlib_paragraphs.txt"
+    if not target.is_file():
+        build_demo_corpus(target.parent)
+    return target
+
+
+def gemm_peak_flops(seconds_per_shape: float = 0.4) -> dict:
+    """The best fp32 matmul FLOP/s of this machine now, over shapes like the model's GEMMs and square ones."""
+    shapes = [(4096, 368, 1104), (4096, 1472, 368), (4096, 368, 1472), (1024, 1024, 1024), (2048, 2048, 2048)]
+    best, per_shape = 0.0, {}
+    with torch.inference_mode():
+        for m, k, n in shapes:
+            a, b = torch.randn(m, k), torch.randn(k, n)
+            a @ b  # warm up
+            runs, began = 0, time.perf_counter()
+            while True:
+                a @ b
+                runs += 1
+                elapsed = time.perf_counter() - began
+                if elapsed >= seconds_per_shape and runs >= 3:
+                    break
+            rate = 2.0 * m * k * n * runs / elapsed
+            per_shape[f"{m}x{k}x{n}"] = rate
+            best = max(best, rate)
+    return {"best": best, "per_shape": per_shape}
+
+
+def write_json(path: str | None, result: dict) -> None:
+    text = json.dumps(result, indent=2, sort_keys=False)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+    print(text)
+
+
+def goal_row(metric: str, value: float, goal: float | None, direction: str = ">=", note: str = "") -> dict:
+    """One line of the summary table (see bench/README.md: the `table` key of a benchmark's JSON)."""
+    met = None if goal is None else (value >= goal if direction == ">=" else value <= goal)
+    shown_goal = None if goal is None else f"{direction} {goal}"
+    return {"metric": metric, "value": value, "goal": shown_goal, "met": met, "note": note}
