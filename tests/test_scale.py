@@ -239,3 +239,40 @@ def test_unreachable_rendezvous_fails_cleanly_within_the_timeout(data, tmp_path)
     agent = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert agent.returncode != 0 and "RendezvousTimeoutError" in agent.stderr
     assert time.monotonic() - began < 60
+
+
+def test_train_world_under_torchrun_with_a_frozen_encoder_phase(data):
+    from test_cli_world import pair_lines
+
+    root = data["root"]
+    pairs = root / "pairs.txt"
+    pairs.write_text("\n".join(pair_lines(300)) + "\n")
+    result = torchrun(
+        "train-world",
+        pairs,
+        *TINY,
+        "--steps",
+        "4",
+        "--global-batch",
+        "16",
+        "--eval-every",
+        "4",
+        "--freeze-encoder-steps",
+        "2",  # the encoder gets no gradient for two steps: DDP must cope with unused parameters
+        "--val-fraction",
+        "0.2",
+        "--out-dir",
+        root / "world",
+        "--data-dir",
+        data["cache"],
+        "--no-progress",
+        env=cli_env(TEXTJEPA_DEBUG_DIR=str(root / "dbg_world")),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(main_checkpoint(root / "world", "world")).kind == "world"
+    rank0 = [r for r in read_jsonl(root / "dbg_world" / "rank0.jsonl") if "records" in r]
+    rank1 = [r for r in read_jsonl(root / "dbg_world" / "rank1.jsonl") if "records" in r]
+    assert len(rank0) == len(rank1) == 4
+    for a, b in zip(rank0, rank1):
+        assert not set(a["records"]) & set(b["records"])
+        assert a["teacher_sha256"] == b["teacher_sha256"]
