@@ -52,6 +52,20 @@ def gemm_peak_flops(seconds_per_shape: float = 0.4) -> dict:
     return {"best": best, "per_shape": per_shape}
 
 
+def bench_threads(requested: int = 0) -> int:
+    """Set and return torch's thread count: `requested`, else all cores on a quiet machine and 1 on a busy one.
+
+    With other processes on the 2 cores, 2 threads stall at every operator's barrier (3-12x slower, worst for
+    many small operators), which would measure the scheduler, not our code. The reference (GEMM peak, the
+    other model) runs with the same count, so the ratios stay comparable either way.
+    """
+    if requested <= 0:
+        cores = os.cpu_count() or 1
+        requested = cores if os.getloadavg()[0] < 0.5 * cores else 1
+    torch.set_num_threads(requested)
+    return requested
+
+
 def write_json(path: str | None, result: dict) -> None:
     text = json.dumps(result, indent=2, sort_keys=False)
     if path:

@@ -25,13 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import demo_paragraphs, goal_row, write_json  # noqa: E402
+from _common import bench_threads, demo_paragraphs, goal_row, write_json  # noqa: E402
 
 from textjepa.config import DataConfig, ModelConfig  # noqa: E402
 from textjepa.data.sources import LATENT_RECORDS, load_corpus  # noqa: E402
 from textjepa.data.tokens import pad_batch  # noqa: E402
 from textjepa.models.encoder import Encoder, masked_mean  # noqa: E402
-from textjepa.runtime import configure_threads  # noqa: E402
 
 
 def forward_flops(layers: int, dim: int, ffn: int, batch: int, width: int) -> float:
@@ -90,9 +89,11 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1500, help="paragraphs encoded per round")
     parser.add_argument("--batch", type=int, default=32, help="batch size of both sides (ST's default)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (best is kept)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all, or 1 on a busy machine)")
     args = parser.parse_args()
-    configure_threads()
-    result: dict = {"benchmark": "encoder_throughput", "threads": torch.get_num_threads()}
+    load = os.getloadavg()[0]
+    threads = bench_threads(args.threads)
+    result: dict = {"benchmark": "encoder_throughput", "threads": threads, "load_average_at_start": load}
     try:
         minilm = load_minilm()
     except ImportError as exc:
@@ -157,7 +158,7 @@ def main() -> None:
                 speed,
                 3.0,
                 note=f"{sides['ours']['sentences_per_s']:.0f} vs {sides['minilm']['sentences_per_s']:.0f}/s; "
-                f"tokens {ours_tokens} vs {their_tokens}",
+                f"tokens {ours_tokens} vs {their_tokens}; {threads} thread(s)",
             ),
             goal_row(
                 "encoder: achieved FLOP/s ours / all-MiniLM-L6-v2",
