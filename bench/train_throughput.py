@@ -170,7 +170,7 @@ def main() -> None:
     for name, shape in result["shapes"].items():
         fixed, bucketed = shape["modes"]["fixed"], shape["modes"]["bucketed"]
         goal = 0.9 if name == "default" else None
-        table.append(goal_row(f"{name}: MFU, model FLOPs, fixed 128-token batch", fixed["mfu"], None))
+        table.append(goal_row(f"{name}: MFU, model FLOPs, fixed max_seq batch", fixed["mfu"], None))
         peak_note = f"GEMM peak {shape['gemm_peak_flops_per_s'] / 1e9:.0f} GFLOP/s with {threads} thread(s)"
         table.append(
             goal_row(
