@@ -150,6 +150,11 @@ class WorldConfig:
     infonce_weight: float = 1.0
     temperature: float = 0.05
     bridge_weight: float = 1.0
+    # A pretrained encoder is fine-tuned more gently than the freshly initialised transition.
+    encoder_lr_scale: float = 1.0
+    # InfoNCE of the prediction against the online encoder's own latent of the next turn, so the encoder
+    # (and through the EMA the teacher) learns to represent replies, not only contexts.
+    reply_contrast_weight: float = 0.0
 
 
 @dataclass

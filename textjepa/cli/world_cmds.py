@@ -58,6 +58,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     world.add_argument(
         "--temperature", type=float, default=defaults.temperature, help="InfoNCE temperature (default %(default)s)"
     )
+    world.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=defaults.encoder_lr_scale,
+        help="learning-rate multiplier for the encoder (default %(default)s)",
+    )
+    world.add_argument(
+        "--reply-contrast-weight",
+        type=float,
+        default=defaults.reply_contrast_weight,
+        help="InfoNCE against the online encoder's latent of the next turn (default %(default)s)",
+    )
     t.set_defaults(run=run_train_world)
 
     e = subparsers.add_parser(
@@ -115,6 +127,8 @@ def run_train_world(args: argparse.Namespace) -> int:
         freeze_encoder_steps=args.freeze_encoder_steps,
         infonce_weight=args.infonce_weight,
         temperature=args.temperature,
+        encoder_lr_scale=args.encoder_lr_scale,
+        reply_contrast_weight=args.reply_contrast_weight,
     )
     overrides = {name: getattr(args, name) for name in ("dim", "max_seq", "layers", "heads", "max_vocab", "bridge_dim")}
     train_world(cfg, overrides)

@@ -53,7 +53,14 @@ class WorldObjective(nn.Module):
         return self.world.encoder
 
     def forward(
-        self, ids: torch.Tensor, valid: torch.Tensor, actions: torch.Tensor, target: torch.Tensor, frozen: bool
+        self,
+        ids: torch.Tensor,
+        valid: torch.Tensor,
+        actions: torch.Tensor,
+        target: torch.Tensor,
+        frozen: bool,
+        next_ids: torch.Tensor | None = None,
+        next_valid: torch.Tensor | None = None,
     ):
         state = self.world.state(ids, valid)
         if frozen:
@@ -64,7 +71,14 @@ class WorldObjective(nn.Module):
         reg, reg_metrics = regularizer_loss(prediction, self.cfg.train, self.generator)
         bridge = similarity_structure_loss(self.world.bridge(prediction.detach()), target)
         loss = align + self.cfg.infonce_weight * contrast + reg + self.cfg.bridge_weight * bridge
+        extra = {}
+        if next_ids is not None:
+            reply_latent = self.world.state(next_ids, next_valid)
+            reply_contrast = info_nce(prediction, reply_latent, self.cfg.temperature)
+            loss = loss + self.cfg.reply_contrast_weight * reply_contrast
+            extra["reply_contrast"] = float(reply_contrast.detach())
         return loss, {
+            **extra,
             "alignment": float(align.detach()),
             "infonce": float(contrast.detach()),
             "bridge": float(bridge.detach()),
@@ -110,6 +124,7 @@ class WorldStage:
     ) -> None:
         self.config, self.tokenizer, self.store, self.cfg, self.device = config, tokenizer, store, cfg, device
         self.mapping = mapping
+        self.lr_scales = {"world.encoder.": cfg.encoder_lr_scale}
         self.model = WorldObjective(config, cfg)
         self.teacher = copy.deepcopy(self.model.encoder)
         if init is not None:
@@ -133,13 +148,16 @@ class WorldStage:
 
     def make_inputs(self, batch: Batch, step: int) -> dict:
         tensors = batch_tensors(batch, self.mapping, self.device)
-        return {
+        inputs = {
             "ids": tensors["ids"],
             "valid": tensors["valid"],
             "actions": tensors["actions"],
             "target": self._target(tensors),
             "frozen": step < self.cfg.freeze_encoder_steps,
         }
+        if self.cfg.reply_contrast_weight > 0:
+            inputs.update(next_ids=tensors["next_ids"], next_valid=tensors["next_valid"])
+        return inputs
 
     @torch.no_grad()
     def validate(self) -> dict:

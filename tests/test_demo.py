@@ -1,0 +1,34 @@
+"""The embedded default runs end to end from local text only (tiny settings)."""
+
+from conftest import run_cli
+
+from textjepa.data.local_corpus import build_demo_corpus, paragraphs
+
+
+def test_demo_corpus_is_real_text_in_the_line_formats(tmp_path):
+    corpus = build_demo_corpus(tmp_path)
+    assert corpus.paragraphs > 1000 and corpus.pairs > 1000
+    pairs = corpus.pairs_path.read_text(encoding="utf-8").splitlines()
+    assert all(line.count("\t") == 1 for line in pairs)
+    assert any(line.startswith("User: What does `json.dumps(") for line in pairs)
+    assert len(corpus.paragraphs_path.read_text(encoding="utf-8").splitlines()) == corpus.paragraphs
+
+
+def test_paragraph_splitting_drops_doctests_and_joins_lines():
+    doc = "First paragraph that is long enough\nto span two lines of text.\n\n>>> print('doctest')\n\nshort"
+    assert paragraphs(doc) == ["First paragraph that is long enough to span two lines of text."]
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = run_cli(
+        "demo", "--out-dir", tmp_path, "--latent-steps", "20", "--world-steps", "20", "--dim", "32", "--layers", "1",
+        "--heads", "2", "--max-seq", "32", "--max-vocab", "400", "--eval-every", "20", "--no-progress",
+        "--prompt", "What does `os.path.join` do?",
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for needle in ("untrained baseline", "copy baseline", "mean baseline", "action: reply", "demo finished"):
+        assert needle in out
+    assert "prompt: What does `os.path.join` do?" in out
+    assert any(line.startswith("output: ") and len(line) > 10 for line in out.splitlines())
+    assert list((tmp_path / "world").glob("model_world_*.index"))
