@@ -228,4 +228,7 @@ class FakeHub:
         handler.send_header("X-Repo-Commit", commit)
         handler.end_headers()
         if not head:
-            handler.wfile.write(data)
+            try:
+                handler.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client was killed mid-download
+                handler.close_connection = True
