@@ -449,9 +449,11 @@ def _plan_generic(files: ParquetFiles, mode: str) -> tuple[Filler, str]:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
             for row in iter_rows(files, [messages], bar=bar):
-                lines = [single_line(said) for _, said in chat_turns(row[messages])]
+                lines = [
+                    line for line in (single_line(said) for _, said in chat_turns(row[messages])) if line
+                ]
                 stats.used += len(lines)
-                writer.write_clean_block([line for line in lines if line])
+                writer.write_clean_block(lines)
 
         return fill, f"messages column {messages!r}, one line per turn"
     if mode == "world" and messages:
