@@ -215,3 +215,86 @@ class DemoConfig:
         "What does `json.dumps(obj)` do?",
         "What does `shutil.copyfile(src, dst)` do?",
     )
+
+
+def _check_positive(name: str, value: int | None, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < 1:
+        raise TextJepaError(f"{name} must be a positive whole number, got {value}")
+
+
+@dataclass
+class PrepareUltrachatConfig:
+    """`textjepa prepare ultrachat`: chat turns -> context<TAB>next_turn (HuggingFaceH4/ultrachat_200k)."""
+
+    output: str = "data/ultrachat_pairs.txt"
+    context_window: int = 6  # previous turns kept as the context of each assistant turn
+    min_tokens: int = 2  # whitespace words, both sides
+    max_rows: int | None = None  # dataset rows (conversations) read; None: all
+    split: str = "train_sft"
+    progress: bool = True
+
+    def validate(self) -> None:
+        _check_positive("--context-window", self.context_window, allow_none=False)
+        _check_positive("--max-rows", self.max_rows)
+        if self.min_tokens < 0:
+            raise TextJepaError(f"--min-tokens must not be negative, got {self.min_tokens}")
+
+
+@dataclass
+class PrepareExpertConfig:
+    """`textjepa prepare expert`: a Q&A dataset -> `User: question[\\nContext: ...]<TAB>answer`."""
+
+    dataset: str = "sciq"
+    output: str | None = None  # None: data/<dataset>_pairs.txt
+    split: str | None = None  # None: the dataset's training split
+    max_rows: int | None = None  # dataset rows read; None: all
+    no_support: bool = False  # leave out the supporting paragraph (SciQ support, SQuAD context)
+    min_answer_words: int = 1
+    progress: bool = True
+
+    def validate(self) -> None:
+        _check_positive("--max-rows", self.max_rows)
+        if self.min_answer_words < 0:
+            raise TextJepaError(f"--min-answer-words must not be negative, got {self.min_answer_words}")
+
+    @property
+    def output_path(self) -> str:
+        return self.output or f"data/{self.dataset}_pairs.txt"
+
+
+@dataclass
+class PrepareJsonlConfig:
+    """`textjepa prepare jsonl`: JSON Lines shards with context/response keys -> context<TAB>response."""
+
+    input_dir: str = ""
+    output: str = "data/expert_pairs.txt"
+    min_tokens: int = 1  # bounds on the response, in whitespace words
+    max_tokens: int = 200
+    max_line_bytes: int = 16_000_000
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.min_tokens < 0:
+            raise TextJepaError(f"--min-tokens must not be negative, got {self.min_tokens}")
+        if self.max_tokens < max(1, self.min_tokens):
+            raise TextJepaError(f"--max-tokens ({self.max_tokens}) must be at least --min-tokens and 1")
+
+
+@dataclass
+class PrepareMixConfig:
+    """`textjepa prepare mix`: concatenate line files, optionally shuffled (deterministic for a seed)."""
+
+    output: str = ""
+    inputs: list[str] = field(default_factory=list)
+    shuffle: bool = False
+    seed: int = 0
+    bucket_bytes: int = 64 << 20  # shuffle: input bytes per temporary bucket (each is shuffled in memory)
+    max_line_bytes: int = 1_000_000
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise TextJepaError("prepare mix needs at least one input file")
+        _check_positive("bucket_bytes", self.bucket_bytes, allow_none=False)

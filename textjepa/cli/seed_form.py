@@ -53,7 +53,8 @@ def translate_seed_form(argv: list[str]) -> list[str]:
     flag, rest = argv[0], argv[1:]
     command, required, optional = SEED_FORMS[flag]
     if any(a in ("-h", "--help") for a in rest):
-        return [command, "--help"]
+        # Constant words (the "ultrachat" of --prepare-ultrachat) name the subcommand whose help is meant.
+        return [command, *(r for r in required if r.islower() and not r.startswith("--")), "--help"]
     positionals: list[str] = []
     while rest and not (rest[0].startswith("--") and len(rest[0]) > 2):
         positionals.append(rest.pop(0))

@@ -37,9 +37,10 @@ class LineStats:
     def total_skipped(self) -> int:
         return sum(self.skipped.values())
 
-    def summary(self) -> str:
+    def summary(self, verb: str = "used", what: str = "lines") -> str:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))
-        return f"used {self.used} lines, skipped {self.total_skipped}" + (f" ({reasons})" if reasons else "")
+        head = f"{verb} {self.used} {what}, skipped {self.total_skipped}"
+        return head + (f" ({reasons})" if reasons else "")
 
     def to_dict(self) -> dict:
         return {"used": self.used, "skipped": dict(self.skipped)}

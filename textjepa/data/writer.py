@@ -1,0 +1,178 @@
+"""Writing line files that are never trusted half-written.
+
+Every line file the data preparation writes (hub caches, `prepare` outputs) is streamed to a
+temporary name in the same directory and renamed over the final name only when it is complete and
+holds at least one line. A run that is killed leaves only a temporary file, which the next run
+removes; the final name either does not exist or is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from textjepa.data.lines import TAB, LineStats, escape
+from textjepa.errors import TextJepaError
+
+try:  # POSIX only; without it stale temporary files are recognised by their dead process id alone.
+    import fcntl
+except ImportError:  # pragma: no cover - not on the project's machines
+    fcntl = None  # type: ignore[assignment]
+
+_TMP_MARK = ".tmp-"
+
+
+def clean_field(text: str) -> str:
+    """One field of one record: `\\n` escapes for newlines, no TAB, no NUL, no outer whitespace."""
+    return escape(text.replace("\x00", "")).strip()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def ensure_parent_dir(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise TextJepaError(
+            f"cannot create the directory of {path}: a file is in the way ({exc.filename})"
+        ) from exc
+    except OSError as exc:
+        raise TextJepaError(f"cannot create the directory of {path}: {exc.strerror}") from exc
+    if not path.parent.is_dir():
+        raise TextJepaError(f"cannot write {path}: {path.parent} is not a directory")
+
+
+class AtomicLineFile:
+    """Streams records (one escaped line each) to `path` through a temporary file.
+
+    With `lock=True` an exclusive lock on a hidden `.NAME.lock` file beside it (removed afterwards)
+    is held while writing, so two processes converting the same thing (e.g. two DDP ranks resolving
+    the same hub dataset) do the work once: the second waits, then finds the finished file. Under the lock
+    every temporary file of this name is stale by construction. Without the lock, temporary files
+    whose process is gone are stale.
+
+    Use as a context manager and call `commit()` at the end; leaving the block without a commit (an
+    error, Ctrl-C) deletes the temporary file and leaves any earlier complete file untouched.
+    """
+
+    def __init__(self, path: str | Path, lock: bool = False) -> None:
+        self.path = Path(path)
+        self.lines = 0
+        self._lock_wanted = lock and fcntl is not None
+        self._lock_handle = None
+        self._handle = None
+        self.tmp = self.path.with_name(f".{self.path.name}{_TMP_MARK}{os.getpid()}")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> AtomicLineFile:
+        ensure_parent_dir(self.path)
+        if self.path.is_dir():
+            raise TextJepaError(f"output path is a directory: {self.path}")
+        try:
+            if self._lock_wanted:
+                self._acquire_lock()
+            self.remove_stale_temporaries()
+            self._handle = open(self.tmp, "wb")  # closed in commit() or __exit__
+        except OSError as exc:
+            self._release_lock()
+            raise TextJepaError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._handle is not None:  # not committed: throw the partial work away
+            self._handle.close()
+            self._handle = None
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp.unlink()
+        self._release_lock()
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        removed = []
+        for candidate in self.path.parent.glob(f".{self.path.name}{_TMP_MARK}*"):
+            if candidate == self.tmp:
+                continue
+            pid_text = candidate.name.rsplit(_TMP_MARK, 1)[-1]
+            stale = self._lock_wanted or not pid_text.isdigit() or not _pid_alive(int(pid_text))
+            if stale:
+                with contextlib.suppress(FileNotFoundError):
+                    candidate.unlink()
+                removed.append(candidate)
+        if removed:
+            print(f"removed {len(removed)} stale temporary file(s) of {self.path} from an interrupted run")
+        return removed
+
+    @property
+    def _lock_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    def _acquire_lock(self) -> None:
+        # The holder deletes the lock file when done, so a waiter may wake up holding a lock on a
+        # deleted file: it must then try again on the current one (same inode = the real lock).
+        while True:
+            handle = open(self._lock_path, "a")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                if os.stat(self._lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    self._lock_handle = handle
+                    return
+            except FileNotFoundError:
+                pass
+            handle.close()
+
+    def _release_lock(self) -> None:
+        if self._lock_handle is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._lock_path.unlink()  # while still held: nobody can be inside with another inode
+            fcntl.flock(self._lock_handle.fileno(), fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    # ------------------------------------------------------------ writing
+
+    def write_record(self, fields: Sequence[str], stats: LineStats | None = None) -> bool:
+        """Clean each field and write them as one TAB-separated line; an empty field skips the record."""
+        cleaned = [clean_field(f) for f in fields]
+        if not all(cleaned):
+            if stats is not None:
+                stats.skip("empty field")
+            return False
+        self.write_clean_line(TAB.join(cleaned))
+        if stats is not None:
+            stats.used += 1
+        return True
+
+    def write_clean_line(self, line: str) -> None:
+        """A line the caller has already made safe (no newline, no NUL)."""
+        self._handle.write(line.encode("utf-8") + b"\n")
+        self.lines += 1
+
+    def write_clean_block(self, lines: Sequence[str]) -> None:
+        """Many safe lines at once (one encode and one write for a whole batch: the fast path)."""
+        if lines:
+            self._handle.write(("\n".join(lines) + "\n").encode("utf-8"))
+            self.lines += len(lines)
+
+    def commit(self, what: str = "lines") -> Path:
+        """Rename the temporary file to the final name; a file with no line is an error, not a result."""
+        handle, self._handle = self._handle, None
+        try:
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            handle.close()
+        if self.lines == 0:
+            self.tmp.unlink(missing_ok=True)
+            raise TextJepaError(f"no usable {what} to write to {self.path}; nothing was written")
+        os.replace(self.tmp, self.path)
+        return self.path
