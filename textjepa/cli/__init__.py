@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "textjepa.cli.latent_cmds",
     "textjepa.cli.world_cmds",
     "textjepa.cli.demo_cmd",
+    "textjepa.cli.serve_cmd",
 )
 
 EXIT_USER_ERROR = 2
