@@ -419,16 +419,16 @@ async def _post_all(base: str, bodies: list[dict]) -> list[tuple[httpx.Response,
 
 
 def test_generations_run_in_parallel_and_fast_requests_pass_slow_ones(server):
-    slow = {"messages": [{"role": "user", "content": "cooking [[sleep:1.5]]"}]}
+    slow = {"messages": [{"role": "user", "content": "cooking [[sleep:2]]"}]}
     fast = {"messages": USER}
     started = time.perf_counter()
     results = asyncio.run(_post_all(server.base, [slow, slow, fast, fast]))
     elapsed = time.perf_counter() - started
     assert all(r.status_code == 200 for r, _ in results), [r.text for r, _ in results]
-    # Two 1.5 s generations together in well under 3 s: the decoder is not behind one global lock...
-    assert elapsed < 2.7, elapsed
+    # Two 2 s generations together in well under 4 s: the decoder is not behind one global lock...
+    assert elapsed < 3.6, elapsed
     # ...and the fast requests did not wait for the slow ones.
-    assert all(seconds < 1.2 for _, seconds in results[2:]), results
+    assert all(seconds < 1.5 for _, seconds in results[2:]), results
 
 
 def test_many_concurrent_requests_are_batched_and_all_answered(server, agent):
@@ -549,7 +549,7 @@ def test_admission_gate_queue_timeout_and_hand_over():
         (["--bind", "a:b:c"], "not host:port"),
         (["--bind", "127.0.0.1:8080", "--port", "9000"], "either --bind"),
         (["--max-concurrency", "0"], "max-concurrency"),
-        (["--bind", "no-such-host.invalid:8080"], "unknown host"),
+        (["--bind", "192.0.2.1:8080"], "not an address of this machine"),
     ],
 )
 def test_serve_argument_errors(world_model, args, needle):
@@ -568,5 +568,3 @@ def test_serve_startup_errors(world_model, tmp_path):
         assert_user_error(run_cli("--serve", world_model, vocab, f"127.0.0.1:{port}"), "already in use")
     # Problems found while loading (after the socket is open) stop the server with one clear line.
     assert_user_error(run_cli("--serve", world_model, vocab, "127.0.0.1:0", "64"), "dim=64", "disagrees")
-    latent = main_checkpoint(world_model.parent.parent / "l", "latent")
-    assert_user_error(run_cli("serve", latent, "--port", "0"), "expected a world checkpoint")

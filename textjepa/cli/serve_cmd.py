@@ -175,6 +175,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = serve_config(args)
     if not Path(cfg.model).is_file():
         raise TextJepaError(f"model {cfg.model} not found")
+    # Bind before the heavy imports, so that a taken port is reported at once. Once the HTTP loop runs,
+    # /health answers 503 until the model has loaded in the background.
+    sock = open_socket(cfg.host, cfg.port)
+    try:
+        return _serve(cfg, sock)
+    finally:
+        sock.close()
+
+
+def _serve(cfg: ServeConfig, sock: socket.socket) -> int:
     import uvicorn
 
     from textjepa.runtime import configure_threads, resolve_device
@@ -182,7 +192,6 @@ def run(args: argparse.Namespace) -> int:
 
     configure_threads()
     device = resolve_device(cfg.device)
-    sock = open_socket(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     _configure_logging(cfg.debug)
@@ -204,10 +213,7 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     print(f"textjepa serve: listening on {url}/v1 (model {cfg.model}, loading)", flush=True)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
+    server.run(sockets=[sock])
     if failures:
         exc = failures[0]
         reason = str(exc) if isinstance(exc, TextJepaError) else f"{type(exc).__name__}: {exc}"
