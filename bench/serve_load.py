@@ -99,9 +99,12 @@ def wait_ready(url: str, path: str, proc: Process, timeout: float, headers: dict
     raise SystemExit(f"the server was not ready within {timeout:.0f} s:\n{proc.tail()}")
 
 
-def start_textjepa(model: Path, work: Path, threads: int, extra: list[str]) -> tuple[Process, str]:
+def start_textjepa(
+    model: Path, work: Path, threads: int, extra: list[str], env: dict | None = None
+) -> tuple[Process, str]:
     argv = [sys.executable, "-m", "textjepa", "serve", str(model), "--port", "0", *extra]
-    proc = Process(argv, work / f"textjepa-serve-{len(list(work.glob('*.log')))}.log", server_env(threads))
+    log = work / f"textjepa-serve-{len(list(work.glob('*.log')))}.log"
+    proc = Process(argv, log, {**server_env(threads), **(env or {})})
     line = proc.first_line(timeout=120)
     if "listening on http://" not in line:
         proc.stop()
@@ -121,8 +124,12 @@ def train_model(work: Path, steps: int) -> Path:
     """A demo-shaped world model (dim 128, 2 layers, max_seq 64) on the stdlib question -> answer pairs."""
     from textjepa.data.local_corpus import build_demo_corpus
 
-    corpus = build_demo_corpus(work / "corpus")
     out = work / "world"
+    trained = [p for p in out.glob("model_world_*.safetensors") if not p.name.endswith("_teacher.safetensors")]
+    if len(trained) == 1 and trained[0].with_name(trained[0].name.replace(".safetensors", ".index")).is_file():
+        print(f"reusing {trained[0]} (delete {out} to train again)", flush=True)
+        return trained[0]
+    corpus = build_demo_corpus(work / "corpus")
     argv = [sys.executable, "-m", "textjepa", "train-world", str(corpus.pairs_path)]
     argv += ["--dim", "128", "--layers", "2", "--heads", "4", "--max-seq", "64", "--max-vocab", "4000"]
     argv += ["--steps", str(steps), "--batch", "64", "--eval-every", str(steps), "--val-fraction", "0.1"]
@@ -330,7 +337,13 @@ def llamacpp_comparison(args: argparse.Namespace, model: Path | None, work: Path
         return {"skipped": "the comparison needs a model path (--model or a trained one), not --url"}
     clients, per_client = args.llm_clients, args.llm_requests
     results: dict = {"gguf": gguf, "clients": clients, "requests_per_client": per_client, "max_tokens": 64}
-    proc, url = start_textjepa(model, work, args.server_threads, ["--decoder", "llamacpp", "--decoder-model", gguf])
+    proc, url = start_textjepa(
+        model,
+        work,
+        args.server_threads,
+        ["--decoder", "llamacpp", "--decoder-model", gguf],
+        env={"JEPA_DECODER_MODEL": gguf},  # the decoder's own way to name its GGUF (spec section 8)
+    )
     try:
         results["textjepa_llamacpp"] = asyncio.run(
             run_load(url, prompts, clients, per_client, 64, False, {}, "textjepa", warmup=1)
@@ -366,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens per request (default %(default)s)")
     parser.add_argument("--stream", action="store_true", help="also measure streamed requests")
     parser.add_argument("--warmup", type=int, default=64, help="unmeasured requests first (default %(default)s)")
-    parser.add_argument("--train-steps", type=int, default=100, help="when training a model (default %(default)s)")
+    parser.add_argument("--train-steps", type=int, default=60, help="when training a model (default %(default)s)")
     parser.add_argument(
         "--server-threads", type=int, default=1, help="torch threads of the server (default %(default)s)"
     )
@@ -375,7 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-clients", type=int, default=4, help="clients in the llamacpp comparison")
     parser.add_argument("--llm-requests", type=int, default=4, help="requests per client there")
     parser.add_argument("--no-llamacpp", action="store_true", help="skip the llamacpp comparison")
-    parser.add_argument("--work-dir", default=None, help="where the trained model and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="trained model and logs; a model trained there before is reused (default: temp)",
+    )
     parser.add_argument("--json", dest="json_path", default=None, help="write the results here")
     args = parser.parse_args(argv)
 

@@ -435,9 +435,9 @@ async def _sse_events(
         yield chunk({"role": "assistant", "content": ""})
         count = 0
         try:
-            async for text in state.decoder.stream(messages, conditioned.conditioning, max_tokens, **options):
-                count += 1
-                yield chunk({"content": text})
+            async for texts in state.decoder.stream(messages, conditioned.conditioning, max_tokens, **options):
+                count += len(texts)
+                yield "".join(chunk({"content": text}) for text in texts)  # one write for what came together
         except Exception as exc:
             log.exception("decoder failed mid-stream")
             # The status line is long sent; an error event (which OpenAI clients raise as APIError) and the end

@@ -13,6 +13,7 @@ is never entered twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -20,6 +21,8 @@ from functools import partial
 from textjepa.decoders.base import Conditioning, Decoder, Generation
 
 _END = object()
+PULL_BUDGET = 0.005  # seconds a streamed chunk may wait for the ones after it, to share a thread hop and a write
+PULL_MAX = 256
 
 
 class DecoderRunner:
@@ -45,7 +48,8 @@ class DecoderRunner:
 
     async def stream(
         self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int, **options
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[list[str]]:
+        """The decoder's chunks, in lists: whatever it produced within PULL_BUDGET of one thread hop."""
         await self._turns.acquire()
         iterator: Iterator[str] | None = None
         pending: asyncio.Future | None = None
@@ -55,11 +59,14 @@ class DecoderRunner:
             )
             iterator = await asyncio.shield(pending)
             while True:
-                pending = self._run(partial(next, iterator, _END))
-                chunk = await asyncio.shield(pending)
-                if chunk is _END:
+                pending = self._run(partial(_pull, iterator))
+                chunks, ended, error = await asyncio.shield(pending)
+                if chunks:
+                    yield chunks
+                if error is not None:
+                    raise error
+                if ended:
                     break
-                yield chunk
         finally:
             self._finish(iterator, pending)
 
@@ -81,6 +88,25 @@ class DecoderRunner:
             pending.add_done_callback(close)
         else:
             close()
+
+
+def _pull(iterator: Iterator[str]) -> tuple[list[str], bool, Exception | None]:
+    """Chunks for one thread hop: a fast decoder (retrieval) gives its whole reply at once, instead of paying
+    a hop and a socket write per word; a slow one (an LLM, a token per call) still sends each token as soon
+    as it exists, since another call is made only while within the budget. A failure is returned beside the
+    chunks that came before it, so that those are still sent."""
+    chunks: list[str] = []
+    deadline = time.perf_counter() + PULL_BUDGET
+    while True:
+        try:
+            chunk = next(iterator, _END)
+        except Exception as exc:
+            return chunks, True, exc
+        if chunk is _END:
+            return chunks, True, None
+        chunks.append(chunk)
+        if time.perf_counter() >= deadline or len(chunks) >= PULL_MAX:
+            return chunks, False, None
 
 
 def _close_iterator(iterator: object) -> None:
