@@ -538,6 +538,21 @@ def test_admission_gate_queue_timeout_and_hand_over():
     asyncio.run(run())
 
 
+def test_create_app_with_an_agent_in_process(agent):
+    """The app factory also takes an Agent loaded by the caller (ready at once, no loader thread)."""
+    from fastapi.testclient import TestClient
+
+    from textjepa.config import ServeConfig
+    from textjepa.serve.app import create_app
+
+    with TestClient(create_app(agent, ServeConfig(model_id="in-process"))) as local:
+        assert local.get("/health").json()["status"] == "ok"
+        body = local.post("/v1/chat/completions", json={"messages": USER}).json()
+        assert body["model"] == "in-process"
+        assert body["choices"][0]["message"]["content"] == agent.respond(USER).generation.text
+        assert local.get("/v1/models").json()["data"][0]["id"] == "in-process"  # no key configured: open
+
+
 # --- the command line --------------------------------------------------------------------------------------
 
 

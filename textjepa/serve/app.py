@@ -58,13 +58,13 @@ class ServerState:
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
-    async def load(self, source: AgentSource, on_load_error: Callable[[BaseException], None] | None) -> None:
+    async def load(self, source: Callable[[], Agent], on_load_error: Callable[[BaseException], None] | None) -> None:
         started = time.perf_counter()
         try:
             delay = testhooks.load_delay()
             if delay:
                 await asyncio.sleep(delay)
-            agent = await asyncio.to_thread(source) if callable(source) else source
+            agent = await asyncio.to_thread(source)
             self.attach(agent)
         except asyncio.CancelledError:
             raise
@@ -142,11 +142,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(state.load(agent_or_loader, on_load_error), name="textjepa-load")
+        loading = None
+        if callable(agent_or_loader):
+            loading = asyncio.create_task(state.load(agent_or_loader, on_load_error), name="textjepa-load")
+        else:
+            state.attach(agent_or_loader)  # already loaded: ready as soon as the app starts
         try:
             yield
         finally:
-            loading.cancel()
+            if loading is not None:
+                loading.cancel()
             state.close()
 
     app = FastAPI(title="textjepa", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
