@@ -28,13 +28,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from textjepa.agent import Agent, conversation_context
 from textjepa.config import ServeConfig
+from textjepa.decoders.base import Generation
 from textjepa.errors import TextJepaError
 from textjepa.serve import testhooks
 from textjepa.serve.decoding import DecoderRunner
 from textjepa.serve.errors import ApiError, bad_request, dumps, error_body, json_response
 from textjepa.serve.limits import Admission, Slot
 from textjepa.serve.schemas import ChatMessage, ChatRequest, EmbeddingRequest, parse_json, validate
-from textjepa.serve.worker import ModelWorker
+from textjepa.serve.worker import Conditioned, ModelWorker
 
 log = logging.getLogger("textjepa.serve")
 
@@ -389,14 +390,16 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-async def _condition(state: ServerState, context: str):
+async def _condition(state: ServerState, context: str) -> Conditioned:
     try:
         return await state.worker.condition(context)
     except TextJepaError as exc:
         raise bad_request(str(exc)) from exc
 
 
-async def _generate(state: ServerState, messages: list[dict], conditioned, max_tokens: int, options: dict):
+async def _generate(
+    state: ServerState, messages: list[dict], conditioned: Conditioned, max_tokens: int, options: dict
+) -> Generation:
     try:
         return await state.decoder.generate(messages, conditioned.conditioning, max_tokens, **options)
     except TextJepaError as exc:
@@ -415,7 +418,7 @@ async def _sse_events(
     slot: Slot,
     completion_id: str,
     messages: list[dict],
-    conditioned,
+    conditioned: Conditioned,
     max_tokens: int,
     options: dict,
     include_usage: bool,
