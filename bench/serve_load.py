@@ -325,6 +325,15 @@ def find_gguf(explicit: str | None) -> str | None:
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
+def _note_crash(result: dict, proc: Process) -> None:
+    """A server that died under load explains its errors better than the errors do."""
+    code = proc.proc.poll()
+    if code is not None:
+        result["server_exit_code"] = code
+        result["server_log_tail"] = proc.tail()[-2000:]
+        print(f"  the server died during the run (exit code {code}); see {proc.log_path}", flush=True)
+
+
 def llamacpp_comparison(args: argparse.Namespace, model: Path | None, work: Path, prompts: list[str]) -> dict:
     """Completion tokens/s: textjepa serve --decoder llamacpp vs python -m llama_cpp.server, same GGUF and load.
 
@@ -363,6 +372,7 @@ def llamacpp_comparison(args: argparse.Namespace, model: Path | None, work: Path
             results["textjepa_llamacpp"] = asyncio.run(
                 run_load(url, prompts, clients, per_client, args.llm_max_tokens, False, {}, "textjepa", warmup=1)
             )
+            _note_crash(results["textjepa_llamacpp"], proc)
         finally:
             proc.stop()
     if importlib.util.find_spec("sse_starlette") is None or importlib.util.find_spec("starlette_context") is None:
@@ -380,6 +390,7 @@ def llamacpp_comparison(args: argparse.Namespace, model: Path | None, work: Path
                 f"http://127.0.0.1:{port}", prompts, clients, per_client, args.llm_max_tokens, False, {}, "local", 1
             )
         )
+        _note_crash(results["llama_cpp_server"], llama)
     finally:
         llama.stop()
     return results
