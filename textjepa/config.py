@@ -298,3 +298,50 @@ class PrepareMixConfig:
         if not self.inputs:
             raise TextJepaError("prepare mix needs at least one input file")
         _check_positive("bucket_bytes", self.bucket_bytes, allow_none=False)
+
+
+@dataclass
+class ServeConfig:
+    """`textjepa serve`: the OpenAI-compatible HTTP API over one loaded world model."""
+
+    model: str = ""
+    vocab: str | None = None
+    host: str = "127.0.0.1"  # loopback by default: exposing the API is an explicit choice (--bind 0.0.0.0:PORT)
+    port: int = 8080  # 0 picks a free port (printed at start)
+    decoder: str = "retrieval"
+    bridge: str | None = None
+    decoder_model: str | None = None
+    device: str = "auto"
+    api_key: str | None = None  # also read from TEXTJEPA_API_KEY
+    model_id: str = "textjepa"
+    max_concurrency: int = 8  # generations and embedding requests in flight at once
+    max_queue: int = 256  # requests allowed to wait for a slot; beyond this, 429 at once
+    queue_timeout: float = 30.0  # seconds a request waits for a slot before 429
+    max_batch: int = 64  # texts per encoder batch on the model thread
+    max_body_bytes: int = 4 * 1024 * 1024
+    default_max_tokens: int = 128
+    max_tokens_limit: int = 4096
+    max_embedding_inputs: int = 2048
+    debug: bool = False
+    shape_overrides: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise TextJepaError(f"port must be in 0..65535, got {self.port}")
+        if not self.host:
+            raise TextJepaError("the host to bind to is empty")
+        for name in ("max_concurrency", "max_batch", "max_body_bytes", "max_tokens_limit", "max_embedding_inputs"):
+            if getattr(self, name) < 1:
+                raise TextJepaError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise TextJepaError(f"max-queue must be at least 0, got {self.max_queue}")
+        if not self.queue_timeout > 0:
+            raise TextJepaError(f"queue-timeout must be positive, got {self.queue_timeout}")
+        if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
+            raise TextJepaError(
+                f"default max tokens {self.default_max_tokens} must be in 1..{self.max_tokens_limit} (max-tokens-limit)"
+            )
+        if self.api_key is not None and not self.api_key.strip():
+            raise TextJepaError("the API key is empty")
+        if not self.model_id.strip():
+            raise TextJepaError("the model id is empty")

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "textjepa.cli.world_cmds",
     "textjepa.cli.demo_cmd",
     "textjepa.cli.prepare_cmds",
+    "textjepa.cli.serve_cmd",
 )
 
 EXIT_USER_ERROR = 2

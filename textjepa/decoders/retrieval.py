@@ -114,6 +114,7 @@ class RetrievalDecoder:
     """Nearest training reply to the predicted next latent (cosine)."""
 
     name = "retrieval"
+    thread_safe = True  # read-only tensors: the server may run several generations at once
 
     def __init__(self, index: RetrievalIndex) -> None:
         self.index = index
