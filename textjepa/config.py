@@ -154,7 +154,7 @@ class WorldConfig:
     encoder_lr_scale: float = 1.0
     # InfoNCE of the prediction against the online encoder's own latent of the next turn, so the encoder
     # (and through the EMA the teacher) learns to represent replies, not only contexts.
-    reply_contrast_weight: float = 0.0
+    reply_contrast_weight: float = 1.0
 
 
 @dataclass
