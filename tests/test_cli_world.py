@@ -17,7 +17,8 @@ TOPICS = {
 
 
 def pair_lines(count: int, seed: int = 0) -> list[str]:
-    """Questions about a topic -> an answer about the same topic: learnable, and not by copying."""
+    """Questions about a topic -> an answer about it that shares no word with the question: learnable,
+    and not by copying the context."""
     import random
 
     rng = random.Random(seed)
@@ -28,7 +29,7 @@ def pair_lines(count: int, seed: int = 0) -> list[str]:
         words = TOPICS[topic].split()
         rng.shuffle(words)
         sep = "\t" if i % 3 else "|||"
-        lines.append(f"User: tell me about {topic} please number {i}{sep}{' '.join(words[:6])} ({topic} {i % 7})")
+        lines.append(f"User: tell me about {topic} please number {i}{sep}{' '.join(words[:6])}")
     return lines
 
 
@@ -75,6 +76,12 @@ def world_setup(tmp_path_factory):
         "2e-3",
         "--val-fraction",
         "0.2",
+        # The encoder stays as pretrained, so "copy the context" cannot improve with training and the
+        # transition alone has to learn the question -> answer mapping.
+        "--freeze-encoder-steps",
+        "60",
+        "--reply-contrast-weight",
+        "0",
         "--out-dir",
         root / "world",
         "--data-dir",
@@ -129,9 +136,7 @@ def test_eval_world_beats_baselines_and_is_deterministic(world_setup):
     assert report["split"] == "val" and report["pairs"] >= 64
     for row in ("world_model", "baseline_copy", "baseline_mean"):
         assert set(report[row]) >= {"transition_cos", "transition_l2", "R@1", "R@5", "MRR"}
-    # At this tiny size the world model ties "copy the context" within noise: over latent seeds 0-2 it wins,
-    # ties or loses by one pair with either masking RNG (measured on branch scale), so a tie is allowed here.
-    assert report["world_model"]["R@1"] >= report["baseline_copy"]["R@1"]
+    assert report["world_model"]["R@1"] > report["baseline_copy"]["R@1"] + 0.1
     assert report["world_model"]["R@1"] > report["baseline_mean"]["R@1"]
 
 

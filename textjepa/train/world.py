@@ -74,6 +74,8 @@ class WorldObjective(nn.Module):
         extra = {}
         if next_ids is not None:
             reply_latent = self.world.state(next_ids, next_valid)
+            if frozen:
+                reply_latent = reply_latent.detach()
             reply_contrast = info_nce(prediction, reply_latent, self.cfg.temperature)
             loss = loss + self.cfg.reply_contrast_weight * reply_contrast
             extra["reply_contrast"] = float(reply_contrast.detach())
