@@ -1,6 +1,6 @@
 """The embedded default runs end to end from local text only (tiny settings)."""
 
-from conftest import run_cli
+from conftest import assert_user_error, run_cli
 
 from textjepa.data.local_corpus import build_demo_corpus, paragraphs
 
@@ -32,3 +32,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "prompt: What does `os.path.join` do?" in out
     assert any(line.startswith("output: ") and len(line) > 10 for line in out.splitlines())
     assert list((tmp_path / "world").glob("model_world_*.index"))
+
+
+def test_prepare_demo_writes_the_corpus_and_reports_bad_output(tmp_path):
+    result = run_cli("prepare", "demo", "--out-dir", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "demo" / "stdlib_pairs.txt").stat().st_size > 100_000
+    assert "question -> answer pairs" in result.stdout
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(run_cli("prepare", "demo", "--out-dir", blocker / "sub"), "cannot write")

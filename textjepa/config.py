@@ -204,7 +204,7 @@ class DemoConfig:
     max_seq: int = 64
     max_vocab: int = 4000
     latent_steps: int = 600
-    world_steps: int = 800
+    world_steps: int = 1000
     batch: int = 32
     world_batch: int = 64
     eval_every: int = 200

@@ -168,6 +168,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(run=run_mix)
 
+    d = kinds.add_parser(
+        "demo",
+        help="the embedded default corpus from the local Python standard library",
+        description=(
+            "Write stdlib_paragraphs.txt (docstring paragraphs, one per line, for latent) and stdlib_pairs.txt "
+            "(`User: What does `name(signature)` do?<TAB>first docstring paragraph`, for train-world) from the "
+            "installed Python standard library. No downloads; nothing is imported."
+        ),
+    )
+    d.add_argument("--out-dir", default="data/demo", help="where the two files go (default %(default)s)")
+    d.set_defaults(run=run_demo_corpus)
+
+
+def run_demo_corpus(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from textjepa.data.local_corpus import build_demo_corpus
+    from textjepa.errors import TextJepaError
+
+    try:
+        corpus = build_demo_corpus(Path(args.out_dir))
+    except OSError as exc:
+        raise TextJepaError(f"cannot write to {args.out_dir}: {exc.strerror}") from exc
+    print(f"wrote {corpus.paragraphs} paragraphs to {corpus.paragraphs_path}")
+    print(f"wrote {corpus.pairs} question -> answer pairs to {corpus.pairs_path}")
+    return 0
+
 
 def run_hub(args: argparse.Namespace) -> int:
     from textjepa.data.sources import HUB_PREFIX, resolve_data
