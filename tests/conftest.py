@@ -76,6 +76,77 @@ def main_checkpoint(directory: Path, kind: str) -> Path:
     return path
 
 
+TOPICS = {
+    "weather": "rain falls from grey clouds and the wind is cold",
+    "cooking": "boil the pasta in salted water and add the sauce",
+    "music": "the guitar plays a slow melody in a minor key",
+    "space": "the rocket leaves orbit and flies towards the moon",
+    "garden": "plant the seeds in spring and water them daily",
+    "code": "the function returns a sorted list of unique keys",
+}
+
+
+def pair_lines(count: int, seed: int = 0) -> list[str]:
+    """Questions about a topic -> an answer about it that shares no word with the question: learnable,
+    and not by copying the context."""
+    import random
+
+    rng = random.Random(seed)
+    names = sorted(TOPICS)
+    lines = []
+    for i in range(count):
+        topic = names[i % len(names)]
+        words = TOPICS[topic].split()
+        rng.shuffle(words)
+        sep = "\t" if i % 3 else "|||"
+        lines.append(f"User: tell me about {topic} please number {i}{sep}{' '.join(words[:6])}")
+    return lines
+
+
+def train_tiny_world(root: Path, *world_args: str) -> dict:
+    """A tiny JEPA encoder on text, then a world model on topic pairs with --init-encoder (about 10 s)."""
+    pairs = root / "pairs.txt"
+    pairs.write_text("\n".join(pair_lines(480)) + "\n")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(synthetic_lines(300) + [p.replace("\t", " ") for p in pair_lines(300, 1)]) + "\n")
+    cache = root / "cache"
+    common = ["--data-dir", cache, "--no-progress"]
+    latent = run_cli(
+        "latent", corpus, *TINY, "--steps", "30", "--batch", "16", "--eval-every", "30", "--out-dir", root / "latent",
+        *common,
+    )  # fmt: skip
+    assert latent.returncode == 0, latent.stderr
+    latent_model = main_checkpoint(root / "latent", "latent")
+    world = run_cli(
+        "train-world", pairs, "--init-encoder", latent_model, "--steps", "60", "--batch", "24", "--eval-every", "30",
+        "--lr", "2e-3", "--val-fraction", "0.2", *world_args, "--out-dir", root / "world", *common,
+    )  # fmt: skip
+    assert world.returncode == 0, world.stderr
+    return {
+        "root": root,
+        "pairs": pairs,
+        "cache": cache,
+        "latent": latent_model,
+        "world": main_checkpoint(root / "world", "world"),
+        "stdout": world.stdout,
+    }
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """A fake Hugging Face hub on 127.0.0.1 serving every dataset fixture (tests/hub_fixtures.py)."""
+    from fake_hub import FakeHub
+    from hub_fixtures import all_repos
+
+    server = FakeHub()
+    for repo, files in all_repos().items():
+        for path, data in files.items():
+            server.add_file(repo, path, data)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"

@@ -3,101 +3,16 @@
 import json
 
 import pytest
-from conftest import TINY, assert_user_error, main_checkpoint, run_cli
+from conftest import TINY, assert_user_error, main_checkpoint, pair_lines, run_cli, train_tiny_world
 from safetensors import safe_open
-
-TOPICS = {
-    "weather": "rain falls from grey clouds and the wind is cold",
-    "cooking": "boil the pasta in salted water and add the sauce",
-    "music": "the guitar plays a slow melody in a minor key",
-    "space": "the rocket leaves orbit and flies towards the moon",
-    "garden": "plant the seeds in spring and water them daily",
-    "code": "the function returns a sorted list of unique keys",
-}
-
-
-def pair_lines(count: int, seed: int = 0) -> list[str]:
-    """Questions about a topic -> an answer about it that shares no word with the question: learnable,
-    and not by copying the context."""
-    import random
-
-    rng = random.Random(seed)
-    names = sorted(TOPICS)
-    lines = []
-    for i in range(count):
-        topic = names[i % len(names)]
-        words = TOPICS[topic].split()
-        rng.shuffle(words)
-        sep = "\t" if i % 3 else "|||"
-        lines.append(f"User: tell me about {topic} please number {i}{sep}{' '.join(words[:6])}")
-    return lines
 
 
 @pytest.fixture(scope="module")
 def world_setup(tmp_path_factory):
-    from conftest import synthetic_lines
-
-    root = tmp_path_factory.mktemp("world")
-    pairs = root / "pairs.txt"
-    pairs.write_text("\n".join(pair_lines(480)) + "\n")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(synthetic_lines(300) + [p.replace("\t", " ") for p in pair_lines(300, 1)]) + "\n")
-    cache = root / "cache"
-    latent = run_cli(
-        "latent",
-        corpus,
-        *TINY,
-        "--steps",
-        "30",
-        "--batch",
-        "16",
-        "--eval-every",
-        "30",
-        "--out-dir",
-        root / "latent",
-        "--data-dir",
-        cache,
-        "--no-progress",
-    )
-    assert latent.returncode == 0, latent.stderr
-    latent_model = main_checkpoint(root / "latent", "latent")
-    world = run_cli(
-        "train-world",
-        pairs,
-        "--init-encoder",
-        latent_model,
-        "--steps",
-        "60",
-        "--batch",
-        "24",
-        "--eval-every",
-        "30",
-        "--lr",
-        "2e-3",
-        "--val-fraction",
-        "0.2",
-        # The encoder stays as pretrained, so "copy the context" cannot improve with training and the
-        # transition alone has to learn the question -> answer mapping.
-        "--freeze-encoder-steps",
-        "60",
-        "--reply-contrast-weight",
-        "0",
-        "--out-dir",
-        root / "world",
-        "--data-dir",
-        cache,
-        "--no-progress",
-    )
-    assert world.returncode == 0, world.stderr
-    world_model = main_checkpoint(root / "world", "world")
-    return {
-        "root": root,
-        "pairs": pairs,
-        "cache": cache,
-        "latent": latent_model,
-        "world": world_model,
-        "stdout": world.stdout,
-    }
+    # The encoder stays as pretrained, so "copy the context" cannot improve with training and the
+    # transition alone has to learn the question -> answer mapping.
+    frozen = ("--freeze-encoder-steps", "60", "--reply-contrast-weight", "0")
+    return train_tiny_world(tmp_path_factory.mktemp("world"), *frozen)
 
 
 def test_world_artifacts_and_shared_tokenizer(world_setup):
@@ -240,8 +155,6 @@ def test_world_bad_inputs(world_setup, tmp_path):
 
 
 def test_mixed_good_and_bad_lines_are_counted(world_setup, tmp_path):
-    from test_cli_world import pair_lines
-
     data = tmp_path / "mixed.txt"
     data.write_bytes(
         ("\n".join(pair_lines(60)) + "\nno separator\n\n\xff\n").encode("utf-8", "surrogateescape") + b"\xff\xfe\n"

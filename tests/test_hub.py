@@ -17,23 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import TINY, assert_user_error, cli_env, run_cli
 from fake_hub import FakeHub
-from hub_fixtures import SCIQ, WIKI, all_repos
+from hub_fixtures import SCIQ, WIKI
 
 DEAD_ENDPOINT = "http://127.0.0.1:9"  # nothing listens there: a network attempt fails at once
 WIKI_CACHE_2 = "cached_wikimedia_wikipedia_2.txt"
 # Each fixture article gives 3 paragraphs of 15+ characters and 2 short fragments (headings).
 WIKI_LINES_PER_FILE = 20 * 3
-
-
-@pytest.fixture(scope="module")
-def hub():
-    server = FakeHub()
-    for repo, files in all_repos().items():
-        for path, data in files.items():
-            server.add_file(repo, path, data)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _env(hf_home: Path, **extra: str) -> dict:

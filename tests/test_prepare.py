@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, assert_user_error, cli_env, run_cli
-from fake_hub import FakeHub
-from hub_fixtures import all_repos
 
 from textjepa.config import PrepareJsonlConfig, PrepareMixConfig
 from textjepa.data.hub import describe_parquet_path, wikipedia_paragraphs
@@ -24,17 +22,6 @@ from textjepa.data.pairs import chat_pairs, html_to_text
 from textjepa.data.prepare import prepare_jsonl, prepare_mix
 from textjepa.data.writer import AtomicLineFile
 from textjepa.errors import TextJepaError
-
-
-@pytest.fixture(scope="module")
-def hub():
-    server = FakeHub()
-    for repo, files in all_repos().items():
-        for path, data in files.items():
-            server.add_file(repo, path, data)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import TINY, assert_user_error, cli_env, main_checkpoint, run_cli, synthetic_lines
-from test_cli_world import pair_lines
+from conftest import assert_user_error, cli_env, run_cli, train_tiny_world
 
 API_KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -34,37 +33,7 @@ USER = [{"role": "user", "content": "tell me about cooking please"}]
 
 @pytest.fixture(scope="module")
 def world_model(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    pairs = root / "pairs.txt"
-    pairs.write_text("\n".join(pair_lines(480)) + "\n")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(synthetic_lines(300) + [p.replace("\t", " ") for p in pair_lines(300, 1)]) + "\n")
-    common = ["--data-dir", root / "cache", "--no-progress"]
-    latent = run_cli(
-        "latent",
-        corpus,
-        *TINY,
-        "--steps",
-        "30",
-        "--batch",
-        "16",
-        "--eval-every",
-        "30",
-        "--out-dir",
-        root / "l",
-        *common,
-    )
-    assert latent.returncode == 0, latent.stderr
-    world = run_cli(
-        "train-world",
-        pairs,
-        "--init-encoder",
-        main_checkpoint(root / "l", "latent"),
-        *("--steps", "60", "--batch", "24", "--eval-every", "30", "--lr", "2e-3", "--val-fraction", "0.2"),
-        *("--out-dir", root / "w", *common),
-    )
-    assert world.returncode == 0, world.stderr
-    return main_checkpoint(root / "w", "world")
+    return train_tiny_world(tmp_path_factory.mktemp("serve"))["world"]
 
 
 class ServerProcess:
