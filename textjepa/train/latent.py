@@ -28,7 +28,7 @@ from textjepa.runtime import (
     seed_everything,
     shutdown_distributed,
 )
-from textjepa.train.loop import TrainResult, run_training
+from textjepa.train.loop import TrainResult, describe_run, run_training
 
 _MAX_REGULARIZER_ROWS = 1024
 
@@ -162,24 +162,7 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
             rank=dist.rank,
             world_size=dist.world_size,
         )
-        run_info = {
-            "data": {
-                "path": str(path),
-                "corpus_hash": store.corpus_hash,
-                "val_fraction": cfg.data.val_fraction,
-                "seed": cfg.train.seed,
-                "min_tokens": cfg.data.min_tokens,
-                "max_line_bytes": cfg.data.max_line_bytes,
-            },
-            "train": dataclasses.asdict(cfg.train),
-        }
-        result = run_training(stage, sampler, cfg.train, out_dir, dist, run_info)
-        if dist.is_main:
-            print(f"best checkpoint: {result.best_path} ({_describe(result.best_metrics)})")
-        return result
+        return run_training(stage, sampler, cfg.train, out_dir, dist, describe_run(path, store, cfg.data, cfg.train))
     finally:
         shutdown_distributed(dist)
 
-
-def _describe(metrics: dict) -> str:
-    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())

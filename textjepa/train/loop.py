@@ -29,9 +29,9 @@ from textjepa.checkpoint import (
     state_path,
     teacher_path,
 )
-from textjepa.config import ModelConfig, TrainConfig
+from textjepa.config import DataConfig, ModelConfig, TrainConfig
 from textjepa.data.batches import Batch, TrainSampler, UnionSampler
-from textjepa.data.tokens import atomic_write_text, tokenizer_hash
+from textjepa.data.tokens import TokenStore, atomic_write_text, tokenizer_hash
 from textjepa.errors import TextJepaError
 from textjepa.models.encoder import count_parameters, format_size
 from textjepa.runtime import Distributed, all_reduce_sum, barrier, broadcast_object, gather_objects
@@ -292,6 +292,8 @@ def run_training(
         from textjepa.plot import plot_metrics
 
         plot_metrics(metrics_path, metrics_path.with_suffix(".png"))
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in best_metrics.items() if isinstance(v, float))
+        print(f"best checkpoint: {best_path} (step {best_metrics.get('step')}: {metrics})")
     return TrainResult(
         best_path=best_path, best_metrics=best_metrics, steps_done=train.steps, metrics_path=metrics_path
     )
@@ -480,5 +482,16 @@ def _append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def config_summary(obj) -> dict:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+def describe_run(path: Path, store: TokenStore, data: DataConfig, train: TrainConfig) -> dict:
+    """What a checkpoint records about its run: the data (so eval can find the same held-out split) and settings."""
+    return {
+        "data": {
+            "path": str(path),
+            "corpus_hash": store.corpus_hash,
+            "val_fraction": data.val_fraction,
+            "seed": train.seed,
+            "min_tokens": data.min_tokens,
+            "max_line_bytes": data.max_line_bytes,
+        },
+        "train": dataclasses.asdict(train),
+    }

@@ -30,7 +30,7 @@ from textjepa.runtime import (
     seed_everything,
     shutdown_distributed,
 )
-from textjepa.train.loop import TrainResult, run_training
+from textjepa.train.loop import TrainResult, describe_run, run_training
 
 
 class WorldObjective(nn.Module):
@@ -274,21 +274,6 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainR
             rank=dist.rank,
             world_size=dist.world_size,
         )
-        run_info = {
-            "data": {
-                "path": str(path),
-                "corpus_hash": store.corpus_hash,
-                "val_fraction": cfg.data.val_fraction,
-                "seed": cfg.train.seed,
-                "min_tokens": cfg.data.min_tokens,
-                "max_line_bytes": cfg.data.max_line_bytes,
-            },
-            "train": dataclasses.asdict(cfg.train),
-        }
-        result = run_training(stage, sampler, cfg.train, out_dir, dist, run_info)
-        if dist.is_main:
-            metrics = ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items() if isinstance(v, float))
-            print(f"best checkpoint: {result.best_path} (step {result.best_metrics.get('step')}: {metrics})")
-        return result
+        return run_training(stage, sampler, cfg.train, out_dir, dist, describe_run(path, store, cfg.data, cfg.train))
     finally:
         shutdown_distributed(dist)
