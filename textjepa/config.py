@@ -242,6 +242,7 @@ class ConditioningEvalConfig:
     seed: int = 0
     device: str = "auto"
     json_path: str | None = None
+    data_dir: str = "data"
     progress: bool = True
 
 

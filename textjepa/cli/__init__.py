@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "textjepa.cli.latent_cmds",
     "textjepa.cli.world_cmds",
     "textjepa.cli.demo_cmd",
+    "textjepa.cli.bridge_cmds",
 )
 
 EXIT_USER_ERROR = 2
