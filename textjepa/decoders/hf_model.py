@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from textjepa.decoders.models import LLM_INSTALL, ModelSource, require_module
+from textjepa.decoders.models import LLM_INSTALL, ModelSource, import_optional
 from textjepa.decoders.prefix import DecoderFingerprint, fingerprint_from_embeddings
 from textjepa.decoders.prompting import chat_prompt_text
 from textjepa.errors import TextJepaError
@@ -122,8 +122,8 @@ def _save_converted(model, tokenizer, target: Path) -> None:
 
 
 def _load_gguf(source: ModelSource, dtype: torch.dtype):
-    require_module("gguf", f"loading a GGUF through transformers needs gguf: {LLM_INSTALL}")
-    require_module("accelerate", f"loading a GGUF through transformers needs accelerate: {LLM_INSTALL}")
+    import_optional("gguf", f"loading a GGUF through transformers needs gguf: {LLM_INSTALL}")
+    import_optional("accelerate", f"loading a GGUF through transformers needs accelerate: {LLM_INSTALL}")
     root = gguf_cache_root()
     cached = None
     if root is not None and source.path.stat().st_size <= GGUF_CACHE_MAX_BYTES:
@@ -142,7 +142,7 @@ def _load_gguf(source: ModelSource, dtype: torch.dtype):
 
 def load_causal_lm(source: ModelSource, device: torch.device, dtype: torch.dtype = torch.float32) -> CausalLM:
     """Load and freeze an LM; a model that fails to load is a one-line error, not a traceback."""
-    require_module("transformers", f"the transformers decoder needs it: {LLM_INSTALL}")
+    import_optional("transformers", f"the transformers decoder needs it: {LLM_INSTALL}")
     _quiet_transformers()
     try:
         if source.kind == "gguf":

