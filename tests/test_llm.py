@@ -52,7 +52,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm_world")
     pairs = root / "pairs.txt"
     pairs.write_text("\n".join(demo_like_pairs(240)) + "\n")
-    common = ["--data-dir", root / "cache", "--no-progress"]
+    common = ["--data-dir", root / "cache", "--no-progress", "--val-fraction", "0.2"]
     latent = run_cli(
         "latent",
         pairs,
@@ -91,7 +91,7 @@ def loaded_world(world):
     return load_world(world["model"], torch.device("cpu"))
 
 
-def write_bridge(path: Path, checkpoint, fingerprint, scale: float = 1.0, world: dict | None = None) -> Path:
+def write_bridge(path: Path, checkpoint, fingerprint, scale: float = 8.0, world: dict | None = None) -> Path:
     """An untrained projector with a large output scale: its prefix visibly steers the LM."""
     from textjepa.decoders.prefix import Bridge, PrefixProjector, save_bridge, world_identity
 

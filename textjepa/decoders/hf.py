@@ -106,18 +106,17 @@ class TransformersDecoder:
         self, prepared: PreparedPrompt, max_new_tokens: int, settings: DecoderSettings, ignore_eos: bool = False
     ) -> Iterator[int]:
         """Generated ids one at a time: one forward over the prompt, then one per token on the KV cache."""
-        model = self.lm.model
         generator = torch.Generator().manual_seed(settings.seed)
-        out = model(inputs_embeds=self.input_embeddings(prepared), use_cache=True)
+        logits, cache = self.lm.next_logits(inputs_embeds=self.input_embeddings(prepared))
         history = list(prepared.ids)
         for _ in range(max_new_tokens):
-            token = next_token(out.logits[0, -1], history, settings, generator)
+            token = next_token(logits, history, settings, generator)
             if token in self.lm.stop_ids and not ignore_eos:
                 return
             yield token
             history.append(token)
             step = torch.tensor([[token]], dtype=torch.long, device=self.lm.device)
-            out = model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
+            logits, cache = self.lm.next_logits(cache=cache, input_ids=step)
 
     def _pieces(self, prepared: PreparedPrompt, max_new_tokens: int, options: dict) -> Iterator[str]:
         text = IncrementalText(self.lm.decode)

@@ -10,11 +10,13 @@ in `TEXTJEPA_GGUF_CACHE` or `~/.cache/textjepa/gguf`.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -69,6 +71,28 @@ class CausalLM:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    @cached_property
+    def _forward_parameters(self) -> frozenset[str]:
+        return frozenset(inspect.signature(self.model.forward).parameters)
+
+    def next_logits(self, cache=None, **inputs) -> tuple[torch.Tensor, object]:
+        """Logits of the last position and the updated KV cache, across transformers versions (the
+        cache argument is `cache` from 5.x, `past_key_values` before; only the last position's
+        logits are computed when the model allows it)."""
+        parameters = self._forward_parameters
+        extra = {}
+        if cache is not None:
+            extra["cache" if "cache" in parameters else "past_key_values"] = cache
+        for name in ("logits_to_keep", "num_logits_to_keep"):
+            if name in parameters:
+                extra[name] = 1
+                break
+        out = self.model(use_cache=True, **inputs, **extra)
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = out.past_key_values
+        return out.logits[0, -1], new_cache
 
 
 def gguf_cache_root() -> Path | None:

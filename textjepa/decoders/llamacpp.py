@@ -17,6 +17,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,9 @@ class LlamaCppDecoder:
             )
         except Exception as exc:  # llama.cpp reports a bad file as ValueError/RuntimeError
             raise TextJepaError(f"GGUF {source.path} failed to load in llama.cpp: {exc}") from exc
+        # Free the model while the interpreter is still whole: llama-cpp-python's own __del__ at exit
+        # runs after its module globals are gone and prints a traceback.
+        weakref.finalize(self, self.llm.close)
         if bridge is not None and bridge.decoder.hidden_size != self.llm.n_embd():
             raise TextJepaError(
                 f"bridge {bridge.path.name} makes {bridge.decoder.hidden_size}-wide embeddings; "
