@@ -135,16 +135,16 @@ def test_conditioning_steers_the_lm_and_ablation_changes_the_answer(lm, loaded_w
     decoder = TransformersDecoder(lm, load_bridge(strong_bridge), DecoderSettings(temperature=0))
     agent = agent_for(loaded_world, decoder)
     prompt = "What does `json.function3(value)` do?"
-    conditioned = agent.respond(prompt, max_new_tokens=12)
-    ablated = agent.respond(prompt, ablate=True, max_new_tokens=12)
+    conditioned = agent.respond(prompt, max_new_tokens=6)
+    ablated = agent.respond(prompt, ablate=True, max_new_tokens=6)
     assert conditioned.generation.text and ablated.generation.text
     assert conditioned.generation.text != ablated.generation.text
-    assert conditioned.generation.completion_tokens <= 12
-    assert "".join(agent.stream(prompt, max_new_tokens=12)) == conditioned.generation.text
+    assert conditioned.generation.completion_tokens <= 6
+    assert "".join(agent.stream(prompt, max_new_tokens=6)) == conditioned.generation.text
 
     # A prompt longer than the decoder's context is cut from the left, with a warning.
     short = TransformersDecoder(lm, load_bridge(strong_bridge), DecoderSettings(temperature=0, ctx=64))
-    long_reply = agent_for(loaded_world, short).respond("tell me more " * 80, max_new_tokens=8)
+    long_reply = agent_for(loaded_world, short).respond("tell me more " * 80, max_new_tokens=1)
     assert any("truncated from the left" in note for note in long_reply.notes)
     assert "warning: prompt truncated from the left" in capsys.readouterr().err
 
@@ -159,7 +159,7 @@ def test_without_a_bridge_the_conditioning_is_text(lm, loaded_world):
     prepared = decoder.prepare([{"role": "user", "content": "hi"}], conditioning, 8)
     text = lm.decode(prepared.ids)
     assert prepared.prefix is None and "World-model conditioning" in text and "chunks=[" in text and "l2=" in text
-    reply = agent_for(loaded_world, decoder).respond("hi", max_new_tokens=4)
+    reply = agent_for(loaded_world, decoder).respond("hi", max_new_tokens=1)
     assert any("no bridge" in note for note in reply.notes)
 
 
@@ -207,26 +207,26 @@ def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):
 
     report_path = tmp_path / "eval.json"
     evaluated = run_cli(
-        "eval-conditioning", world["model"], out, "--max-pairs", "6", "--batch", "3", "--max-reply-tokens", "12",
+        "eval-conditioning", world["model"], out, "--max-pairs", "4", "--batch", "4", "--max-reply-tokens", "12",
         "--json", report_path,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(report_path.read_text())
-    assert set(report["nll"]) == {"matched", "shuffled", "zero", "none"} and report["pairs"] == 6
+    assert set(report["nll"]) == {"matched", "shuffled", "zero", "none"} and report["pairs"] == 4
     assert all(0 < value < 20 for value in report["nll"].values())
     assert report["nll"]["none"] != report["nll"]["matched"]
     assert report["split"] == "val" and "gain matched vs shuffled" in evaluated.stdout
 
     # infer finds the decoder model through the bridge's own record.
     answered = run_cli("infer", world["model"], "What does `time.function4(value)` do?", "--decoder", "transformers",
-                       "--bridge", out, "--temperature", "0", "--max-new-tokens", "6", "--json")  # fmt: skip
+                       "--bridge", out, "--temperature", "0", "--max-new-tokens", "3", "--json")  # fmt: skip
     assert answered.returncode == 0, answered.stderr
     assert json.loads(answered.stdout)["output"].strip()
 
 
 def test_infer_cli_ablation_changes_the_answer(world, strong_bridge):
     args = ["infer", world["model"], "What does `json.function3(value)` do?", "--decoder", "transformers",
-            "--decoder-model", "smollm2", "--bridge", strong_bridge, "--temperature", "0", "--max-new-tokens", "10",
+            "--decoder-model", "smollm2", "--bridge", strong_bridge, "--temperature", "0", "--max-new-tokens", "6",
             "--json"]  # fmt: skip
     conditioned, ablated = run_cli(*args), run_cli(*args, "--ablate-conditioning")
     assert conditioned.returncode == 0 and ablated.returncode == 0, conditioned.stderr + ablated.stderr
@@ -304,24 +304,24 @@ def test_llamacpp_prefix_matches_transformers(llama_cpp_module, lm, loaded_world
     assert ours.decoder.prompt_ids([{"role": "user", "content": prompt}]) == lm.prompt_ids(
         [{"role": "user", "content": prompt}]
     )
-    conditioned = ours.respond(prompt, max_new_tokens=8).generation.text
-    ablated = ours.respond(prompt, ablate=True, max_new_tokens=8).generation.text
+    conditioned = ours.respond(prompt, max_new_tokens=6).generation.text
+    ablated = ours.respond(prompt, ablate=True, max_new_tokens=6).generation.text
     assert conditioned != ablated
     # Q4_1 kernels in llama.cpp vs dequantized float32 in transformers: the first words agree.
-    expected = reference.respond(prompt, max_new_tokens=8).generation.text
+    expected = reference.respond(prompt, max_new_tokens=6).generation.text
     assert conditioned.split()[:2] == expected.split()[:2]
-    assert "".join(ours.stream(prompt, max_new_tokens=8)) == conditioned
+    assert "".join(ours.stream(prompt, max_new_tokens=6)) == conditioned
 
 
 def test_llamacpp_cli_text_conditioning_and_errors(llama_cpp_module, world, strong_bridge, tmp_path):
     env = cli_env(JEPA_DECODER_TEMP="0", JEPA_DECODER_CTX="512", JEPA_DECODER_COND_FORMAT="stats")
     answered = run_cli("infer", world["model"], "What is a socket?", "--decoder", "llamacpp", "--decoder-model",
-                       "smollm2", "--max-new-tokens", "6", "--json", env=env)  # fmt: skip
+                       "smollm2", "--max-new-tokens", "3", "--json", env=env)  # fmt: skip
     assert answered.returncode == 0, answered.stderr
     result = json.loads(answered.stdout)
     assert result["output"].strip() and any("conditioning enters as text (stats)" in n for n in result["notes"])
     with_bridge = run_cli("infer", world["model"], "What is a socket?", "--decoder", "llamacpp", "--bridge",
-                          strong_bridge, "--max-new-tokens", "6", env=env)  # fmt: skip
+                          strong_bridge, "--max-new-tokens", "3", env=env)  # fmt: skip
     assert with_bridge.returncode == 0, with_bridge.stderr
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + bytes(64))

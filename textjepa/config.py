@@ -215,6 +215,10 @@ class BridgeTrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
+    # Stage 1 (no LM forward): align the prefix with the LM's token embeddings (train/bridge_align.py).
+    align_steps: int = 1000
+    align_batch: int = 64
+    align_lr: float = 1e-3
     max_reply_tokens: int = 48
     max_prompt_tokens: int = 256
     val_pairs: int = 48  # bridge validation pairs, held out of the world model's *training* split

@@ -32,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--batch", type=int, default=d.batch, help="pairs per step (default %(default)s)")
     t.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default %(default)s)")
     t.add_argument(
+        "--align-steps",
+        type=int,
+        default=d.align_steps,
+        help="stage 1 steps without the LM: prefix slot k learns to look like reply token k (default %(default)s)",
+    )
+    t.add_argument("--align-lr", type=float, default=d.align_lr, help="stage 1 learning rate (default %(default)s)")
+    t.add_argument(
         "--max-reply-tokens", type=int, default=d.max_reply_tokens, help="reply tokens scored (default %(default)s)"
     )
     t.add_argument(
@@ -97,6 +104,8 @@ def run_train_bridge(args: argparse.Namespace) -> int:
             steps=args.steps,
             batch=args.batch,
             lr=args.lr,
+            align_steps=args.align_steps,
+            align_lr=args.align_lr,
             max_reply_tokens=args.max_reply_tokens,
             max_prompt_tokens=args.max_prompt_tokens,
             val_pairs=args.val_pairs,

@@ -33,16 +33,19 @@ from textjepa.decoders.prefix import (
 )
 from textjepa.errors import TextJepaError
 from textjepa.runtime import configure_threads, resolve_device, seed_everything
+from textjepa.train.bridge_align import align_projector
 from textjepa.train.bridge_data import LMExample, lm_examples, predicted_latents, read_pairs, split_pairs
 
 
 def validate_config(cfg: BridgeTrainConfig) -> None:
     check_prefix_tokens(cfg.prefix_tokens)
-    for name in ("steps", "batch", "max_reply_tokens", "max_prompt_tokens", "eval_every"):
+    for name in ("batch", "max_reply_tokens", "max_prompt_tokens", "eval_every", "align_batch"):
         if getattr(cfg, name) < 1:
             raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if not cfg.lr > 0:
-        raise TextJepaError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.steps < 0 or cfg.align_steps < 0 or cfg.steps + cfg.align_steps < 1:
+        raise TextJepaError("--steps and --align-steps must be >= 0, and not both 0")
+    if not (cfg.lr > 0 and cfg.align_lr > 0):
+        raise TextJepaError(f"learning rates must be positive, got --lr {cfg.lr} --align-lr {cfg.align_lr}")
     if cfg.val_pairs < 0:
         raise TextJepaError(f"--val-pairs must be >= 0, got {cfg.val_pairs}")
 
@@ -143,6 +146,8 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             "steps": cfg.steps,
             "batch": cfg.batch,
             "lr": cfg.lr,
+            "align_steps": cfg.align_steps,
+            "align_lr": cfg.align_lr,
             "grad_clip": cfg.grad_clip,
             "max_reply_tokens": cfg.max_reply_tokens,
             "max_prompt_tokens": cfg.max_prompt_tokens,
@@ -169,6 +174,33 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         bridge.info["best"] = record
         save_bridge(out_path, bridge)
 
+    def log(record: dict) -> None:
+        with metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    if cfg.align_steps:
+        started = time.time()
+        skip = set(lm.stop_ids) | {int(i) for i in getattr(lm.tokenizer, "all_special_ids", [])}
+        weight = lm.model.get_input_embeddings().weight
+        replies = [e.reply_ids for e in fit]
+        for record in align_projector(
+            projector, fit_latents, replies, weight, skip, cfg.align_steps, cfg.align_batch, cfg.align_lr, cfg.seed
+        ):
+            log(record)
+        print(
+            f"alignment: {cfg.align_steps} steps, slot loss {record['align_slot_loss']:.3f}, "
+            f"prefix length {record['prefix_norm']:.2f} ({time.time() - started:.0f}s)",
+            flush=True,
+        )
+    if val:
+        record = evaluate(0)
+        log(record)
+        best = record["val_matched_nll"]
+        save(record)
+        print(f"step 0 val matched {best:.4f} shuffled {record['val_shuffled_nll']:.4f}", flush=True)
+    elif not cfg.steps:
+        save({"step": 0})
+
     started = time.time()
     window: list[float] = []
     projector.train()
@@ -194,8 +226,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
                 save(record)
         elif not val and last:
             save(record)
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        log(record)
         if cfg.progress and ((step + 1) % 10 == 0 or last or "val_matched_nll" in record):
             rate = (time.time() - started) / (step + 1)
             extra = ""
