@@ -191,6 +191,7 @@ def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):
     trained = run_cli(
         "train-bridge", world["model"], world["pairs"], "--decoder-model", "smollm2", "--prefix-tokens", "2",
         "--steps", "3", "--batch", "2", "--val-pairs", "4", "--eval-every", "3", "--max-reply-tokens", "12",
+        "--align-steps", "20",
         "--out", out,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
@@ -203,7 +204,9 @@ def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):
     assert meta["format"] == "textjepa-bridge" and json.loads(meta["projector"])["prefix_tokens"] == 2
     assert decoder["name"] == SMOLLM2.name and decoder["hidden_size"] == 576 and decoder["vocab_size"] == 49152
     assert world_meta["file"] == world["model"].name and len(world_meta["tokenizer_hash"]) == 16
-    assert (tmp_path / "bridge.metrics.jsonl").read_text().count("\n") == 3
+    records = [json.loads(line) for line in (tmp_path / "bridge.metrics.jsonl").read_text().splitlines()]
+    assert [r["align_step"] for r in records if "align_step" in r][-1] == 20
+    assert [r["step"] for r in records if "val_matched_nll" in r] == [0, 3]
 
     report_path = tmp_path / "eval.json"
     evaluated = run_cli(

@@ -210,8 +210,9 @@ class BridgeTrainConfig:
     prefix_tokens: int = 4
     steps: int = 300
     batch: int = 8
-    # FACTS: AdamW at 1e-4 with gradient clipping 1.0 learns; 1e-3 blows the prefix up.
-    lr: float = 1e-4
+    # FACTS: on a raw prefix AdamW at 1e-4 with gradient clipping 1.0 learns and 1e-3 blows it up. Our prefix
+    # is embed_scale (SmolLM2: 0.136) x projector output, so 1e-3 here moves it like ~1.4e-4 would.
+    lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
