@@ -11,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, assert_user_error, cli_env, main_checkpoint, run_cli
@@ -184,6 +185,21 @@ def test_read_pairs_numbers_records_like_the_token_store(world, loaded_world):
     for pair in held_out[:5]:
         assert checkpoint.tokenizer.encode(pair.reply).ids == store.fields["next"].record(pair.record).tolist()
     assert len(split_pairs(pairs, checkpoint, "train")) + len(held_out) == len(pairs)
+
+    # The --oracle-latent diagnostic conditions on the teacher latents the world model was trained towards.
+    from textjepa.data.batches import make_batch
+    from textjepa.models.encoder import masked_mean
+    from textjepa.train.bridge_data import conditioning_latents
+
+    _, world_model, teacher = loaded_world
+    oracle = conditioning_latents(checkpoint, world_model, teacher, held_out[:6], torch.device("cpu"), oracle=True)
+    batch = make_batch(store, np.asarray([p.record for p in held_out[:6]]), checkpoint.config.max_seq)
+    ids, valid = torch.from_numpy(batch.ids["next"]), torch.from_numpy(batch.valid["next"])
+    with torch.no_grad():
+        expected = masked_mean(teacher(ids, valid), valid)
+    assert torch.allclose(oracle, expected, atol=1e-5)
+    predicted = conditioning_latents(checkpoint, world_model, teacher, held_out[:6], torch.device("cpu"))
+    assert predicted.shape == oracle.shape and not torch.allclose(predicted, oracle)
 
 
 def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):

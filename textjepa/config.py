@@ -228,6 +228,7 @@ class BridgeTrainConfig:
     device: str = "auto"
     out_dir: str = "runs"
     out: str | None = None  # the bridge file; default <out_dir>/bridge_<lm>_<world>.safetensors
+    oracle: bool = False  # diagnostic: condition on the teacher latent of the true reply (a perfect prediction)
     data_dir: str = "data"
     progress: bool = True
 
@@ -248,6 +249,7 @@ class ConditioningEvalConfig:
     device: str = "auto"
     json_path: str | None = None
     data_dir: str = "data"
+    oracle: bool = False  # diagnostic: condition on the teacher latent of the true reply (a perfect prediction)
     progress: bool = True
 
 

@@ -12,6 +12,12 @@ DECODER_MODEL_HELP = (
 )
 
 
+ORACLE_HELP = (
+    "diagnostic: condition on the world teacher's latent of the TRUE reply instead of the world model's prediction "
+    "(what a perfect world model would give; shows the conditioning channel's ceiling)"
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     d = BridgeTrainConfig()
     t = subparsers.add_parser(
@@ -59,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--out-dir", default=d.out_dir, help="where the bridge goes (default %(default)s)")
     t.add_argument("--out", default=None, help="the bridge file (default <out-dir>/bridge_<lm>_<world>.safetensors)")
     t.add_argument("--data-dir", default=d.data_dir, help="hub caches (default %(default)s)")
+    t.add_argument("--oracle-latent", action="store_true", help=ORACLE_HELP)
     t.add_argument("--no-progress", action="store_true", help="no progress lines")
     t.set_defaults(run=run_train_bridge)
 
@@ -88,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default=e_defaults.device, help="auto, cpu or cuda (default %(default)s)")
     e.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON (- for stdout)")
     e.add_argument("--data-dir", default=e_defaults.data_dir, help="hub caches (default %(default)s)")
+    e.add_argument("--oracle-latent", action="store_true", help=ORACLE_HELP)
     e.add_argument("--no-progress", action="store_true", help="no progress lines")
     e.set_defaults(run=run_eval_conditioning)
 
@@ -115,6 +123,7 @@ def run_train_bridge(args: argparse.Namespace) -> int:
             out_dir=args.out_dir,
             out=args.out,
             data_dir=args.data_dir,
+            oracle=args.oracle_latent,
             progress=not args.no_progress,
         )
     )
@@ -138,6 +147,7 @@ def run_eval_conditioning(args: argparse.Namespace) -> int:
             device=args.device,
             json_path=args.json,
             data_dir=args.data_dir,
+            oracle=args.oracle_latent,
             progress=not args.no_progress,
         )
     )

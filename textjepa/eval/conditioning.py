@@ -28,7 +28,7 @@ from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import write_json_report
 from textjepa.runtime import configure_threads, resolve_device
 from textjepa.train.bridge import derangement
-from textjepa.train.bridge_data import lm_examples, predicted_latents, read_pairs, split_pairs
+from textjepa.train.bridge_data import conditioning_latents, lm_examples, read_pairs, split_pairs
 
 CONDITIONS = ("matched", "shuffled", "zero", "none")
 BOOTSTRAP_SAMPLES = 1000
@@ -78,8 +78,10 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
     bridge.check_decoder(lm.fingerprint())
     projector = bridge.projector.to(device).eval()
     examples = lm_examples(lm, held_out, cfg.max_prompt_tokens, cfg.max_reply_tokens)
-    by_record = {p.record: p.context for p in held_out}
-    latents = predicted_latents(checkpoint, world, teacher, [by_record[e.record] for e in examples], device)
+    by_record = {p.record: p for p in held_out}
+    latents = conditioning_latents(
+        checkpoint, world, teacher, [by_record[e.record] for e in examples], device, cfg.oracle
+    )
     latents = latents.to(device)
     shuffled = latents[derangement(len(examples), cfg.seed).to(device)]
     sums = {name: np.zeros(len(examples)) for name in CONDITIONS}
@@ -117,6 +119,7 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
         "pairs": len(examples),
         "reply_tokens": int(tokens),
         "prefix_tokens": bridge.prefix_tokens,
+        "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
         "nll": nll,
         "gain_matched_vs_shuffled": relative_gain(nll["matched"], nll["shuffled"]),
         "gain_matched_vs_shuffled_ci95": [low, high],
@@ -133,6 +136,8 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
 
 def format_report(report: dict) -> str:
     lines = [f"reply NLL per token on {report['pairs']} held-out pairs ({report['reply_tokens']} tokens)"]
+    if report["latent"] != "predicted":
+        lines.append(f"DIAGNOSTIC: conditioning from the {report['latent']}, not from the world model")
     for name in CONDITIONS:
         lines.append(f"  {name:<9}{report['nll'][name]:10.4f}")
     low, high = report["gain_matched_vs_shuffled_ci95"]

@@ -34,7 +34,7 @@ from textjepa.decoders.prefix import (
 from textjepa.errors import TextJepaError
 from textjepa.runtime import configure_threads, resolve_device, seed_everything
 from textjepa.train.bridge_align import align_projector
-from textjepa.train.bridge_data import LMExample, lm_examples, predicted_latents, read_pairs, split_pairs
+from textjepa.train.bridge_data import LMExample, conditioning_latents, lm_examples, read_pairs, split_pairs
 
 
 def validate_config(cfg: BridgeTrainConfig) -> None:
@@ -128,11 +128,15 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     fit_pairs = [train_pairs[i] for i in order[cfg.val_pairs :]]
     fit = lm_examples(lm, fit_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens)
     val = lm_examples(lm, val_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens) if val_pairs else []
-    by_record = {p.record: p.context for p in pairs}
-    fit_latents = predicted_latents(checkpoint, world, teacher, [by_record[e.record] for e in fit], device)
+    by_record = {p.record: p for p in pairs}
+    fit_latents = conditioning_latents(
+        checkpoint, world, teacher, [by_record[e.record] for e in fit], device, cfg.oracle
+    )
     val_latents = None
     if val:
-        val_latents = predicted_latents(checkpoint, world, teacher, [by_record[e.record] for e in val], device)
+        val_latents = conditioning_latents(
+            checkpoint, world, teacher, [by_record[e.record] for e in val], device, cfg.oracle
+        )
 
     torch.manual_seed(cfg.seed)
     embed_scale = float(lm.model.get_input_embeddings().weight.detach().float().std())
@@ -148,6 +152,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             "lr": cfg.lr,
             "align_steps": cfg.align_steps,
             "align_lr": cfg.align_lr,
+            "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
             "grad_clip": cfg.grad_clip,
             "max_reply_tokens": cfg.max_reply_tokens,
             "max_prompt_tokens": cfg.max_prompt_tokens,

@@ -119,3 +119,32 @@ def predicted_latents(
         conditioning, _ = agent.condition(list(contexts[start : start + batch]))
         out.extend(c.predicted for c in conditioning)
     return torch.stack(out).float()
+
+
+@torch.no_grad()
+def reply_latents(
+    checkpoint: Checkpoint, teacher, replies: Sequence[str], device: torch.device, batch: int = 256
+) -> torch.Tensor:
+    """The teacher's pooled latents of the true replies [N, dim] (first max_seq tokens, as the world model's
+    targets): what a perfect world model would predict. Used only by the --oracle-latent diagnostic."""
+    from textjepa.data.tokens import pad_batch
+    from textjepa.models.encoder import masked_mean
+
+    out = []
+    for start in range(0, len(replies), batch):
+        rows = [
+            np.asarray(r, dtype=np.int64) for r in encode_texts(checkpoint.tokenizer, replies[start : start + batch])
+        ]
+        ids, valid = pad_batch([r if len(r) else np.zeros(1, dtype=np.int64) for r in rows], checkpoint.config.max_seq)
+        ids_t, valid_t = torch.from_numpy(ids).to(device), torch.from_numpy(valid).to(device)
+        out.append(masked_mean(teacher(ids_t, valid_t), valid_t).float().cpu())
+    return torch.cat(out)
+
+
+def conditioning_latents(
+    checkpoint: Checkpoint, world, teacher, pairs: Sequence[PairRecord], device: torch.device, oracle: bool = False
+) -> torch.Tensor:
+    """The projector's inputs for these pairs: the world model's predictions, or (oracle) the true replies'."""
+    if oracle:
+        return reply_latents(checkpoint, teacher, [p.reply for p in pairs], device)
+    return predicted_latents(checkpoint, world, teacher, [p.context for p in pairs], device)
