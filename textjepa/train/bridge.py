@@ -1,0 +1,243 @@
+"""train-bridge: learn the prefix projector with the LLM and the world model frozen.
+
+Loss: the LM's mean per-token NLL of the true next turn given (soft prefix from the world model's
+predicted next latent + the chat-templated context). Only the projector trains (AdamW, gradient
+clipping, warmup then cosine decay). The world model's predictions are computed once up front.
+Model selection uses a few pairs of the world model's *training* split kept out of bridge training,
+so the world model's validation split stays untouched for eval-conditioning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from textjepa.agent import load_world
+from textjepa.checkpoint import ensure_writable_dir
+from textjepa.config import BridgeTrainConfig
+from textjepa.data.sources import resolve_data
+from textjepa.decoders.hf_model import CausalLM, load_causal_lm
+from textjepa.decoders.hf_scoring import reply_nll
+from textjepa.decoders.models import resolve_decoder_model
+from textjepa.decoders.prefix import (
+    Bridge,
+    PrefixProjector,
+    check_prefix_tokens,
+    save_bridge,
+    world_identity,
+)
+from textjepa.errors import TextJepaError
+from textjepa.runtime import configure_threads, resolve_device, seed_everything
+from textjepa.train.bridge_align import align_projector
+from textjepa.train.bridge_data import LMExample, conditioning_latents, lm_examples, read_pairs, split_pairs
+
+
+def validate_config(cfg: BridgeTrainConfig) -> None:
+    check_prefix_tokens(cfg.prefix_tokens)
+    for name in ("batch", "max_reply_tokens", "max_prompt_tokens", "eval_every", "align_batch"):
+        if getattr(cfg, name) < 1:
+            raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.steps < 0 or cfg.align_steps < 0 or cfg.steps + cfg.align_steps < 1:
+        raise TextJepaError("--steps and --align-steps must be >= 0, and not both 0")
+    if not (cfg.lr > 0 and cfg.align_lr > 0):
+        raise TextJepaError(f"learning rates must be positive, got --lr {cfg.lr} --align-lr {cfg.align_lr}")
+    if cfg.val_pairs < 0:
+        raise TextJepaError(f"--val-pairs must be >= 0, got {cfg.val_pairs}")
+
+
+def lr_factor(step: int, cfg: BridgeTrainConfig) -> float:
+    warmup = max(1, int(cfg.steps * cfg.warmup_fraction))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def derangement(n: int, seed: int) -> torch.Tensor:
+    """A fixed permutation with no fixed point: row i gets another row's conditioning."""
+    if n < 2:
+        raise TextJepaError("shuffled conditioning needs at least two pairs")
+    order = np.random.default_rng(seed).permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.roll(order, -1)
+    return torch.from_numpy(out)
+
+
+def mean_nll(
+    lm: CausalLM,
+    projector: PrefixProjector,
+    examples: list[LMExample],
+    latents: torch.Tensor | None,
+    batch: int,
+) -> float:
+    """Token-weighted mean NLL; latents None means no prefix at all."""
+    total, count = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch):
+            rows = examples[start : start + batch]
+            prefix = None if latents is None else projector(latents[start : start + batch])
+            sums, counts = reply_nll(lm, prefix, [r.prompt_ids for r in rows], [r.reply_ids for r in rows])
+            total += float(sums.sum())
+            count += float(counts.sum())
+    return total / max(1.0, count)
+
+
+def default_bridge_path(out_dir: Path, lm_name: str, world_file: str) -> Path:
+    lm_stem = lm_name.rsplit(".", 1)[0] if lm_name.endswith(".gguf") else lm_name
+    world_stem = world_file.replace(".safetensors", "")
+    return out_dir / f"bridge_{lm_stem}_{world_stem}.safetensors"
+
+
+def train_bridge(cfg: BridgeTrainConfig) -> Path:
+    validate_config(cfg)
+    configure_threads()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    checkpoint, world, teacher = load_world(Path(cfg.world_model), device)
+    data_path = resolve_data(cfg.data, cfg.data_dir, "world")
+    pairs, stats = read_pairs(data_path, checkpoint)
+    train_pairs = split_pairs(pairs, checkpoint, "train")
+    print(f"{data_path}: {stats.summary()}; {len(train_pairs)} in the world model's training split")
+    if len(train_pairs) < cfg.batch + cfg.val_pairs:
+        raise TextJepaError(
+            f"only {len(train_pairs)} training pairs; need at least --batch + --val-pairs "
+            f"({cfg.batch} + {cfg.val_pairs})"
+        )
+    out_path = Path(cfg.out) if cfg.out else None
+    ensure_writable_dir(out_path.parent if out_path else Path(cfg.out_dir))
+
+    source = resolve_decoder_model(cfg.decoder_model)
+    started = time.time()
+    lm = load_causal_lm(source, device)
+    print(f"decoder model: {source} ({lm.hidden_size} hidden, vocab {lm.vocab_size}; {time.time() - started:.0f}s)")
+    if cfg.prefix_tokens + cfg.max_prompt_tokens + cfg.max_reply_tokens > lm.context_length:
+        raise TextJepaError(
+            f"--prefix-tokens + --max-prompt-tokens + --max-reply-tokens exceed the decoder context "
+            f"({lm.context_length})"
+        )
+    out_path = out_path or default_bridge_path(Path(cfg.out_dir), source.name, checkpoint.path.name)
+
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(train_pairs))
+    val_pairs = [train_pairs[i] for i in order[: cfg.val_pairs]]
+    fit_pairs = [train_pairs[i] for i in order[cfg.val_pairs :]]
+    fit = lm_examples(lm, fit_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens)
+    val = lm_examples(lm, val_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens) if val_pairs else []
+    by_record = {p.record: p for p in pairs}
+    fit_latents = conditioning_latents(
+        checkpoint, world, teacher, [by_record[e.record] for e in fit], device, cfg.oracle
+    )
+    val_latents = None
+    if val:
+        val_latents = conditioning_latents(
+            checkpoint, world, teacher, [by_record[e.record] for e in val], device, cfg.oracle
+        )
+
+    torch.manual_seed(cfg.seed)
+    embed_scale = float(lm.model.get_input_embeddings().weight.detach().float().std())
+    projector = PrefixProjector(checkpoint.config.dim, lm.hidden_size, cfg.prefix_tokens, embed_scale=embed_scale)
+    projector.to(device)
+    optimizer = torch.optim.AdamW(projector.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    bridge = Bridge(projector, lm.fingerprint(), world_identity(checkpoint))
+    bridge.info = {
+        "train": {
+            "data": str(data_path),
+            "steps": cfg.steps,
+            "batch": cfg.batch,
+            "lr": cfg.lr,
+            "align_steps": cfg.align_steps,
+            "align_lr": cfg.align_lr,
+            "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
+            "grad_clip": cfg.grad_clip,
+            "max_reply_tokens": cfg.max_reply_tokens,
+            "max_prompt_tokens": cfg.max_prompt_tokens,
+            "seed": cfg.seed,
+            "train_pairs": len(fit),
+            "val_pairs": len(val),
+        },
+        "world_model": str(checkpoint.path),
+    }
+    metrics_path = out_path.with_name(out_path.name.replace(".safetensors", ".metrics.jsonl"))
+    metrics_path.write_text("")
+    shuffle = derangement(len(val), cfg.seed) if len(val) >= 2 else None
+    best = math.inf
+    fit_latents, val_latents = fit_latents.to(device), (val_latents.to(device) if val_latents is not None else None)
+
+    def evaluate(step: int) -> dict:
+        projector.eval()
+        matched = mean_nll(lm, projector, val, val_latents, cfg.batch)
+        shuffled = mean_nll(lm, projector, val, val_latents[shuffle], cfg.batch) if shuffle is not None else math.nan
+        projector.train()
+        return {"step": step, "val_matched_nll": matched, "val_shuffled_nll": shuffled}
+
+    def save(record: dict) -> None:
+        bridge.info["best"] = record
+        save_bridge(out_path, bridge)
+
+    def log(record: dict) -> None:
+        with metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    if cfg.align_steps:
+        started = time.time()
+        skip = set(lm.stop_ids) | {int(i) for i in getattr(lm.tokenizer, "all_special_ids", [])}
+        weight = lm.model.get_input_embeddings().weight
+        replies = [e.reply_ids for e in fit]
+        for record in align_projector(
+            projector, fit_latents, replies, weight, skip, cfg.align_steps, cfg.align_batch, cfg.align_lr, cfg.seed
+        ):
+            log(record)
+        print(
+            f"alignment: {cfg.align_steps} steps, slot loss {record['align_slot_loss']:.3f}, "
+            f"prefix length {record['prefix_norm']:.2f} ({time.time() - started:.0f}s)",
+            flush=True,
+        )
+    if val:
+        record = evaluate(0)
+        log(record)
+        best = record["val_matched_nll"]
+        save(record)
+        print(f"step 0 val matched {best:.4f} shuffled {record['val_shuffled_nll']:.4f}", flush=True)
+    elif not cfg.steps:
+        save({"step": 0})
+
+    started = time.time()
+    window: list[float] = []
+    projector.train()
+    for step in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg)
+        index = rng.integers(0, len(fit), size=cfg.batch)
+        rows = [fit[i] for i in index]
+        prefix = projector(fit_latents[torch.from_numpy(index).to(device)])
+        sums, counts = reply_nll(lm, prefix, [r.prompt_ids for r in rows], [r.reply_ids for r in rows])
+        loss = sums.sum() / counts.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(projector.parameters(), cfg.grad_clip))
+        optimizer.step()
+        window.append(loss.item())
+        record = {"step": step + 1, "loss": window[-1], "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
+        last = step + 1 == cfg.steps
+        if val and ((step + 1) % cfg.eval_every == 0 or last):
+            record.update(evaluate(step + 1))
+            if record["val_matched_nll"] < best:
+                best = record["val_matched_nll"]
+                save(record)
+        elif not val and last:
+            save(record)
+        log(record)
+        if cfg.progress and ((step + 1) % 10 == 0 or last or "val_matched_nll" in record):
+            rate = (time.time() - started) / (step + 1)
+            extra = ""
+            if "val_matched_nll" in record:
+                extra = f" val matched {record['val_matched_nll']:.4f} shuffled {record['val_shuffled_nll']:.4f}"
+            print(f"step {step + 1}/{cfg.steps} loss {np.mean(window):.4f} ({rate:.2f}s/step){extra}", flush=True)
+            window = []
+    print(f"bridge: {out_path} (best val matched NLL {bridge.info['best'].get('val_matched_nll', math.nan):.4f})")
+    return out_path

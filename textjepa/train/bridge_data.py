@@ -1,0 +1,150 @@
+"""context -> next_turn pairs for the prefix bridge, split exactly as the world model split them.
+
+A pair's record number is its position among the usable pairs of the file under the same rules as
+the world model's token store (the world tokenizer, the checkpoint's `min_tokens` and
+`max_line_bytes`), so `is_validation(record, val_fraction, seed)` with the values stored in the
+world checkpoint's `info["data"]` picks the very pairs the world model held out. train-bridge learns
+on the world model's training split; eval-conditioning measures on its validation split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from textjepa.checkpoint import Checkpoint
+from textjepa.data.batches import is_validation
+from textjepa.data.lines import LineStats, iter_world_pairs, require_usable
+from textjepa.data.tokens import encode_texts
+from textjepa.decoders.hf_model import CausalLM
+from textjepa.decoders.prompting import context_messages, truncate_left
+from textjepa.errors import TextJepaError
+
+_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    record: int  # the record number in the world model's token store
+    context: str
+    reply: str
+
+
+@dataclass
+class SplitRule:
+    val_fraction: float
+    seed: int
+    min_tokens: int
+    max_line_bytes: int
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> SplitRule:
+        data = checkpoint.info.get("data", {})
+        return cls(
+            val_fraction=float(data.get("val_fraction", 0.05)),
+            seed=int(data.get("seed", 0)),
+            min_tokens=int(data.get("min_tokens", 1)),
+            max_line_bytes=int(data.get("max_line_bytes", 1_000_000)),
+        )
+
+
+def read_pairs(path: Path, checkpoint: Checkpoint) -> tuple[list[PairRecord], LineStats]:
+    rule = SplitRule.from_checkpoint(checkpoint)
+    stats = LineStats()
+    pairs: list[PairRecord] = []
+    reader = iter_world_pairs(path, rule.max_line_bytes, stats)
+    while chunk := list(islice(reader, _CHUNK)):
+        contexts = encode_texts(checkpoint.tokenizer, [p.context for p in chunk])
+        replies = encode_texts(checkpoint.tokenizer, [p.next_turn for p in chunk])
+        for pair, c, r in zip(chunk, contexts, replies):
+            if len(c) < rule.min_tokens or len(r) < rule.min_tokens:
+                stats.skip("too few tokens")
+                continue
+            pairs.append(PairRecord(len(pairs), pair.context, pair.next_turn))
+            stats.used += 1
+    require_usable(stats, path, "context/next_turn pairs")
+    return pairs, stats
+
+
+def split_pairs(pairs: Sequence[PairRecord], checkpoint: Checkpoint, split: str) -> list[PairRecord]:
+    """split: "train" or "val" (the world model's held-out pairs)."""
+    rule = SplitRule.from_checkpoint(checkpoint)
+    held = is_validation(np.asarray([p.record for p in pairs], dtype=np.int64), rule.val_fraction, rule.seed)
+    want = split == "val"
+    return [p for p, h in zip(pairs, held) if bool(h) == want]
+
+
+@dataclass
+class LMExample:
+    record: int
+    prompt_ids: list[int]
+    reply_ids: list[int]
+
+
+def lm_examples(
+    lm: CausalLM, pairs: Sequence[PairRecord], max_prompt_tokens: int, max_reply_tokens: int
+) -> list[LMExample]:
+    """The LM's view of each pair: the chat-templated context, and the reply (plus the end-of-turn
+    token when the reply is not cut) as the target."""
+    end = lm.tokenizer.eos_token_id
+    if end is None and lm.stop_ids:
+        end = min(lm.stop_ids)
+    out = []
+    for pair in pairs:
+        prompt, _ = truncate_left(lm.prompt_ids(context_messages(pair.context)), max_prompt_tokens)
+        reply = lm.encode(pair.reply)
+        reply = reply[:max_reply_tokens] if len(reply) >= max_reply_tokens or end is None else reply + [int(end)]
+        if reply:
+            out.append(LMExample(pair.record, prompt, reply))
+    if not out:
+        raise TextJepaError("no pair has a reply the decoder's tokenizer can encode")
+    return out
+
+
+@torch.no_grad()
+def predicted_latents(
+    checkpoint: Checkpoint, world, teacher, contexts: Sequence[str], device: torch.device, batch: int = 256
+) -> torch.Tensor:
+    """The world model's predicted next latents [N, dim], through the agent's own inference path."""
+    from textjepa.agent import Agent
+
+    agent = Agent(checkpoint, world, teacher, None, device)
+    out = []
+    for start in range(0, len(contexts), batch):
+        conditioning, _ = agent.condition(list(contexts[start : start + batch]))
+        out.extend(c.predicted for c in conditioning)
+    return torch.stack(out).float()
+
+
+@torch.no_grad()
+def reply_latents(
+    checkpoint: Checkpoint, teacher, replies: Sequence[str], device: torch.device, batch: int = 256
+) -> torch.Tensor:
+    """The teacher's pooled latents of the true replies [N, dim] (first max_seq tokens, as the world model's
+    targets): what a perfect world model would predict. Used only by the --oracle-latent diagnostic."""
+    from textjepa.data.tokens import pad_batch
+    from textjepa.models.encoder import masked_mean
+
+    out = []
+    for start in range(0, len(replies), batch):
+        rows = [
+            np.asarray(r, dtype=np.int64) for r in encode_texts(checkpoint.tokenizer, replies[start : start + batch])
+        ]
+        ids, valid = pad_batch([r if len(r) else np.zeros(1, dtype=np.int64) for r in rows], checkpoint.config.max_seq)
+        ids_t, valid_t = torch.from_numpy(ids).to(device), torch.from_numpy(valid).to(device)
+        out.append(masked_mean(teacher(ids_t, valid_t), valid_t).float().cpu())
+    return torch.cat(out)
+
+
+def conditioning_latents(
+    checkpoint: Checkpoint, world, teacher, pairs: Sequence[PairRecord], device: torch.device, oracle: bool = False
+) -> torch.Tensor:
+    """The projector's inputs for these pairs: the world model's predictions, or (oracle) the true replies'."""
+    if oracle:
+        return reply_latents(checkpoint, teacher, [p.reply for p in pairs], device)
+    return predicted_latents(checkpoint, world, teacher, [p.context for p in pairs], device)
