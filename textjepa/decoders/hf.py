@@ -118,10 +118,11 @@ class TransformersDecoder:
             step = torch.tensor([[token]], dtype=torch.long, device=self.lm.device)
             logits, cache = self.lm.next_logits(cache=cache, input_ids=step)
 
-    def _pieces(self, prepared: PreparedPrompt, max_new_tokens: int, options: dict) -> Iterator[str]:
+    def _pieces(self, prepared: PreparedPrompt, max_new_tokens: int, options: dict, counter: list) -> Iterator[str]:
         text = IncrementalText(self.lm.decode)
         settings = self._settings(options)
         for token in self.token_ids(prepared, max_new_tokens, settings, bool(options.get("ignore_eos"))):
+            counter[0] += 1
             piece = text.push(token)
             if piece:
                 yield piece
@@ -130,20 +131,15 @@ class TransformersDecoder:
         self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
     ) -> Generation:
         prepared = self.prepare(messages, conditioning, max_new_tokens)
-        pieces = []
-        count = 0
-        text = IncrementalText(self.lm.decode)
-        settings = self._settings(options)
-        for token in self.token_ids(prepared, max_new_tokens, settings, bool(options.get("ignore_eos"))):
-            count += 1
-            pieces.append(text.push(token))
-        return Generation(text="".join(pieces), notes=prepared.notes, completion_tokens=count)
+        counter = [0]
+        text = "".join(self._pieces(prepared, max_new_tokens, options, counter))
+        return Generation(text=text, notes=prepared.notes, completion_tokens=counter[0])
 
     def stream(
         self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
     ) -> Iterator[str]:
         prepared = self.prepare(messages, conditioning, max_new_tokens)
-        yield from self._pieces(prepared, max_new_tokens, options)
+        yield from self._pieces(prepared, max_new_tokens, options, [0])
 
 
 def load_bridge_for(bridge_path: str | None, world_checkpoint) -> Bridge | None:
