@@ -43,3 +43,25 @@ class Decoder(Protocol):
     def stream(
         self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
     ) -> Iterator[str]: ...
+
+
+class TokenStreamingDecoder:
+    """generate() and stream() for decoders that yield text pieces token by token from a prepared prompt.
+
+    Subclasses provide prepare(messages, conditioning, max_new_tokens) -> an object with .notes, and
+    _pieces(prepared, max_new_tokens, options, counter) which yields text and counts tokens in counter[0].
+    """
+
+    def generate(
+        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
+    ) -> Generation:
+        prepared = self.prepare(messages, conditioning, max_new_tokens)
+        counter = [0]
+        text = "".join(self._pieces(prepared, max_new_tokens, options, counter))
+        return Generation(text=text, notes=prepared.notes, completion_tokens=counter[0])
+
+    def stream(
+        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
+    ) -> Iterator[str]:
+        prepared = self.prepare(messages, conditioning, max_new_tokens)
+        yield from self._pieces(prepared, max_new_tokens, options, [0])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from textjepa.config import DecoderSettings
-from textjepa.decoders.base import Conditioning, Generation
+from textjepa.decoders.base import Conditioning, TokenStreamingDecoder
 from textjepa.decoders.hf_model import CausalLM, load_causal_lm
 from textjepa.decoders.models import resolve_decoder_model
 from textjepa.decoders.prefix import Bridge, load_bridge
@@ -72,7 +72,7 @@ def prepare_prompt(
     return PreparedPrompt(prefix, ids, notes)
 
 
-class TransformersDecoder:
+class TransformersDecoder(TokenStreamingDecoder):
     name = "transformers"
 
     def __init__(self, lm: CausalLM, bridge: Bridge | None, settings: DecoderSettings) -> None:
@@ -126,20 +126,6 @@ class TransformersDecoder:
             piece = text.push(token)
             if piece:
                 yield piece
-
-    def generate(
-        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
-    ) -> Generation:
-        prepared = self.prepare(messages, conditioning, max_new_tokens)
-        counter = [0]
-        text = "".join(self._pieces(prepared, max_new_tokens, options, counter))
-        return Generation(text=text, notes=prepared.notes, completion_tokens=counter[0])
-
-    def stream(
-        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
-    ) -> Iterator[str]:
-        prepared = self.prepare(messages, conditioning, max_new_tokens)
-        yield from self._pieces(prepared, max_new_tokens, options, [0])
 
 
 def load_bridge_for(bridge_path: str | None, world_checkpoint) -> Bridge | None:

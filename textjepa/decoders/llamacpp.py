@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from textjepa.config import DecoderSettings
-from textjepa.decoders.base import Conditioning, Generation
+from textjepa.decoders.base import Conditioning, Generation, TokenStreamingDecoder
 from textjepa.decoders.hf import PreparedPrompt, load_bridge_for, prepare_prompt
 from textjepa.decoders.models import ModelSource, import_optional, resolve_decoder_model
 from textjepa.decoders.prefix import Bridge, DecoderFingerprint, fingerprint_from_embeddings
@@ -57,7 +57,7 @@ def gguf_fingerprint(path: Path) -> DecoderFingerprint:
     return fingerprint_from_embeddings(weight, path.name, str(path))
 
 
-class LlamaCppDecoder:
+class LlamaCppDecoder(TokenStreamingDecoder):
     """llama-cpp-python: prefix embeddings through `llama_batch.embd`, then tokens, then sampling."""
 
     name = "llamacpp"
@@ -219,20 +219,6 @@ class LlamaCppDecoder:
         tail = utf8.decode(b"", final=True)
         if tail:
             yield tail
-
-    def generate(
-        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
-    ) -> Generation:
-        prepared = self.prepare(messages, conditioning, max_new_tokens)
-        counter = [0]
-        text = "".join(self._pieces(prepared, max_new_tokens, options, counter))
-        return Generation(text=text, notes=prepared.notes, completion_tokens=counter[0])
-
-    def stream(
-        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, **options
-    ) -> Iterator[str]:
-        prepared = self.prepare(messages, conditioning, max_new_tokens)
-        yield from self._pieces(prepared, max_new_tokens, options, [0])
 
 
 class LlamaBinaryDecoder:
