@@ -26,9 +26,7 @@ def _positive_int(text: str) -> int:
 
 
 def _no_kind(args: argparse.Namespace) -> int:
-    raise TextJepaError(
-        "prepare needs a kind: ultrachat, expert, jsonl or mix (see: textjepa prepare --help)"
-    )
+    raise TextJepaError("prepare needs a kind: ultrachat, expert, jsonl or mix (see: textjepa prepare --help)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,12 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     h.add_argument("dataset", metavar="DATASET", help="hub:<org>/<name> (or just <org>/<name>)")
-    h.add_argument(
-        "--mode", choices=("latent", "world"), default="latent", help="what it is for (default %(default)s)"
-    )
-    h.add_argument(
-        "--data-dir", default=DataConfig().data_dir, help="where cache files go (default %(default)s)"
-    )
+    h.add_argument("--mode", choices=("latent", "world"), default="latent", help="what it is for (default %(default)s)")
+    h.add_argument("--data-dir", default=DataConfig().data_dir, help="where cache files go (default %(default)s)")
     h.set_defaults(run=run_hub)
 
     u_defaults = PrepareUltrachatConfig()
@@ -73,9 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Seed form: textjepa --prepare-ultrachat [output] [context_window] [min_tokens] [max_rows]."
         ),
     )
-    u.add_argument(
-        "output", metavar="OUTPUT", nargs="?", default=u_defaults.output, help="default %(default)s"
-    )
+    u.add_argument("output", metavar="OUTPUT", nargs="?", default=u_defaults.output, help="default %(default)s")
     u.add_argument(
         "--context-window",
         type=int,
@@ -88,9 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=u_defaults.min_tokens,
         help="fewer whitespace words on either side: skipped (default %(default)s)",
     )
-    u.add_argument(
-        "--max-rows", type=_positive_int, default=None, help="read at most N conversations (default: all)"
-    )
+    u.add_argument("--max-rows", type=_positive_int, default=None, help="read at most N conversations (default: all)")
     u.add_argument("--split", default=u_defaults.split, help="dataset split (default %(default)s)")
     u.add_argument("--no-progress", action="store_true", help="no progress bar")
     u.set_defaults(run=run_ultrachat)
@@ -109,15 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--dataset", required=True, choices=tuple(EXPERT_SOURCES), help="which dataset")
     e.add_argument("--output", default=None, help="output file (default data/<dataset>_pairs.txt)")
     e.add_argument("--split", default=None, help="dataset split (default: its training split)")
-    e.add_argument(
-        "--max-rows", type=_positive_int, default=None, help="read at most N dataset rows (default: all)"
-    )
-    e.add_argument(
-        "--no-support", action="store_true", help="leave out the supporting paragraph (SciQ, SQuAD)"
-    )
-    e.add_argument(
-        "--min-answer-words", type=int, default=1, help="shorter answers are skipped (default %(default)s)"
-    )
+    e.add_argument("--max-rows", type=_positive_int, default=None, help="read at most N dataset rows (default: all)")
+    e.add_argument("--no-support", action="store_true", help="leave out the supporting paragraph (SciQ, SQuAD)")
+    e.add_argument("--min-answer-words", type=int, default=1, help="shorter answers are skipped (default %(default)s)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(run=run_expert)
 

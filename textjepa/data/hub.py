@@ -64,9 +64,7 @@ _SHARD = re.compile(r"^(.*?)-\d{5}-of-\d{5}")
 def check_dataset_id(dataset_id: str) -> str:
     dataset_id = dataset_id.strip()
     if not _DATASET_ID.fullmatch(dataset_id) or ".." in dataset_id:
-        raise TextJepaError(
-            f"not a hub dataset id: {dataset_id!r} (expected hub:<org>/<name>, e.g. hub:allenai/sciq)"
-        )
+        raise TextJepaError(f"not a hub dataset id: {dataset_id!r} (expected hub:<org>/<name>, e.g. hub:allenai/sciq)")
     return dataset_id
 
 
@@ -85,8 +83,7 @@ def wiki_max_files() -> int | None:
         value = 0
     if value < 1:
         raise TextJepaError(
-            f"{WIKI_MAX_FILES_ENV} must be a positive whole number of parquet files "
-            f"(or unset for all), got {raw!r}"
+            f"{WIKI_MAX_FILES_ENV} must be a positive whole number of parquet files (or unset for all), got {raw!r}"
         )
     return value
 
@@ -144,9 +141,7 @@ def select_parquet(
     if split is None:
         split = "train" if "train" in splits else splits[0]
     elif split not in splits:
-        raise TextJepaError(
-            f"hub:{repo_id} has no split {split!r} in config {config!r} (splits: {', '.join(splits)})"
-        )
+        raise TextJepaError(f"hub:{repo_id} has no split {split!r} in config {config!r} (splits: {', '.join(splits)})")
     chosen = tuple(p for p, c, s in described if c == config and s == split)
     return ParquetFiles(repo_id, revision, config, split, chosen, from_cache)
 
@@ -175,13 +170,11 @@ def _hub_error(repo_id: str, exc: Exception) -> TextJepaError | None:
 
     if isinstance(exc, errors.GatedRepoError):
         return TextJepaError(
-            f"hub:{repo_id} is gated: accept its terms on the Hub, then log in "
-            f"(`hf auth login`) or set HF_TOKEN"
+            f"hub:{repo_id} is gated: accept its terms on the Hub, then log in (`hf auth login`) or set HF_TOKEN"
         )
     if isinstance(exc, errors.RepositoryNotFoundError):
         return TextJepaError(
-            f"hub:{repo_id}: no such dataset on the Hub "
-            f"(if it is private, log in with `hf auth login` or set HF_TOKEN)"
+            f"hub:{repo_id}: no such dataset on the Hub (if it is private, log in with `hf auth login` or set HF_TOKEN)"
         )
     return None
 
@@ -210,9 +203,7 @@ def _list_parquet(repo_id: str, revision: str, problems: list[str]) -> tuple[lis
                 raise user_error from exc
             problems.append(_first_line(exc))
     try:
-        folder = Path(
-            snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
-        )
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True))
     except (errors.LocalEntryNotFoundError, FileNotFoundError, OSError):
         return None
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.parquet")), True
@@ -321,9 +312,7 @@ def iter_parquet_batches(
                 if remaining == 0:
                     return
         except (pa.ArrowException, KeyError) as exc:
-            raise TextJepaError(
-                f"{label}: cannot read columns {', '.join(columns)}: {_first_line(exc)}"
-            ) from exc
+            raise TextJepaError(f"{label}: cannot read columns {', '.join(columns)}: {_first_line(exc)}") from exc
 
 
 def iter_batches(files: ParquetFiles, columns: Sequence[str], max_rows: int | None = None, bar=None):
@@ -332,16 +321,12 @@ def iter_batches(files: ParquetFiles, columns: Sequence[str], max_rows: int | No
     return iter_parquet_batches(sources, columns, max_rows, bar)
 
 
-def iter_local_batches(
-    paths: Iterable[str | Path], columns: Sequence[str], max_rows: int | None = None, bar=None
-):
+def iter_local_batches(paths: Iterable[str | Path], columns: Sequence[str], max_rows: int | None = None, bar=None):
     """Batches of local parquet files (the same reading path, without the Hub)."""
     return iter_parquet_batches(((str(p), partial(Path, p)) for p in paths), columns, max_rows, bar)
 
 
-def iter_rows(
-    files: ParquetFiles, columns: Sequence[str], max_rows: int | None = None, bar=None
-) -> Iterator[dict]:
+def iter_rows(files: ParquetFiles, columns: Sequence[str], max_rows: int | None = None, bar=None) -> Iterator[dict]:
     for batch in iter_batches(files, columns, max_rows, bar):
         yield from batch.to_pylist()
 
@@ -349,9 +334,7 @@ def iter_rows(
 def first_schema(files: ParquetFiles):
     if not files.paths:
         raise TextJepaError(f"hub:{files.repo_id} has no parquet files for split {files.split!r}")
-    return open_parquet(
-        fetch_parquet(files, files.paths[0]), f"hub:{files.repo_id} file {files.paths[0]}"
-    ).schema_arrow
+    return open_parquet(fetch_parquet(files, files.paths[0]), f"hub:{files.repo_id} file {files.paths[0]}").schema_arrow
 
 
 # ---------------------------------------------------------------- line makers
@@ -410,9 +393,7 @@ def _messages_column(schema) -> str | None:
     for name in MESSAGE_COLUMNS:
         if name in schema.names:
             kind = schema.field(name).type
-            if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(
-                kind.value_type
-            ):
+            if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type):
                 return name
     return None
 
@@ -449,9 +430,7 @@ def _plan_generic(files: ParquetFiles, mode: str) -> tuple[Filler, str]:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
             for row in iter_rows(files, [messages], bar=bar):
-                lines = [
-                    line for line in (single_line(said) for _, said in chat_turns(row[messages])) if line
-                ]
+                lines = [line for line in (single_line(said) for _, said in chat_turns(row[messages])) if line]
                 stats.used += len(lines)
                 writer.write_clean_block(lines)
 
@@ -485,9 +464,7 @@ def _plan_generic(files: ParquetFiles, mode: str) -> tuple[Filler, str]:
 
 def _plan_pairs(files: ParquetFiles, source: PairSource) -> tuple[Filler, str]:
     def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
-        for context, reply in convert_rows(
-            iter_rows(files, source.columns, bar=bar), source, PairOptions(), stats
-        ):
+        for context, reply in convert_rows(iter_rows(files, source.columns, bar=bar), source, PairOptions(), stats):
             writer.write_record((context, reply), stats)
 
     return fill, f"{source.name} context<TAB>next_turn pairs"
@@ -496,9 +473,7 @@ def _plan_pairs(files: ParquetFiles, source: PairSource) -> tuple[Filler, str]:
 def _plan_wikipedia(files: ParquetFiles) -> tuple[Filler, str]:
     def fill(writer: AtomicLineFile, stats: LineStats, bar) -> str | None:
         capped = write_wikipedia_lines(iter_batches(files, ["text"], bar=bar), writer, stats)
-        return (
-            f"{capped} paragraphs longer than {WIKI_MAX_CHARS} chars were cut at a word" if capped else None
-        )
+        return f"{capped} paragraphs longer than {WIKI_MAX_CHARS} chars were cut at a word" if capped else None
 
     return fill, "English Wikipedia, one paragraph per line"
 
@@ -545,10 +520,7 @@ def _cached_wikipedia(repo_id: str, data_dir: Path, mode: str) -> Path:
         # Offline the listing is only what an earlier run downloaded; the Hub may well have more.
         raise _not_available(f"{repo_id} ({max_files} parquet files; {len(used)} are cached)", None)
     if max_files and len(used) < max_files:
-        print(
-            f"hub:{repo_id}: {WIKI_MAX_FILES_ENV}={max_files}, "
-            f"but only {len(used)} parquet files are available"
-        )
+        print(f"hub:{repo_id}: {WIKI_MAX_FILES_ENV}={max_files}, but only {len(used)} parquet files are available")
     files = replace(files, paths=used)
     target = data_dir / cache_file_name(WIKI_ID, f"_{len(used)}")
     if _reuse(target, repo_id):

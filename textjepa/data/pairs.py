@@ -221,16 +221,10 @@ class PairSource:
     convert: Callable[[dict, PairOptions, LineStats], Iterator[Pair]]
 
 
-ULTRACHAT = PairSource(
-    "ultrachat", "HuggingFaceH4/ultrachat_200k", "train_sft", None, ("messages",), _ultrachat
-)
+ULTRACHAT = PairSource("ultrachat", "HuggingFaceH4/ultrachat_200k", "train_sft", None, ("messages",), _ultrachat)
 EXPERT_SOURCES: dict[str, PairSource] = {
-    "sciq": PairSource(
-        "sciq", "allenai/sciq", "train", None, ("question", "correct_answer", "support"), _sciq
-    ),
-    "squad": PairSource(
-        "squad", "rajpurkar/squad_v2", "train", None, ("question", "context", "answers"), _squad
-    ),
+    "sciq": PairSource("sciq", "allenai/sciq", "train", None, ("question", "correct_answer", "support"), _sciq),
+    "squad": PairSource("squad", "rajpurkar/squad_v2", "train", None, ("question", "context", "answers"), _squad),
     "natural_questions": PairSource(
         "natural_questions",
         "google-research-datasets/natural_questions",
@@ -259,9 +253,7 @@ def source_for_repo(repo_id: str) -> PairSource | None:
     return None
 
 
-def convert_rows(
-    rows: Iterable[dict], source: PairSource, options: PairOptions, stats: LineStats
-) -> Iterator[Pair]:
+def convert_rows(rows: Iterable[dict], source: PairSource, options: PairOptions, stats: LineStats) -> Iterator[Pair]:
     """All pairs of `rows` that pass the word-count limits; the others are counted as skipped."""
     for row in rows:
         for context, reply in source.convert(row, options, stats):

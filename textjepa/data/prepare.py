@@ -67,9 +67,7 @@ def prepare_expert(cfg: PrepareExpertConfig) -> LineStats:
     cfg.validate()
     source = EXPERT_SOURCES.get(cfg.dataset)
     if source is None:
-        raise TextJepaError(
-            f"unknown expert dataset {cfg.dataset!r} (choose from {', '.join(EXPERT_SOURCES)})"
-        )
+        raise TextJepaError(f"unknown expert dataset {cfg.dataset!r} (choose from {', '.join(EXPERT_SOURCES)})")
     options = PairOptions(no_support=cfg.no_support, min_reply_words=cfg.min_answer_words)
     return write_hub_pairs(source, options, cfg.output_path, cfg.split, cfg.max_rows, cfg.progress)
 
@@ -148,9 +146,7 @@ def _check_inputs(inputs: list[str]) -> list[Path]:
     paths = [Path(p) for p in inputs]
     for path in paths:
         if not path.is_file():
-            raise TextJepaError(
-                f"input file not found: {path}" if not path.exists() else f"not a file: {path}"
-            )
+            raise TextJepaError(f"input file not found: {path}" if not path.exists() else f"not a file: {path}")
     return paths
 
 
@@ -184,9 +180,7 @@ def prepare_mix(cfg: PrepareMixConfig) -> LineStats:
     return stats
 
 
-def _shuffled_into(
-    writer: AtomicLineFile, lines, inputs: list[Path], cfg: PrepareMixConfig, stats, bar
-) -> None:
+def _shuffled_into(writer: AtomicLineFile, lines, inputs: list[Path], cfg: PrepareMixConfig, stats, bar) -> None:
     total = sum(p.stat().st_size for p in inputs)
     count = max(1, min(MAX_SHUFFLE_BUCKETS, math.ceil(total / cfg.bucket_bytes)))
     rng = random.Random(cfg.seed)

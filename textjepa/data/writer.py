@@ -43,9 +43,7 @@ def ensure_parent_dir(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
-        raise TextJepaError(
-            f"cannot create the directory of {path}: a file is in the way ({exc.filename})"
-        ) from exc
+        raise TextJepaError(f"cannot create the directory of {path}: a file is in the way ({exc.filename})") from exc
     except OSError as exc:
         raise TextJepaError(f"cannot create the directory of {path}: {exc.strerror}") from exc
     if not path.parent.is_dir():
