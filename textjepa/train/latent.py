@@ -10,9 +10,8 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from textjepa.checkpoint import ensure_writable_dir
 from textjepa.config import MASK_ID, LatentConfig, MaskingConfig, ModelConfig, TrainConfig
-from textjepa.data.batches import Batch, TrainSampler, iter_split_batches
+from textjepa.data.batches import Batch, iter_split_batches
 from textjepa.data.sources import LATENT_RECORDS, load_corpus, resolve_data
 from textjepa.data.tokens import TokenStore
 from textjepa.errors import TextJepaError
@@ -20,15 +19,10 @@ from textjepa.models.heads import LatentModel
 from textjepa.objectives.jepa import alignment_loss, regularizer_loss
 from textjepa.objectives.masking import keyed_uniforms, mask_uniform_columns, sample_span_mask
 from textjepa.runtime import (
-    configure_threads,
-    init_distributed,
     local_main_first,
-    per_rank_batch,
-    resolve_device,
     seed_everything,
-    shutdown_distributed,
 )
-from textjepa.train.loop import TrainResult, describe_run, run_training
+from textjepa.train.loop import TrainResult, train_on_store, training_session
 
 _MAX_REGULARIZER_ROWS = 1024
 
@@ -135,15 +129,7 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
     cfg.train.validate()
     cfg.masking.validate()
     cfg.model.validate()
-    configure_threads()
-    device = resolve_device(cfg.train.device)
-    dist = init_distributed(device)
-    try:
-        cfg.train.batch = per_rank_batch(cfg.train.batch, cfg.train.global_batch, dist.world_size)
-        if dist.enabled and device.type == "cuda":
-            device = torch.device("cuda", dist.local_rank)
-        out_dir = Path(cfg.train.out_dir)
-        ensure_writable_dir(out_dir)
+    with training_session(cfg.train) as (device, dist, out_dir):
         with local_main_first(dist):  # caches are built once per node, then shared
             path = resolve_data(cfg.data.path, cfg.data.data_dir, "latent")
             tokenizer, store = load_corpus(
@@ -152,17 +138,4 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
         config = dataclasses.replace(cfg.model, vocab_size=tokenizer.get_vocab_size())
         seed_everything(cfg.train.seed)
         stage = LatentStage(config, tokenizer, store, cfg, device)
-        sampler = TrainSampler(
-            store,
-            cfg.train.batch,
-            config.max_seq,
-            cfg.data.val_fraction,
-            cfg.train.seed,
-            cfg.train.bucket_by_length,
-            rank=dist.rank,
-            world_size=dist.world_size,
-        )
-        return run_training(stage, sampler, cfg.train, out_dir, dist, describe_run(path, store, cfg.data, cfg.train))
-    finally:
-        shutdown_distributed(dist)
-
+        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist)

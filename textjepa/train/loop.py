@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +22,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from textjepa.checkpoint import (
+    ensure_writable_dir,
     find_latest_state,
     load_training_state,
     model_path,
@@ -34,7 +37,18 @@ from textjepa.data.batches import Batch, TrainSampler, UnionSampler
 from textjepa.data.tokens import TokenStore, atomic_write_text, tokenizer_hash
 from textjepa.errors import TextJepaError
 from textjepa.models.encoder import count_parameters, format_size
-from textjepa.runtime import Distributed, all_reduce_sum, barrier, broadcast_object, gather_objects
+from textjepa.runtime import (
+    Distributed,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    configure_threads,
+    gather_objects,
+    init_distributed,
+    per_rank_batch,
+    resolve_device,
+    shutdown_distributed,
+)
 from textjepa.train.schedules import ema_momentum, lr_factor
 
 
@@ -495,3 +509,45 @@ def describe_run(path: Path, store: TokenStore, data: DataConfig, train: TrainCo
         },
         "train": dataclasses.asdict(train),
     }
+
+
+@contextmanager
+def training_session(train: TrainConfig) -> Iterator[tuple[torch.device, Distributed, Path]]:
+    """What every training command does first: threads, device, process group (torchrun), this rank's
+    batch and a writable output directory; the process group is shut down however the run ends."""
+    configure_threads()
+    device = resolve_device(train.device)
+    dist = init_distributed(device)
+    try:
+        train.batch = per_rank_batch(train.batch, train.global_batch, dist.world_size)
+        if dist.enabled and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+        out_dir = Path(train.out_dir)
+        ensure_writable_dir(out_dir)
+        yield device, dist, out_dir
+    finally:
+        shutdown_distributed(dist)
+
+
+def train_on_store(
+    stage: Stage,
+    store: TokenStore,
+    path: Path,
+    data: DataConfig,
+    train: TrainConfig,
+    max_seq: int,
+    out_dir: Path,
+    dist: Distributed,
+) -> TrainResult:
+    """This rank's share of the training split, batched, through the shared loop."""
+    sampler = TrainSampler(
+        store,
+        train.batch,
+        max_seq,
+        data.val_fraction,
+        train.seed,
+        train.bucket_by_length,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    return run_training(stage, sampler, train, out_dir, dist, describe_run(path, store, data, train))

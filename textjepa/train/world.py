@@ -10,9 +10,9 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from textjepa.checkpoint import Checkpoint, check_shape_overrides, ensure_writable_dir, load_checkpoint, teacher_path
+from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, teacher_path
 from textjepa.config import ModelConfig, WorldConfig
-from textjepa.data.batches import Batch, TrainSampler, iter_split_batches
+from textjepa.data.batches import Batch, iter_split_batches
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, resolve_data
 from textjepa.data.tokens import TokenStore
 from textjepa.decoders.retrieval import build_retrieval_index
@@ -22,15 +22,10 @@ from textjepa.models.encoder import masked_mean
 from textjepa.models.heads import WorldModel
 from textjepa.objectives.jepa import alignment_loss, info_nce, regularizer_loss, similarity_structure_loss
 from textjepa.runtime import (
-    configure_threads,
-    init_distributed,
     local_main_first,
-    per_rank_batch,
-    resolve_device,
     seed_everything,
-    shutdown_distributed,
 )
-from textjepa.train.loop import TrainResult, describe_run, run_training
+from textjepa.train.loop import TrainResult, train_on_store, training_session
 
 
 class WorldObjective(nn.Module):
@@ -241,15 +236,7 @@ def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig
 
 def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainResult:
     cfg.train.validate()
-    configure_threads()
-    device = resolve_device(cfg.train.device)
-    dist = init_distributed(device)
-    try:
-        cfg.train.batch = per_rank_batch(cfg.train.batch, cfg.train.global_batch, dist.world_size)
-        if dist.enabled and device.type == "cuda":
-            device = torch.device("cuda", dist.local_rank)
-        out_dir = Path(cfg.train.out_dir)
-        ensure_writable_dir(out_dir)
+    with training_session(cfg.train) as (device, dist, out_dir):
         config, tokenizer, init = resolve_world_config(cfg, shape_overrides or {})
         config.validate()
         with local_main_first(dist):  # caches are built once per node, then shared
@@ -264,16 +251,4 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainR
         mapping = action_mapping(store, config.actions, str(init.path) if init else "the model")
         seed_everything(cfg.train.seed)
         stage = WorldStage(config, tokenizer, store, cfg, device, init, mapping)
-        sampler = TrainSampler(
-            store,
-            cfg.train.batch,
-            config.max_seq,
-            cfg.data.val_fraction,
-            cfg.train.seed,
-            cfg.train.bucket_by_length,
-            rank=dist.rank,
-            world_size=dist.world_size,
-        )
-        return run_training(stage, sampler, cfg.train, out_dir, dist, describe_run(path, store, cfg.data, cfg.train))
-    finally:
-        shutdown_distributed(dist)
+        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist)
