@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from textjepa.cli.common import config_from_args
 from textjepa.config import BridgeTrainConfig, ConditioningEvalConfig
 
 DECODER_MODEL_HELP = (
@@ -66,6 +67,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--out", default=None, help="the bridge file (default <out-dir>/bridge_<lm>_<world>.safetensors)")
     t.add_argument("--data-dir", default=d.data_dir, help="hub caches (default %(default)s)")
     t.add_argument("--oracle-latent", action="store_true", help=ORACLE_HELP)
+    t.add_argument(
+        "--prompt-dropout",
+        type=float,
+        default=d.prompt_dropout,
+        help="fraction of training rows whose prompt is replaced by an empty user turn, so the reply must come "
+        "from the prefix; makes the prefix carry the latent's content (default %(default)s)",
+    )
+    t.add_argument(
+        "--target-mix",
+        type=float,
+        default=d.target_mix,
+        help="fraction of training rows conditioned on the teacher latent of the true reply instead of the "
+        "prediction (default %(default)s)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress lines")
     t.set_defaults(run=run_train_bridge)
 
@@ -103,30 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train_bridge(args: argparse.Namespace) -> int:
     from textjepa.train.bridge import train_bridge
 
-    train_bridge(
-        BridgeTrainConfig(
-            world_model=args.world_model,
-            data=args.data,
-            decoder_model=args.decoder_model,
-            prefix_tokens=args.prefix_tokens,
-            steps=args.steps,
-            batch=args.batch,
-            lr=args.lr,
-            align_steps=args.align_steps,
-            align_lr=args.align_lr,
-            max_reply_tokens=args.max_reply_tokens,
-            max_prompt_tokens=args.max_prompt_tokens,
-            val_pairs=args.val_pairs,
-            eval_every=args.eval_every,
-            seed=args.seed,
-            device=args.device,
-            out_dir=args.out_dir,
-            out=args.out,
-            data_dir=args.data_dir,
-            oracle=args.oracle_latent,
-            progress=not args.no_progress,
-        )
-    )
+    train_bridge(config_from_args(BridgeTrainConfig, args, oracle=args.oracle_latent))
     return 0
 
 
@@ -134,21 +126,6 @@ def run_eval_conditioning(args: argparse.Namespace) -> int:
     from textjepa.eval.conditioning import evaluate_conditioning
 
     evaluate_conditioning(
-        ConditioningEvalConfig(
-            world_model=args.world_model,
-            bridge=args.bridge,
-            data=args.data,
-            decoder_model=args.decoder_model,
-            max_pairs=args.max_pairs,
-            batch=args.batch,
-            max_reply_tokens=args.max_reply_tokens,
-            max_prompt_tokens=args.max_prompt_tokens,
-            seed=args.seed,
-            device=args.device,
-            json_path=args.json,
-            data_dir=args.data_dir,
-            oracle=args.oracle_latent,
-            progress=not args.no_progress,
-        )
+        config_from_args(ConditioningEvalConfig, args, json_path=args.json, oracle=args.oracle_latent)
     )
     return 0

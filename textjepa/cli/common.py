@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any, TypeVar
 
 from textjepa.config import DataConfig, ModelConfig, TrainConfig
+
+ConfigT = TypeVar("ConfigT")
 
 SHAPE_ARGS = ("dim", "max_seq", "layers", "heads", "max_vocab", "bridge_dim")
 
@@ -163,3 +167,14 @@ def data_config(args: argparse.Namespace, path: str, defaults: DataConfig) -> Da
             "val_fraction": args.val_fraction,
         }
     )
+
+
+def config_from_args(cls: type[ConfigT], args: argparse.Namespace, **renamed: Any) -> ConfigT:
+    """A command's config dataclass from the parsed arguments of the same names; `renamed` gives the
+    fields whose flag is spelled otherwise, and `progress` follows --no-progress."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    if "progress" in names and hasattr(args, "no_progress"):
+        values["progress"] = not args.no_progress
+    values.update(renamed)
+    return cls(**values)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from textjepa.cli.common import config_from_args
 from textjepa.config import (
     DataConfig,
     PrepareExpertConfig,
@@ -191,61 +192,26 @@ def run_hub(args: argparse.Namespace) -> int:
 def run_ultrachat(args: argparse.Namespace) -> int:
     from textjepa.data.prepare import prepare_ultrachat
 
-    prepare_ultrachat(
-        PrepareUltrachatConfig(
-            output=args.output,
-            context_window=args.context_window,
-            min_tokens=args.min_tokens,
-            max_rows=args.max_rows,
-            split=args.split,
-            progress=not args.no_progress,
-        )
-    )
+    prepare_ultrachat(config_from_args(PrepareUltrachatConfig, args))
     return 0
 
 
 def run_expert(args: argparse.Namespace) -> int:
     from textjepa.data.prepare import prepare_expert
 
-    prepare_expert(
-        PrepareExpertConfig(
-            dataset=args.dataset,
-            output=args.output,
-            split=args.split,
-            max_rows=args.max_rows,
-            no_support=args.no_support,
-            min_answer_words=args.min_answer_words,
-            progress=not args.no_progress,
-        )
-    )
+    prepare_expert(config_from_args(PrepareExpertConfig, args))
     return 0
 
 
 def run_jsonl(args: argparse.Namespace) -> int:
     from textjepa.data.prepare import prepare_jsonl
 
-    prepare_jsonl(
-        PrepareJsonlConfig(
-            input_dir=args.input_dir,
-            output=args.output,
-            min_tokens=args.min_tokens,
-            max_tokens=args.max_tokens,
-            progress=not args.no_progress,
-        )
-    )
+    prepare_jsonl(config_from_args(PrepareJsonlConfig, args))
     return 0
 
 
 def run_mix(args: argparse.Namespace) -> int:
     from textjepa.data.prepare import prepare_mix
 
-    prepare_mix(
-        PrepareMixConfig(
-            output=args.output,
-            inputs=list(args.inputs),
-            shuffle=args.shuffle,
-            seed=args.seed,
-            progress=not args.no_progress,
-        )
-    )
+    prepare_mix(config_from_args(PrepareMixConfig, args, inputs=list(args.inputs)))
     return 0

@@ -38,6 +38,24 @@ def resolve_data(argument: str, data_dir: str, mode: str) -> Path:
     return path
 
 
+def recorded_data(given: str | None, info: dict, data_dir: str, mode: str) -> tuple[Path, DataConfig]:
+    """The data an evaluation reads: the one given, else the checkpoint's own training data, with the
+    line rules and held-out fraction the checkpoint recorded (so its validation split is the same)."""
+    recorded = info.get("data", {})
+    argument = given or recorded.get("path")
+    if not argument:
+        raise TextJepaError("no data given and the checkpoint does not record its training data")
+    path = resolve_data(argument, data_dir, mode)
+    defaults = DataConfig()
+    return path, DataConfig(
+        path=str(path),
+        data_dir=data_dir,
+        max_line_bytes=recorded.get("max_line_bytes", defaults.max_line_bytes),
+        min_tokens=recorded.get("min_tokens", defaults.min_tokens if mode == "latent" else 1),
+        val_fraction=recorded.get("val_fraction", defaults.val_fraction),
+    )
+
+
 @dataclass
 class Records:
     """How one kind of stage reads a line file."""

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from textjepa.checkpoint import check_shape_overrides, load_checkpoint, teacher_path
-from textjepa.config import DataConfig, EvalConfig, MaskingConfig
+from textjepa.config import EvalConfig, MaskingConfig
 from textjepa.data.batches import iter_split_batches
-from textjepa.data.sources import LATENT_RECORDS, load_corpus, resolve_data
+from textjepa.data.sources import LATENT_RECORDS, load_corpus, recorded_data
 from textjepa.data.tokens import TokenStore, check_vocab_argument
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
@@ -88,17 +88,7 @@ def evaluate_jepa(cfg: EvalConfig) -> dict:
     if cfg.vocab:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
     data_info = checkpoint.info.get("data", {})
-    data_arg = cfg.data or data_info.get("path")
-    if not data_arg:
-        raise TextJepaError("no data given and the checkpoint does not record its training data")
-    path = resolve_data(data_arg, cfg.data_dir, "latent")
-    data = DataConfig(
-        path=str(path),
-        data_dir=cfg.data_dir,
-        max_line_bytes=data_info.get("max_line_bytes", 1_000_000),
-        min_tokens=data_info.get("min_tokens", 2),
-        val_fraction=data_info.get("val_fraction", 0.05),
-    )
+    path, data = recorded_data(cfg.data, checkpoint.info, cfg.data_dir, "latent")
     _, store = load_corpus(path, LATENT_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     split = choose_split(cfg.split, store, checkpoint.info)
     masking = MaskingConfig(**checkpoint.info.get("masking", {}))

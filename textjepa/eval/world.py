@@ -12,9 +12,9 @@ import torch
 
 from textjepa.agent import load_world
 from textjepa.checkpoint import check_shape_overrides
-from textjepa.config import DataConfig, EvalConfig
+from textjepa.config import EvalConfig
 from textjepa.data.batches import iter_split_batches
-from textjepa.data.sources import WORLD_RECORDS, load_corpus, resolve_data
+from textjepa.data.sources import WORLD_RECORDS, load_corpus, recorded_data
 from textjepa.data.tokens import check_vocab_argument
 from textjepa.decoders.retrieval import RetrievalIndex
 from textjepa.errors import TextJepaError
@@ -43,17 +43,7 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
     mean_next = RetrievalIndex.load(checkpoint.path).mean_next_latent.to(device)
     data_info = checkpoint.info.get("data", {})
-    data_arg = cfg.data or data_info.get("path")
-    if not data_arg:
-        raise TextJepaError("no data given and the checkpoint does not record its training data")
-    path = resolve_data(data_arg, cfg.data_dir, "world")
-    data = DataConfig(
-        path=str(path),
-        data_dir=cfg.data_dir,
-        max_line_bytes=data_info.get("max_line_bytes", 1_000_000),
-        min_tokens=data_info.get("min_tokens", 1),
-        val_fraction=data_info.get("val_fraction", 0.05),
-    )
+    path, data = recorded_data(cfg.data, checkpoint.info, cfg.data_dir, "world")
     _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     mapping = action_mapping(store, checkpoint.config.actions, checkpoint.path.name)
     split = choose_split(cfg.split, store, checkpoint.info)
