@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from textjepa.config import DecoderSettings
@@ -100,6 +101,12 @@ class TransformersDecoder(TokenStreamingDecoder):
             prefix = prepared.prefix.to(device=embeds.device, dtype=embeds.dtype).unsqueeze(0)
             embeds = torch.cat([prefix, embeds], dim=1)
         return embeds
+
+    @torch.no_grad()
+    def next_token_logits(self, prepared: PreparedPrompt) -> np.ndarray:
+        """The logits of the reply's first token given the prefix and the prompt ([vocab])."""
+        logits, _ = self.lm.next_logits(inputs_embeds=self.input_embeddings(prepared))
+        return logits.reshape(-1).float().cpu().numpy()
 
     @torch.no_grad()
     def token_ids(

@@ -182,16 +182,27 @@ class LlamaCppDecoder(TokenStreamingDecoder):
             lib.llama_sampler_accept(chain, token)
         return chain
 
-    def token_ids(
-        self, prepared: PreparedPrompt, max_new_tokens: int, settings: DecoderSettings, ignore_eos: bool = False
-    ) -> Iterator[int]:
+    def _ingest(self, prepared: PreparedPrompt) -> int:
+        """A fresh context holding the prefix embeddings and the prompt; returns the next position."""
         lib = self.lib
         lib.llama_memory_clear(lib.llama_get_memory(self.llm.ctx), True)
         self.llm.n_tokens = 0  # the high-level object's prompt cache no longer describes the context
         position = self._feed_prefix(prepared.prefix) if prepared.prefix is not None else 0
         if not prepared.ids:
             raise TextJepaError("the prompt is empty after templating")
-        position = self._feed_tokens(prepared.ids, position)
+        return self._feed_tokens(prepared.ids, position)
+
+    def next_token_logits(self, prepared: PreparedPrompt) -> np.ndarray:
+        """The logits of the reply's first token given the prefix and the prompt (a copy, [vocab])."""
+        self._ingest(prepared)
+        logits = self.lib.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(logits, shape=(self.llm.n_vocab(),)).copy()
+
+    def token_ids(
+        self, prepared: PreparedPrompt, max_new_tokens: int, settings: DecoderSettings, ignore_eos: bool = False
+    ) -> Iterator[int]:
+        lib = self.lib
+        position = self._ingest(prepared)
         chain = self._sampler(settings, prepared.ids)
         batch = lib.llama_batch_init(1, 0, 1)
         try:
