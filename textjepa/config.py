@@ -237,6 +237,14 @@ class BridgeTrainConfig:
     out_dir: str = "runs"
     out: str | None = None  # the bridge file; default <out_dir>/bridge_<lm>_<world>.safetensors
     oracle: bool = False  # diagnostic: condition on the teacher latent of the true reply (a perfect prediction)
+    # With the prompt in view the LM can answer from the prompt alone, so the LM loss teaches the prefix a
+    # generic style and never to carry the latent's content. For this fraction of training rows the prompt
+    # is replaced by an empty user turn: the reply must then come from the prefix (xRAG's
+    # "paraphrase" stage), so the prefix learns to say what the latent says.
+    prompt_dropout: float = 0.0
+    # Fraction of training rows conditioned on the teacher latent of the true reply instead of the prediction:
+    # a clean "decode this latent" signal in the same space the world model predicts into.
+    target_mix: float = 0.0
     data_dir: str = "data"
     progress: bool = True
 

@@ -31,6 +31,7 @@ from textjepa.decoders.prefix import (
     save_bridge,
     world_identity,
 )
+from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
 from textjepa.runtime import configure_threads, resolve_device, seed_everything
 from textjepa.train.bridge_align import align_projector
@@ -48,6 +49,9 @@ def validate_config(cfg: BridgeTrainConfig) -> None:
         raise TextJepaError(f"learning rates must be positive, got --lr {cfg.lr} --align-lr {cfg.align_lr}")
     if cfg.val_pairs < 0:
         raise TextJepaError(f"--val-pairs must be >= 0, got {cfg.val_pairs}")
+    for name in ("prompt_dropout", "target_mix"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise TextJepaError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
 
 
 def lr_factor(step: int, cfg: BridgeTrainConfig) -> float:
@@ -132,6 +136,12 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     fit_latents = conditioning_latents(
         checkpoint, world, teacher, [by_record[e.record] for e in fit], device, cfg.oracle
     )
+    target_latents = None
+    if cfg.target_mix > 0 and not cfg.oracle:
+        target_latents = conditioning_latents(
+            checkpoint, world, teacher, [by_record[e.record] for e in fit], device, oracle=True
+        ).to(device)
+    empty_prompt, _ = truncate_left(lm.prompt_ids(context_messages("")), cfg.max_prompt_tokens)
     val_latents = None
     if val:
         val_latents = conditioning_latents(
@@ -154,6 +164,8 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             "align_lr": cfg.align_lr,
             "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
             "grad_clip": cfg.grad_clip,
+            "prompt_dropout": cfg.prompt_dropout,
+            "target_mix": cfg.target_mix,
             "max_reply_tokens": cfg.max_reply_tokens,
             "max_prompt_tokens": cfg.max_prompt_tokens,
             "seed": cfg.seed,
@@ -214,8 +226,14 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             group["lr"] = cfg.lr * lr_factor(step, cfg)
         index = rng.integers(0, len(fit), size=cfg.batch)
         rows = [fit[i] for i in index]
-        prefix = projector(fit_latents[torch.from_numpy(index).to(device)])
-        sums, counts = reply_nll(lm, prefix, [r.prompt_ids for r in rows], [r.reply_ids for r in rows])
+        index_t = torch.from_numpy(index).to(device)
+        inputs = fit_latents[index_t]
+        if target_latents is not None:
+            use_target = torch.from_numpy(rng.random(cfg.batch) < cfg.target_mix).to(device)
+            inputs = torch.where(use_target[:, None], target_latents[index_t], inputs)
+        drop = rng.random(cfg.batch) < cfg.prompt_dropout
+        prompts = [empty_prompt if dropped else r.prompt_ids for r, dropped in zip(rows, drop)]
+        sums, counts = reply_nll(lm, projector(inputs), prompts, [r.reply_ids for r in rows])
         loss = sums.sum() / counts.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
