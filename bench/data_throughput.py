@@ -97,9 +97,7 @@ def text_bytes(paths: list[Path]) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    return sum(
-        int(pc.sum(pc.binary_length(pq.read_table(p, columns=["text"]).column(0))).as_py()) for p in paths
-    )
+    return sum(int(pc.sum(pc.binary_length(pq.read_table(p, columns=["text"]).column(0))).as_py()) for p in paths)
 
 
 # ---------------------------------------------------------------- the measured steps
@@ -143,9 +141,7 @@ def ours_lines_to_ids(lines: Path, tokenizer, cache: Path) -> int:
 def raw_encode(texts: list[str], tokenizer) -> int:
     total = 0
     for start in range(0, len(texts), 2048):
-        total += sum(
-            len(e.ids) for e in tokenizer.encode_batch(texts[start : start + 2048], add_special_tokens=False)
-        )
+        total += sum(len(e.ids) for e in tokenizer.encode_batch(texts[start : start + 2048], add_special_tokens=False))
     return total
 
 
@@ -193,9 +189,7 @@ def child(argv: list[str]) -> None:
 
 
 def run_child(*args: str) -> float:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
@@ -207,9 +201,7 @@ def main() -> int:
     parser.add_argument(
         "--base-mb", type=float, default=10.0, help="article text in the base corpus (default %(default)s)"
     )
-    parser.add_argument(
-        "--files", type=int, default=4, help="parquet files in the base corpus (default %(default)s)"
-    )
+    parser.add_argument("--files", type=int, default=4, help="parquet files in the base corpus (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs, best kept (default %(default)s)")
     parser.add_argument("--vocab", type=int, default=8000, help="BPE vocabulary (default %(default)s)")
     parser.add_argument(
@@ -253,9 +245,7 @@ def main() -> int:
         rss = {
             "lines_base_mb": run_child("lines", str(tmp / "base"), str(tmp / "rss_lines.txt")),
             "lines_10x_mb": run_child("lines", str(tmp / "big"), str(big_lines)),
-            "tokens_base_mb": run_child(
-                "tokens", str(lines), str(tmp / "tokenizer.json"), str(tmp / "rss_cache_base")
-            ),
+            "tokens_base_mb": run_child("tokens", str(lines), str(tmp / "tokenizer.json"), str(tmp / "rss_cache_base")),
             "tokens_10x_mb": run_child(
                 "tokens", str(big_lines), str(tmp / "tokenizer.json"), str(tmp / "rss_cache_big")
             ),

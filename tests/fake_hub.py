@@ -128,9 +128,7 @@ class FakeHub:
             else:
                 self._send_error(handler, 404, "Not Found", head)
         except KeyError:
-            self._send_error(
-                handler, 404, "Repository or revision not found", head, error_code="RepoNotFound"
-            )
+            self._send_error(handler, 404, "Repository or revision not found", head, error_code="RepoNotFound")
 
     def _files(self, repo_id: str, revision: str) -> dict[str, bytes]:
         revisions = self.repos[repo_id]
@@ -157,12 +155,8 @@ class FakeHub:
                 for i in range(1, len(parts)):
                     folders.add(base + "/".join(parts[:i]))
             data = files[path]
-            entries.append(
-                {"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": path}
-            )
-        return [
-            {"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)
-        ] + entries
+            entries.append({"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": path})
+        return [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)] + entries
 
     def _info(self, repo_id: str, revision: str) -> dict:
         files = self._files(repo_id, revision)
@@ -196,9 +190,7 @@ class FakeHub:
         if not head:
             handler.wfile.write(body)
 
-    def _send_error(
-        self, handler, status: int, message: str, head: bool, error_code: str | None = None
-    ) -> None:
+    def _send_error(self, handler, status: int, message: str, head: bool, error_code: str | None = None) -> None:
         body = json.dumps({"error": message}).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")

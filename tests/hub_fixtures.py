@@ -59,9 +59,7 @@ def wikipedia_files(num_files: int = 3, articles_per_file: int = 20) -> dict[str
         rows = [wiki_article(f, a) for a in range(articles_per_file)]
         files[f"20231101.en/train-{f:05d}-of-{num_files:05d}.parquet"] = parquet_bytes(rows, WIKI_FEATURES, 8)
     # Another language beside it: never read.
-    german = [
-        {"id": "1", "url": "u", "title": "Thema", "text": "Dies ist ein deutscher Absatz über ein Thema."}
-    ]
+    german = [{"id": "1", "url": "u", "title": "Thema", "text": "Dies ist ein deutscher Absatz über ein Thema."}]
     files["20231101.de/train-00000-of-00001.parquet"] = parquet_bytes(german, WIKI_FEATURES)
     return files
 
@@ -81,9 +79,7 @@ def ultrachat_row(i: int, turns: int = 3) -> dict:
     messages = []
     for t in range(turns):
         messages.append({"content": f"Question {t} of chat {i}: how do\tplants grow?", "role": "user"})
-        messages.append(
-            {"content": f"Answer {t} of chat {i}: with light,\nwater and soil.", "role": "assistant"}
-        )
+        messages.append({"content": f"Answer {t} of chat {i}: with light,\nwater and soil.", "role": "assistant"})
     return {"prompt": messages[0]["content"], "prompt_id": f"{i:064x}", "messages": messages}
 
 
@@ -130,9 +126,7 @@ def sciq_files() -> dict[str, bytes]:
     train.append(row(8, ""))  # SciQ has rows without support
     return {
         "data/train-00000-of-00001.parquet": parquet_bytes(train, SCIQ_FEATURES),
-        "data/validation-00000-of-00001.parquet": parquet_bytes(
-            [row(100, "Validation support.")], SCIQ_FEATURES
-        ),
+        "data/validation-00000-of-00001.parquet": parquet_bytes([row(100, "Validation support.")], SCIQ_FEATURES),
         "data/test-00000-of-00001.parquet": parquet_bytes([row(200, "Test support.")], SCIQ_FEATURES),
     }
 
@@ -337,8 +331,7 @@ def stackexchange_files() -> dict[str, bytes]:
     def question(qid: int, answers: list[dict]) -> dict:
         return {
             "qid": qid,
-            "question": f"<p>How do I reverse a list in Python? (#{qid})</p>\n"
-            "<pre><code>xs = [1, 2]</code></pre>",
+            "question": f"<p>How do I reverse a list in Python? (#{qid})</p>\n<pre><code>xs = [1, 2]</code></pre>",
             "answers": answers,
             "date": "2012/01/01",
             "metadata": [
@@ -362,9 +355,7 @@ def stackexchange_files() -> dict[str, bytes]:
     ]
     site_b = [question(4, [se_answer(41, 2, False, "<ul><li>one</li><li>two</li></ul>")])]
     return {
-        "data/academia.stackexchange.com/train-00000-of-00001.parquet": parquet_bytes(
-            site_a, STACKEXCHANGE_FEATURES
-        ),
+        "data/academia.stackexchange.com/train-00000-of-00001.parquet": parquet_bytes(site_a, STACKEXCHANGE_FEATURES),
         "data/stackoverflow.com/train-00000-of-00001.parquet": parquet_bytes(site_b, STACKEXCHANGE_FEATURES),
     }
 
@@ -380,9 +371,7 @@ def generic_text_files() -> dict[str, bytes]:
 
 
 def generic_chat_files() -> dict[str, bytes]:
-    features = Features(
-        {"conversations": [{"from": Value("string"), "value": Value("string")}], "id": Value("string")}
-    )
+    features = Features({"conversations": [{"from": Value("string"), "value": Value("string")}], "id": Value("string")})
     rows = [
         {
             "id": str(i),
@@ -398,11 +387,7 @@ def generic_chat_files() -> dict[str, bytes]:
 
 def no_text_files() -> dict[str, bytes]:
     features = Features({"id": Value("int64"), "label": Value("int64")})
-    return {
-        "data/train-00000-of-00001.parquet": parquet_bytes(
-            [{"id": i, "label": i} for i in range(4)], features
-        )
-    }
+    return {"data/train-00000-of-00001.parquet": parquet_bytes([{"id": i, "label": i} for i in range(4)], features)}
 
 
 def all_repos() -> dict[str, dict[str, bytes]]:

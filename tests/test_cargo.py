@@ -47,9 +47,7 @@ def test_cargo_run_shows_textjepa_help(cargo_env):
 
 
 def test_cargo_run_forwards_arguments_and_exit_code(cargo_env, tmp_path):
-    result = cargo_run(
-        cargo_env, "prepare", "mix", "--output", str(tmp_path / "o.txt"), str(tmp_path / "absent.txt")
-    )
+    result = cargo_run(cargo_env, "prepare", "mix", "--output", str(tmp_path / "o.txt"), str(tmp_path / "absent.txt"))
     assert result.returncode == 2
     assert_user_error(result, "input file not found")
     (tmp_path / "a.txt").write_text("context\treply\n")

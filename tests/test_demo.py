@@ -21,9 +21,28 @@ def test_paragraph_splitting_drops_doctests_and_joins_lines():
 
 def test_demo_runs_end_to_end(tmp_path):
     result = run_cli(
-        "demo", "--out-dir", tmp_path, "--latent-steps", "20", "--world-steps", "20", "--dim", "32", "--layers", "1",
-        "--heads", "2", "--max-seq", "32", "--max-vocab", "400", "--eval-every", "20", "--no-progress",
-        "--prompt", "What does `os.path.join` do?",
+        "demo",
+        "--out-dir",
+        tmp_path,
+        "--latent-steps",
+        "20",
+        "--world-steps",
+        "20",
+        "--dim",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--max-seq",
+        "32",
+        "--max-vocab",
+        "400",
+        "--eval-every",
+        "20",
+        "--no-progress",
+        "--prompt",
+        "What does `os.path.join` do?",
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout

@@ -79,15 +79,12 @@ def test_wikipedia_downloads_once_then_reuses_the_cache(hub, tmp_path):
     assert len(lines) == 2 * WIKI_LINES_PER_FILE
     # One paragraph per line: the newline inside the first paragraph became a space, the tab too.
     assert lines[0] == (
-        "Topic 0-0 is a subject studied in file 0. It has a long history that spans several centuries "
-        "and many places."
+        "Topic 0-0 is a subject studied in file 0. It has a long history that spans several centuries and many places."
     )
     assert lines[1] == "The earliest record of topic 0-0 dates from antiquity, when scholars wrote about it."
     assert not any(len(line) < 15 or "\t" in line for line in lines)  # headings such as "History" are gone
     assert not any("deutscher" in line for line in lines)  # English subset only
-    assert any(line.startswith("Topic 1-19 ") for line in lines) and not any(
-        "Topic 2-" in line for line in lines
-    )
+    assert any(line.startswith("Topic 1-19 ") for line in lines) and not any("Topic 2-" in line for line in lines)
     assert "wrote 120 lines" in first.stdout and "fragment under 15 chars: 80" in first.stdout
     assert leftovers(data) == []
 
@@ -118,9 +115,7 @@ def test_wikipedia_without_limit_uses_every_file(hub, tmp_path):
 
 
 def test_wikipedia_limit_larger_than_the_dataset_uses_all_and_says_so(hub, tmp_path):
-    result = fetch(
-        "hub:wikimedia/wikipedia", tmp_path / "data", online(hub, tmp_path / "hf", JEPA_WIKI_MAX_FILES="9")
-    )
+    result = fetch("hub:wikimedia/wikipedia", tmp_path / "data", online(hub, tmp_path / "hf", JEPA_WIKI_MAX_FILES="9"))
     assert result.returncode == 0, result.stderr
     assert "only 3 parquet files are available" in result.stdout
     assert (tmp_path / "data" / "cached_wikimedia_wikipedia_3.txt").is_file()
@@ -128,9 +123,7 @@ def test_wikipedia_limit_larger_than_the_dataset_uses_all_and_says_so(hub, tmp_p
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
 def test_bad_wiki_max_files_is_a_clear_error(tmp_path, value):
-    result = fetch(
-        "hub:wikimedia/wikipedia", tmp_path / "data", offline(tmp_path / "hf", JEPA_WIKI_MAX_FILES=value)
-    )
+    result = fetch("hub:wikimedia/wikipedia", tmp_path / "data", offline(tmp_path / "hf", JEPA_WIKI_MAX_FILES=value))
     assert_user_error(result, "JEPA_WIKI_MAX_FILES", "positive whole number")
     assert leftovers(tmp_path / "data") == []
 
@@ -287,8 +280,6 @@ def test_latent_and_eval_jepa_accept_hub_data_offline(hub, tmp_path):
     assert "downloading and converting" in train.stdout
     assert (data / WIKI_CACHE_2).is_file()
     model = next(runs.glob("model_latent_*[0-9k].safetensors"))
-    evaluated = run_cli(
-        "eval-jepa", model, f"hub:{WIKI}", "--steps", "1", "--batch", "4", "--data-dir", data, env=env
-    )
+    evaluated = run_cli("eval-jepa", model, f"hub:{WIKI}", "--steps", "1", "--batch", "4", "--data-dir", data, env=env)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "using cached" in evaluated.stdout

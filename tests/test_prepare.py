@@ -89,17 +89,13 @@ def test_prepare_expert_sciq_with_and_without_support(env, tmp_path):
     assert lines[8] == "User: What gas do plants absorb in experiment 8?\tcarbon dioxide"  # empty support
     bare = run_cli("prepare", "expert", "--dataset", "sciq", "--output", out, "--no-support", env=env)
     assert bare.returncode == 0 and not any("Context:" in line for line in lines_of(out))
-    validation = run_cli(
-        "prepare", "expert", "--dataset", "sciq", "--output", out, "--split", "validation", env=env
-    )
+    validation = run_cli("prepare", "expert", "--dataset", "sciq", "--output", out, "--split", "validation", env=env)
     assert validation.returncode == 0 and len(lines_of(out)) == 1
 
 
 def test_prepare_expert_with_nothing_usable_writes_nothing(env, tmp_path):
     out = tmp_path / "sciq.txt"
-    result = run_cli(
-        "prepare", "expert", "--dataset", "sciq", "--output", out, "--min-answer-words", "3", env=env
-    )
+    result = run_cli("prepare", "expert", "--dataset", "sciq", "--output", out, "--min-answer-words", "3", env=env)
     assert_user_error(result, "no usable", "too few words: 9")
     assert not out.exists() and not list(tmp_path.glob(".sciq.txt*"))
 
@@ -119,9 +115,7 @@ def test_prepare_expert_squad_skips_unanswerable(env, tmp_path):
 def test_prepare_expert_natural_questions_short_then_long_answers(hub, env, tmp_path):
     out = tmp_path / "nq.txt"
     before = len(hub.requests)
-    few = run_cli(
-        "prepare", "expert", "--dataset", "natural_questions", "--output", out, "--max-rows", "2", env=env
-    )
+    few = run_cli("prepare", "expert", "--dataset", "natural_questions", "--output", out, "--max-rows", "2", env=env)
     assert few.returncode == 0 and len(lines_of(out)) == 2
     fetched = [p for _, p in hub.requests[before:] if "/resolve/" in p]
     assert all("default/train-00000-of-00002" in p for p in fetched), fetched  # later files are never fetched
@@ -278,9 +272,7 @@ def test_seed_jsonl_script_with_underscore_flags(tmp_path):
 def test_jsonl_token_bounds_are_checked(tmp_path):
     with pytest.raises(TextJepaError, match="max-tokens"):
         prepare_jsonl(
-            PrepareJsonlConfig(
-                input_dir=str(tmp_path), output=str(tmp_path / "o"), min_tokens=5, max_tokens=2
-            )
+            PrepareJsonlConfig(input_dir=str(tmp_path), output=str(tmp_path / "o"), min_tokens=5, max_tokens=2)
         )
 
 
@@ -291,9 +283,7 @@ def test_jsonl_token_bounds_are_checked(tmp_path):
 def two_files(tmp_path) -> tuple[Path, Path]:
     chat, expert = tmp_path / "chat.txt", tmp_path / "expert.txt"
     chat.write_text("".join(f"User: hi {i}\thello {i}\n" for i in range(50)), encoding="utf-8")
-    expert.write_text(
-        "".join(f"User: q {i}\\nContext: c\ta {i}\n" for i in range(30)) + "\n", encoding="utf-8"
-    )
+    expert.write_text("".join(f"User: q {i}\\nContext: c\ta {i}\n" for i in range(30)) + "\n", encoding="utf-8")
     return chat, expert
 
 
@@ -310,9 +300,7 @@ def test_prepare_mix_shuffle_is_deterministic(two_files, tmp_path):
     chat, expert = two_files
     outputs = {}
     for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
-        result = run_cli(
-            "prepare", "mix", "--output", tmp_path / name, chat, expert, "--shuffle", "--seed", seed
-        )
+        result = run_cli("prepare", "mix", "--output", tmp_path / name, chat, expert, "--shuffle", "--seed", seed)
         assert result.returncode == 0, result.stderr
         outputs[name] = lines_of(tmp_path / name)
     everything = sorted(lines_of(chat) + lines_of(expert)[:-1])
@@ -370,9 +358,7 @@ def test_uncommitted_or_empty_output_leaves_nothing(tmp_path):
 
 def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
     out = tmp_path / "o.txt"
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".o.txt.tmp-{int(dead.stdout)}"
     live = tmp_path / f".o.txt.tmp-{os.getppid()}"  # a running process (pytest's parent)
     stale.write_text("partial")
