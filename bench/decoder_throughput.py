@@ -90,7 +90,14 @@ def bench_llamacpp(world_path: Path, gguf: Path, tmp: Path, tokens: int, rounds:
     bridge = untrained_bridge(tmp, world_path, gguf_fingerprint(gguf))
     agent = Agent.load(world_path, decoder="llamacpp", bridge=str(bridge), decoder_model=str(gguf))
     decoder = agent.decoder
-    plain = llama_cpp.Llama(model_path=str(gguf), n_ctx=decoder.llm.n_ctx(), verbose=False, seed=0)
+    plain = llama_cpp.Llama(
+        model_path=str(gguf),
+        n_ctx=decoder.llm.n_ctx(),
+        n_threads=decoder.llm.n_threads,
+        n_threads_batch=decoder.llm.n_threads_batch,
+        verbose=False,
+        seed=0,
+    )
     prompt_ids = decoder.prompt_ids([{"role": "user", "content": PROMPT}])
 
     def ours() -> int:
