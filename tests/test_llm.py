@@ -338,6 +338,8 @@ def test_llamacpp_prefix_matches_transformers(llama_cpp_module, lm, loaded_world
     settings = DecoderSettings(temperature=0, ctx=512)
     ours = agent_for(loaded_world, LlamaCppDecoder(llama_cpp_module, ModelSource(SMOLLM2, "gguf"), bridge, settings))
     reference = agent_for(loaded_world, TransformersDecoder(lm, bridge, settings))
+    # llama.cpp's own default is half the cores; ours follows torch's thread setting
+    assert ours.decoder.llm.n_threads == ours.decoder.llm.n_threads_batch == torch.get_num_threads()
     prompt = "What does `json.function3(value)` do?"
     messages = [{"role": "user", "content": prompt}]
     assert ours.decoder.prompt_ids(messages) == lm.prompt_ids(messages)
