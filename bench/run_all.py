@@ -83,7 +83,7 @@ def numbers(result: dict, prefix: str = "", depth: int = 0) -> list[tuple[str, f
             continue
         if isinstance(value, int | float):
             found.append((name, value))
-        elif isinstance(value, dict) and depth < 1:
+        elif isinstance(value, dict) and depth < 3:
             found.extend(numbers(value, f"{name}.", depth + 1))
     return found
 
