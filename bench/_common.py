@@ -7,6 +7,7 @@ other work and absolute numbers drift; the ratios are what we report.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import sys
 import time
@@ -74,8 +75,11 @@ def write_json(path: str | None, result: dict) -> None:
     print(text)
 
 
+_COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt, "==": operator.eq}
+
+
 def goal_row(metric: str, value: float, goal: float | None, direction: str = ">=", note: str = "") -> dict:
     """One line of the summary table (see bench/README.md: the `table` key of a benchmark's JSON)."""
-    met = None if goal is None else (value >= goal if direction == ">=" else value <= goal)
+    met = None if goal is None else bool(_COMPARE[direction](value, goal))
     shown_goal = None if goal is None else f"{direction} {goal}"
     return {"metric": metric, "value": value, "goal": shown_goal, "met": met, "note": note}

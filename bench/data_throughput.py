@@ -285,33 +285,28 @@ def main() -> int:
         "goals": GOALS,
     }
     p2l, l2t, mem = result["parquet_to_lines"], result["lines_to_token_ids"], result["peak_rss"]
+    from _common import goal_row  # here, not at the top: it imports torch, which the RSS children must not load
+
     result["table"] = [  # the bench/run_all.py rows
-        {
-            "metric": "parquet -> lines / raw pyarrow scan",
-            "value": p2l["ratio"],
-            "goal": f">= {GOALS['parquet_to_lines_ratio']}",
-            "met": p2l["ratio"] >= GOALS["parquet_to_lines_ratio"],
-            "note": f"{p2l['ours_s']} vs {p2l['raw_pyarrow_scan_s']} s on {result['corpus']['base_text_mb']} MB",
-        },
-        {
-            "metric": "lines -> token ids / raw encode_batch",
-            "value": l2t["ratio"],
-            "goal": f">= {GOALS['lines_to_token_ids_ratio']}",
-            "met": l2t["ratio"] >= GOALS["lines_to_token_ids_ratio"],
-            "note": f"{l2t['ours_s']} vs {l2t['raw_encode_batch_s']} s",
-        },
+        goal_row(
+            "parquet -> lines / raw pyarrow scan",
+            p2l["ratio"],
+            GOALS["parquet_to_lines_ratio"],
+            note=f"{p2l['ours_s']} vs {p2l['raw_pyarrow_scan_s']} s on {result['corpus']['base_text_mb']} MB",
+        ),
+        goal_row(
+            "lines -> token ids / raw encode_batch",
+            l2t["ratio"],
+            GOALS["lines_to_token_ids_ratio"],
+            note=f"{l2t['ours_s']} vs {l2t['raw_encode_batch_s']} s",
+        ),
     ]
     for step in ("lines", "tokens"):
-        ratio = mem[f"{step}_ratio"]
+        note = f"{mem[f'{step}_base_mb']} -> {mem[f'{step}_10x_mb']} MB"
+        if step == "tokens":
+            note += f"; raw tokenizers alone {mem['raw_tokens_ratio']}"
         result["table"].append(
-            {
-                "metric": f"peak RSS {step}, 10x corpus / 1x",
-                "value": ratio,
-                "goal": f"<= {GOALS['peak_rss_10x_ratio']}",
-                "met": ratio <= GOALS["peak_rss_10x_ratio"],
-                "note": f"{mem[f'{step}_base_mb']} -> {mem[f'{step}_10x_mb']} MB"
-                + (f"; raw tokenizers alone {mem['raw_tokens_ratio']}" if step == "tokens" else ""),
-            }
+            goal_row(f"peak RSS {step}, 10x corpus / 1x", mem[f"{step}_ratio"], GOALS["peak_rss_10x_ratio"], "<=", note)
         )
     print(f"corpus: {result['corpus']}")
     print(
