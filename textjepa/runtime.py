@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from textjepa.errors import TextJepaError
+from textjepa.settings import Settings
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,18 +27,18 @@ def resolve_device(name: str) -> torch.device:
         raise TextJepaError(f"unknown device {name!r} (use auto, cpu or cuda)") from exc
 
 
-def configure_threads() -> None:
+def configure_threads(settings: Settings | None = None) -> None:
     """One thread per process when several share the machine (torchrun), else all cores.
 
     TEXTJEPA_NUM_THREADS overrides. Two processes with two threads each on two cores run 3-12x slower.
     """
-    requested = os.environ.get("TEXTJEPA_NUM_THREADS")
+    settings = settings or Settings.from_env()
+    requested = settings.num_threads
     if requested:
-        threads = int(requested)
+        threads = requested
     else:
         cores = os.cpu_count() or 1
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        threads = max(1, cores // max(1, local_world))
+        threads = max(1, cores // max(1, settings.local_world_size))
         # Other busy processes: torch's threads then spin-wait on each other. Measured on 2 cores beside
         # two busy processes, 2 threads trained 27x slower than 1 (738 vs 19,978 tokens/s).
         if _load_average() > cores / 2:
@@ -82,26 +83,29 @@ DEFAULT_DIST_TIMEOUT_SECONDS = 600.0
 DATA_PREP_TIMEOUT_SECONDS = 24 * 3600.0
 
 
-def init_distributed(device: torch.device, timeout_seconds: float | None = None) -> Distributed:
+def init_distributed(
+    device: torch.device, timeout_seconds: float | None = None, settings: Settings | None = None
+) -> Distributed:
     """Join the process group torchrun describes in the environment; a no-op for a single process.
 
     gloo on CPU, nccl on CUDA. A rendezvous that cannot be reached fails with a clear error after the
     timeout instead of hanging.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    settings = settings or Settings.from_env()
+    world_size = settings.world_size
     if world_size <= 1:
         return Distributed()
     import torch.distributed as dist
 
-    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if settings.get(name) is None]
     if missing:
         raise TextJepaError(
             f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; launch with torchrun --nproc_per_node N"
         )
     if timeout_seconds is None:
-        timeout_seconds = float(os.environ.get("TEXTJEPA_DIST_TIMEOUT", DEFAULT_DIST_TIMEOUT_SECONDS))
+        timeout_seconds = settings.dist_timeout or DEFAULT_DIST_TIMEOUT_SECONDS
     backend = "nccl" if device.type == "cuda" else "gloo"
-    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    where = f"{settings.get('MASTER_ADDR')}:{settings.get('MASTER_PORT')}"
     try:
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
     except Exception as exc:  # rendezvous failures come as several exception types
@@ -109,9 +113,7 @@ def init_distributed(device: torch.device, timeout_seconds: float | None = None)
         raise TextJepaError(
             f"could not join the distributed job ({backend} at {where}, waited up to {timeout_seconds:.0f} s): {reason}"
         ) from exc
-    info = Distributed(
-        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0"))
-    )
+    info = Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=settings.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info

@@ -1,7 +1,10 @@
 """The `textjepa` command: subcommands, plus the seed's `--latent ...` flag style.
 
-Each subcommand module registers its parsers and maps arguments onto a config dataclass; the work
-itself lives in the library. User mistakes surface as one line on stderr and a non-zero exit.
+"The seed" is the original system this project re-implements; its documented command style
+(`textjepa --latent DATA [steps] [batch] ...`, positional values after a flag) is rewritten by seed_form.py into
+the subcommands before parsing. Each subcommand's options are generated from its config dataclass
+(options.py); the work itself lives in the library. The environment is read here, once, into a `Settings`.
+User mistakes surface as one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 from textjepa.cli.seed_form import translate_seed_form
 from textjepa.errors import TextJepaError
+from textjepa.settings import Settings
 
 # One module per group of subcommands; each has register(subparsers).
 COMMAND_MODULES = (
@@ -53,15 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    return run_guarded(lambda: _dispatch(argv))
+
+
+def _dispatch(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(translate_seed_form(argv))
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    return int(args.run(args, Settings.from_env()) or 0)
+
+
+def run_guarded(work: Callable[[], int]) -> int:
+    """Run a command's work; a user mistake becomes one `error:` line and exit code 2, never a traceback."""
     try:
-        argv = translate_seed_form(argv)
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if not getattr(args, "run", None):
-            parser.print_help()
-            return EXIT_USER_ERROR
-        result = args.run(args)
-        return int(result or 0)
+        return work()
     except TextJepaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

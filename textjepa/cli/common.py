@@ -1,180 +1,63 @@
-"""Argument groups shared by several subcommands, mapped onto the config dataclasses."""
+"""What the subcommands share: a subcommand whose options are generated from its config, and the shape checks."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from textjepa.config import DataConfig, ModelConfig, TrainConfig
+from textjepa.cli.options import add_config_arguments, config_from_args, given_options, iter_options
+from textjepa.config import CHECKED_SHAPE, ModelConfig
+from textjepa.settings import Settings
 
 ConfigT = TypeVar("ConfigT")
+# A command's work: its config (defaults with the user's options laid over), the parsed arguments (for the few
+# things that are not settings, such as which options were given) and the environment's settings.
+Runner = Callable[[ConfigT, argparse.Namespace, Settings], "int | None"]
 
-SHAPE_ARGS = ("dim", "max_seq", "layers", "heads", "max_vocab", "bridge_dim")
-
-
-def add_shape_args(
-    parser: argparse.ArgumentParser, defaults: ModelConfig, with_bridge: bool, with_vocab: bool = True
-) -> None:
-    group = parser.add_argument_group("model shape")
-    group.add_argument("--dim", type=int, default=defaults.dim, help="latent width (default %(default)s)")
-    group.add_argument(
-        "--max-seq", type=int, default=defaults.max_seq, help="tokens per line kept (default %(default)s)"
-    )
-    group.add_argument("--layers", type=int, default=defaults.layers, help="transformer blocks (default %(default)s)")
-    group.add_argument(
-        "--heads", type=int, default=defaults.heads, help="attention heads, must divide dim (default %(default)s)"
-    )
-    if with_vocab:
-        group.add_argument(
-            "--max-vocab", type=int, default=defaults.vocab_size, help="BPE vocabulary size (default %(default)s)"
-        )
-    if with_bridge:
-        group.add_argument(
-            "--bridge-dim",
-            type=int,
-            default=defaults.bridge_dim,
-            help="conditioning vector width (default %(default)s)",
-        )
+SHAPE_PREFIX = "shape"
 
 
-def add_checked_shape_args(parser: argparse.ArgumentParser, with_bridge: bool) -> None:
-    """For commands that load a checkpoint: shape arguments are optional and must agree with it."""
-    group = parser.add_argument_group("shape checks (optional; must match the checkpoint)")
-    for name in ("dim", "max-seq", "layers", "heads") + (("bridge-dim",) if with_bridge else ()):
-        group.add_argument(f"--{name}", type=int, default=None, help=argparse.SUPPRESS)
-    group.description = (
-        "--dim --max-seq --layers --heads"
-        + (" --bridge-dim" if with_bridge else "")
-        + ": if given, must equal the checkpoint's"
-    )
+def add_command(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    defaults: ConfigT,
+    run: Runner,
+    *,
+    help: str,
+    description: str,
+    tweaks: Mapping[str, Mapping[str, Any]] | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand with an option for every field of `defaults` (whose values are this command's defaults)."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    add_config_arguments(parser, defaults, tweaks=tweaks)
+    parser.set_defaults(run=lambda args, settings: run(config_from_args(defaults, args), args, settings))
+    return parser
 
 
-def shape_overrides(args: argparse.Namespace) -> dict:
-    return {
-        name: getattr(args, name)
-        for name in ("dim", "max_seq", "layers", "heads", "bridge_dim")
-        if getattr(args, name, None) is not None
-    }
+def library_call(target: str) -> Runner:
+    """A command whose work is one library function taking its config: `"textjepa.train.latent:train_latent"`.
+    The module is imported only when the command runs, so that --help stays fast."""
+    module_name, function_name = target.split(":")
+
+    def run(cfg: Any, args: argparse.Namespace, settings: Settings) -> int:
+        getattr(importlib.import_module(module_name), function_name)(cfg)
+        return 0
+
+    return run
 
 
-def model_config(args: argparse.Namespace, defaults: ModelConfig) -> ModelConfig:
-    return ModelConfig(
-        vocab_size=args.max_vocab,
-        dim=args.dim,
-        layers=args.layers,
-        heads=args.heads,
-        max_seq=args.max_seq,
-        bridge_dim=getattr(args, "bridge_dim", defaults.bridge_dim),
+def add_shape_checks(parser: argparse.ArgumentParser, with_bridge: bool) -> None:
+    """For commands that load a checkpoint: shape options are optional and must agree with it (not in --help)."""
+    names = [name for name in CHECKED_SHAPE if with_bridge or name != "bridge_dim"]
+    flags = " ".join(f"--{option.flag}" for option in iter_options(ModelConfig(), only=names))
+    group = parser.add_argument_group(
+        "shape checks (optional; must match the checkpoint)", f"{flags}: if given, must equal the checkpoint's"
     )
+    add_config_arguments(parser, ModelConfig(), prefix=SHAPE_PREFIX, only=names, hidden=True, group=group)
 
 
-def add_train_args(parser: argparse.ArgumentParser, defaults: TrainConfig, data: DataConfig) -> None:
-    group = parser.add_argument_group("training")
-    group.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps (default %(default)s)")
-    group.add_argument(
-        "--batch", type=int, default=defaults.batch, help="lines per batch (per process) (default %(default)s)"
-    )
-    group.add_argument(
-        "--global-batch",
-        type=int,
-        default=defaults.global_batch or None,
-        metavar="N",
-        help="lines per step over all processes; each of W torchrun processes takes N/W (overrides --batch)",
-    )
-    group.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default %(default)s)")
-    group.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    group.add_argument(
-        "--val-fraction", type=float, default=data.val_fraction, help="held-out share of lines (default %(default)s)"
-    )
-    group.add_argument(
-        "--eval-every",
-        type=int,
-        default=defaults.eval_every,
-        help="validate and save every N steps (default %(default)s)",
-    )
-    group.add_argument(
-        "--eval-batches", type=int, default=defaults.eval_batches, help="validation batches (default %(default)s)"
-    )
-    group.add_argument(
-        "--regularizer",
-        choices=("vicreg", "sigreg"),
-        default=defaults.regularizer,
-        help="anti-collapse term (default %(default)s)",
-    )
-    group.add_argument(
-        "--ema-start",
-        type=float,
-        default=defaults.ema_start,
-        help="teacher EMA momentum at step 0 (default %(default)s)",
-    )
-    group.add_argument(
-        "--ema-end", type=float, default=defaults.ema_end, help="teacher EMA momentum at the end (default %(default)s)"
-    )
-    group.add_argument("--no-bucket", action="store_true", help="do not group batches by length (more padding)")
-    group.add_argument("--device", default=defaults.device, help="auto, cpu or cuda (default %(default)s)")
-    group.add_argument(
-        "--out-dir", default=defaults.out_dir, help="where checkpoints and logs go (default %(default)s)"
-    )
-    group.add_argument(
-        "--resume",
-        default=None,
-        metavar="STATE|auto",
-        help="continue from a training state file, or 'auto' for the newest in --out-dir",
-    )
-    group.add_argument("--no-progress", action="store_true", help="no progress bar")
-    data_group = parser.add_argument_group("data")
-    data_group.add_argument("--data-dir", default=data.data_dir, help="hub and token caches (default %(default)s)")
-    data_group.add_argument(
-        "--max-line-bytes", type=int, default=data.max_line_bytes, help="longer lines are skipped (default %(default)s)"
-    )
-    data_group.add_argument(
-        "--min-tokens", type=int, default=data.min_tokens, help="shorter records are skipped (default %(default)s)"
-    )
-
-
-def train_config(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfig:
-    return TrainConfig(
-        **{
-            **vars(defaults),
-            "steps": args.steps,
-            "batch": args.batch,
-            "global_batch": args.global_batch or 0,
-            "lr": args.lr,
-            "seed": args.seed,
-            "eval_every": args.eval_every,
-            "eval_batches": args.eval_batches,
-            "regularizer": args.regularizer,
-            "ema_start": args.ema_start,
-            "ema_end": args.ema_end,
-            "bucket_by_length": not args.no_bucket,
-            "device": args.device,
-            "out_dir": args.out_dir,
-            "resume": args.resume,
-            "progress": not args.no_progress,
-        }
-    )
-
-
-def data_config(args: argparse.Namespace, path: str, defaults: DataConfig) -> DataConfig:
-    return DataConfig(
-        **{
-            **vars(defaults),
-            "path": path,
-            "data_dir": args.data_dir,
-            "max_line_bytes": args.max_line_bytes,
-            "min_tokens": args.min_tokens,
-            "val_fraction": args.val_fraction,
-        }
-    )
-
-
-def config_from_args(cls: type[ConfigT], args: argparse.Namespace, **renamed: Any) -> ConfigT:
-    """A command's config dataclass from the parsed arguments of the same names; `renamed` gives the
-    fields whose flag is spelled otherwise, and `progress` follows --no-progress."""
-    names = {field.name for field in dataclasses.fields(cls)}
-    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    if "progress" in names and hasattr(args, "no_progress"):
-        values["progress"] = not args.no_progress
-    values.update(renamed)
-    return cls(**values)
+def shape_checks(args: argparse.Namespace) -> dict:
+    """The shape options given, by name (`max_seq`): the checkpoint must agree with each."""
+    return given_options(args, iter_options(ModelConfig(), SHAPE_PREFIX))

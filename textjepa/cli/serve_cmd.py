@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
-import os
 import re
 import socket
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from textjepa.cli.common import add_checked_shape_args, shape_overrides
+from textjepa.cli.common import add_command, add_shape_checks, shape_checks
 from textjepa.config import ServeConfig
 from textjepa.errors import TextJepaError
+from textjepa.settings import Settings
 
-API_KEY_ENV = "TEXTJEPA_API_KEY"
+AgentLoader = Callable[[ServeConfig, Any], Any]  # (config, device) -> Agent
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    d = ServeConfig()
-    p = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "serve",
+        ServeConfig(),
+        run,
         help="serve a world model over an OpenAI-compatible HTTP API",
         description=(
             "Loads a world checkpoint once and serves POST /v1/chat/completions (JSON or SSE stream), "
@@ -30,58 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "client at http://HOST:PORT/v1. /health answers 503 until the model is loaded."
         ),
     )
-    p.add_argument("model", metavar="MODEL", help="model_world_*.safetensors")
-    p.add_argument("--vocab", default=None, help="tokenizer.json or vocab file; must be the model's own")
-    net = p.add_argument_group("network")
-    net.add_argument("--host", default=None, help=f"address to listen on (default {d.host})")
-    net.add_argument("--port", type=int, default=None, help=f"port (default {d.port}; 0 picks a free one)")
-    net.add_argument("--bind", default=None, metavar="HOST:PORT", help="host and port in one (the seed's form)")
-    net.add_argument(
-        "--api-key",
-        default=None,
-        help=f"require `Authorization: Bearer KEY` on /v1/* (or set {API_KEY_ENV}, which keeps it out of `ps`)",
-    )
-    net.add_argument("--model-id", default=d.model_id, help="the model name clients see (default %(default)s)")
-    dec = p.add_argument_group("decoder")
-    dec.add_argument("--decoder", default=d.decoder, help="retrieval (default, offline), transformers or llamacpp")
-    dec.add_argument("--bridge", default=None, help="a trained prefix bridge for an LLM decoder")
-    dec.add_argument("--decoder-model", default=None, help="LLM for the transformers/llamacpp decoders")
-    dec.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
-    lim = p.add_argument_group("limits")
-    lim.add_argument(
-        "--max-concurrency",
-        type=int,
-        default=d.max_concurrency,
-        help="requests doing model work at once; more wait in a queue (default %(default)s)",
-    )
-    lim.add_argument(
-        "--max-queue", type=int, default=d.max_queue, help="requests allowed to wait; beyond, 429 (default %(default)s)"
-    )
-    lim.add_argument(
-        "--queue-timeout",
-        type=float,
-        default=d.queue_timeout,
-        help="seconds a request waits for a slot before 429 (default %(default)s)",
-    )
-    lim.add_argument("--max-batch", type=int, default=d.max_batch, help="texts per encoder batch (default %(default)s)")
-    lim.add_argument(
-        "--max-body-bytes", type=int, default=d.max_body_bytes, help="larger requests get 413 (default %(default)s)"
-    )
-    lim.add_argument(
-        "--default-max-tokens",
-        type=int,
-        default=d.default_max_tokens,
-        help="reply length when a request gives no max_tokens (default %(default)s)",
-    )
-    lim.add_argument(
-        "--max-tokens-limit",
-        type=int,
-        default=d.max_tokens_limit,
-        help="largest max_tokens a request may ask for (default %(default)s)",
-    )
-    p.add_argument("--debug", action="store_true", help="log every request and the server's internals")
-    add_checked_shape_args(p, with_bridge=True)
-    p.set_defaults(run=run)
+    # Not a setting of its own: the seed's way to give --host and --port in one.
+    parser.add_argument("--bind", default=None, metavar="HOST:PORT", help="host and port in one (the seed's form)")
+    add_shape_checks(parser, with_bridge=True)
 
 
 def parse_bind(text: str, default_host: str) -> tuple[str, int]:
@@ -99,37 +55,17 @@ def parse_bind(text: str, default_host: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def serve_config(args: argparse.Namespace) -> ServeConfig:
-    d = ServeConfig()
+def serve_config(cfg: ServeConfig, args: argparse.Namespace, settings: Settings) -> ServeConfig:
+    """The options, with --bind split into host and port, the API key from the environment when not given,
+    and the shape checks; validated."""
+    changes: dict = {"shape_overrides": shape_checks(args)}
     if args.bind is not None:
-        if args.host is not None or args.port is not None:
+        if hasattr(args, "host") or hasattr(args, "port"):
             raise TextJepaError("give either --bind HOST:PORT or --host/--port, not both")
-        host, port = parse_bind(args.bind, d.host)
-    else:
-        host = d.host if args.host is None else args.host
-        port = d.port if args.port is None else args.port
-    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    cfg = ServeConfig(
-        model=args.model,
-        vocab=args.vocab,
-        host=host,
-        port=port,
-        decoder=args.decoder,
-        bridge=args.bridge,
-        decoder_model=args.decoder_model,
-        device=args.device,
-        api_key=api_key,
-        model_id=args.model_id,
-        max_concurrency=args.max_concurrency,
-        max_queue=args.max_queue,
-        queue_timeout=args.queue_timeout,
-        max_batch=args.max_batch,
-        max_body_bytes=args.max_body_bytes,
-        default_max_tokens=args.default_max_tokens,
-        max_tokens_limit=args.max_tokens_limit,
-        debug=args.debug,
-        shape_overrides=shape_overrides(args),
-    )
+        changes["host"], changes["port"] = parse_bind(args.bind, cfg.host)
+    if cfg.api_key is None:
+        changes["api_key"] = settings.api_key
+    cfg = dataclasses.replace(cfg, **changes)
     cfg.validate()
     return cfg
 
@@ -171,26 +107,30 @@ def load_agent(cfg: ServeConfig, device):
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = serve_config(args)
+def run(cfg: ServeConfig, args: argparse.Namespace, settings: Settings) -> int:
+    return serve(serve_config(cfg, args, settings), settings)
+
+
+def serve(cfg: ServeConfig, settings: Settings, load: AgentLoader = load_agent) -> int:
+    """Serve until stopped. `load` makes the agent (in the background, once the socket is open)."""
     if not Path(cfg.model).is_file():
         raise TextJepaError(f"model {cfg.model} not found")
     # Bind before the heavy imports, so that a taken port is reported at once. Once the HTTP loop runs,
     # /health answers 503 until the model has loaded in the background.
     sock = open_socket(cfg.host, cfg.port)
     try:
-        return _serve(cfg, sock)
+        return _serve(cfg, sock, settings, load)
     finally:
         sock.close()
 
 
-def _serve(cfg: ServeConfig, sock: socket.socket) -> int:
+def _serve(cfg: ServeConfig, sock: socket.socket, settings: Settings, load: AgentLoader) -> int:
     import uvicorn
 
     from textjepa.runtime import configure_threads, resolve_device
     from textjepa.serve.app import create_app
 
-    configure_threads()
+    configure_threads(settings)
     device = resolve_device(cfg.device)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -202,7 +142,7 @@ def _serve(cfg: ServeConfig, sock: socket.socket) -> int:
         failures.append(exc)
         server.should_exit = True  # nothing to serve: stop, and report the reason below
 
-    app = create_app(partial(load_agent, cfg, device), cfg, on_load_error=on_load_error)
+    app = create_app(partial(load, cfg, device), cfg, on_load_error=on_load_error)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -24,7 +24,6 @@ A cache file is written through writer.AtomicLineFile: complete and non-empty, o
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from textjepa.data.lines import LineStats
 from textjepa.data.pairs import PairOptions, PairSource, chat_pairs, chat_turns, convert_rows, source_for_repo
 from textjepa.data.writer import AtomicLineFile, clean_field
 from textjepa.errors import TextJepaError
+from textjepa.settings import Settings
 
 WIKI_ID = "wikimedia/wikipedia"
 WIKI_CONFIG = "20231101.en"
@@ -74,7 +74,7 @@ def cache_file_name(repo_id: str, suffix: str = "") -> str:
 
 def wiki_max_files() -> int | None:
     """JEPA_WIKI_MAX_FILES: unset or empty means every file; otherwise a positive whole number."""
-    raw = os.environ.get(WIKI_MAX_FILES_ENV, "").strip()
+    raw = Settings.from_env().wiki_max_files
     if not raw:
         return None
     try:
@@ -266,7 +266,7 @@ def use_returning_arrow_pool() -> None:
     """
     import pyarrow as pa
 
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") or pa.default_memory_pool().backend_name != "mimalloc":
+    if Settings.from_env().arrow_pool_chosen or pa.default_memory_pool().backend_name != "mimalloc":
         return
     for make_pool in (pa.jemalloc_memory_pool, pa.system_memory_pool):
         try:

@@ -25,6 +25,7 @@ from textjepa.decoders.models import LLM_INSTALL, ModelSource, import_optional
 from textjepa.decoders.prefix import DecoderFingerprint, fingerprint_from_embeddings
 from textjepa.decoders.prompting import chat_prompt_text
 from textjepa.errors import TextJepaError
+from textjepa.settings import Settings
 
 # Only GGUFs up to this size are cached dequantized (float32 is ~5x a Q4 file).
 GGUF_CACHE_MAX_BYTES = 600 * 1024 * 1024
@@ -96,7 +97,7 @@ class CausalLM:
 
 
 def gguf_cache_root() -> Path | None:
-    setting = os.environ.get("TEXTJEPA_GGUF_CACHE", "")
+    setting = Settings.from_env().gguf_cache
     if setting.lower() in ("off", "0", "no", "false"):
         return None
     return Path(setting).expanduser() if setting else Path.home() / ".cache" / "textjepa" / "gguf"

@@ -32,6 +32,7 @@ from textjepa.decoders.prefix import Bridge, DecoderFingerprint, fingerprint_fro
 from textjepa.decoders.prompting import with_text_conditioning
 from textjepa.decoders.settings import settings_from_env, with_options
 from textjepa.errors import TextJepaError
+from textjepa.settings import Settings
 
 LLAMACPP_INSTALL = 'pip install "textjepa[llamacpp]" (compiles llama.cpp, ~10 min on 2 cores)'
 GGUF_INSTALL = "pip install gguf"
@@ -311,7 +312,7 @@ def load_llamacpp_decoder(world_checkpoint, bridge: str | None = None, decoder_m
             f"--decoder llamacpp needs a GGUF file, got the model folder {source.path} (use --decoder transformers)"
         )
     settings = settings_from_env()
-    binary = os.environ.get("JEPA_DECODER_BIN")
+    binary = Settings.from_env().decoder_bin
     if binary and loaded_bridge is None:
         return LlamaBinaryDecoder(binary, source, settings)
     if binary:

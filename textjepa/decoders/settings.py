@@ -1,34 +1,18 @@
-"""The LLM decoders' settings from the environment (JEPA_DECODER_*, as the original read them)."""
+"""The LLM decoders' settings: defaults, then the environment (JEPA_DECODER_*, as the original read them)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from textjepa.config import DecoderSettings
 from textjepa.decoders.prompting import COND_FORMATS
 from textjepa.errors import TextJepaError
-
-_ENV = {
-    "ctx": ("JEPA_DECODER_CTX", int),
-    "ngl": ("JEPA_DECODER_NGL", int),
-    "temperature": ("JEPA_DECODER_TEMP", float),
-    "repeat_penalty": ("JEPA_DECODER_REPEAT_PENALTY", float),
-    "cond_format": ("JEPA_DECODER_COND_FORMAT", str),
-}
+from textjepa.settings import Settings
 
 
-def settings_from_env(**overrides) -> DecoderSettings:
+def settings_from_env(env: Settings | None = None, **overrides) -> DecoderSettings:
     """Defaults from config.py, then the environment, then explicit overrides (None means not given)."""
-    values = {}
-    for name, (variable, kind) in _ENV.items():
-        raw = os.environ.get(variable)
-        if raw is None or not raw.strip():
-            continue
-        try:
-            values[name] = kind(raw.strip())
-        except ValueError as exc:
-            raise TextJepaError(f"{variable}={raw!r} is not a valid {kind.__name__}") from exc
+    values = (env or Settings.from_env()).decoder_overrides
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = dataclasses.replace(DecoderSettings(), **values)
     if settings.ctx < 16:

@@ -31,7 +31,6 @@ from textjepa.agent import Agent, conversation_context
 from textjepa.config import ServeConfig
 from textjepa.decoders.base import Generation
 from textjepa.errors import TextJepaError
-from textjepa.serve import testhooks
 from textjepa.serve.decoding import DecoderRunner
 from textjepa.serve.errors import ApiError, bad_request, dumps, error_body, json_response
 from textjepa.serve.limits import Admission, Slot
@@ -63,9 +62,6 @@ class ServerState:
     async def load(self, source: Callable[[], Agent], on_load_error: Callable[[BaseException], None] | None) -> None:
         started = time.perf_counter()
         try:
-            delay = testhooks.load_delay()
-            if delay:
-                await asyncio.sleep(delay)
             agent = await asyncio.to_thread(source)
             self.attach(agent)
             # A full garbage collection walks every object: after torch, FastAPI and the model, some 200k of
@@ -96,7 +92,7 @@ class ServerState:
     def attach(self, agent: Agent) -> None:
         worker = ModelWorker(agent, self.config.max_batch)
         worker.start()
-        self.decoder = DecoderRunner(testhooks.maybe_wrap(agent.decoder), self.config.max_concurrency)
+        self.decoder = DecoderRunner(agent.decoder, self.config.max_concurrency)
         self.worker, self.agent = worker, agent  # set last: a non-None agent means ready
 
     def close(self) -> None:

@@ -40,13 +40,14 @@ from textjepa.train.bridge_data import LMExample, conditioning_latents, lm_examp
 
 def validate_config(cfg: BridgeTrainConfig) -> None:
     check_prefix_tokens(cfg.prefix_tokens)
-    for name in ("batch", "max_reply_tokens", "max_prompt_tokens", "eval_every", "align_batch"):
-        if getattr(cfg, name) < 1:
-            raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.steps < 0 or cfg.align_steps < 0 or cfg.steps + cfg.align_steps < 1:
+    for owner, name in ((cfg.train, "batch"), (cfg, "max_reply_tokens"), (cfg, "max_prompt_tokens"),
+                        (cfg.train, "eval_every"), (cfg, "align_batch")):  # fmt: skip
+        if getattr(owner, name) < 1:
+            raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(owner, name)}")
+    if cfg.train.steps < 0 or cfg.align_steps < 0 or cfg.train.steps + cfg.align_steps < 1:
         raise TextJepaError("--steps and --align-steps must be >= 0, and not both 0")
-    if not (cfg.lr > 0 and cfg.align_lr > 0):
-        raise TextJepaError(f"learning rates must be positive, got --lr {cfg.lr} --align-lr {cfg.align_lr}")
+    if not (cfg.train.lr > 0 and cfg.align_lr > 0):
+        raise TextJepaError(f"learning rates must be positive, got --lr {cfg.train.lr} --align-lr {cfg.align_lr}")
     if cfg.val_pairs < 0:
         raise TextJepaError(f"--val-pairs must be >= 0, got {cfg.val_pairs}")
     for name in ("prompt_dropout", "target_mix"):
@@ -55,10 +56,10 @@ def validate_config(cfg: BridgeTrainConfig) -> None:
 
 
 def lr_factor(step: int, cfg: BridgeTrainConfig) -> float:
-    warmup = max(1, int(cfg.steps * cfg.warmup_fraction))
+    warmup = max(1, int(cfg.train.steps * cfg.train.warmup_fraction))
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    progress = (step - warmup) / max(1, cfg.train.steps - warmup)
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -100,20 +101,20 @@ def default_bridge_path(out_dir: Path, lm_name: str, world_file: str) -> Path:
 def train_bridge(cfg: BridgeTrainConfig) -> Path:
     validate_config(cfg)
     configure_threads()
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
     checkpoint, world, teacher = load_world(Path(cfg.world_model), device)
     data_path = resolve_data(cfg.data, cfg.data_dir, "world")
     pairs, stats = read_pairs(data_path, checkpoint)
     train_pairs = split_pairs(pairs, checkpoint, "train")
     print(f"{data_path}: {stats.summary()}; {len(train_pairs)} in the world model's training split")
-    if len(train_pairs) < cfg.batch + cfg.val_pairs:
+    if len(train_pairs) < cfg.train.batch + cfg.val_pairs:
         raise TextJepaError(
             f"only {len(train_pairs)} training pairs; need at least --batch + --val-pairs "
-            f"({cfg.batch} + {cfg.val_pairs})"
+            f"({cfg.train.batch} + {cfg.val_pairs})"
         )
     out_path = Path(cfg.out) if cfg.out else None
-    ensure_writable_dir(out_path.parent if out_path else Path(cfg.out_dir))
+    ensure_writable_dir(out_path.parent if out_path else Path(cfg.train.out_dir))
 
     source = resolve_decoder_model(cfg.decoder_model)
     started = time.time()
@@ -124,9 +125,9 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             f"--prefix-tokens + --max-prompt-tokens + --max-reply-tokens exceed the decoder context "
             f"({lm.context_length})"
         )
-    out_path = out_path or default_bridge_path(Path(cfg.out_dir), source.name, checkpoint.path.name)
+    out_path = out_path or default_bridge_path(Path(cfg.train.out_dir), source.name, checkpoint.path.name)
 
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.train.seed)
     order = rng.permutation(len(train_pairs))
     val_pairs = [train_pairs[i] for i in order[: cfg.val_pairs]]
     fit_pairs = [train_pairs[i] for i in order[cfg.val_pairs :]]
@@ -148,27 +149,27 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             checkpoint, world, teacher, [by_record[e.record] for e in val], device, cfg.oracle
         )
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     embed_scale = float(lm.model.get_input_embeddings().weight.detach().float().std())
     projector = PrefixProjector(checkpoint.config.dim, lm.hidden_size, cfg.prefix_tokens, embed_scale=embed_scale)
     projector.to(device)
-    optimizer = torch.optim.AdamW(projector.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(projector.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     bridge = Bridge(projector, lm.fingerprint(), world_identity(checkpoint))
     bridge.info = {
         "train": {
             "data": str(data_path),
-            "steps": cfg.steps,
-            "batch": cfg.batch,
-            "lr": cfg.lr,
+            "steps": cfg.train.steps,
+            "batch": cfg.train.batch,
+            "lr": cfg.train.lr,
             "align_steps": cfg.align_steps,
             "align_lr": cfg.align_lr,
             "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
-            "grad_clip": cfg.grad_clip,
+            "grad_clip": cfg.train.grad_clip,
             "prompt_dropout": cfg.prompt_dropout,
             "target_mix": cfg.target_mix,
             "max_reply_tokens": cfg.max_reply_tokens,
             "max_prompt_tokens": cfg.max_prompt_tokens,
-            "seed": cfg.seed,
+            "seed": cfg.train.seed,
             "train_pairs": len(fit),
             "val_pairs": len(val),
         },
@@ -176,14 +177,16 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     }
     metrics_path = out_path.with_name(out_path.name.replace(".safetensors", ".metrics.jsonl"))
     metrics_path.write_text("")
-    shuffle = derangement(len(val), cfg.seed) if len(val) >= 2 else None
+    shuffle = derangement(len(val), cfg.train.seed) if len(val) >= 2 else None
     best = math.inf
     fit_latents, val_latents = fit_latents.to(device), (val_latents.to(device) if val_latents is not None else None)
 
     def evaluate(step: int) -> dict:
         projector.eval()
-        matched = mean_nll(lm, projector, val, val_latents, cfg.batch)
-        shuffled = mean_nll(lm, projector, val, val_latents[shuffle], cfg.batch) if shuffle is not None else math.nan
+        matched = mean_nll(lm, projector, val, val_latents, cfg.train.batch)
+        shuffled = (
+            mean_nll(lm, projector, val, val_latents[shuffle], cfg.train.batch) if shuffle is not None else math.nan
+        )
         projector.train()
         return {"step": step, "val_matched_nll": matched, "val_shuffled_nll": shuffled}
 
@@ -201,7 +204,15 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         weight = lm.model.get_input_embeddings().weight
         replies = [e.reply_ids for e in fit]
         for record in align_projector(
-            projector, fit_latents, replies, weight, skip, cfg.align_steps, cfg.align_batch, cfg.align_lr, cfg.seed
+            projector,
+            fit_latents,
+            replies,
+            weight,
+            skip,
+            cfg.align_steps,
+            cfg.align_batch,
+            cfg.align_lr,
+            cfg.train.seed,
         ):
             log(record)
         print(
@@ -215,34 +226,34 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         best = record["val_matched_nll"]
         save(record)
         print(f"step 0 val matched {best:.4f} shuffled {record['val_shuffled_nll']:.4f}", flush=True)
-    elif not cfg.steps:
+    elif not cfg.train.steps:
         save({"step": 0})
 
     started = time.time()
     window: list[float] = []
     projector.train()
-    for step in range(cfg.steps):
+    for step in range(cfg.train.steps):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg)
-        index = rng.integers(0, len(fit), size=cfg.batch)
+            group["lr"] = cfg.train.lr * lr_factor(step, cfg)
+        index = rng.integers(0, len(fit), size=cfg.train.batch)
         rows = [fit[i] for i in index]
         index_t = torch.from_numpy(index).to(device)
         inputs = fit_latents[index_t]
         if target_latents is not None:
-            use_target = torch.from_numpy(rng.random(cfg.batch) < cfg.target_mix).to(device)
+            use_target = torch.from_numpy(rng.random(cfg.train.batch) < cfg.target_mix).to(device)
             inputs = torch.where(use_target[:, None], target_latents[index_t], inputs)
-        drop = rng.random(cfg.batch) < cfg.prompt_dropout
+        drop = rng.random(cfg.train.batch) < cfg.prompt_dropout
         prompts = [empty_prompt if dropped else r.prompt_ids for r, dropped in zip(rows, drop)]
         sums, counts = reply_nll(lm, projector(inputs), prompts, [r.reply_ids for r in rows])
         loss = sums.sum() / counts.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(projector.parameters(), cfg.grad_clip))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(projector.parameters(), cfg.train.grad_clip))
         optimizer.step()
         window.append(loss.item())
         record = {"step": step + 1, "loss": window[-1], "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
-        last = step + 1 == cfg.steps
-        if val and ((step + 1) % cfg.eval_every == 0 or last):
+        last = step + 1 == cfg.train.steps
+        if val and ((step + 1) % cfg.train.eval_every == 0 or last):
             record.update(evaluate(step + 1))
             if record["val_matched_nll"] < best:
                 best = record["val_matched_nll"]
@@ -250,12 +261,12 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         elif not val and last:
             save(record)
         log(record)
-        if cfg.progress and ((step + 1) % 10 == 0 or last or "val_matched_nll" in record):
+        if cfg.train.progress and ((step + 1) % 10 == 0 or last or "val_matched_nll" in record):
             rate = (time.time() - started) / (step + 1)
             extra = ""
             if "val_matched_nll" in record:
                 extra = f" val matched {record['val_matched_nll']:.4f} shuffled {record['val_shuffled_nll']:.4f}"
-            print(f"step {step + 1}/{cfg.steps} loss {np.mean(window):.4f} ({rate:.2f}s/step){extra}", flush=True)
+            print(f"step {step + 1}/{cfg.train.steps} loss {np.mean(window):.4f} ({rate:.2f}s/step){extra}", flush=True)
             window = []
     print(f"bridge: {out_path} (best val matched NLL {bridge.info['best'].get('val_matched_nll', math.nan):.4f})")
     return out_path

@@ -49,6 +49,7 @@ from textjepa.runtime import (
     resolve_device,
     shutdown_distributed,
 )
+from textjepa.settings import Settings
 from textjepa.train.schedules import ema_momentum, lr_factor
 
 
@@ -163,7 +164,7 @@ def run_training(
     if dist.is_main:
         _remove_stale_temp_files(out_dir)
 
-    emulate = int(os.environ.get("TEXTJEPA_EMULATE_WORLD_SIZE", "1") or 1)
+    emulate = Settings.from_env().emulate_world_size
     if emulate > 1:
         if dist.enabled:
             raise TextJepaError("TEXTJEPA_EMULATE_WORLD_SIZE is for single-process runs, not under torchrun")
@@ -463,7 +464,7 @@ class DebugLog:
 
     @classmethod
     def from_env(cls, dist: Distributed) -> DebugLog | None:
-        directory = os.environ.get("TEXTJEPA_DEBUG_DIR")
+        directory = Settings.from_env().debug_dir
         if not directory:
             return None
         Path(directory).mkdir(parents=True, exist_ok=True)

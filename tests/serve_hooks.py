@@ -1,7 +1,8 @@
-"""TEST HOOKS, off unless their environment variables are set. Never set them in production.
+"""`textjepa serve` with test hooks: `python tests/serve_hooks.py MODEL [serve options]`.
 
-They let the server's tests cause the rare events a healthy model never produces, through the real server
-and the real decoder:
+The real server and the real decoder, started the way `textjepa serve` starts them, except that the agent is
+loaded through a hooked loader, so that the server's tests can cause the rare events a healthy model never
+produces. The package itself has no hooks; this file is the only place they live.
 
 - TEXTJEPA_TEST_HOOKS=1 wraps the decoder so that directives in the last user message act on it:
   `[[fail]]`: generate raises, and a stream raises after its first two chunks (a decoder failing mid-stream);
@@ -14,10 +15,16 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 
+from textjepa.cli import build_parser, run_guarded
+from textjepa.cli.options import config_from_args
+from textjepa.cli.serve_cmd import load_agent, serve, serve_config
+from textjepa.config import ServeConfig
 from textjepa.decoders.base import Conditioning, Decoder, Generation
+from textjepa.settings import Settings
 
 HOOKS_ENV = "TEXTJEPA_TEST_HOOKS"
 LOAD_DELAY_ENV = "TEXTJEPA_TEST_LOAD_DELAY"
@@ -28,12 +35,15 @@ class DecoderFault(RuntimeError):
     """The failure the [[fail]] test hook raises."""
 
 
-def load_delay() -> float:
-    return float(os.environ.get(LOAD_DELAY_ENV) or 0)
-
-
-def maybe_wrap(decoder: Decoder) -> Decoder:
-    return FaultInjectingDecoder(decoder) if os.environ.get(HOOKS_ENV) == "1" else decoder
+def hooked_load(cfg: ServeConfig, device):
+    """The server's agent loader, with the hooks this process's environment asks for."""
+    delay = float(os.environ.get(LOAD_DELAY_ENV) or 0)
+    if delay:
+        time.sleep(delay)  # runs on the loading thread: the server answers 503 meanwhile
+    agent = load_agent(cfg, device)
+    if os.environ.get(HOOKS_ENV) == "1":
+        agent.decoder = FaultInjectingDecoder(agent.decoder)
+    return agent
 
 
 class FaultInjectingDecoder:
@@ -70,3 +80,16 @@ class FaultInjectingDecoder:
         if sleep:
             time.sleep(float(sleep.group(1)))
         return "[[fail]]" in text
+
+
+def main(argv: list[str]) -> int:
+    def work() -> int:
+        args = build_parser().parse_args(["serve", *argv])
+        settings = Settings.from_env()
+        return serve(serve_config(config_from_args(ServeConfig(), args), args, settings), settings, load=hooked_load)
+
+    return run_guarded(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
