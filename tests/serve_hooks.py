@@ -19,8 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from textjepa.cli import build_parser, run_guarded
-from textjepa.cli.options import config_from_args
+from textjepa.cli import build_parser, command_config, run_guarded
 from textjepa.cli.serve_cmd import load_agent, serve, serve_config
 from textjepa.config import ServeConfig
 from textjepa.decoders.base import Conditioning, Decoder, Generation
@@ -86,7 +85,7 @@ def main(argv: list[str]) -> int:
     def work() -> int:
         args = build_parser().parse_args(["serve", *argv])
         settings = Settings.from_env()
-        return serve(serve_config(config_from_args(ServeConfig(), args), args, settings), settings, load=hooked_load)
+        return serve(serve_config(command_config(args), args, settings), settings, load=hooked_load)
 
     return run_guarded(work)
 

@@ -13,7 +13,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from textjepa.cli.options import config_from_args
 from textjepa.cli.seed_form import translate_seed_form
 from textjepa.errors import TextJepaError
 from textjepa.settings import Settings
@@ -67,7 +69,13 @@ def _dispatch(argv: list[str]) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_USER_ERROR
-    return int(args.run(args, Settings.from_env()) or 0)
+    return int(args.run(command_config(args), args, Settings.from_env()) or 0)
+
+
+def command_config(args: argparse.Namespace) -> Any:
+    """The parsed command's config: its defaults with the options the user gave laid over them."""
+    defaults = getattr(args, "config_defaults", None)
+    return None if defaults is None else config_from_args(defaults, args)
 
 
 def run_guarded(work: Callable[[], int]) -> int:

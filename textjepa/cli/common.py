@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from textjepa.cli.options import add_config_arguments, config_from_args, given_options, iter_options
+from textjepa.cli.options import add_config_arguments, given_options, iter_options
 from textjepa.config import CHECKED_SHAPE, ModelConfig
 from textjepa.settings import Settings
 
@@ -29,10 +29,11 @@ def add_command(
     description: str,
     tweaks: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> argparse.ArgumentParser:
-    """A subcommand with an option for every field of `defaults` (whose values are this command's defaults)."""
+    """A subcommand with an option for every field of `defaults` (whose values are this command's defaults);
+    `run` gets those defaults with the user's options laid over them."""
     parser = subparsers.add_parser(name, help=help, description=description)
     add_config_arguments(parser, defaults, tweaks=tweaks)
-    parser.set_defaults(run=lambda args, settings: run(config_from_args(defaults, args), args, settings))
+    parser.set_defaults(run=run, config_defaults=defaults)
     return parser
 
 

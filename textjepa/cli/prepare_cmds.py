@@ -32,7 +32,7 @@ def _positive_int(text: str) -> int:
 POSITIVE_ROWS = {"max_rows": {"type": _positive_int}}
 
 
-def _no_kind(args: argparse.Namespace, settings: Settings) -> int:
+def _no_kind(cfg: None, args: argparse.Namespace, settings: Settings) -> int:
     raise TextJepaError("prepare needs a kind: ultrachat, expert, jsonl or mix (see: textjepa prepare --help)")
 
 

@@ -1,0 +1,175 @@
+"""The command line generated from the config dataclasses: the same flags as before, each setting declared once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+
+import pytest
+from conftest import assert_user_error, run_cli
+
+from textjepa.cli import build_parser, command_config
+from textjepa.cli.options import add_config_arguments, config_from_args, given_options, iter_options
+from textjepa.cli.seed_form import translate_seed_form
+from textjepa.config import setting
+
+# Every flag and positional each command had before its parser was generated (taken from the hand-written
+# parsers it replaced). Flags may be added; none may go.
+FLAGS_BEFORE = {
+    "latent": "--batch --data-dir --device --dim --ema-end --ema-start --eval-batches --eval-every --global-batch "
+    "--heads --layers --lr --max-line-bytes --max-masked-ratio --max-seq --max-span-len --max-spans --max-vocab "
+    "--min-tokens --no-bucket --no-progress --out-dir --regularizer --resume --seed --steps --val-fraction",
+    "eval-jepa": "--batch --data-dir --device --dim --heads --json --layers --max-seq --seed --split --steps --vocab",
+    "train-world": "--batch --bridge-dim --data-dir --device --dim --ema-end --ema-start --encoder-lr-scale "
+    "--eval-batches --eval-every --freeze-encoder-steps --global-batch --heads --infonce-weight --init-encoder "
+    "--layers --lr --max-line-bytes --max-seq --max-vocab --min-tokens --no-bucket --no-progress --out-dir "
+    "--regularizer --reply-contrast-weight --resume --seed --steps --temperature --val-fraction",
+    "eval-world": "--batch --bridge-dim --data-dir --device --dim --heads --json --layers --max-seq --seed --split "
+    "--steps --vocab",
+    "infer": "--ablate-conditioning --bridge --bridge-dim --decoder --decoder-model --device --dim --heads --json "
+    "--layers --max-new-tokens --max-seq --temperature --top-k --vocab",
+    "demo": "--device --dim --eval-every --heads --latent-steps --layers --max-seq --max-vocab --no-progress "
+    "--out-dir --prompt --world-steps",
+    "prepare hub": "--data-dir --mode",
+    "prepare ultrachat": "--context-window --max-rows --min-tokens --no-progress --split",
+    "prepare expert": "--dataset --max-rows --min-answer-words --no-progress --no-support --output --split",
+    "prepare jsonl": "--input-dir --input_dir --max-tokens --max_tokens --min-tokens --min_tokens --no-progress "
+    "--output",
+    "prepare mix": "--no-progress --output --seed --shuffle",
+    "prepare demo": "--out-dir",
+    "serve": "--api-key --bind --bridge --bridge-dim --debug --decoder --decoder-model --default-max-tokens --device "
+    "--dim --heads --host --layers --max-batch --max-body-bytes --max-concurrency --max-queue --max-seq "
+    "--max-tokens-limit --model-id --port --queue-timeout --vocab",
+    "train-bridge": "--align-lr --align-steps --batch --data-dir --decoder-model --device --eval-every --lr "
+    "--max-prompt-tokens --max-reply-tokens --no-progress --oracle-latent --out --out-dir --prefix-tokens "
+    "--prompt-dropout --seed --steps --target-mix --val-pairs",
+    "eval-conditioning": "--batch --data-dir --decoder-model --device --json --max-pairs --max-prompt-tokens "
+    "--max-reply-tokens --no-progress --oracle-latent --seed",
+}
+POSITIONALS_BEFORE = {
+    "latent": ["DATA"],
+    "eval-jepa": ["MODEL", "DATA"],
+    "train-world": ["DATA"],
+    "eval-world": ["MODEL", "DATA"],
+    "infer": ["MODEL", "PROMPT"],
+    "prepare hub": ["DATASET"],
+    "prepare ultrachat": ["OUTPUT"],
+    "prepare mix": ["INPUT"],
+    "serve": ["MODEL"],
+    "train-bridge": ["WORLD_MODEL", "DATA"],
+    "eval-conditioning": ["WORLD_MODEL", "BRIDGE", "DATA"],
+}
+
+
+def subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[f"{prefix}{name}"] = sub
+                found.update(subcommands(sub, f"{prefix}{name} "))
+    return found
+
+
+def parse(*argv: str) -> tuple[object, argparse.Namespace]:
+    """(the command's config, the namespace) as the CLI builds them, without running the command."""
+    args = build_parser().parse_args(translate_seed_form(list(argv)))
+    return command_config(args), args
+
+
+def test_every_flag_and_positional_of_before_is_still_there():
+    commands = subcommands(build_parser())
+    for command, flags in FLAGS_BEFORE.items():
+        parser = commands[command]
+        have = {option for action in parser._actions for option in action.option_strings}
+        missing = set(flags.split()) - have
+        assert not missing, f"{command} lost {sorted(missing)}"
+        positionals = [action.metavar for action in parser._actions if not action.option_strings]
+        assert [p for p in positionals if p] == POSITIONALS_BEFORE.get(command, []), command
+        assert "usage" in parser.format_help()
+
+
+def test_per_command_defaults_and_nested_configs():
+    latent, _ = parse("latent", "data.txt")
+    world, _ = parse("train-world", "pairs.txt")
+    assert (latent.train.lr, latent.train.ema_start, latent.data.min_tokens) == (5e-4, 0.996, 2)
+    assert (world.train.lr, world.train.ema_start, world.train.ema_end, world.data.min_tokens) == (3e-4, 0.99, 0.999, 1)
+    bridge, _ = parse("train-bridge", "w.safetensors", "pairs.txt", "--lr", "1e-3", "--no-progress", "--oracle-latent")
+    assert (bridge.train.steps, bridge.train.batch, bridge.train.lr, bridge.train.weight_decay) == (800, 8, 1e-3, 0.0)
+    assert (bridge.train.progress, bridge.oracle, bridge.world_model, bridge.data) == (
+        False,
+        True,
+        "w.safetensors",
+        "pairs.txt",
+    )
+    demo, _ = parse("demo", "--dim", "64", "--prompt", "a", "--prompt", "b")
+    assert (demo.model.dim, demo.model.vocab_size, demo.model.heads, demo.train.eval_every) == (64, 4000, 4, 200)
+    assert demo.prompts == ("a", "b")
+    assert parse("demo")[0].prompts == ("What does `json.dumps(obj)` do?", "What does `shutil.copyfile(src, dst)` do?")
+
+
+def test_renamed_flags_booleans_and_seed_form():
+    cfg, args = parse("--latent", "d.txt", "7", "16", "64", "--no-bucket", "--no-progress", "--max-vocab", "500")
+    assert (cfg.data.path, cfg.train.steps, cfg.train.batch, cfg.model.dim) == ("d.txt", 7, 16, 64)
+    assert (cfg.model.vocab_size, cfg.train.bucket_by_length, cfg.train.progress) == (500, False, False)
+    world, args = parse("train-world", "p.txt", "--dim", "64", "--max-vocab", "400", "--init-encoder", "a", "b")
+    assert world.init_encoder == ["a", "b"]
+    shape = given_options(args, (o for o in iter_options(world) if o.dest.startswith("model.")))
+    assert shape == {"dim": 64, "max_vocab": 400}  # only what was given, by the names users know
+    infer, args = parse("--infer-agent", "m.safetensors", "v.json", "hello", "64")
+    assert (infer.model, infer.vocab, infer.prompt, infer.temperature) == ("m.safetensors", "v.json", "hello", None)
+    assert args.__dict__["shape.dim"] == 64
+    jsonl, _ = parse("prepare", "jsonl", "--input_dir", "shards", "--min_tokens", "3")
+    assert (jsonl.input_dir, jsonl.min_tokens, jsonl.max_tokens) == ("shards", 3, 200)
+
+
+@dataclasses.dataclass
+class InnerLoss:
+    """an added loss"""
+
+    margin_weight: float = dataclasses.field(default=0.5, metadata={"help": "weight of the margin term"})
+
+
+@dataclasses.dataclass
+class Outer:
+    steps: int = setting(3, help="steps")
+    loss: InnerLoss = setting(default_factory=InnerLoss)
+    internal: list[str] = setting(default_factory=list, cli=False, help="not an option")
+
+
+def test_a_nested_config_with_help_metadata_becomes_options_without_cli_code():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Outer())
+    text = parser.format_help()
+    assert "--margin-weight" in text and "weight of the margin term (default 0.5)" in text and "an added loss" in text
+    assert "--internal" not in text
+    cfg = config_from_args(Outer(), parser.parse_args(["--margin-weight", "2"]))
+    assert cfg == Outer(steps=3, loss=InnerLoss(margin_weight=2.0))
+
+
+def test_two_fields_making_the_same_flag_fail_when_the_parser_is_built():
+    @dataclasses.dataclass
+    class Clash:
+        steps: int = setting(1, help="a")
+        inner: Outer = setting(default_factory=Outer)
+
+    with pytest.raises(argparse.ArgumentError, match="--steps"):
+        add_config_arguments(argparse.ArgumentParser(), Clash())
+
+
+def test_usage_errors_are_one_line():
+    assert_user_error(run_cli("latent", "x.txt", "--steps", "many"), "--steps", "invalid int")
+    assert_user_error(run_cli("latent", "x.txt", "--regularizer", "none"), "invalid choice")
+    result = run_cli("train-bridge", "--help")
+    assert result.returncode == 0 and "--oracle-latent" in result.stdout and "(default 800)" in result.stdout
+
+
+def test_the_package_reads_the_environment_only_in_settings():
+    found = subprocess.run(
+        ["grep", "-rlE", r"os\.environ|os\.getenv", "textjepa"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.split()
+    assert found == ["textjepa/settings.py"], found
+
+
+ROOT = __import__("conftest").REPO_ROOT
