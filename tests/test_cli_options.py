@@ -173,3 +173,11 @@ def test_the_package_reads_the_environment_only_in_settings():
 
 
 ROOT = __import__("conftest").REPO_ROOT
+
+
+def test_the_options_reference_in_the_docs_is_up_to_date(tmp_path):
+    from textjepa.cli.reference import rewrite
+
+    docs = tmp_path / "commands.md"
+    docs.write_text((ROOT / "docs" / "commands.md").read_text(encoding="utf-8"), encoding="utf-8")
+    assert not rewrite(docs), "docs/commands.md is out of date: python -m textjepa.cli.reference docs/commands.md"
