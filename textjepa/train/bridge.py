@@ -40,10 +40,16 @@ from textjepa.train.bridge_data import LMExample, conditioning_latents, lm_examp
 
 def validate_config(cfg: BridgeTrainConfig) -> None:
     check_prefix_tokens(cfg.prefix_tokens)
-    for owner, name in ((cfg.train, "batch"), (cfg, "max_reply_tokens"), (cfg, "max_prompt_tokens"),
-                        (cfg.train, "eval_every"), (cfg, "align_batch")):  # fmt: skip
-        if getattr(owner, name) < 1:
-            raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(owner, name)}")
+    counts = {
+        "batch": cfg.train.batch,
+        "max_reply_tokens": cfg.max_reply_tokens,
+        "max_prompt_tokens": cfg.max_prompt_tokens,
+        "eval_every": cfg.train.eval_every,
+        "align_batch": cfg.align_batch,
+    }
+    for name, value in counts.items():
+        if value < 1:
+            raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if cfg.train.steps < 0 or cfg.align_steps < 0 or cfg.train.steps + cfg.align_steps < 1:
         raise TextJepaError("--steps and --align-steps must be >= 0, and not both 0")
     if not (cfg.train.lr > 0 and cfg.align_lr > 0):
