@@ -181,3 +181,16 @@ def test_the_options_reference_in_the_docs_is_up_to_date(tmp_path):
     docs = tmp_path / "commands.md"
     docs.write_text((ROOT / "docs" / "commands.md").read_text(encoding="utf-8"), encoding="utf-8")
     assert not rewrite(docs), "docs/commands.md is out of date: python -m textjepa.cli.reference docs/commands.md"
+
+
+def test_settings_snapshot_parses_on_use_and_names_the_variable():
+    from textjepa.errors import TextJepaError
+    from textjepa.settings import Settings
+
+    settings = Settings.from_env({"TEXTJEPA_NUM_THREADS": "abc", "JEPA_DECODER_CTX": " 512 ", "UNRELATED": "x"})
+    assert settings.decoder_overrides == {"ctx": 512} and settings.api_key is None
+    assert "UNRELATED" not in settings.values
+    with pytest.raises(TextJepaError, match="TEXTJEPA_NUM_THREADS='abc' is not a whole number"):
+        _ = settings.num_threads
+    with pytest.raises(KeyError, match="add it to settings.VARIABLES"):
+        settings.get("SOME_NEW_VARIABLE")

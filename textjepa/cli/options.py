@@ -129,7 +129,7 @@ def _group_title(defaults: Any, section: str) -> str:
     for name in section.split("."):
         title = next(f for f in dataclasses.fields(owner) if f.name == name).metadata.get("group")
         owner = getattr(owner, name)
-    return title or (type(owner).__doc__ or section).strip().splitlines()[0]
+    return title or (type(owner).__doc__ or section).strip().splitlines()[0].rstrip(".")
 
 
 def _add(container: argparse._ActionsContainer, option: Option, hidden: bool, extra: dict) -> None:

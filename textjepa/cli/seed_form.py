@@ -1,6 +1,8 @@
 """The seed's command style: `textjepa --latent DATA [steps] [batch] ...` with positional shape arguments.
 
-Each form is rewritten to its subcommand with named options, so both styles share one code path.
+"The seed" is the original system textjepa re-implements; its documented commands keep working. Each form is
+rewritten to its subcommand with named options (a pure argv rewrite, before any parsing), so both styles share
+one code path.
 Positional values follow the flag in the seed's order; any later `--option` passes through unchanged.
 """
 
