@@ -13,7 +13,6 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,61 +137,32 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 # ---------------------------------------------------------------- the files of one run
 
 
-@dataclass(frozen=True)
 class RunFiles:
     """The names of one run's files, all derived from its checkpoint path `model_<kind>_<size>.safetensors`.
 
     Everything beside a checkpoint is found through here, never by editing its name in place.
     """
 
-    model: Path
+    def __init__(self, model: Path) -> None:
+        self.model = Path(model)
+        self.stem = self.model.name.removesuffix(CHECKPOINT_SUFFIX)
+
+        def sibling(suffix: str) -> Path:
+            return self.model.with_name(self.stem + suffix)
+
+        self.teacher = sibling(TEACHER_SUFFIX)  # the EMA teacher's checkpoint
+        self.state = sibling(".state.pt")  # the resumable training state
+        self.metrics = sibling(".metrics.jsonl")  # the metrics log, one JSON record a line
+        self.png = sibling(".metrics.png")  # the plot of the metrics log
+        # The retrieval decoder's latents and its reply texts (one escaped line per latent); the index is not
+        # *.safetensors, so a shell glob model_world_*.safetensors still names only the checkpoints.
+        self.index = sibling(".index")
+        self.replies = sibling(".replies.txt")
+        self.tokenizer = self.model.with_name("tokenizer.json")  # also embedded in every checkpoint
 
     @classmethod
     def create(cls, out_dir: Path, kind: RunKind, size: str) -> RunFiles:
         return cls(out_dir / f"model_{kind}_{size}{CHECKPOINT_SUFFIX}")
-
-    @property
-    def stem(self) -> str:
-        return self.model.name.removesuffix(CHECKPOINT_SUFFIX)
-
-    def _sibling(self, suffix: str) -> Path:
-        return self.model.with_name(self.stem + suffix)
-
-    @property
-    def teacher(self) -> Path:
-        """The EMA teacher's checkpoint."""
-        return self._sibling(TEACHER_SUFFIX)
-
-    @property
-    def state(self) -> Path:
-        """The resumable training state."""
-        return self._sibling(".state.pt")
-
-    @property
-    def metrics(self) -> Path:
-        """The metrics log (one JSON record a line)."""
-        return self._sibling(".metrics.jsonl")
-
-    @property
-    def png(self) -> Path:
-        """The plot of the metrics log."""
-        return self._sibling(".metrics.png")
-
-    @property
-    def index(self) -> Path:
-        """The retrieval decoder's latents; not *.safetensors, so a shell glob model_world_*.safetensors still
-        names only the checkpoints."""
-        return self._sibling(".index")
-
-    @property
-    def replies(self) -> Path:
-        """The retrieval decoder's reply texts, one escaped line per index row."""
-        return self._sibling(".replies.txt")
-
-    @property
-    def tokenizer(self) -> Path:
-        """The tokenizer beside the checkpoints (also embedded in each checkpoint)."""
-        return self.model.with_name("tokenizer.json")
 
     def vocab(self, kind: RunKind) -> Path:
         """The seed's vocab file of this kind of run (`vocab_latent.txt`, `vocab_world.txt`)."""
