@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, load_teacher
+from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, load_teacher, load_with_teacher
 from textjepa.config import ModelConfig, WorldConfig
 from textjepa.data.batches import Batch, iter_split_batches
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, resolve_data
@@ -18,7 +18,7 @@ from textjepa.data.tokens import TokenStore
 from textjepa.decoders.retrieval import build_retrieval_index
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import retrieval_metrics
-from textjepa.io import RunFiles, RunKind
+from textjepa.io import RunKind
 from textjepa.models.encoder import masked_mean
 from textjepa.models.heads import WorldModel
 from textjepa.objectives.jepa import alignment_loss, info_nce, regularizer_loss, similarity_structure_loss
@@ -198,7 +198,7 @@ class WorldStage:
 
     def finish(self, best_path: Path) -> None:
         """The retrieval decoder's index: teacher latents of the training next turns, from the best checkpoint."""
-        best_teacher = load_checkpoint(RunFiles(best_path).teacher, expect_kind=RunKind.WORLD)
+        _, best_teacher = load_with_teacher(best_path, expect_kind=RunKind.WORLD)
         teacher = copy.deepcopy(self.teacher)
         teacher.load_state_dict(best_teacher.module_state("encoder"))
         index_path = build_retrieval_index(
