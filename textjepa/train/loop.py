@@ -212,7 +212,7 @@ def run_training(
         save_training_state(
             training_state_path,
             {
-                "kind": stage.kind,
+                "kind": str(stage.kind),
                 "config": stage.config.to_dict(),
                 "tokenizer_hash": tokenizer_hash(stage.tokenizer),
                 "step": step,
