@@ -37,10 +37,11 @@ GOAL = 0.9
 
 
 def untrained_world(directory: Path) -> Path:
-    """A world checkpoint of the demo's shape with random weights (and a small real tokenizer)."""
+    """A world checkpoint of the demo's shape with random weights (and a small real tokenizer), with its teacher."""
     from textjepa.checkpoint import save_checkpoint
     from textjepa.config import ModelConfig
     from textjepa.data.tokens import train_tokenizer
+    from textjepa.io import RunFiles, RunKind
     from textjepa.models.heads import WorldModel
 
     texts = [f"User: What does `module.function{i}(x)` do? It returns the value number {i}." for i in range(300)]
@@ -48,9 +49,11 @@ def untrained_world(directory: Path) -> Path:
     config = ModelConfig(vocab_size=tokenizer.get_vocab_size(), dim=128, layers=2, heads=4, max_seq=64)
     torch.manual_seed(0)
     world = WorldModel(config)
-    path = directory / "model_world_bench.safetensors"
-    save_checkpoint(path, "world", "online", config, world.state_dict(), tokenizer, {"step": 0})
-    return path
+    files = RunFiles.create(directory, RunKind.WORLD, "bench")
+    save_checkpoint(files.model, RunKind.WORLD, "online", config, world.state_dict(), tokenizer, {"step": 0})
+    teacher = {f"encoder.{k}": v for k, v in world.encoder.state_dict().items()}
+    save_checkpoint(files.teacher, RunKind.WORLD, "teacher", config, teacher, tokenizer, {"step": 0})
+    return files.model
 
 
 def untrained_bridge(directory: Path, world_path: Path, fingerprint) -> Path:

@@ -28,8 +28,8 @@ import torch.nn.functional as F  # noqa: E402
 from _common import bench_threads, demo_paragraphs, goal_row, write_json  # noqa: E402
 
 from textjepa.config import DataConfig, ModelConfig  # noqa: E402
+from textjepa.data.contract import Field, keep_tokens, pad_rows, token_ids  # noqa: E402
 from textjepa.data.sources import LATENT_RECORDS, load_corpus  # noqa: E402
-from textjepa.data.tokens import pad_batch  # noqa: E402
 from textjepa.models.encoder import Encoder, masked_mean  # noqa: E402
 
 
@@ -45,15 +45,14 @@ class Ours:
         self.encoder = Encoder(config).eval()
 
     def encode(self, texts: list[str], batch: int) -> tuple[torch.Tensor, float]:
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
-        rows = [np.asarray(e.ids[: self.config.max_seq], dtype=np.int64) for e in encodings]
+        rows = [keep_tokens(ids, Field.TEXT, self.config.max_seq) for ids in token_ids(self.tokenizer, texts)]
         order = np.argsort([-len(r) for r in rows], kind="stable")  # length-sorted: little padding
         out = torch.empty(len(rows), self.config.dim)
         flops = 0.0
         with torch.inference_mode():
             for start in range(0, len(rows), batch):
                 pick = order[start : start + batch]
-                ids, valid = pad_batch([rows[i] for i in pick], self.config.max_seq)
+                ids, valid = pad_rows([rows[i] for i in pick], Field.TEXT, self.config.max_seq)
                 ids_t, valid_t = torch.from_numpy(ids), torch.from_numpy(valid)
                 pooled = masked_mean(self.encoder(ids_t, valid_t), valid_t)
                 out[torch.from_numpy(pick)] = F.normalize(pooled, dim=-1)

@@ -123,10 +123,11 @@ def free_port() -> int:
 def train_model(work: Path, steps: int) -> Path:
     """A demo-shaped world model (dim 128, 2 layers, max_seq 64) on the stdlib question -> answer pairs."""
     from textjepa.data.local_corpus import build_demo_corpus
+    from textjepa.io import RunFiles
 
     out = work / "world"
-    trained = [p for p in out.glob("model_world_*.safetensors") if not p.name.endswith("_teacher.safetensors")]
-    if len(trained) == 1 and trained[0].with_name(trained[0].name.replace(".safetensors", ".index")).is_file():
+    trained = [p for p in out.glob("model_world_*.safetensors") if not RunFiles.is_teacher(p)]
+    if len(trained) == 1 and RunFiles(trained[0]).index.is_file():
         print(f"reusing {trained[0]} (delete {out} to train again)", flush=True)
         return trained[0]
     corpus = build_demo_corpus(work / "corpus")
@@ -138,7 +139,7 @@ def train_model(work: Path, steps: int) -> Path:
     result = subprocess.run(argv, env=server_env(os.cpu_count() or 1), capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"training failed:\n{result.stderr}")
-    [model] = [p for p in out.glob("model_world_*.safetensors") if not p.name.endswith("_teacher.safetensors")]
+    [model] = [p for p in out.glob("model_world_*.safetensors") if not RunFiles.is_teacher(p)]
     return model
 
 

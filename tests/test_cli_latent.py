@@ -217,6 +217,15 @@ def test_eval_rejects_foreign_files(tmp_path, trained):
     assert_user_error(run_cli("eval-jepa", tmp_path / "missing.safetensors"), "not found")
 
 
+def test_eval_refuses_a_checkpoint_without_its_teacher(trained, tmp_path):
+    import shutil
+
+    alone = tmp_path / trained["model"].name
+    shutil.copy(trained["model"], alone)
+    result = run_cli("eval-jepa", alone, "--data-dir", trained["root"] / "cache", "--batch", "16")
+    assert_user_error(result, "teacher checkpoint", "not found")
+
+
 def test_failed_run_never_overwrites_a_good_checkpoint(trained, tmp_path):
     before = {p.name: p.read_bytes() for p in trained["out"].glob("model_latent_*.safetensors")}
     empty = tmp_path / "empty.txt"

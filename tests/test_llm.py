@@ -172,7 +172,7 @@ def test_read_pairs_numbers_records_like_the_token_store(world, loaded_world):
     from textjepa.train.bridge_data import read_pairs, split_pairs
 
     checkpoint = loaded_world[0]
-    info = checkpoint.info["data"]
+    info = checkpoint.data.to_info()
     data = DataConfig(path=str(world["pairs"]), data_dir=str(world["cache"]), min_tokens=info["min_tokens"])
     _, store = load_corpus(world["pairs"], WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     pairs, _ = read_pairs(world["pairs"], checkpoint)

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 
-from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, teacher_path
-from textjepa.config import DEFAULT_ACTION, PAD_ID
+from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_with_teacher
+from textjepa.config import DEFAULT_ACTION
+from textjepa.data.contract import Field
 from textjepa.data.tokens import check_vocab_argument
 from textjepa.decoders.base import Conditioning, Decoder, Generation
 from textjepa.errors import TextJepaError
+from textjepa.io import RunKind
 from textjepa.models.encoder import Encoder, masked_mean
 from textjepa.models.heads import WorldModel
 
@@ -45,13 +47,11 @@ def conversation_context(messages: Sequence[dict]) -> str:
 
 
 def load_world(path: Path, device: torch.device) -> tuple[Checkpoint, WorldModel, Encoder]:
-    checkpoint = load_checkpoint(path, expect_kind="world")
+    checkpoint, teacher_checkpoint = load_with_teacher(path, expect_kind=RunKind.WORLD)
     world = WorldModel(checkpoint.config)
     world.load_state_dict(checkpoint.tensors)
     teacher = Encoder(checkpoint.config)
-    teacher_file = teacher_path(checkpoint.path)
-    source = load_checkpoint(teacher_file, expect_kind="world") if teacher_file.is_file() else checkpoint
-    teacher.load_state_dict(source.module_state("encoder"))
+    teacher.load_state_dict(teacher_checkpoint.module_state("encoder"))
     return checkpoint, world.to(device).eval(), teacher.to(device).eval()
 
 
@@ -59,8 +59,9 @@ def load_world(path: Path, device: torch.device) -> tuple[Checkpoint, WorldModel
 class Encoded:
     ids: torch.Tensor
     valid: torch.Tensor
-    token_counts: list[int]
+    token_counts: list[int]  # tokens of each text
     truncated: list[bool]
+    kept_counts: list[int]  # tokens of each text the model sees (at most max_seq)
 
 
 @dataclass
@@ -111,26 +112,24 @@ class Agent:
         return self.checkpoint.path.name
 
     def tokenize(self, texts: Sequence[str]) -> Encoded:
-        """Token ids for a batch; texts longer than max_seq keep their last max_seq tokens (the latest turns)."""
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        rows = [e.ids[-self.config.max_seq :] for e in encodings]
-        width = max(1, max(len(r) for r in rows))
-        ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-        valid = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            valid[i, : len(row)] = True
+        """Model input for contexts under the checkpoint's data contract: a text longer than max_seq keeps its
+        last max_seq tokens (the latest turns), exactly as in training."""
+        rows = self.checkpoint.data.encode(self.tokenizer, texts, Field.CONTEXT)
         return Encoded(
-            ids.to(self.device),
-            valid.to(self.device),
-            [len(e.ids) for e in encodings],
-            [len(e.ids) > self.config.max_seq for e in encodings],
+            torch.from_numpy(rows.ids).to(self.device),
+            torch.from_numpy(rows.valid).to(self.device),
+            rows.token_counts,
+            rows.truncated,
+            rows.kept_counts,
         )
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Pooled encoder latents (the online encoder, as the world model's state)."""
-        encoded = self.tokenize(texts)
+        return self.embed_encoded(self.tokenize(texts))
+
+    @torch.no_grad()
+    def embed_encoded(self, encoded: Encoded) -> torch.Tensor:
         return masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid).float().cpu()
 
     @torch.no_grad()
@@ -162,7 +161,7 @@ class Agent:
             notes.append(
                 f"prompt truncated from {encoded.token_counts[0]} to the last {self.config.max_seq} tokens (max_seq)"
             )
-        return context, conditioning, min(encoded.token_counts[0], self.config.max_seq), notes
+        return context, conditioning, encoded.kept_counts[0], notes
 
     def respond(
         self, prompt: str | Sequence[dict], ablate: bool = False, max_new_tokens: int = 128, **options

@@ -1,7 +1,8 @@
 """Artifacts on disk: self-describing safetensors checkpoints and the resumable training state.
 
-Every write goes to a temporary name in the same directory and is renamed when complete, so a crash
-never leaves a file that is later trusted.
+Every write goes through textjepa.io (a temporary name in the same directory, renamed when complete), so a
+crash never leaves a file that is later trusted. A checkpoint records its model config, tokenizer, run
+settings and data contract (data/contract.py); this module alone writes and reads them.
 """
 
 from __future__ import annotations
@@ -15,34 +16,22 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from textjepa.config import ModelConfig
-from textjepa.data.tokens import atomic_write_text, tokenizer_from_string, tokenizer_hash, write_vocab_txt
+from textjepa.data.contract import DataContract
+from textjepa.data.tokens import tokenizer_from_string, tokenizer_hash, write_vocab_txt
 from textjepa.errors import TextJepaError
+from textjepa.io import RunFiles, RunKind, atomic_write_bytes, atomic_write_text, write_safetensors
 
 FORMAT = "textjepa"
 STATE_MAGIC = b"TEXTJEPA-STATE-1\n"
-VOCAB_FILE_NAMES = {"latent": "vocab_latent.txt", "world": "vocab_world.txt"}
-
-
-def model_path(out_dir: Path, kind: str, size: str) -> Path:
-    return out_dir / f"model_{kind}_{size}.safetensors"
-
-
-def teacher_path(path: Path) -> Path:
-    return path.with_name(path.name.replace(".safetensors", "_teacher.safetensors"))
-
-
-def state_path(path: Path) -> Path:
-    return path.with_name(path.name.replace(".safetensors", ".state.pt"))
 
 
 def pick_model_file(paths: list[str]) -> str:
     """`--init-encoder model_latent_*.safetensors` (the seed's form) expands in the shell to the checkpoint
     and its teacher; the checkpoint is the one that is not `_teacher`."""
-    models = [p for p in paths if not p.endswith("_teacher.safetensors")]
+    models = [p for p in paths if not RunFiles.is_teacher(p)]
     if len(models) != 1:
         raise TextJepaError(f"expected one checkpoint (its _teacher file is found beside it), got: {' '.join(paths)}")
     return models[0]
@@ -64,29 +53,39 @@ def ensure_writable_dir(directory: Path) -> None:
 @dataclass
 class Checkpoint:
     path: Path
-    kind: str
-    role: str
+    kind: RunKind
+    role: str  # "online" or "teacher"
     config: ModelConfig
     tensors: dict[str, torch.Tensor]
     info: dict  # everything else from the metadata: step, training settings, metrics
     tokenizer: Tokenizer
+    data: DataContract  # how its records become model input (info["data"] on disk)
 
     def module_state(self, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1 :]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
 
+    @property
+    def files(self) -> RunFiles:
+        return RunFiles(self.path)
+
 
 def save_checkpoint(
     path: Path,
-    kind: str,
+    kind: RunKind,
     role: str,
     config: ModelConfig,
     tensors: dict[str, torch.Tensor],
     tokenizer: Tokenizer,
     info: dict,
+    data: DataContract | None = None,
 ) -> None:
+    """data: the run's data contract, recorded as info["data"] (None for a checkpoint not trained on data)."""
+    info = {k: v for k, v in info.items() if k != "data"}
+    if data is not None:
+        info["data"] = data.to_info()
     metadata = {
         "format": FORMAT,
-        "kind": kind,
+        "kind": str(RunKind(kind)),
         "role": role,
         "config": json.dumps(config.to_dict()),
         "tokenizer_hash": tokenizer_hash(tokenizer),
@@ -95,18 +94,15 @@ def save_checkpoint(
         "info": json.dumps(info),
     }
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(plain, str(tmp), metadata=metadata)
-    tmp.chmod(0o644)  # safetensors creates files private to the user; checkpoints are meant to be shared
-    os.replace(tmp, path)
+    write_safetensors(path, plain, metadata)
 
 
-def save_tokenizer_files(out_dir: Path, kind: str, tokenizer: Tokenizer) -> None:
-    atomic_write_text(out_dir / "tokenizer.json", tokenizer.to_str())
-    write_vocab_txt(tokenizer, out_dir / VOCAB_FILE_NAMES[kind])
+def save_tokenizer_files(files: RunFiles, kind: RunKind, tokenizer: Tokenizer) -> None:
+    atomic_write_text(files.tokenizer, tokenizer.to_str())
+    write_vocab_txt(tokenizer, files.vocab(kind))
 
 
-def load_checkpoint(path: str | Path, expect_kind: str | None = None) -> Checkpoint:
+def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise TextJepaError(f"checkpoint not found: {path}")
@@ -120,21 +116,57 @@ def load_checkpoint(path: str | Path, expect_kind: str | None = None) -> Checkpo
         raise
     except Exception as exc:  # safetensors raises its own error types for foreign or damaged files
         raise TextJepaError(f"{path} is not a readable safetensors checkpoint ({exc})") from exc
-    kind = metadata["kind"]
+    try:
+        kind = RunKind(metadata["kind"])
+    except ValueError:
+        raise TextJepaError(f"{path} is a checkpoint of unknown kind {metadata['kind']!r}") from None
     if expect_kind is not None and kind != expect_kind:
         raise TextJepaError(f"{path} is a {kind} checkpoint, expected a {expect_kind} checkpoint")
     tokenizer = tokenizer_from_string(metadata["tokenizer"])
     if tokenizer_hash(tokenizer) != metadata["tokenizer_hash"]:
         raise TextJepaError(f"{path}: embedded tokenizer does not match its recorded hash (damaged file?)")
+    config = ModelConfig.from_dict(json.loads(metadata["config"]))
+    info = json.loads(metadata["info"])
     return Checkpoint(
         path=path,
         kind=kind,
         role=metadata["role"],
-        config=ModelConfig.from_dict(json.loads(metadata["config"])),
+        config=config,
         tensors=tensors,
-        info=json.loads(metadata["info"]),
+        info=info,
         tokenizer=tokenizer,
+        data=DataContract.from_info(info.pop("data", None), kind, config.max_seq),
     )
+
+
+def load_teacher(checkpoint: Checkpoint) -> Checkpoint:
+    """The EMA teacher saved beside an online checkpoint. Every run writes both; a missing or foreign teacher is
+    an error, never replaced by the online encoder (whose latents are not the targets the model learned)."""
+    path = checkpoint.files.teacher
+    if not path.is_file():
+        raise TextJepaError(
+            f"teacher checkpoint {path.name} not found beside {checkpoint.path.name}; training writes both files, "
+            "keep them together"
+        )
+    teacher = load_checkpoint(path, expect_kind=checkpoint.kind)
+    same_run = (
+        teacher.role == "teacher"
+        and teacher.config == checkpoint.config
+        and tokenizer_hash(teacher.tokenizer) == tokenizer_hash(checkpoint.tokenizer)
+        and teacher.info.get("step") == checkpoint.info.get("step")
+    )
+    if not same_run:
+        raise TextJepaError(
+            f"{path.name} is not the teacher of {checkpoint.path.name} (another role, shape, tokenizer or step); "
+            "a checkpoint and its teacher must come from the same run"
+        )
+    return teacher
+
+
+def load_with_teacher(path: str | Path, expect_kind: RunKind | None = None) -> tuple[Checkpoint, Checkpoint]:
+    """A checkpoint and its EMA teacher: the one way the package loads both."""
+    checkpoint = load_checkpoint(path, expect_kind)
+    return checkpoint, load_teacher(checkpoint)
 
 
 def check_shape_overrides(config: ModelConfig, overrides: dict, source: Path) -> None:
@@ -158,12 +190,7 @@ def save_training_state(path: Path, state: dict) -> None:
     torch.save(state, buffer)
     payload = buffer.getvalue()
     digest = hashlib.sha256(payload).hexdigest().encode()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as handle:
-        handle.write(STATE_MAGIC + digest + b"\n" + payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, STATE_MAGIC + digest + b"\n" + payload)
 
 
 def load_training_state(path: Path) -> dict:
@@ -179,9 +206,9 @@ def load_training_state(path: Path) -> dict:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
 
 
-def find_latest_state(out_dir: Path, kind: str) -> Path | None:
+def find_latest_state(out_dir: Path, kind: RunKind) -> Path | None:
     """The newest training state of this kind in out_dir whose checksum verifies."""
-    candidates = sorted(out_dir.glob(f"model_{kind}_*.state.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted(out_dir.glob(RunFiles.state_pattern(kind)), key=lambda p: p.stat().st_mtime, reverse=True)
     for candidate in candidates:
         try:
             load_training_state(candidate)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from textjepa.io import atomic_write
 
 
 def plot_metrics(metrics_path: Path, png_path: Path) -> None:
@@ -31,7 +32,8 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
         ax.set_xlabel("step")
         ax.set_title(f"val {key}")
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_write(png_path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(fig)

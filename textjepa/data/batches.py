@@ -12,27 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from textjepa.config import PAD_ID
-from textjepa.data.tokens import TokenStore, pad_batch
+from textjepa.data.contract import Field, is_validation, pad_rows
+from textjepa.data.tokens import TokenStore
 from textjepa.errors import TextJepaError
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        z = x.astype(np.uint64) + _MIX
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def is_validation(index: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Whether each record number belongs to the held-out split (stable for a given seed)."""
-    if fraction <= 0:
-        return np.zeros(len(index), dtype=bool)
-    with np.errstate(over="ignore"):
-        mixed = _splitmix64(np.asarray(index, dtype=np.uint64) ^ np.uint64(seed * 0x2545F4914F6CDD1D + 1))
-    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
 
 
 @dataclass
@@ -54,9 +36,10 @@ class Batch:
 
 
 def make_batch(store: TokenStore, index: np.ndarray, max_seq: int) -> Batch:
+    """The records as model input, each field cut by the data contract's rule for its role."""
     ids, valid = {}, {}
     for name, field in store.fields.items():
-        ids[name], valid[name] = pad_batch([field.record(int(i)) for i in index], max_seq)
+        ids[name], valid[name] = pad_rows([field.record(int(i)) for i in index], Field(name), max_seq)
     actions = np.asarray(store.actions[index], dtype=np.int64) if store.actions is not None else None
     return Batch(ids=ids, valid=valid, index=np.asarray(index), actions=actions)
 

@@ -34,6 +34,7 @@ from textjepa.data.lines import LineStats
 from textjepa.data.pairs import PairOptions, PairSource, chat_pairs, chat_turns, convert_rows, source_for_repo
 from textjepa.data.writer import AtomicLineFile, clean_field
 from textjepa.errors import TextJepaError
+from textjepa.io import RunKind
 from textjepa.settings import Settings
 
 WIKI_ID = "wikimedia/wikipedia"
@@ -409,14 +410,14 @@ def _pair_columns(schema) -> tuple[str, str] | None:
 Filler = Callable[[AtomicLineFile, LineStats, object], "str | None"]
 
 
-def _plan_generic(files: ParquetFiles, mode: str) -> tuple[Filler, str]:
+def _plan_generic(files: ParquetFiles, mode: RunKind) -> tuple[Filler, str]:
     """How a dataset we have no converter for becomes lines, decided from its first file's columns."""
     schema = first_schema(files)
     text = next((c for c in TEXT_COLUMNS if _column_type_is_text(schema, c)), None)
     messages = _messages_column(schema)
     pair = _pair_columns(schema)
     found = ", ".join(schema.names)
-    if mode == "latent" and text:
+    if mode == RunKind.LATENT and text:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
             for batch in iter_batches(files, [text], bar=bar):
@@ -426,7 +427,7 @@ def _plan_generic(files: ParquetFiles, mode: str) -> tuple[Filler, str]:
                 writer.write_clean_block(lines)
 
         return fill, f"text column {text!r}, one line per row"
-    if mode == "latent" and messages:
+    if mode == RunKind.LATENT and messages:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
             for row in iter_rows(files, [messages], bar=bar):
@@ -435,7 +436,7 @@ def _plan_generic(files: ParquetFiles, mode: str) -> tuple[Filler, str]:
                 writer.write_clean_block(lines)
 
         return fill, f"messages column {messages!r}, one line per turn"
-    if mode == "world" and messages:
+    if mode == RunKind.WORLD and messages:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
             window = PairOptions().context_window
@@ -444,14 +445,14 @@ def _plan_generic(files: ParquetFiles, mode: str) -> tuple[Filler, str]:
                     writer.write_record((context, reply), stats)
 
         return fill, f"messages column {messages!r}, context<TAB>next_turn per assistant turn"
-    if mode == "world" and pair:
+    if mode == RunKind.WORLD and pair:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
             for row in iter_rows(files, list(pair), bar=bar):
                 writer.write_record((row[pair[0]] or "", row[pair[1]] or ""), stats)
 
         return fill, f"columns {pair[0]!r} -> {pair[1]!r}"
-    if mode == "world":
+    if mode == RunKind.WORLD:
         raise TextJepaError(
             f"hub:{files.repo_id} has no messages column or context/response columns for world training "
             f"(columns: {found}); write a context<TAB>next_turn file with `textjepa prepare` instead"
@@ -506,8 +507,8 @@ def _convert(target: Path, label: str, plan: Callable[[], tuple[Filler, str]]) -
     return target
 
 
-def _cached_wikipedia(repo_id: str, data_dir: Path, mode: str) -> Path:
-    if mode != "latent":
+def _cached_wikipedia(repo_id: str, data_dir: Path, mode: RunKind) -> Path:
+    if mode != RunKind.LATENT:
         raise TextJepaError(
             f"hub:{repo_id} gives paragraphs, not context/next_turn pairs: use it for latent or eval-jepa"
         )
@@ -528,19 +529,18 @@ def _cached_wikipedia(repo_id: str, data_dir: Path, mode: str) -> Path:
     return _convert(target, repo_id, lambda: _plan_wikipedia(files))
 
 
-def cached_hub_lines(dataset_id: str, data_dir: Path, mode: str) -> Path:
+def cached_hub_lines(dataset_id: str, data_dir: Path, mode: RunKind) -> Path:
     """The line file for `hub:<dataset_id>`: reused when cached, else downloaded and converted once.
 
-    mode is "latent" (any text) or "world" (context<TAB>next_turn pairs).
+    mode is RunKind.LATENT (any text) or RunKind.WORLD (context<TAB>next_turn pairs).
     """
-    if mode not in ("latent", "world"):
-        raise ValueError(f"mode must be 'latent' or 'world', got {mode!r}")
+    mode = RunKind(mode)
     repo_id = check_dataset_id(dataset_id)
     data_dir = Path(data_dir)
     if repo_id.lower() == WIKI_ID:
         return _cached_wikipedia(repo_id, data_dir, mode)
     source = source_for_repo(repo_id)
-    target = data_dir / cache_file_name(repo_id, "_pairs" if source or mode == "world" else "")
+    target = data_dir / cache_file_name(repo_id, "_pairs" if source or mode == RunKind.WORLD else "")
     if _reuse(target, repo_id):
         return target
     if source is not None:

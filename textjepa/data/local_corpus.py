@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textjepa.data.lines import escape
-from textjepa.data.tokens import atomic_write_text
+from textjepa.io import atomic_write_text
 
 _SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3", "turtledemo"}
 _MIN_PARAGRAPH = 40

@@ -10,21 +10,22 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from textjepa.config import DataConfig
+from textjepa.data.contract import DataContract, Field
 from textjepa.data.lines import LineStats, iter_latent_texts, iter_world_pairs, require_usable
 from textjepa.data.tokens import (
     TokenStore,
-    atomic_write_text,
     build_or_open_token_store,
     file_hash,
     tokenizer_from_string,
     train_tokenizer,
 )
 from textjepa.errors import TextJepaError
+from textjepa.io import RunKind, atomic_write_text
 
 HUB_PREFIX = "hub:"
 
 
-def resolve_data(argument: str, data_dir: str, mode: str) -> Path:
+def resolve_data(argument: str, data_dir: str, mode: RunKind) -> Path:
     """A local line file for `argument`; `hub:<id>` is downloaded once and cached under data_dir."""
     if argument.startswith(HUB_PREFIX):
         from textjepa.data.hub import cached_hub_lines
@@ -38,30 +39,22 @@ def resolve_data(argument: str, data_dir: str, mode: str) -> Path:
     return path
 
 
-def recorded_data(given: str | None, info: dict, data_dir: str, mode: str) -> tuple[Path, DataConfig]:
-    """The data an evaluation reads: the one given, else the checkpoint's own training data, with the
-    line rules and held-out fraction the checkpoint recorded (so its validation split is the same)."""
-    recorded = info.get("data", {})
-    argument = given or recorded.get("path")
+def recorded_data(given: str | None, contract: DataContract, kind: RunKind, data_dir: str) -> tuple[Path, DataConfig]:
+    """The data an evaluation reads: the one given, else the model's own training data, read under the model's
+    data contract (so its validation split is the same)."""
+    argument = given or contract.source
     if not argument:
         raise TextJepaError("no data given and the checkpoint does not record its training data")
-    path = resolve_data(argument, data_dir, mode)
-    defaults = DataConfig()
-    return path, DataConfig(
-        path=str(path),
-        data_dir=data_dir,
-        max_line_bytes=recorded.get("max_line_bytes", defaults.max_line_bytes),
-        min_tokens=recorded.get("min_tokens", defaults.min_tokens if mode == "latent" else 1),
-        val_fraction=recorded.get("val_fraction", defaults.val_fraction),
-    )
+    path = resolve_data(argument, data_dir, kind)
+    return path, contract.data_config(str(path), data_dir)
 
 
 @dataclass
 class Records:
     """How one kind of stage reads a line file."""
 
-    kind: str  # "latent" or "world"
-    fields: tuple[str, ...]
+    kind: RunKind
+    fields: tuple[Field, ...]
     with_actions: bool
     reader: Callable[[Path, int, LineStats], Iterator[tuple]]
     what: str
@@ -75,8 +68,8 @@ def _world_records(path: Path, max_line_bytes: int, stats: LineStats) -> Iterato
     return ((p.context, p.next_turn, p.action) for p in iter_world_pairs(path, max_line_bytes, stats))
 
 
-LATENT_RECORDS = Records("latent", ("text",), False, _latent_records, "text lines")
-WORLD_RECORDS = Records("world", ("context", "next"), True, _world_records, "context/next_turn pairs")
+LATENT_RECORDS = Records(RunKind.LATENT, (Field.TEXT,), False, _latent_records, "text lines")
+WORLD_RECORDS = Records(RunKind.WORLD, (Field.CONTEXT, Field.REPLY), True, _world_records, "context/next_turn pairs")
 
 
 def tokenizer_texts(path: Path, records: Records, data: DataConfig) -> Iterator[str]:

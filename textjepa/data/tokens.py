@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,14 +17,18 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from textjepa.config import MIN_VOCAB, PAD_ID, SPECIAL_TOKENS
+from textjepa.config import MIN_VOCAB, SPECIAL_TOKENS
+from textjepa.data.contract import Field, keep_tokens, token_ids
 from textjepa.data.lines import LineStats
 from textjepa.errors import TextJepaError
+from textjepa.io import atomic_directory, atomic_write_text
 
-# Records longer than this are cut when stored; batches crop further to max_seq.
+# Records longer than this are cut when stored (by the data contract's rule: a context keeps its end);
+# batches cut further to max_seq.
 MAX_STORED_TOKENS = 2048
 _ENCODE_CHUNK = 2048
-_STORE_VERSION = 1
+# 2: a context longer than MAX_STORED_TOKENS is stored with its last tokens (1 kept its first).
+_STORE_VERSION = 2
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -85,26 +88,6 @@ def check_vocab_argument(path: str, tokenizer: Tokenizer) -> None:
     ours = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
     if text.splitlines() != ours:
         raise TextJepaError(f"vocab file {path} does not match the model's tokenizer")
-
-
-def encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    return [encoding.ids for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-
-
-# ---------------------------------------------------------------- files
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def file_hash(path: str | Path) -> str:
@@ -202,17 +185,43 @@ def build_or_open_token_store(
     target = _store_dir(Path(cache_root), corpus_hash, tokenizer_hash(tokenizer), kind, min_tokens, max_line_bytes)
     if (target / "meta.json").exists():
         return open_token_store(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(target.name + ".tmp-*"):
-        if not _writer_alive(stale):  # another process may be building the same store right now
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    tmp.mkdir()
+    with atomic_directory(target) as tmp:
+        positions, action_names = _write_store_files(
+            tmp, records, field_names, tokenizer, min_tokens, stats, with_actions, progress
+        )
+        meta = {
+            "fields": list(field_names),
+            "tokens": positions,
+            "stats": stats.to_dict(),
+            "corpus_hash": corpus_hash,
+            "has_actions": with_actions,
+            "action_names": action_names,
+            "version": _STORE_VERSION,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if stats.used == 0:
+            shutil.rmtree(tmp)  # nothing worth keeping
+            return TokenStore({}, None, [], stats, corpus_hash, target)
+    return open_token_store(target)
 
+
+def _write_store_files(
+    directory: Path,
+    records: Iterator[tuple],
+    field_names: Sequence[str],
+    tokenizer: Tokenizer,
+    min_tokens: int,
+    stats: LineStats,
+    with_actions: bool,
+    progress: bool,
+) -> tuple[dict[str, int], list[str]]:
+    """Each field's flat ids and offsets (and the action ids) of the usable records; returns the token count of
+    each field and the action names in order of first appearance."""
     handles = {
-        name: (open(tmp / f"{name}.ids.bin", "wb"), open(tmp / f"{name}.offsets.bin", "wb")) for name in field_names
+        name: (open(directory / f"{name}.ids.bin", "wb"), open(directory / f"{name}.offsets.bin", "wb"))
+        for name in field_names
     }
-    action_handle = open(tmp / "actions.bin", "wb") if with_actions else None
+    action_handle = open(directory / "actions.bin", "wb") if with_actions else None
     action_names: list[str] = []
     positions = dict.fromkeys(field_names, 0)
     for _, offsets_handle in handles.values():
@@ -220,13 +229,14 @@ def build_or_open_token_store(
     bar = _progress_bar(progress, "tokenising")
     try:
         while chunk := list(islice(records, _ENCODE_CHUNK)):
-            encoded = [encode_texts(tokenizer, [row[j] for row in chunk]) for j in range(len(field_names))]
+            encoded = [token_ids(tokenizer, [row[j] for row in chunk]) for j in range(len(field_names))]
             keep = [all(len(encoded[j][r]) >= min_tokens for j in range(len(field_names))) for r in range(len(chunk))]
             kept = sum(keep)
             stats.skip("too few tokens", len(chunk) - kept)
             stats.used += kept
             for j, name in enumerate(field_names):
-                rows = [encoded[j][r][:MAX_STORED_TOKENS] for r in range(len(chunk)) if keep[r]]
+                role = Field(name)
+                rows = [keep_tokens(encoded[j][r], role, MAX_STORED_TOKENS) for r in range(len(chunk)) if keep[r]]
                 flat = np.fromiter((t for row in rows for t in row), dtype=np.uint32)
                 ends = positions[name] + np.cumsum([len(row) for row in rows], dtype=np.int64)
                 positions[name] = int(ends[-1]) if len(ends) else positions[name]
@@ -250,37 +260,7 @@ def build_or_open_token_store(
             action_handle.close()
         if bar is not None:
             bar.close()
-    meta = {
-        "fields": list(field_names),
-        "tokens": positions,
-        "stats": stats.to_dict(),
-        "corpus_hash": corpus_hash,
-        "has_actions": with_actions,
-        "action_names": action_names,
-        "version": _STORE_VERSION,
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    if stats.used == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return TokenStore({}, None, [], stats, corpus_hash, target)
-    if target.exists():  # another process finished the same store first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-    return open_token_store(target)
-
-
-def _writer_alive(tmp: Path) -> bool:
-    pid = tmp.name.rsplit(".tmp-", 1)[-1]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return positions, action_names
 
 
 def _progress_bar(enabled: bool, desc: str):
@@ -289,15 +269,3 @@ def _progress_bar(enabled: bool, desc: str):
     from tqdm import tqdm
 
     return tqdm(desc=desc, unit=" lines", mininterval=1.0)
-
-
-def pad_batch(rows: Sequence[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad rows (each cut to max_len) to the longest row; returns ids and a validity mask."""
-    width = min(max_len, max(len(row) for row in rows))
-    ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
-    valid = np.zeros((len(rows), width), dtype=bool)
-    for r, row in enumerate(rows):
-        n = min(len(row), width)
-        ids[r, :n] = row[:n]
-        valid[r, :n] = True
-    return ids, valid

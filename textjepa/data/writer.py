@@ -15,28 +15,17 @@ from pathlib import Path
 
 from textjepa.data.lines import TAB, LineStats, escape
 from textjepa.errors import TextJepaError
+from textjepa.io import TEMP_MARK, commit_temp, temp_path, writer_alive
 
 try:  # POSIX only; without it stale temporary files are recognised by their dead process id alone.
     import fcntl
 except ImportError:  # pragma: no cover - not on the project's machines
     fcntl = None  # type: ignore[assignment]
 
-_TMP_MARK = ".tmp-"
-
 
 def clean_field(text: str) -> str:
     """One field of one record: `\\n` escapes for newlines, no TAB, no NUL, no outer whitespace."""
     return escape(text.replace("\x00", "")).strip()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
 
 
 def ensure_parent_dir(path: Path) -> None:
@@ -69,7 +58,7 @@ class AtomicLineFile:
         self._lock_wanted = lock and fcntl is not None
         self._lock_handle = None
         self._handle = None
-        self.tmp = self.path.with_name(f".{self.path.name}{_TMP_MARK}{os.getpid()}")
+        self.tmp = temp_path(self.path)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -97,11 +86,10 @@ class AtomicLineFile:
 
     def remove_stale_temporaries(self) -> list[Path]:
         removed = []
-        for candidate in self.path.parent.glob(f".{self.path.name}{_TMP_MARK}*"):
+        for candidate in self.path.parent.glob(f".{self.path.name}{TEMP_MARK}*"):
             if candidate == self.tmp:
                 continue
-            pid_text = candidate.name.rsplit(_TMP_MARK, 1)[-1]
-            stale = self._lock_wanted or not pid_text.isdigit() or not _pid_alive(int(pid_text))
+            stale = self._lock_wanted or not writer_alive(candidate)
             if stale:
                 with contextlib.suppress(FileNotFoundError):
                     candidate.unlink()
@@ -164,13 +152,9 @@ class AtomicLineFile:
     def commit(self, what: str = "lines") -> Path:
         """Rename the temporary file to the final name; a file with no line is an error, not a result."""
         handle, self._handle = self._handle, None
-        try:
-            handle.flush()
-            os.fsync(handle.fileno())
-        finally:
-            handle.close()
+        handle.close()
         if self.lines == 0:
             self.tmp.unlink(missing_ok=True)
             raise TextJepaError(f"no usable {what} to write to {self.path}; nothing was written")
-        os.replace(self.tmp, self.path)
+        commit_temp(self.tmp, self.path)
         return self.path

@@ -25,6 +25,7 @@ from textjepa.decoders.models import LLM_INSTALL, ModelSource, import_optional
 from textjepa.decoders.prefix import DecoderFingerprint, fingerprint_from_embeddings
 from textjepa.decoders.prompting import chat_prompt_text
 from textjepa.errors import TextJepaError
+from textjepa.io import atomic_directory
 from textjepa.settings import Settings
 
 # Only GGUFs up to this size are cached dequantized (float32 is ~5x a Q4 file).
@@ -129,20 +130,14 @@ def _from_pretrained(folder: str, gguf_file: str | None, dtype: torch.dtype):
 
 def _save_converted(model, tokenizer, target: Path) -> None:
     """Write the dequantized model as a plain folder, atomically (temp dir + rename)."""
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        # The GGUF "quantizer" transformers attaches is only a loading aid; the weights are float now.
-        model.hf_quantizer = None
-        model.config.__dict__.pop("quantization_config", None)
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        if target.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        with atomic_directory(target) as tmp:
+            # The GGUF "quantizer" transformers attaches is only a loading aid; the weights are float now.
+            model.hf_quantizer = None
+            model.config.__dict__.pop("quantization_config", None)
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
     except OSError as exc:  # a cache that cannot be written only costs time
-        shutil.rmtree(tmp, ignore_errors=True)
         print(f"note: could not cache the converted GGUF in {target.parent}: {exc}", file=sys.stderr)
 
 

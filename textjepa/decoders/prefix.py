@@ -12,18 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from textjepa.data.tokens import tokenizer_hash
 from textjepa.errors import TextJepaError
+from textjepa.io import write_safetensors
 
 BRIDGE_FORMAT = "textjepa-bridge"
 BRIDGE_VERSION = 1
@@ -170,10 +169,7 @@ def save_bridge(path: Path, bridge: Bridge) -> None:
         "world": json.dumps(bridge.world),
         "info": json.dumps(bridge.info),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    write_safetensors(path, tensors, metadata)
 
 
 def load_bridge(path: str | Path) -> Bridge:

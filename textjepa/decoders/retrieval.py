@@ -7,7 +7,6 @@ the training split's next turns (deduplicated), beside the reply texts, and the 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,24 +14,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from textjepa.data.batches import iter_split_batches
 from textjepa.data.lines import escape, unescape
-from textjepa.data.tokens import TokenStore, atomic_write_text
+from textjepa.data.tokens import TokenStore
 from textjepa.decoders.base import Conditioning, Generation
 from textjepa.errors import TextJepaError
+from textjepa.io import RunFiles, atomic_write_text, write_safetensors
 from textjepa.models.encoder import Encoder, masked_mean
 
 INDEX_FORMAT = "textjepa-index"
 MAX_INDEX_ENTRIES = 200_000
-
-
-def index_paths(model_path: Path) -> tuple[Path, Path]:
-    stem = model_path.name.replace(".safetensors", "")
-    # Not *.safetensors, so that a shell glob model_world_*.safetensors still names only the checkpoints.
-    return model_path.with_name(f"{stem}.index"), model_path.with_name(f"{stem}.replies.txt")
 
 
 @torch.no_grad()
@@ -47,7 +40,8 @@ def build_retrieval_index(
     device: torch.device,
     batch: int = 128,
 ) -> Path:
-    index_file, replies_file = index_paths(model_path)
+    files = RunFiles(model_path)
+    index_file, replies_file = files.index, files.replies
     seen: dict[str, int] = {}
     latents: list[torch.Tensor] = []
     total = torch.zeros(teacher.config.dim, dtype=torch.float64)
@@ -70,14 +64,11 @@ def build_retrieval_index(
     matrix = F.normalize(torch.stack(latents), dim=-1)
     mean = (total / max(1, count)).float()
     atomic_write_text(replies_file, "\n".join(escape(text) for text in seen) + "\n")
-    tmp = index_file.with_name(f".{index_file.name}.tmp-{os.getpid()}")
-    save_file(
+    write_safetensors(
+        index_file,
         {"latents": matrix.contiguous(), "mean_next_latent": mean.contiguous()},
-        str(tmp),
-        metadata={"format": INDEX_FORMAT, "checkpoint": model_path.name, "replies": replies_file.name},
+        {"format": INDEX_FORMAT, "checkpoint": model_path.name, "replies": replies_file.name},
     )
-    tmp.chmod(0o644)
-    os.replace(tmp, index_file)
     return index_file
 
 
@@ -87,7 +78,8 @@ class RetrievalIndex:
 
     @classmethod
     def load(cls, model_path: Path) -> RetrievalIndex:
-        index_file, replies_file = index_paths(model_path)
+        files = RunFiles(model_path)
+        index_file, replies_file = files.index, files.replies
         if not index_file.is_file() or not replies_file.is_file():
             raise TextJepaError(
                 f"retrieval index {index_file.name} not found beside {model_path.name}; it is written at the end of "

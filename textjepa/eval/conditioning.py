@@ -26,6 +26,7 @@ from textjepa.decoders.models import resolve_decoder_model
 from textjepa.decoders.prefix import check_prefix_tokens, load_bridge
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import write_json_report
+from textjepa.io import RunKind
 from textjepa.runtime import configure_threads, resolve_device
 from textjepa.train.bridge import derangement
 from textjepa.train.bridge_data import conditioning_latents, lm_examples, read_pairs, split_pairs
@@ -62,10 +63,10 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
     bridge = load_bridge(cfg.bridge)
     bridge.check_world(checkpoint)
     check_prefix_tokens(bridge.prefix_tokens)
-    data_arg = cfg.data or checkpoint.info.get("data", {}).get("path")
+    data_arg = cfg.data or checkpoint.data.source
     if not data_arg:
         raise TextJepaError("no DATA given and the world checkpoint does not record its training data")
-    data_path = resolve_data(data_arg, cfg.data_dir, "world")
+    data_path = resolve_data(data_arg, cfg.data_dir, RunKind.WORLD)
     pairs, stats = read_pairs(data_path, checkpoint)
     held_out = split_pairs(pairs, checkpoint, "val")[: cfg.max_pairs]
     print(f"{data_path}: {stats.summary()}; evaluating {len(held_out)} held-out pairs (world model's val split)")
@@ -115,7 +116,7 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
         "decoder_model": str(source),
         "data": str(data_path),
         "split": "val",
-        "split_rule": {k: checkpoint.info.get("data", {}).get(k) for k in ("val_fraction", "seed", "min_tokens")},
+        "split_rule": {k: checkpoint.data.to_info()[k] for k in ("val_fraction", "seed", "min_tokens")},
         "pairs": len(examples),
         "reply_tokens": int(tokens),
         "prefix_tokens": bridge.prefix_tokens,

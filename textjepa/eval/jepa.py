@@ -7,13 +7,15 @@ from pathlib import Path
 
 import torch
 
-from textjepa.checkpoint import check_shape_overrides, load_checkpoint, teacher_path
+from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_with_teacher
 from textjepa.config import EvalConfig, MaskingConfig
 from textjepa.data.batches import iter_split_batches
+from textjepa.data.contract import DataContract
 from textjepa.data.sources import LATENT_RECORDS, load_corpus, recorded_data
 from textjepa.data.tokens import TokenStore, check_vocab_argument
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
+from textjepa.io import RunKind
 from textjepa.models.encoder import Encoder
 from textjepa.models.heads import LatentModel
 from textjepa.objectives.masking import span_ids
@@ -32,8 +34,7 @@ def jepa_metrics(
     masking: MaskingConfig,
     cfg: EvalConfig,
     split: str,
-    val_fraction: float,
-    train_seed: int,
+    data: DataContract,
     device: torch.device,
 ) -> dict[str, float]:
     """Span-level metrics: predictions and targets are mean-pooled over each masked span, then each
@@ -41,7 +42,7 @@ def jepa_metrics(
     generator = torch.Generator().manual_seed(cfg.seed)
     averager = MetricAverager()
     for batch in iter_split_batches(
-        store, cfg.batch, model.encoder.config.max_seq, split, val_fraction, train_seed, max_batches=cfg.steps
+        store, cfg.batch, data.max_seq, split, data.val_fraction, data.seed, max_batches=cfg.steps
     ):
         ids = torch.from_numpy(batch.ids["text"]).to(device)
         valid = torch.from_numpy(batch.valid["text"]).to(device)
@@ -63,21 +64,19 @@ def jepa_metrics(
 
 
 def load_latent_models(path: Path, device: torch.device):
-    checkpoint = load_checkpoint(path, expect_kind="latent")
+    checkpoint, teacher_checkpoint = load_with_teacher(path, expect_kind=RunKind.LATENT)
     model = LatentModel(checkpoint.config)
     model.encoder.load_state_dict(checkpoint.module_state("encoder"))
     model.predictor.load_state_dict(checkpoint.module_state("predictor"))
     teacher = copy.deepcopy(model.encoder)
-    teacher_file = teacher_path(checkpoint.path)
-    if teacher_file.is_file():
-        teacher.load_state_dict(load_checkpoint(teacher_file, expect_kind="latent").module_state("encoder"))
+    teacher.load_state_dict(teacher_checkpoint.module_state("encoder"))
     return checkpoint, model.to(device).eval(), teacher.to(device).eval()
 
 
-def choose_split(requested: str, store: TokenStore, info: dict) -> str:
+def choose_split(requested: str, store: TokenStore, checkpoint: Checkpoint) -> str:
     if requested != "auto":
         return requested
-    return "val" if store.corpus_hash == info.get("data", {}).get("corpus_hash") else "all"
+    return "val" if store.corpus_hash == checkpoint.data.corpus_hash else "all"
 
 
 def evaluate_jepa(cfg: EvalConfig) -> dict:
@@ -87,19 +86,15 @@ def evaluate_jepa(cfg: EvalConfig) -> dict:
     check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
     if cfg.vocab:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
-    data_info = checkpoint.info.get("data", {})
-    path, data = recorded_data(cfg.data, checkpoint.info, cfg.data_dir, "latent")
+    path, data = recorded_data(cfg.data, checkpoint.data, checkpoint.kind, cfg.data_dir)
     _, store = load_corpus(path, LATENT_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
-    split = choose_split(cfg.split, store, checkpoint.info)
+    split = choose_split(cfg.split, store, checkpoint)
     masking = MaskingConfig(**checkpoint.info.get("masking", {}))
-    seed = data_info.get("seed", 0)
-    trained = jepa_metrics(model, teacher, store, masking, cfg, split, data.val_fraction, seed, device)
+    trained = jepa_metrics(model, teacher, store, masking, cfg, split, checkpoint.data, device)
     torch.manual_seed(cfg.seed)
     baseline_model = LatentModel(checkpoint.config).to(device).eval()
     baseline_teacher = copy.deepcopy(baseline_model.encoder)
-    untrained = jepa_metrics(
-        baseline_model, baseline_teacher, store, masking, cfg, split, data.val_fraction, seed, device
-    )
+    untrained = jepa_metrics(baseline_model, baseline_teacher, store, masking, cfg, split, checkpoint.data, device)
     print(f"eval-jepa {checkpoint.path.name} on {path} ({split} split, {int(trained['spans'])} masked spans)")
     print(format_table({"trained": trained, "untrained baseline": untrained}, JEPA_COLUMNS))
     report = {

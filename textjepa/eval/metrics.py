@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from textjepa.data.tokens import atomic_write_text
 from textjepa.errors import TextJepaError
+from textjepa.io import atomic_write_text
 
 
 def retrieval_metrics(prediction: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:

@@ -42,20 +42,14 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     if cfg.vocab:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
     mean_next = RetrievalIndex.load(checkpoint.path).mean_next_latent.to(device)
-    data_info = checkpoint.info.get("data", {})
-    path, data = recorded_data(cfg.data, checkpoint.info, cfg.data_dir, "world")
+    path, data = recorded_data(cfg.data, checkpoint.data, checkpoint.kind, cfg.data_dir)
     _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     mapping = action_mapping(store, checkpoint.config.actions, checkpoint.path.name)
-    split = choose_split(cfg.split, store, checkpoint.info)
+    split = choose_split(cfg.split, store, checkpoint)
+    contract = checkpoint.data
     rows = {"world model": MetricAverager(), "copy baseline": MetricAverager(), "mean baseline": MetricAverager()}
     for batch in iter_split_batches(
-        store,
-        cfg.batch,
-        checkpoint.config.max_seq,
-        split,
-        data.val_fraction,
-        data_info.get("seed", 0),
-        max_batches=cfg.steps,
+        store, cfg.batch, contract.max_seq, split, contract.val_fraction, contract.seed, max_batches=cfg.steps
     ):
         tensors = batch_tensors(batch, mapping, device)
         state = world.state(tensors["ids"], tensors["valid"])

@@ -131,13 +131,14 @@ class ModelWorker:
 
     def _condition_texts(self, texts: list[str]) -> list[Conditioned]:
         conditionings, encoded = self.agent.condition(texts)
-        limit = self.agent.config.max_seq
-        return [Conditioned(c, min(n, limit)) for c, n in zip(conditionings, encoded.token_counts)]
+        return [Conditioned(c, n) for c, n in zip(conditionings, encoded.kept_counts)]
 
     def _embed_texts(self, texts: list[str]) -> Embedded:
-        vectors = [self.agent.embed(texts[i : i + self.max_batch]) for i in range(0, len(texts), self.max_batch)]
-        limit = self.agent.config.max_seq
-        counts = [min(len(e.ids), limit) for e in self.agent.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        vectors, counts = [], []
+        for start in range(0, len(texts), self.max_batch):
+            encoded = self.agent.tokenize(texts[start : start + self.max_batch])
+            vectors.append(self.agent.embed_encoded(encoded))
+            counts += encoded.kept_counts
         return Embedded(torch.cat(vectors), counts)
 
 

@@ -33,6 +33,7 @@ from textjepa.decoders.prefix import (
 )
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
+from textjepa.io import RunFiles, RunKind
 from textjepa.runtime import configure_threads, resolve_device, seed_everything
 from textjepa.train.bridge_align import align_projector
 from textjepa.train.bridge_data import LMExample, conditioning_latents, lm_examples, read_pairs, split_pairs
@@ -100,7 +101,7 @@ def mean_nll(
 
 def default_bridge_path(out_dir: Path, lm_name: str, world_file: str) -> Path:
     lm_stem = lm_name.rsplit(".", 1)[0] if lm_name.endswith(".gguf") else lm_name
-    world_stem = world_file.replace(".safetensors", "")
+    world_stem = RunFiles(Path(world_file)).stem
     return out_dir / f"bridge_{lm_stem}_{world_stem}.safetensors"
 
 
@@ -110,7 +111,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     checkpoint, world, teacher = load_world(Path(cfg.world_model), device)
-    data_path = resolve_data(cfg.data, cfg.data_dir, "world")
+    data_path = resolve_data(cfg.data, cfg.data_dir, RunKind.WORLD)
     pairs, stats = read_pairs(data_path, checkpoint)
     train_pairs = split_pairs(pairs, checkpoint, "train")
     print(f"{data_path}: {stats.summary()}; {len(train_pairs)} in the world model's training split")
@@ -181,7 +182,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         },
         "world_model": str(checkpoint.path),
     }
-    metrics_path = out_path.with_name(out_path.name.replace(".safetensors", ".metrics.jsonl"))
+    metrics_path = RunFiles(out_path).metrics
     metrics_path.write_text("")
     shuffle = derangement(len(val), cfg.train.seed) if len(val) >= 2 else None
     best = math.inf

@@ -1,10 +1,9 @@
 """context -> next_turn pairs for the prefix bridge, split exactly as the world model split them.
 
 A pair's record number is its position among the usable pairs of the file under the same rules as
-the world model's token store (the world tokenizer, the checkpoint's `min_tokens` and
-`max_line_bytes`), so `is_validation(record, val_fraction, seed)` with the values stored in the
-world checkpoint's `info["data"]` picks the very pairs the world model held out. train-bridge learns
-on the world model's training split; eval-conditioning measures on its validation split.
+the world model's token store (the world tokenizer and the checkpoint's data contract: `min_tokens`,
+`max_line_bytes`), so the contract's `is_validation` picks the very pairs the world model held out.
+train-bridge learns on the world model's training split; eval-conditioning measures on its validation split.
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ import numpy as np
 import torch
 
 from textjepa.checkpoint import Checkpoint
-from textjepa.data.batches import is_validation
+from textjepa.data.contract import Field, token_ids
 from textjepa.data.lines import LineStats, iter_world_pairs, require_usable
-from textjepa.data.tokens import encode_texts
 from textjepa.decoders.hf_model import CausalLM
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
@@ -35,34 +33,16 @@ class PairRecord:
     reply: str
 
 
-@dataclass
-class SplitRule:
-    val_fraction: float
-    seed: int
-    min_tokens: int
-    max_line_bytes: int
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint) -> SplitRule:
-        data = checkpoint.info.get("data", {})
-        return cls(
-            val_fraction=float(data.get("val_fraction", 0.05)),
-            seed=int(data.get("seed", 0)),
-            min_tokens=int(data.get("min_tokens", 1)),
-            max_line_bytes=int(data.get("max_line_bytes", 1_000_000)),
-        )
-
-
 def read_pairs(path: Path, checkpoint: Checkpoint) -> tuple[list[PairRecord], LineStats]:
-    rule = SplitRule.from_checkpoint(checkpoint)
+    contract = checkpoint.data
     stats = LineStats()
     pairs: list[PairRecord] = []
-    reader = iter_world_pairs(path, rule.max_line_bytes, stats)
+    reader = iter_world_pairs(path, contract.max_line_bytes, stats)
     while chunk := list(islice(reader, _CHUNK)):
-        contexts = encode_texts(checkpoint.tokenizer, [p.context for p in chunk])
-        replies = encode_texts(checkpoint.tokenizer, [p.next_turn for p in chunk])
+        contexts = token_ids(checkpoint.tokenizer, [p.context for p in chunk])
+        replies = token_ids(checkpoint.tokenizer, [p.next_turn for p in chunk])
         for pair, c, r in zip(chunk, contexts, replies):
-            if len(c) < rule.min_tokens or len(r) < rule.min_tokens:
+            if not contract.long_enough(c, r):
                 stats.skip("too few tokens")
                 continue
             pairs.append(PairRecord(len(pairs), pair.context, pair.next_turn))
@@ -73,8 +53,7 @@ def read_pairs(path: Path, checkpoint: Checkpoint) -> tuple[list[PairRecord], Li
 
 def split_pairs(pairs: Sequence[PairRecord], checkpoint: Checkpoint, split: str) -> list[PairRecord]:
     """split: "train" or "val" (the world model's held-out pairs)."""
-    rule = SplitRule.from_checkpoint(checkpoint)
-    held = is_validation(np.asarray([p.record for p in pairs], dtype=np.int64), rule.val_fraction, rule.seed)
+    held = checkpoint.data.is_validation(np.asarray([p.record for p in pairs], dtype=np.int64))
     want = split == "val"
     return [p for p, h in zip(pairs, held) if bool(h) == want]
 
@@ -125,18 +104,15 @@ def predicted_latents(
 def reply_latents(
     checkpoint: Checkpoint, teacher, replies: Sequence[str], device: torch.device, batch: int = 256
 ) -> torch.Tensor:
-    """The teacher's pooled latents of the true replies [N, dim] (first max_seq tokens, as the world model's
-    targets): what a perfect world model would predict. Used only by the --oracle-latent diagnostic."""
-    from textjepa.data.tokens import pad_batch
+    """The teacher's pooled latents of the true replies [N, dim] (encoded as replies under the data contract, as
+    the world model's targets): what a perfect world model would predict. Used only by the --oracle-latent
+    diagnostic."""
     from textjepa.models.encoder import masked_mean
 
     out = []
     for start in range(0, len(replies), batch):
-        rows = [
-            np.asarray(r, dtype=np.int64) for r in encode_texts(checkpoint.tokenizer, replies[start : start + batch])
-        ]
-        ids, valid = pad_batch([r if len(r) else np.zeros(1, dtype=np.int64) for r in rows], checkpoint.config.max_seq)
-        ids_t, valid_t = torch.from_numpy(ids).to(device), torch.from_numpy(valid).to(device)
+        rows = checkpoint.data.encode(checkpoint.tokenizer, replies[start : start + batch], Field.REPLY)
+        ids_t, valid_t = torch.from_numpy(rows.ids).to(device), torch.from_numpy(rows.valid).to(device)
         out.append(masked_mean(teacher(ids_t, valid_t), valid_t).float().cpu())
     return torch.cat(out)
 

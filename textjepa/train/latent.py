@@ -15,6 +15,7 @@ from textjepa.data.batches import Batch, iter_split_batches
 from textjepa.data.sources import LATENT_RECORDS, load_corpus, resolve_data
 from textjepa.data.tokens import TokenStore
 from textjepa.errors import TextJepaError
+from textjepa.io import RunKind
 from textjepa.models.heads import LatentModel
 from textjepa.objectives.jepa import alignment_loss, regularizer_loss
 from textjepa.objectives.masking import keyed_uniforms, mask_uniform_columns, sample_span_mask
@@ -61,7 +62,7 @@ def masked_view(
 
 
 class LatentStage:
-    kind = "latent"
+    kind = RunKind.LATENT
 
     def __init__(
         self,
@@ -131,7 +132,7 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
     cfg.model.validate()
     with training_session(cfg.train) as (device, dist, out_dir):
         with local_main_first(dist):  # caches are built once per node, then shared
-            path = resolve_data(cfg.data.path, cfg.data.data_dir, "latent")
+            path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.LATENT)
             tokenizer, store = load_corpus(
                 path, LATENT_RECORDS, cfg.data, None, cfg.model.vocab_size, cfg.train.progress
             )

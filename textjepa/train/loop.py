@@ -25,17 +25,16 @@ from textjepa.checkpoint import (
     ensure_writable_dir,
     find_latest_state,
     load_training_state,
-    model_path,
     save_checkpoint,
     save_tokenizer_files,
     save_training_state,
-    state_path,
-    teacher_path,
 )
 from textjepa.config import DataConfig, ModelConfig, TrainConfig
 from textjepa.data.batches import Batch, TrainSampler, UnionSampler
-from textjepa.data.tokens import TokenStore, atomic_write_text, tokenizer_hash
+from textjepa.data.contract import DataContract
+from textjepa.data.tokens import TokenStore, tokenizer_hash
 from textjepa.errors import TextJepaError
+from textjepa.io import RunFiles, RunKind, atomic_write_text, remove_stale_temp_files
 from textjepa.models.encoder import count_parameters, format_size
 from textjepa.runtime import (
     Distributed,
@@ -54,7 +53,7 @@ from textjepa.train.schedules import ema_momentum, lr_factor
 
 
 class Stage(Protocol):
-    kind: str
+    kind: RunKind
     config: ModelConfig
     tokenizer: Tokenizer
     model: nn.Module  # the trainable parts; forward(**inputs) -> (loss, metrics)
@@ -145,6 +144,7 @@ def run_training(
     out_dir: Path,
     dist: Distributed,
     run_info: dict,
+    data: DataContract,
 ) -> TrainResult:
     """Train `stage` for train.steps steps, validating, keeping the best checkpoint and the training state.
 
@@ -154,15 +154,14 @@ def run_training(
     """
     model = stage.model
     size = format_size(count_parameters(model))
-    best_path = model_path(out_dir, stage.kind, size)
-    training_state_path = state_path(best_path)
-    metrics_path = best_path.with_name(best_path.name.replace(".safetensors", ".metrics.jsonl"))
+    files = RunFiles.create(out_dir, stage.kind, size)
+    best_path, training_state_path, metrics_path = files.model, files.state, files.metrics
 
     optimizer = build_optimizer(model, train, getattr(stage, "lr_scales", None))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
     start_step, best_score, best_metrics = 0, float("-inf"), {}
     if dist.is_main:
-        _remove_stale_temp_files(out_dir)
+        remove_stale_temp_files(out_dir)
 
     emulate = Settings.from_env().emulate_world_size
     if emulate > 1:
@@ -206,7 +205,7 @@ def run_training(
         )
 
     if dist.is_main:
-        save_tokenizer_files(out_dir, stage.kind, stage.tokenizer)
+        save_tokenizer_files(files, stage.kind, stage.tokenizer)
 
     def save_state(step: int, rank_states: list[dict]) -> None:
         if not dist.is_main:
@@ -214,7 +213,7 @@ def run_training(
         save_training_state(
             training_state_path,
             {
-                "kind": stage.kind,
+                "kind": str(stage.kind),
                 "config": stage.config.to_dict(),
                 "tokenizer_hash": tokenizer_hash(stage.tokenizer),
                 "step": step,
@@ -280,7 +279,7 @@ def run_training(
                     _append_jsonl(metrics_path, {"step": done, "split": "val", **val})
                     if val["score"] > best_score:
                         best_score, best_metrics = val["score"], {"step": done, **val}
-                        _save_model_files(stage, best_path, {**run_info, "step": done, "val": val})
+                        _save_model_files(stage, files, {**run_info, "step": done, "val": val}, data)
                     save_state(done, rank_states)
                     if bar is not None:
                         bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
@@ -306,7 +305,7 @@ def run_training(
         stage.finish(best_path)
         from textjepa.plot import plot_metrics
 
-        plot_metrics(metrics_path, metrics_path.with_suffix(".png"))
+        plot_metrics(metrics_path, files.png)
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in best_metrics.items() if isinstance(v, float))
         print(f"best checkpoint: {best_path} (step {best_metrics.get('step')}: {metrics})")
     return TrainResult(
@@ -317,7 +316,7 @@ def run_training(
 # ---------------------------------------------------------------- resume
 
 
-def _resolve_resume(train: TrainConfig, out_dir: Path, kind: str) -> Path | None:
+def _resolve_resume(train: TrainConfig, out_dir: Path, kind: RunKind) -> Path | None:
     if not train.resume:
         return None
     if train.resume == "auto":
@@ -405,28 +404,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _remove_stale_temp_files(out_dir: Path) -> None:
-    """Temporary files (`.NAME.tmp-PID`) of writers that no longer run: a crash mid-write leaves them."""
-    for path in out_dir.glob(".*.tmp-*"):
-        pid_text = path.name.rsplit(".tmp-", 1)[1]
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
-            continue
-        try:
-            path.unlink()
-        except OSError:
-            pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ---------------------------------------------------------------- distributed helpers and debugging
 
 
@@ -474,11 +451,11 @@ class DebugLog:
         _append_jsonl(self.path, record)
 
 
-def _save_model_files(stage: Stage, path: Path, info: dict) -> None:
+def _save_model_files(stage: Stage, files: RunFiles, info: dict, data: DataContract) -> None:
     online, teacher = stage.checkpoint_tensors()
     info = {**stage.checkpoint_info(), **info}
-    save_checkpoint(path, stage.kind, "online", stage.config, online, stage.tokenizer, info)
-    save_checkpoint(teacher_path(path), stage.kind, "teacher", stage.config, teacher, stage.tokenizer, info)
+    save_checkpoint(files.model, stage.kind, "online", stage.config, online, stage.tokenizer, info, data)
+    save_checkpoint(files.teacher, stage.kind, "teacher", stage.config, teacher, stage.tokenizer, info, data)
 
 
 def _check_resumable(state: dict, stage: Stage, source: Path) -> None:
@@ -497,19 +474,9 @@ def _append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def describe_run(path: Path, store: TokenStore, data: DataConfig, train: TrainConfig) -> dict:
-    """What a checkpoint records about its run: the data (so eval can find the same held-out split) and settings."""
-    return {
-        "data": {
-            "path": str(path),
-            "corpus_hash": store.corpus_hash,
-            "val_fraction": data.val_fraction,
-            "seed": train.seed,
-            "min_tokens": data.min_tokens,
-            "max_line_bytes": data.max_line_bytes,
-        },
-        "train": dataclasses.asdict(train),
-    }
+def describe_run(train: TrainConfig) -> dict:
+    """What a checkpoint records about its run's settings (its data contract is recorded beside them)."""
+    return {"train": dataclasses.asdict(train)}
 
 
 @contextmanager
@@ -541,14 +508,15 @@ def train_on_store(
     dist: Distributed,
 ) -> TrainResult:
     """This rank's share of the training split, batched, through the shared loop."""
+    contract = DataContract.for_training(data, max_seq, train.seed, str(path), store.corpus_hash)
     sampler = TrainSampler(
         store,
         train.batch,
-        max_seq,
-        data.val_fraction,
-        train.seed,
+        contract.max_seq,
+        contract.val_fraction,
+        contract.seed,
         train.bucket_by_length,
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    return run_training(stage, sampler, train, out_dir, dist, describe_run(path, store, data, train))
+    return run_training(stage, sampler, train, out_dir, dist, describe_run(train), contract)

@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, teacher_path
+from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, load_teacher, load_with_teacher
 from textjepa.config import ModelConfig, WorldConfig
 from textjepa.data.batches import Batch, iter_split_batches
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, resolve_data
@@ -18,6 +18,7 @@ from textjepa.data.tokens import TokenStore
 from textjepa.decoders.retrieval import build_retrieval_index
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import retrieval_metrics
+from textjepa.io import RunKind
 from textjepa.models.encoder import masked_mean
 from textjepa.models.heads import WorldModel
 from textjepa.objectives.jepa import alignment_loss, info_nce, regularizer_loss, similarity_structure_loss
@@ -107,7 +108,7 @@ def batch_tensors(batch: Batch, mapping: torch.Tensor, device: torch.device) -> 
 
 
 class WorldStage:
-    kind = "world"
+    kind = RunKind.WORLD
 
     def __init__(
         self,
@@ -132,12 +133,10 @@ class WorldStage:
     def _load_init(self, init: Checkpoint) -> None:
         world = self.model.world
         world.encoder.load_state_dict(init.module_state("encoder"))
-        if init.kind == "world":
+        if init.kind == RunKind.WORLD:
             world.transition.load_state_dict(init.module_state("transition"))
             world.bridge.load_state_dict(init.module_state("bridge"))
-        teacher_file = teacher_path(init.path)
-        source = load_checkpoint(teacher_file) if teacher_file.is_file() else init
-        self.teacher.load_state_dict(source.module_state("encoder"))
+        self.teacher.load_state_dict(load_teacher(init).module_state("encoder"))
 
     def _target(self, tensors: dict) -> torch.Tensor:
         with torch.no_grad():
@@ -199,7 +198,7 @@ class WorldStage:
 
     def finish(self, best_path: Path) -> None:
         """The retrieval decoder's index: teacher latents of the training next turns, from the best checkpoint."""
-        best_teacher = load_checkpoint(teacher_path(best_path), expect_kind="world")
+        _, best_teacher = load_with_teacher(best_path, expect_kind=RunKind.WORLD)
         teacher = copy.deepcopy(self.teacher)
         teacher.load_state_dict(best_teacher.module_state("encoder"))
         index_path = build_retrieval_index(
@@ -224,7 +223,7 @@ def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig
         return dataclasses.replace(cfg.model, **values), None, None
     init = load_checkpoint(cfg.init_encoder)
     checked = {k: v for k, v in overrides.items() if v is not None}
-    if init.kind == "latent":
+    if init.kind == RunKind.LATENT:
         bridge_dim = checked.pop("bridge_dim", cfg.model.bridge_dim)
         check_shape_overrides(init.config, checked, init.path)
         config = dataclasses.replace(init.config, bridge_dim=bridge_dim, actions=list(cfg.model.actions))
@@ -240,11 +239,11 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainR
         config, tokenizer, init = resolve_world_config(cfg, shape_overrides or {})
         config.validate()
         with local_main_first(dist):  # caches are built once per node, then shared
-            path = resolve_data(cfg.data.path, cfg.data.data_dir, "world")
+            path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.WORLD)
             tokenizer, store = load_corpus(
                 path, WORLD_RECORDS, cfg.data, tokenizer, config.vocab_size, cfg.train.progress
             )
-        if init is None or init.kind == "latent":
+        if init is None or init.kind == RunKind.LATENT:
             config = dataclasses.replace(
                 config, vocab_size=tokenizer.get_vocab_size(), actions=list(store.action_names)
             )

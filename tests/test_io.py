@@ -1,0 +1,107 @@
+"""Files on disk: atomic writes, the names of a run's files, and the one loader of a checkpoint's teacher."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import synthetic_lines
+
+from textjepa.checkpoint import load_with_teacher, save_checkpoint
+from textjepa.config import ModelConfig
+from textjepa.data.tokens import train_tokenizer
+from textjepa.errors import TextJepaError
+from textjepa.io import (
+    RunFiles,
+    RunKind,
+    atomic_directory,
+    atomic_write,
+    atomic_write_text,
+    remove_stale_temp_files,
+    writer_alive,
+)
+
+
+def test_an_interrupted_write_leaves_the_earlier_file_and_no_temporary(tmp_path):
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "complete\n")
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "complete\n"
+    assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_stale_temporaries_are_removed_only_when_their_writer_is_gone(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".a.safetensors.tmp-{int(dead.stdout)}"
+    live = tmp_path / f".b.safetensors.tmp-{os.getppid()}"  # a running process (pytest's parent)
+    for path in (stale, live):
+        path.write_text("partial")
+    assert not writer_alive(stale) and writer_alive(live)
+    remove_stale_temp_files(tmp_path)
+    assert not stale.exists() and live.exists()
+
+
+def test_an_atomic_directory_appears_complete_or_not_at_all(tmp_path):
+    target = tmp_path / "store"
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "part.bin").write_bytes(b"x")
+        raise RuntimeError("killed mid-build")
+    assert os.listdir(tmp_path) == []
+    with atomic_directory(target) as tmp:
+        (tmp / "meta.json").write_text("{}")
+    assert os.listdir(tmp_path) == ["store"] and (target / "meta.json").is_file()
+
+
+def test_run_files_are_named_from_the_checkpoint():
+    files = RunFiles.create(Path("runs"), RunKind.LATENT, "9.51M")
+    assert files.model.name == "model_latent_9.51M.safetensors"
+    names = [files.teacher, files.state, files.metrics, files.png, files.index, files.replies, files.tokenizer]
+    assert [p.name for p in names] == [
+        "model_latent_9.51M_teacher.safetensors",
+        "model_latent_9.51M.state.pt",
+        "model_latent_9.51M.metrics.jsonl",
+        "model_latent_9.51M.metrics.png",
+        "model_latent_9.51M.index",
+        "model_latent_9.51M.replies.txt",
+        "tokenizer.json",
+    ]
+    assert files.vocab(RunKind.WORLD).name == "vocab_world.txt" and all(p.parent.name == "runs" for p in names)
+    assert RunFiles.is_teacher(files.teacher) and not RunFiles.is_teacher(files.model)
+    # The kind is a str enum: what the metadata and the file names record is unchanged.
+    assert RunKind("world") is RunKind.WORLD and f"{RunKind.WORLD}" == "world" == RunKind.WORLD
+
+
+@pytest.fixture
+def saved_pair(tmp_path):
+    tokenizer = train_tokenizer(synthetic_lines(100), 300)
+    config = ModelConfig(vocab_size=tokenizer.get_vocab_size(), dim=32, layers=1, heads=2, max_seq=16)
+    files = RunFiles.create(tmp_path, RunKind.LATENT, "tiny")
+    tensors = {"encoder.w": torch.ones(2)}
+    save_checkpoint(files.model, RunKind.LATENT, "online", config, tensors, tokenizer, {"step": 4})
+    save_checkpoint(files.teacher, RunKind.LATENT, "teacher", config, tensors, tokenizer, {"step": 4})
+    return files, config, tokenizer
+
+
+def test_the_teacher_is_loaded_beside_its_checkpoint(saved_pair):
+    files, _, _ = saved_pair
+    online, teacher = load_with_teacher(files.model, RunKind.LATENT)
+    assert online.role == "online" and teacher.role == "teacher" and teacher.path == files.teacher
+
+
+def test_a_missing_teacher_is_an_error_not_the_online_encoder(saved_pair):
+    files, _, _ = saved_pair
+    files.teacher.unlink()
+    with pytest.raises(TextJepaError, match="teacher checkpoint .*_teacher.safetensors not found"):
+        load_with_teacher(files.model)
+
+
+def test_a_teacher_of_another_run_is_refused(saved_pair):
+    files, config, tokenizer = saved_pair
+    tensors = {"encoder.w": torch.zeros(2)}
+    save_checkpoint(files.teacher, RunKind.LATENT, "teacher", config, tensors, tokenizer, {"step": 9})
+    with pytest.raises(TextJepaError, match="not the teacher of"):
+        load_with_teacher(files.model)

@@ -1,0 +1,178 @@
+"""Files on disk in one place: atomic writes, the names of a run's files, the kind of a run.
+
+Every file the package writes is written to a temporary name beside it (`.NAME.tmp-PID`) and renamed over
+the final name only when complete, so a crash never leaves a file that is later trusted. The process id in
+the temporary name tells a later run whether the writer is still alive (its file is in use) or gone (the
+file is stale and may be removed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+TEMP_MARK = ".tmp-"
+CHECKPOINT_SUFFIX = ".safetensors"
+TEACHER_SUFFIX = "_teacher" + CHECKPOINT_SUFFIX
+
+
+class RunKind(StrEnum):
+    """What a training run trains; its value is what checkpoints, states and file names record."""
+
+    LATENT = "latent"  # JEPA pretraining of the encoder (+ predictor)
+    WORLD = "world"  # the world model: encoder + transition + conditioning head
+
+
+# ---------------------------------------------------------------- temporary files and writer liveness
+
+
+def temp_path(path: Path) -> Path:
+    """The hidden temporary name this process writes `path` under."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def writer_alive(temp: Path) -> bool:
+    """Whether the process that named this temporary file or directory (`...tmp-PID`) still runs."""
+    pid = temp.name.rsplit(TEMP_MARK, 1)[-1]
+    return pid.isdigit() and pid_alive(int(pid))
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Hidden temporary files (`.NAME.tmp-PID`) of writers that no longer run: a crash mid-write leaves them."""
+    for path in directory.glob(f".*{TEMP_MARK}*"):
+        if writer_alive(path):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def commit_temp(tmp: Path, path: Path, shared: bool = False) -> None:
+    """Put a complete temporary file in place: flushed to disk, then renamed over `path` in one step.
+
+    shared: make the file readable by everyone (safetensors creates files private to the user; checkpoints
+    and indexes are meant to be shared).
+    """
+    if shared:
+        tmp.chmod(0o644)
+    descriptor = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_write(path: Path, shared: bool = False) -> Iterator[Path]:
+    """Yields the temporary path to write `path` under; a block that ends normally puts it in place
+    (`commit_temp`), one that raises removes it and leaves any earlier `path` untouched."""
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        commit_temp(tmp, path, shared)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file (checkpoint, index, bridge), written atomically and readable by everyone."""
+    from safetensors.torch import save_file
+
+    with atomic_write(path, shared=True) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+@contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yields an empty temporary directory (`NAME.tmp-PID`) that becomes `target` when the block ends normally.
+
+    Temporary directories of writers that are gone are removed first; another live process may be building the
+    same directory, and whichever finishes first wins (the other's copy is dropped, the content is the same).
+    A block that raises, or that removes the temporary directory itself (nothing worth keeping), leaves no trace.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f"{target.name}{TEMP_MARK}*"):
+        if not writer_alive(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.with_name(f"{target.name}{TEMP_MARK}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if tmp.exists() and not target.exists():
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the files of one run
+
+
+class RunFiles:
+    """The names of one run's files, all derived from its checkpoint path `model_<kind>_<size>.safetensors`.
+
+    Everything beside a checkpoint is found through here, never by editing its name in place.
+    """
+
+    def __init__(self, model: Path) -> None:
+        self.model = Path(model)
+        self.stem = self.model.name.removesuffix(CHECKPOINT_SUFFIX)
+
+        def sibling(suffix: str) -> Path:
+            return self.model.with_name(self.stem + suffix)
+
+        self.teacher = sibling(TEACHER_SUFFIX)  # the EMA teacher's checkpoint
+        self.state = sibling(".state.pt")  # the resumable training state
+        self.metrics = sibling(".metrics.jsonl")  # the metrics log, one JSON record a line
+        self.png = sibling(".metrics.png")  # the plot of the metrics log
+        # The retrieval decoder's latents and its reply texts (one escaped line per latent); the index is not
+        # *.safetensors, so a shell glob model_world_*.safetensors still names only the checkpoints.
+        self.index = sibling(".index")
+        self.replies = sibling(".replies.txt")
+        self.tokenizer = self.model.with_name("tokenizer.json")  # also embedded in every checkpoint
+
+    @classmethod
+    def create(cls, out_dir: Path, kind: RunKind, size: str) -> RunFiles:
+        return cls(out_dir / f"model_{kind}_{size}{CHECKPOINT_SUFFIX}")
+
+    def vocab(self, kind: RunKind) -> Path:
+        """The seed's vocab file of this kind of run (`vocab_latent.txt`, `vocab_world.txt`)."""
+        return self.model.with_name(f"vocab_{RunKind(kind)}.txt")
+
+    @staticmethod
+    def is_teacher(path: str | Path) -> bool:
+        return str(path).endswith(TEACHER_SUFFIX)
+
+    @staticmethod
+    def state_pattern(kind: RunKind) -> str:
+        """A glob for the training states of this kind in an output directory."""
+        return f"model_{RunKind(kind)}_*.state.pt"
