@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 import shutil
 import sys
 from collections.abc import Sequence
