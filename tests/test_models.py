@@ -5,9 +5,9 @@ import torch
 
 from textjepa.config import MaskingConfig, ModelConfig, TrainConfig
 from textjepa.models.encoder import Encoder, format_size, masked_mean
-from textjepa.objectives.jepa import alignment_loss, info_nce
 from textjepa.objectives.masking import sample_span_mask, span_ids
 from textjepa.objectives.regularizers import sigreg, vicreg_terms
+from textjepa.objectives.terms import alignment_loss, info_nce
 from textjepa.train.loop import ema_update
 from textjepa.train.schedules import ema_momentum, lr_factor
 

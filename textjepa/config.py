@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from textjepa.errors import TextJepaError
+from textjepa.objectives.jepa_loss import JepaLossConfig
+from textjepa.objectives.world_loss import WorldLossConfig
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<mask>")
 PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
@@ -91,11 +93,6 @@ class TrainConfig:
     resume: str | None = None  # a state file, or "auto" for the newest valid one in out_dir
     bucket_by_length: bool = True
     progress: bool = True
-    regularizer: str = "vicreg"  # or "sigreg"
-    var_weight: float = 1.0
-    cov_weight: float = 0.04
-    sigreg_weight: float = 0.05
-    sigreg_projections: int = 64
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -106,8 +103,6 @@ class TrainConfig:
             raise TextJepaError(f"global batch must be positive, got {self.global_batch}")
         if not self.lr > 0:
             raise TextJepaError(f"lr must be positive, got {self.lr}")
-        if self.regularizer not in ("vicreg", "sigreg"):
-            raise TextJepaError(f"regularizer must be vicreg or sigreg, got {self.regularizer!r}")
         if not 0 <= self.ema_start <= self.ema_end < 1:
             raise TextJepaError("EMA momenta must satisfy 0 <= start <= end < 1")
         if self.eval_every < 1:
@@ -135,11 +130,12 @@ class LatentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    loss: JepaLossConfig = field(default_factory=JepaLossConfig)
 
 
 @dataclass
 class WorldConfig:
-    """`textjepa train-world`: the next-turn transition and the decoder bridge."""
+    """`textjepa train-world`: the next-turn transition and the conditioning head."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(min_tokens=1))
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -147,14 +143,9 @@ class WorldConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_start=0.99, ema_end=0.999, lr=3e-4))
     init_encoder: str | None = None
     freeze_encoder_steps: int = 0
-    infonce_weight: float = 1.0
-    temperature: float = 0.05
-    bridge_weight: float = 1.0
     # A pretrained encoder is fine-tuned more gently than the freshly initialised transition.
     encoder_lr_scale: float = 1.0
-    # InfoNCE of the prediction against the online encoder's own latent of the next turn, so the encoder
-    # (and through the EMA the teacher) learns to represent replies, not only contexts.
-    reply_contrast_weight: float = 1.0
+    loss: WorldLossConfig = field(default_factory=WorldLossConfig)
 
 
 @dataclass
@@ -225,7 +216,7 @@ class BridgeTrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     warmup_fraction: float = 0.05
-    # Stage 1 (no LM forward): align the prefix with the LM's token embeddings (train/bridge_align.py).
+    # Stage 1 (no LM forward): align the prefix with the LM's token embeddings (bridge/align.py).
     align_steps: int = 1000
     align_batch: int = 64
     align_lr: float = 1e-3

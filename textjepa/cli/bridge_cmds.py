@@ -116,14 +116,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train_bridge(args: argparse.Namespace) -> int:
-    from textjepa.train.bridge import train_bridge
+    from textjepa.bridge.train import train_bridge
 
     train_bridge(config_from_args(BridgeTrainConfig, args, oracle=args.oracle_latent))
     return 0
 
 
 def run_eval_conditioning(args: argparse.Namespace) -> int:
-    from textjepa.eval.conditioning import evaluate_conditioning
+    from textjepa.bridge.evaluate import evaluate_conditioning
 
     evaluate_conditioning(
         config_from_args(ConditioningEvalConfig, args, json_path=args.json, oracle=args.oracle_latent)

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any, TypeVar
 
 from textjepa.config import DataConfig, ModelConfig, TrainConfig
+from textjepa.objectives.regularizers import RegularizerConfig
 
 ConfigT = TypeVar("ConfigT")
 
@@ -99,7 +100,7 @@ def add_train_args(parser: argparse.ArgumentParser, defaults: TrainConfig, data:
     group.add_argument(
         "--regularizer",
         choices=("vicreg", "sigreg"),
-        default=defaults.regularizer,
+        default=RegularizerConfig().regularizer,
         help="anti-collapse term (default %(default)s)",
     )
     group.add_argument(
@@ -144,7 +145,6 @@ def train_config(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfig
             "seed": args.seed,
             "eval_every": args.eval_every,
             "eval_batches": args.eval_batches,
-            "regularizer": args.regularizer,
             "ema_start": args.ema_start,
             "ema_end": args.ema_end,
             "bucket_by_length": not args.no_bucket,

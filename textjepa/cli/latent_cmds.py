@@ -99,6 +99,8 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def run_latent(args: argparse.Namespace) -> int:
+    from textjepa.objectives.jepa_loss import JepaLossConfig
+    from textjepa.objectives.regularizers import RegularizerConfig
     from textjepa.train.latent import train_latent
 
     defaults = LatentConfig()
@@ -107,6 +109,7 @@ def run_latent(args: argparse.Namespace) -> int:
         model=model_config(args, defaults.model),
         train=train_config(args, defaults.train),
         masking=MaskingConfig(args.max_spans, args.max_span_len, args.max_masked_ratio),
+        loss=JepaLossConfig(RegularizerConfig(regularizer=args.regularizer)),
     )
     train_latent(cfg)
     return 0

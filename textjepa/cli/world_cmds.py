@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = WorldConfig()
     t = subparsers.add_parser(
         "train-world",
-        help="train the next-turn world model and its decoder bridge",
+        help="train the next-turn world model and its conditioning head",
         description=(
             "Learn context -> next_turn transitions from `context<TAB>next_turn` or `context|||next_turn` lines "
             "(an optional third column is the action; default reply). Writes model_world_<size>.safetensors "
@@ -52,11 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     world.add_argument(
         "--infonce-weight",
         type=float,
-        default=defaults.infonce_weight,
+        default=defaults.loss.infonce_weight,
         help="in-batch next-turn contrast (default %(default)s)",
     )
     world.add_argument(
-        "--temperature", type=float, default=defaults.temperature, help="InfoNCE temperature (default %(default)s)"
+        "--temperature", type=float, default=defaults.loss.temperature, help="InfoNCE temperature (default %(default)s)"
     )
     world.add_argument(
         "--encoder-lr-scale",
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     world.add_argument(
         "--reply-contrast-weight",
         type=float,
-        default=defaults.reply_contrast_weight,
+        default=defaults.loss.reply_contrast_weight,
         help="InfoNCE against the online encoder's latent of the next turn (default %(default)s)",
     )
     t.set_defaults(run=run_train_world)
@@ -119,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train_world(args: argparse.Namespace) -> int:
     from textjepa.checkpoint import pick_model_file
+    from textjepa.objectives.regularizers import RegularizerConfig
+    from textjepa.objectives.world_loss import WorldLossConfig
     from textjepa.train.world import train_world
 
     defaults = WorldConfig()
@@ -128,10 +130,13 @@ def run_train_world(args: argparse.Namespace) -> int:
         train=train_config(args, defaults.train),
         init_encoder=pick_model_file(args.init_encoder) if args.init_encoder else None,
         freeze_encoder_steps=args.freeze_encoder_steps,
-        infonce_weight=args.infonce_weight,
-        temperature=args.temperature,
         encoder_lr_scale=args.encoder_lr_scale,
-        reply_contrast_weight=args.reply_contrast_weight,
+        loss=WorldLossConfig(
+            infonce_weight=args.infonce_weight,
+            temperature=args.temperature,
+            reply_contrast_weight=args.reply_contrast_weight,
+            regularization=RegularizerConfig(regularizer=args.regularizer),
+        ),
     )
     overrides = {name: getattr(args, name) for name in ("dim", "max_seq", "layers", "heads", "max_vocab", "bridge_dim")}
     train_world(cfg, overrides)
