@@ -29,7 +29,9 @@ _SEED_OFFSET = 17
 class JepaLossConfig:
     """The JEPA loss's settings."""
 
-    regularization: RegularizerConfig = field(default_factory=RegularizerConfig)
+    regularization: RegularizerConfig = field(
+        default_factory=RegularizerConfig, metadata={"help": "the anti-collapse term (see RegularizerConfig)"}
+    )
 
     def validate(self) -> None:
         self.regularization.validate()

@@ -45,7 +45,9 @@ class WorldLossConfig:
     reply_contrast_weight: float = field(
         default=1.0, metadata={"help": "InfoNCE against the online encoder's latent of the next turn"}
     )
-    regularization: RegularizerConfig = field(default_factory=RegularizerConfig)
+    regularization: RegularizerConfig = field(
+        default_factory=RegularizerConfig, metadata={"help": "the anti-collapse term (see RegularizerConfig)"}
+    )
 
     def validate(self) -> None:
         if not self.temperature > 0:
