@@ -57,8 +57,8 @@ def untrained_world(directory: Path) -> Path:
 
 
 def untrained_bridge(directory: Path, world_path: Path, fingerprint) -> Path:
+    from textjepa.bridge.projector import Bridge, PrefixProjector, save_bridge, world_identity
     from textjepa.checkpoint import load_checkpoint
-    from textjepa.decoders.prefix import Bridge, PrefixProjector, save_bridge, world_identity
 
     checkpoint = load_checkpoint(world_path)
     torch.manual_seed(0)
@@ -128,10 +128,10 @@ def agent_tokens(agent, tokens: int) -> int:
 
 def bench_transformers(world_path: Path, gguf: Path, tmp: Path, tokens: int, rounds: int) -> dict:
     from textjepa.agent import Agent, load_world
+    from textjepa.bridge.projector import load_bridge
     from textjepa.decoders.hf import TransformersDecoder
     from textjepa.decoders.hf_model import load_causal_lm
     from textjepa.decoders.models import ModelSource
-    from textjepa.decoders.prefix import load_bridge
     from textjepa.decoders.settings import settings_from_env
 
     device = torch.device("cpu")

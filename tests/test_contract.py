@@ -10,6 +10,7 @@ from conftest import synthetic_lines
 from safetensors.torch import save_file
 
 from textjepa.agent import Agent, load_world
+from textjepa.bridge.data import read_pairs, reply_latents
 from textjepa.checkpoint import load_checkpoint, save_checkpoint
 from textjepa.config import DataConfig, ModelConfig
 from textjepa.data.batches import TrainSampler, iter_split_batches
@@ -18,7 +19,6 @@ from textjepa.data.sources import WORLD_RECORDS, load_corpus
 from textjepa.data.tokens import MAX_STORED_TOKENS, train_tokenizer
 from textjepa.io import RunFiles, RunKind
 from textjepa.models.heads import WorldModel
-from textjepa.train.bridge_data import read_pairs, reply_latents
 
 MAX_SEQ = 16
 

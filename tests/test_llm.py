@@ -95,7 +95,7 @@ def loaded_world(world):
 
 def write_bridge(path: Path, checkpoint, fingerprint, scale: float = 8.0, world: dict | None = None) -> Path:
     """An untrained projector with a large output scale: its prefix visibly steers the LM."""
-    from textjepa.decoders.prefix import Bridge, PrefixProjector, save_bridge, world_identity
+    from textjepa.bridge.projector import Bridge, PrefixProjector, save_bridge, world_identity
 
     torch.manual_seed(0)
     projector = PrefixProjector(checkpoint.config.dim, fingerprint.hidden_size, 4, embed_scale=scale)
@@ -116,7 +116,7 @@ def agent_for(loaded_world, decoder):
 
 
 def test_reply_nll_matches_the_models_own_loss(lm):
-    from textjepa.decoders.hf_scoring import reply_nll
+    from textjepa.bridge.scoring import reply_nll
 
     prompt = lm.prompt_ids([{"role": "user", "content": "What does `json.dumps(obj)` do?"}])
     reply = lm.encode("Serialize obj to a JSON formatted str.")
@@ -130,9 +130,9 @@ def test_reply_nll_matches_the_models_own_loss(lm):
 
 
 def test_conditioning_steers_the_lm_and_ablation_changes_the_answer(lm, loaded_world, strong_bridge, capsys):
+    from textjepa.bridge.projector import load_bridge
     from textjepa.config import DecoderSettings
     from textjepa.decoders.hf import TransformersDecoder
-    from textjepa.decoders.prefix import load_bridge
 
     decoder = TransformersDecoder(lm, load_bridge(strong_bridge), DecoderSettings(temperature=0))
     agent = agent_for(loaded_world, decoder)
@@ -166,10 +166,10 @@ def test_without_a_bridge_the_conditioning_is_text(lm, loaded_world):
 
 
 def test_read_pairs_numbers_records_like_the_token_store(world, loaded_world):
+    from textjepa.bridge.data import read_pairs, split_pairs
     from textjepa.config import DataConfig
     from textjepa.data.batches import iter_split_batches
     from textjepa.data.sources import WORLD_RECORDS, load_corpus
-    from textjepa.train.bridge_data import read_pairs, split_pairs
 
     checkpoint = loaded_world[0]
     info = checkpoint.data.to_info()
@@ -188,9 +188,9 @@ def test_read_pairs_numbers_records_like_the_token_store(world, loaded_world):
     assert len(split_pairs(pairs, checkpoint, "train")) + len(held_out) == len(pairs)
 
     # The --oracle-latent diagnostic conditions on the teacher latents the world model was trained towards.
+    from textjepa.bridge.data import conditioning_latents
     from textjepa.data.batches import make_batch
     from textjepa.models.encoder import masked_mean
-    from textjepa.train.bridge_data import conditioning_latents
 
     _, world_model, teacher = loaded_world
     oracle = conditioning_latents(checkpoint, world_model, teacher, held_out[:6], torch.device("cpu"), oracle=True)
@@ -273,7 +273,7 @@ def test_bad_decoder_inputs(world, lm, loaded_world, tmp_path):
 
     # Bridges for another world model / another LM.
     checkpoint = loaded_world[0]
-    from textjepa.decoders.prefix import fingerprint_from_embeddings, world_identity
+    from textjepa.bridge.projector import fingerprint_from_embeddings, world_identity
 
     other_world = dict(
         world_identity(checkpoint), weights_hash="0123456789abcdef", file="model_world_other.safetensors"
@@ -327,11 +327,11 @@ def test_llamacpp_prefix_matches_transformers(llama_cpp_module, lm, loaded_world
     Compared on the first reply token's logits, not on a few greedy tokens: greedy text can agree by
     chance (both conditions may start the same way), the logits cannot.
     """
+    from textjepa.bridge.projector import load_bridge
     from textjepa.config import DecoderSettings
     from textjepa.decoders.hf import TransformersDecoder
     from textjepa.decoders.llamacpp import LlamaCppDecoder, gguf_fingerprint
     from textjepa.decoders.models import ModelSource
-    from textjepa.decoders.prefix import load_bridge
 
     bridge = load_bridge(moderate_bridge)
     bridge.check_decoder(gguf_fingerprint(SMOLLM2))  # the GGUF's own probe equals the transformers one

@@ -6,10 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from textjepa.config import DecoderSettings, ModelConfig
-from textjepa.data.tokens import train_tokenizer
-from textjepa.decoders import models
-from textjepa.decoders.prefix import (
+from textjepa.bridge.data import derangement
+from textjepa.bridge.projector import (
     Bridge,
     DecoderFingerprint,
     PrefixProjector,
@@ -19,6 +17,9 @@ from textjepa.decoders.prefix import (
     save_bridge,
     world_identity,
 )
+from textjepa.config import DecoderSettings, ModelConfig
+from textjepa.data.tokens import train_tokenizer
+from textjepa.decoders import models
 from textjepa.decoders.prompting import (
     conditioning_text,
     context_messages,
@@ -28,7 +29,6 @@ from textjepa.decoders.prompting import (
 from textjepa.decoders.sampling import IncrementalText, next_token
 from textjepa.decoders.settings import settings_from_env
 from textjepa.errors import TextJepaError
-from textjepa.train.bridge import derangement
 
 
 def test_context_messages_split_turns_and_keep_continuation_lines():

@@ -5,9 +5,9 @@ import torch
 
 from textjepa.config import MaskingConfig, ModelConfig, TrainConfig
 from textjepa.models.encoder import Encoder, format_size, masked_mean
-from textjepa.objectives.jepa import alignment_loss, info_nce
 from textjepa.objectives.masking import sample_span_mask, span_ids
 from textjepa.objectives.regularizers import sigreg, vicreg_terms
+from textjepa.objectives.terms import alignment_loss, info_nce
 from textjepa.train.loop import ema_update
 from textjepa.train.schedules import ema_momentum, lr_factor
 
@@ -108,3 +108,12 @@ def test_config_rejects_heads_not_dividing_dim():
 
     with pytest.raises(TextJepaError, match="heads"):
         ModelConfig(vocab_size=300, dim=30, heads=4).validate()
+
+
+def test_bridge_schedule_decays_from_the_end_of_warmup_to_a_tenth():
+    from textjepa.train.schedules import warmup_cosine
+
+    factors = [warmup_cosine(s, 100, 0.05, None, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == 1.0  # 5 warmup steps
+    assert all(a > b for a, b in zip(factors[5:], factors[6:]))  # no flat part: the decay starts at once
+    assert factors[99] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 94 / 95)))

@@ -142,7 +142,7 @@ class Agent:
         state = masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid)
         actions = torch.full((len(contexts),), self.config.actions.index(action), dtype=torch.long, device=self.device)
         predicted = self.world.transition(state, actions)
-        vector = self.world.bridge(predicted)
+        vector = self.world.conditioning_head(predicted)
         if ablate:
             vector = torch.zeros_like(vector)
         out = [

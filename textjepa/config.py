@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from textjepa.errors import TextJepaError
+from textjepa.objectives.jepa_loss import JepaLossConfig
+from textjepa.objectives.world_loss import WorldLossConfig
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<mask>")
 PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
@@ -118,11 +120,6 @@ class TrainConfig:
     )
     bucket_by_length: bool = setting(True, flag="bucket", help="do not group batches by length (more padding)")
     progress: bool = setting(True, help="no progress bar")
-    regularizer: str = setting("vicreg", choices=("vicreg", "sigreg"), help="anti-collapse term")
-    var_weight: float = setting(1.0, help="VICReg variance weight")
-    cov_weight: float = setting(0.04, help="VICReg covariance weight")
-    sigreg_weight: float = setting(0.05, help="SIGReg weight")
-    sigreg_projections: int = setting(64, help="SIGReg random projections")
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -133,8 +130,6 @@ class TrainConfig:
             raise TextJepaError(f"global batch must be positive, got {self.global_batch}")
         if not self.lr > 0:
             raise TextJepaError(f"lr must be positive, got {self.lr}")
-        if self.regularizer not in ("vicreg", "sigreg"):
-            raise TextJepaError(f"regularizer must be vicreg or sigreg, got {self.regularizer!r}")
         if not 0 <= self.ema_start <= self.ema_end < 1:
             raise TextJepaError("EMA momenta must satisfy 0 <= start <= end < 1")
         if self.eval_every < 1:
@@ -164,6 +159,7 @@ class LatentConfig:
     model: ModelConfig = setting(default_factory=ModelConfig, only=TRAINED_SHAPE, group="model shape")
     train: TrainConfig = setting(default_factory=TrainConfig, group="training")
     masking: MaskingConfig = setting(default_factory=MaskingConfig, group="span masking")
+    loss: JepaLossConfig = setting(default_factory=JepaLossConfig, group="loss")
 
 
 @dataclass
@@ -187,14 +183,9 @@ class WorldConfig:
         help="model_latent_*.safetensors or model_world_*.safetensors (a glob that also names _teacher is fine)",
     )
     freeze_encoder_steps: int = setting(0, help="keep the encoder fixed for the first N steps")
-    infonce_weight: float = setting(1.0, help="in-batch next-turn contrast")
-    temperature: float = setting(0.05, help="InfoNCE temperature")
-    bridge_weight: float = setting(1.0, help="weight of the conditioning head's loss")
     # A pretrained encoder is fine-tuned more gently than the freshly initialised transition.
     encoder_lr_scale: float = setting(1.0, help="learning-rate multiplier for the encoder")
-    # InfoNCE of the prediction against the online encoder's own latent of the next turn, so the encoder
-    # (and through the EMA the teacher) learns to represent replies, not only contexts.
-    reply_contrast_weight: float = setting(1.0, help="InfoNCE against the online encoder's latent of the next turn")
+    loss: WorldLossConfig = setting(default_factory=WorldLossConfig, group="world loss")
 
 
 VOCAB_HELP = "tokenizer.json or vocab file; must be the model's own"
@@ -307,7 +298,7 @@ class BridgeTrainConfig:
         only=BRIDGE_TRAIN_FIELDS,
         group="training (stage 2: through the LM)",
     )
-    # Stage 1 (no LM forward): align the prefix with the LM's token embeddings (train/bridge_align.py).
+    # Stage 1 (no LM forward): align the prefix with the LM's token embeddings (bridge/align.py).
     align_steps: int = setting(
         1000, help="stage 1 steps without the LM: prefix slot k learns to look like reply token k"
     )

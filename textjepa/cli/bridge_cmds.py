@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "train-bridge",
         BridgeTrainConfig(),
-        library_call("textjepa.train.bridge:train_bridge"),
+        library_call("textjepa.bridge.train:train_bridge"),
         help="train the prefix projector that conditions an LLM on the world model",
         description=(
             "With the LLM and the world model frozen, train a projector (Linear -> GELU -> Linear) from the world "
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "eval-conditioning",
         ConditioningEvalConfig(),
-        library_call("textjepa.eval.conditioning:evaluate_conditioning"),
+        library_call("textjepa.bridge.evaluate:evaluate_conditioning"),
         help="reply NLL with matched, shuffled, zero and no conditioning",
         description=(
             "On the world model's held-out pairs: the LLM's mean per-token NLL of the true reply with the prefix "

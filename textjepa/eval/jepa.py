@@ -18,9 +18,8 @@ from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metric
 from textjepa.io import RunKind
 from textjepa.models.encoder import Encoder
 from textjepa.models.heads import LatentModel
-from textjepa.objectives.masking import span_ids
+from textjepa.objectives.masking import masked_view, span_ids
 from textjepa.runtime import configure_threads, resolve_device
-from textjepa.train.latent import masked_view
 
 JEPA_COLUMNS = ["cosine_mean", "l2_mean", "top1", "top5", "mrr", "mean_rank"]
 JSON_NAMES = {"top1": "retrieval_top1", "top5": "retrieval_top5", "mrr": "retrieval_mrr"}

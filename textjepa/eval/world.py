@@ -21,8 +21,8 @@ from textjepa.errors import TextJepaError
 from textjepa.eval.jepa import choose_split
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
 from textjepa.models.encoder import masked_mean
+from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.runtime import configure_threads, resolve_device
-from textjepa.train.world import action_mapping, batch_tensors
 
 WORLD_COLUMNS = ["transition_cos", "transition_l2", "R@1", "R@5", "MRR"]
 _NAMES = {"cosine_mean": "transition_cos", "l2_mean": "transition_l2", "top1": "R@1", "top5": "R@5", "mrr": "MRR"}

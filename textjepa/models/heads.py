@@ -1,4 +1,4 @@
-"""Heads on top of the encoder: JEPA predictor, world transition, decoder bridge."""
+"""Heads on top of the encoder: JEPA predictor, world transition, conditioning head."""
 
 from __future__ import annotations
 
@@ -8,19 +8,24 @@ from torch import nn
 from textjepa.config import ModelConfig
 from textjepa.models.encoder import Encoder, _init_weights, masked_mean
 
+# Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only
+# the prefix projector (textjepa/bridge/); the submodule keeps that name so that every checkpoint loads.
+CONDITIONING_HEAD_KEY = "bridge"
+
+
+def norm_mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
+    """LayerNorm -> Linear -> GELU -> Linear, initialised like the encoder."""
+    net = nn.Sequential(nn.LayerNorm(width_in), nn.Linear(width_in, hidden), nn.GELU(), nn.Linear(hidden, width_out))
+    net.apply(_init_weights)
+    return net
+
 
 class Predictor(nn.Module):
     """Maps online latents at masked positions to the teacher's latents (LayerNorm -> bottleneck MLP)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(config.dim),
-            nn.Linear(config.dim, config.predictor_width),
-            nn.GELU(),
-            nn.Linear(config.predictor_width, config.dim),
-        )
-        self.apply(_init_weights)
+        self.net = norm_mlp(config.dim, config.predictor_width, config.dim)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.net(latents)
@@ -48,18 +53,13 @@ class WorldTransition(nn.Module):
         return state + self.net(torch.cat([state, self.action_embedding(action)], dim=-1))
 
 
-class DecoderBridge(nn.Module):
-    """Projects a predicted next latent to the conditioning vector handed to a decoder."""
+class ConditioningHead(nn.Module):
+    """Projects a predicted next latent to the conditioning vector (width bridge_dim) that the text
+    fallback of the LLM decoders reads; the prefix projector (textjepa/bridge/) reads the latent itself."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(config.dim),
-            nn.Linear(config.dim, config.bridge_dim),
-            nn.GELU(),
-            nn.Linear(config.bridge_dim, config.bridge_dim),
-        )
-        self.apply(_init_weights)
+        self.net = norm_mlp(config.dim, config.bridge_dim, config.bridge_dim)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.net(latent)
@@ -75,14 +75,18 @@ class LatentModel(nn.Module):
 
 
 class WorldModel(nn.Module):
-    """Encoder + transition + bridge: context -> state -> predicted next latent -> conditioning."""
+    """Encoder + transition + conditioning head: context -> state -> predicted next latent -> conditioning."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.transition = WorldTransition(config)
-        self.bridge = DecoderBridge(config)
+        self.add_module(CONDITIONING_HEAD_KEY, ConditioningHead(config))
+
+    @property
+    def conditioning_head(self) -> ConditioningHead:
+        return self.get_submodule(CONDITIONING_HEAD_KEY)
 
     def state(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return masked_mean(self.encoder(ids, valid), valid)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from textjepa.config import MaskingConfig
+from textjepa.config import MASK_ID, MaskingConfig
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -72,3 +72,15 @@ def span_ids(mask: torch.Tensor) -> torch.Tensor:
     starts = mask & ~torch.nn.functional.pad(mask, (1, 0))[:, :-1]
     numbered = starts.flatten().long().cumsum(0).view_as(mask)
     return numbered * mask.long()
+
+
+def masked_view(
+    batch_ids: torch.Tensor,
+    valid: torch.Tensor,
+    masking: MaskingConfig,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The online encoder's view of a batch: span-masked positions replaced by <mask>; and the mask."""
+    mask = sample_span_mask(valid.cpu(), masking, generator, uniforms).to(valid.device)
+    return batch_ids.masked_fill(mask, MASK_ID), mask

@@ -2,7 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
+
+from textjepa.errors import TextJepaError
+
+REGULARIZERS = ("vicreg", "sigreg")
+
+
+@dataclass
+class RegularizerConfig:
+    """The anti-collapse term of a loss and its weights."""
+
+    regularizer: str = field(default="vicreg", metadata={"help": "anti-collapse term", "choices": REGULARIZERS})
+    var_weight: float = field(default=1.0, metadata={"help": "VICReg variance hinge weight"})
+    cov_weight: float = field(default=0.04, metadata={"help": "VICReg off-diagonal covariance weight"})
+    sigreg_weight: float = field(default=0.05, metadata={"help": "SIGReg statistic weight"})
+    sigreg_projections: int = field(default=64, metadata={"help": "random 1-D projections SIGReg tests"})
+
+    def validate(self) -> None:
+        if self.regularizer not in REGULARIZERS:
+            raise TextJepaError(f"regularizer must be vicreg or sigreg, got {self.regularizer!r}")
+        if self.sigreg_projections < 1:
+            raise TextJepaError(f"sigreg_projections must be at least 1, got {self.sigreg_projections}")
+
+
+def regularizer_loss(
+    z: torch.Tensor, config: RegularizerConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted anti-collapse term on rows z [N, D], and its unweighted parts (detached) by name."""
+    if config.regularizer == "sigreg":
+        value = sigreg(z, config.sigreg_projections, generator)
+        return config.sigreg_weight * value, {"sigreg": value.detach()}
+    variance, covariance = vicreg_terms(z)
+    weighted = config.var_weight * variance + config.cov_weight * covariance
+    return weighted, {"variance": variance.detach(), "covariance": covariance.detach()}
 
 
 def vicreg_terms(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:

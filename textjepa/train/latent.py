@@ -1,4 +1,7 @@
-"""JEPA pretraining: predict the teacher's latents of masked spans from the visible rest of the line."""
+"""JEPA pretraining: predict the teacher's latents of masked spans from the visible rest of the line.
+
+The stage makes the inputs (keyed span masks, teacher targets); the loss is objectives/jepa_loss.py.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +11,21 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
-from torch import nn
 
-from textjepa.config import MASK_ID, LatentConfig, MaskingConfig, ModelConfig, TrainConfig
-from textjepa.data.batches import Batch, iter_split_batches
+from textjepa.config import LatentConfig, ModelConfig
+from textjepa.data.batches import Batch
 from textjepa.data.sources import LATENT_RECORDS, load_corpus, resolve_data
 from textjepa.data.tokens import TokenStore
-from textjepa.errors import TextJepaError
 from textjepa.io import RunKind
 from textjepa.models.heads import LatentModel
-from textjepa.objectives.jepa import alignment_loss, regularizer_loss
-from textjepa.objectives.masking import keyed_uniforms, mask_uniform_columns, sample_span_mask
+from textjepa.objectives.jepa_loss import JepaLoss
+from textjepa.objectives.masking import keyed_uniforms, mask_uniform_columns, masked_view
+from textjepa.objectives.terms import alignment_loss
 from textjepa.runtime import (
     local_main_first,
     seed_everything,
 )
 from textjepa.train.loop import TrainResult, train_on_store, training_session
-
-_MAX_REGULARIZER_ROWS = 1024
-
-
-class JepaObjective(nn.Module):
-    """Online encoder on the masked view + predictor at masked positions, against teacher targets."""
-
-    def __init__(self, config: ModelConfig, train: TrainConfig) -> None:
-        super().__init__()
-        model = LatentModel(config)
-        self.encoder, self.predictor = model.encoder, model.predictor
-        self.train_config = train
-        self.generator = torch.Generator().manual_seed(train.seed + 17)
-
-    def forward(self, ids: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
-        latents = self.encoder(ids, valid)
-        prediction = self.predictor(latents[mask])
-        align = alignment_loss(prediction, target[mask])
-        rows = latents[valid]
-        if len(rows) > _MAX_REGULARIZER_ROWS:
-            pick = torch.randperm(len(rows), generator=self.generator)[:_MAX_REGULARIZER_ROWS].to(rows.device)
-            rows = rows[pick]
-        reg, reg_metrics = regularizer_loss(rows, self.train_config, self.generator)
-        return align + reg, {"alignment": float(align.detach()), **reg_metrics}
-
-
-def masked_view(
-    batch_ids: torch.Tensor,
-    valid: torch.Tensor,
-    masking: MaskingConfig,
-    generator: torch.Generator | None = None,
-    uniforms: torch.Tensor | None = None,
-):
-    mask = sample_span_mask(valid.cpu(), masking, generator, uniforms).to(valid.device)
-    return batch_ids.masked_fill(mask, MASK_ID), mask
 
 
 class LatentStage:
@@ -73,8 +40,12 @@ class LatentStage:
         device: torch.device,
     ) -> None:
         self.config, self.tokenizer, self.store, self.cfg, self.device = config, tokenizer, store, cfg, device
-        self.model = JepaObjective(config, cfg.train).to(device)
+        self.model = LatentModel(config).to(device)
+        self.loss = JepaLoss(self.model, cfg.loss, cfg.train.seed)
         self.teacher = copy.deepcopy(self.model.encoder).requires_grad_(False).eval()
+        self.lr_scales: dict[str, float] = {}
+        # Named as the training states of earlier versions name it, so that they resume exactly.
+        self.generators = {"model.generator": self.loss.generator}
 
     def make_inputs(self, batch: Batch, step: int) -> dict:
         ids = torch.from_numpy(batch.ids["text"]).to(self.device)
@@ -88,30 +59,19 @@ class LatentStage:
             target = self.teacher(ids, valid)
         return {"ids": masked_ids, "valid": valid, "mask": mask, "target": target}
 
-    @torch.no_grad()
-    def validate(self) -> dict:
-        generator = torch.Generator().manual_seed(12345)
-        total_align, total_cos, batches = 0.0, 0.0, 0
-        for batch in iter_split_batches(
-            self.store,
-            self.cfg.train.batch,
-            self.config.max_seq,
-            "val",
-            self.cfg.data.val_fraction,
-            self.cfg.train.seed,
-            max_batches=self.cfg.train.eval_batches,
-        ):
-            ids = torch.from_numpy(batch.ids["text"]).to(self.device)
-            valid = torch.from_numpy(batch.valid["text"]).to(self.device)
-            masked_ids, mask = masked_view(ids, valid, self.cfg.masking, generator)
-            prediction = self.model.predictor(self.model.encoder(masked_ids, valid)[mask])
-            target = self.teacher(ids, valid)[mask]
-            total_align += float(alignment_loss(prediction, target))
-            total_cos += float(torch.nn.functional.cosine_similarity(prediction, target, dim=-1).mean())
-            batches += 1
-        if batches == 0:
-            raise TextJepaError("the validation split is smaller than one batch; raise --val-fraction or lower --batch")
-        return {"score": -total_align / batches, "val_loss": total_align / batches, "val_cos": total_cos / batches}
+    def validation_metrics(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
+        ids = torch.from_numpy(batch.ids["text"]).to(self.device)
+        valid = torch.from_numpy(batch.valid["text"]).to(self.device)
+        masked_ids, mask = masked_view(ids, valid, self.cfg.masking, generator)
+        prediction = self.model.predictor(self.model.encoder(masked_ids, valid)[mask])
+        target = self.teacher(ids, valid)[mask]
+        return {
+            "val_loss": float(alignment_loss(prediction, target)),
+            "val_cos": float(torch.nn.functional.cosine_similarity(prediction, target, dim=-1).mean()),
+        }
+
+    def score(self, metrics: dict[str, float]) -> float:
+        return -metrics["val_loss"]
 
     def checkpoint_tensors(self):
         online = {f"encoder.{k}": v for k, v in self.model.encoder.state_dict().items()}
@@ -120,7 +80,11 @@ class LatentStage:
         return online, teacher
 
     def checkpoint_info(self) -> dict:
-        return {"masking": dataclasses.asdict(self.cfg.masking), "regularizer": self.cfg.train.regularizer}
+        return {
+            "masking": dataclasses.asdict(self.cfg.masking),
+            "regularizer": self.cfg.loss.regularization.regularizer,
+            "loss": dataclasses.asdict(self.cfg.loss),
+        }
 
     def finish(self, best_path: Path) -> None:
         return None
@@ -128,6 +92,7 @@ class LatentStage:
 
 def train_latent(cfg: LatentConfig) -> TrainResult:
     cfg.train.validate()
+    cfg.loss.validate()
     cfg.masking.validate()
     cfg.model.validate()
     with training_session(cfg.train) as (device, dist, out_dir):

@@ -1,7 +1,8 @@
 """The one training loop every stage shares: schedules, EMA teacher, validation, checkpoints, resume, DDP.
 
-A stage (train/latent.py, train/world.py) says what differs: how a batch becomes model inputs, what
-the model's loss is, how it is validated and what is saved. Everything else happens here.
+A stage (train/latent.py, train/world.py) is "make inputs + loss": how a batch becomes the loss's inputs,
+the loss module (textjepa/objectives/), what one validation batch measures and what is saved. Everything
+else happens here, and the Stage protocol below is all the loop reads of a stage.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from textjepa.checkpoint import (
     save_training_state,
 )
 from textjepa.config import DataConfig, ModelConfig, TrainConfig
-from textjepa.data.batches import Batch, TrainSampler, UnionSampler
+from textjepa.data.batches import Batch, TrainSampler, UnionSampler, iter_split_batches
 from textjepa.data.contract import DataContract
 from textjepa.data.tokens import TokenStore, tokenizer_hash
 from textjepa.errors import TextJepaError
@@ -50,17 +51,32 @@ from textjepa.runtime import (
 from textjepa.settings import Settings
 from textjepa.train.schedules import ema_momentum, lr_factor
 
+# Validation draws its randomness (e.g. the latent stage's masks) from a generator seeded the same way on
+# every pass, so that the passes of a run, and of a resumed run, measure the same thing.
+VALIDATION_SEED = 12345
+
 
 class Stage(Protocol):
+    """Everything the loop uses of a training stage."""
+
     kind: RunKind
     config: ModelConfig
     tokenizer: Tokenizer
-    model: nn.Module  # the trainable parts; forward(**inputs) -> (loss, metrics)
+    model: nn.Module  # the trained model (its state is the training state's "model"); has .encoder
+    loss: nn.Module  # holds `model`; forward(**make_inputs(...)) -> {"loss": total, term name: value, ...}
     teacher: nn.Module  # EMA copy of model.encoder, never trained by gradients
+    lr_scales: dict[str, float]  # parameter-name prefix of `model` -> learning-rate multiplier
+    generators: dict[str, torch.Generator]  # the stage's random generators, saved for an exact resume
 
     def make_inputs(self, batch: Batch, step: int) -> dict: ...
 
-    def validate(self) -> dict: ...
+    def validation_metrics(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
+        """What one held-out batch measures; the loop averages over the batches of a pass."""
+        ...
+
+    def score(self, metrics: dict[str, float]) -> float:
+        """The number the best checkpoint is chosen by (higher is better), from the averaged metrics."""
+        ...
 
     def checkpoint_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]: ...
 
@@ -119,12 +135,14 @@ def train_step(
 ) -> dict[str, float]:
     """One optimisation step: inputs (teacher targets included), forward, backward, clip, update, EMA.
 
-    `forward_model` is the DDP wrapper under torchrun (it averages the gradients), else the model itself.
+    `forward_model` is the DDP wrapper of the stage's loss under torchrun (it averages the gradients).
     bench/train_throughput.py times exactly this function.
     """
     model = stage.model
     inputs = stage.make_inputs(batch, step)
-    loss, metrics = (forward_model or model)(**inputs)
+    parts = (forward_model or stage.loss)(**inputs)
+    loss = parts["loss"]
+    metrics = {name: float(value) for name, value in parts.items() if name != "loss"}
     if not torch.isfinite(loss):
         raise TextJepaError(f"loss became {float(loss)} at step {step}; lower --lr")
     optimizer.zero_grad(set_to_none=True)
@@ -136,9 +154,26 @@ def train_step(
     return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}
 
 
+def validate(stage: Stage, batches: Iterable[Batch]) -> dict[str, float]:
+    """One validation pass: the stage's metrics averaged over the held-out batches, and the score first."""
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    sums: dict[str, float] = {}
+    count = 0
+    with torch.no_grad():
+        for batch in batches:
+            for name, value in stage.validation_metrics(batch, generator).items():
+                sums[name] = sums.get(name, 0.0) + value
+            count += 1
+    if count == 0:
+        raise TextJepaError("the validation split is smaller than one batch; raise --val-fraction or lower --batch")
+    metrics = {name: total / count for name, total in sums.items()}
+    return {"score": stage.score(metrics), **metrics}
+
+
 def run_training(
     stage: Stage,
     sampler: TrainSampler,
+    validation_batches: Callable[[], Iterable[Batch]],
     train: TrainConfig,
     out_dir: Path,
     dist: Distributed,
@@ -147,6 +182,8 @@ def run_training(
 ) -> TrainResult:
     """Train `stage` for train.steps steps, validating, keeping the best checkpoint and the training state.
 
+    `validation_batches()` gives the held-out batches of one validation pass.
+
     Under torchrun every rank runs this with its own shard sampler; gradients are averaged by DDP, so the
     model, optimizer and EMA teacher stay identical on all ranks. Rank 0 alone validates, logs (metrics
     averaged over the ranks) and writes files; the others wait at a barrier meanwhile.
@@ -154,9 +191,11 @@ def run_training(
     model = stage.model
     size = format_size(count_parameters(model))
     files = RunFiles.create(out_dir, stage.kind, size)
-    best_path, training_state_path, metrics_path = files.model, files.state, files.metrics
+    best_path, training_state_path = files.model, files.state
+    metrics_log = MetricsLog.beside(best_path)
+    metrics_path = metrics_log.path
 
-    optimizer = build_optimizer(model, train, getattr(stage, "lr_scales", None))
+    optimizer = build_optimizer(model, train, stage.lr_scales)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
     start_step, best_score, best_metrics = 0, float("-inf"), {}
     if dist.is_main:
@@ -172,7 +211,7 @@ def run_training(
     loaded = _load_resume_state(train, out_dir, stage, dist)
     if loaded is not None:
         state, source = loaded
-        model.load_state_dict(state["model"])
+        _load_model_state(model, state["model"], source)
         stage.teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -180,17 +219,17 @@ def run_training(
         note = _restore_rank_state(state, sampler, stage, dist, start_step)
         if dist.is_main:
             print(f"resumed from {source} at step {start_step}" + (f" ({note})" if note else ""))
-            _truncate_metrics(metrics_path, start_step)
-    elif dist.is_main and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh log
+            metrics_log.keep_until(start_step)
+    elif dist.is_main:
+        metrics_log.start()
 
-    forward_model: nn.Module = model
+    forward_model: nn.Module = stage.loss
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [dist.local_rank] if next(model.parameters()).is_cuda else None
         # find_unused_parameters: a world run with a frozen encoder leaves the encoder without gradients.
-        forward_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+        forward_model = DistributedDataParallel(stage.loss, device_ids=device_ids, find_unused_parameters=True)
         # DDP broadcast rank 0's model; the teacher is outside it and must start identical too.
         broadcast_module(stage.teacher)
     if debug is not None:
@@ -266,7 +305,7 @@ def run_training(
                     step=done, split="train", lr=scheduler.get_last_lr()[0], tokens_per_s=totals[-1] / elapsed
                 )
                 if dist.is_main:
-                    _append_jsonl(metrics_path, record)
+                    metrics_log.append(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window, window_steps, window_tokens, window_start = {}, 0, 0, time.perf_counter()
@@ -274,8 +313,8 @@ def run_training(
                 rank_states = gather_objects(_rank_state(sampler, stage), dist)
                 if dist.is_main:
                     model.eval()
-                    val = stage.validate()
-                    _append_jsonl(metrics_path, {"step": done, "split": "val", **val})
+                    val = validate(stage, validation_batches())
+                    metrics_log.append({"step": done, "split": "val", **val})
                     if val["score"] > best_score:
                         best_score, best_metrics = val["score"], {"step": done, **val}
                         _save_model_files(stage, files, {**run_info, "step": done, "val": val}, data)
@@ -347,20 +386,20 @@ def _load_resume_state(train: TrainConfig, out_dir: Path, stage: Stage, dist: Di
     return None if payload[0] == "none" else (payload[1], payload[2])
 
 
-def _generators(stage: Stage) -> dict[str, torch.Generator]:
-    """The stage's own random generators (masking, regulariser sampling): saved so a resume is exact."""
-    found = {}
-    for owner_name, owner in (("stage", stage), ("model", stage.model)):
-        for name, value in vars(owner).items():
-            if isinstance(value, torch.Generator):
-                found[f"{owner_name}.{name}"] = value
-    return found
+def _load_model_state(model: nn.Module, state: dict, source: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # another model layout, e.g. a state written before the loss held the model
+        first_line = str(exc).splitlines()[0]
+        raise TextJepaError(
+            f"cannot resume from {source}: its model tensors do not fit this stage ({first_line})"
+        ) from None
 
 
 def _rank_state(sampler, stage: Stage) -> dict:
     return {
         "sampler": sampler.state_dict(),
-        "generators": {name: g.get_state() for name, g in _generators(stage).items()},
+        "generators": {name: g.get_state() for name, g in stage.generators.items()},
         "torch_rng": torch.get_rng_state(),
     }
 
@@ -380,7 +419,7 @@ def _restore_rank_state(state: dict, sampler, stage: Stage, dist: Distributed, s
     except (KeyError, ValueError, TypeError):
         sampler.restart_stream(step)
         return "the saved data position is of another sampler kind; the data stream restarts"
-    generators = _generators(stage)
+    generators = stage.generators
     for name, generator_state in mine["generators"].items():
         if name in generators:
             generators[name].set_state(generator_state)
@@ -388,19 +427,38 @@ def _restore_rank_state(state: dict, sampler, stage: Stage, dist: Distributed, s
     return ""
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log records past the resumed step (a killed run may have logged beyond its last state)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+class MetricsLog:
+    """A run's metrics, one JSON record a line (`*.metrics.jsonl` beside the model file); the training
+    stages and train-bridge write theirs through it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def beside(cls, model_file: Path) -> MetricsLog:
+        return cls(RunFiles(model_file).metrics)
+
+    def start(self) -> None:
+        """A fresh run starts a fresh log."""
+        if self.path.exists():
+            self.path.unlink()
+
+    def append(self, record: dict) -> None:
+        _append_jsonl(self.path, record)
+
+    def keep_until(self, step: int) -> None:
+        """Drop records past the resumed step (a killed run may have logged beyond its last state)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
 
 # ---------------------------------------------------------------- distributed helpers and debugging
@@ -506,7 +564,8 @@ def train_on_store(
     out_dir: Path,
     dist: Distributed,
 ) -> TrainResult:
-    """This rank's share of the training split, batched, through the shared loop."""
+    """This rank's share of the training split, batched, through the shared loop; validation on the
+    held-out split (the first train.eval_batches batches, the same on every pass)."""
     contract = DataContract.for_training(data, max_seq, train.seed, str(path), store.corpus_hash)
     sampler = TrainSampler(
         store,
@@ -518,4 +577,16 @@ def train_on_store(
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    return run_training(stage, sampler, train, out_dir, dist, describe_run(train), contract)
+
+    def validation_batches() -> Iterator[Batch]:
+        return iter_split_batches(
+            store,
+            train.batch,
+            contract.max_seq,
+            "val",
+            contract.val_fraction,
+            contract.seed,
+            max_batches=train.eval_batches,
+        )
+
+    return run_training(stage, sampler, validation_batches, train, out_dir, dist, describe_run(train), contract)

@@ -9,7 +9,7 @@ so the world model's validation split stays untouched for eval-conditioning.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -18,25 +18,27 @@ import numpy as np
 import torch
 
 from textjepa.agent import load_world
-from textjepa.checkpoint import ensure_writable_dir
-from textjepa.config import BridgeTrainConfig
-from textjepa.data.sources import resolve_data
-from textjepa.decoders.hf_model import CausalLM, load_causal_lm
-from textjepa.decoders.hf_scoring import reply_nll
-from textjepa.decoders.models import resolve_decoder_model
-from textjepa.decoders.prefix import (
+from textjepa.bridge.align import align_projector
+from textjepa.bridge.data import LMExample, conditioning_latents, derangement, lm_examples, read_pairs, split_pairs
+from textjepa.bridge.projector import (
     Bridge,
     PrefixProjector,
     check_prefix_tokens,
     save_bridge,
     world_identity,
 )
+from textjepa.bridge.scoring import reply_nll
+from textjepa.checkpoint import ensure_writable_dir
+from textjepa.config import BridgeTrainConfig
+from textjepa.data.sources import resolve_data
+from textjepa.decoders.hf_model import CausalLM, load_causal_lm
+from textjepa.decoders.models import resolve_decoder_model
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
 from textjepa.io import RunFiles, RunKind
 from textjepa.runtime import configure_threads, resolve_device, seed_everything
-from textjepa.train.bridge_align import align_projector
-from textjepa.train.bridge_data import LMExample, conditioning_latents, lm_examples, read_pairs, split_pairs
+from textjepa.train.loop import MetricsLog
+from textjepa.train.schedules import warmup_cosine
 
 
 def validate_config(cfg: BridgeTrainConfig) -> None:
@@ -60,24 +62,6 @@ def validate_config(cfg: BridgeTrainConfig) -> None:
     for name in ("prompt_dropout", "target_mix"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise TextJepaError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
-
-
-def lr_factor(step: int, cfg: BridgeTrainConfig) -> float:
-    warmup = max(1, int(cfg.train.steps * cfg.train.warmup_fraction))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.train.steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def derangement(n: int, seed: int) -> torch.Tensor:
-    """A fixed permutation with no fixed point: row i gets another row's conditioning."""
-    if n < 2:
-        raise TextJepaError("shuffled conditioning needs at least two pairs")
-    order = np.random.default_rng(seed).permutation(n)
-    out = np.empty(n, dtype=np.int64)
-    out[order] = np.roll(order, -1)
-    return torch.from_numpy(out)
 
 
 def mean_nll(
@@ -161,29 +145,24 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     projector = PrefixProjector(checkpoint.config.dim, lm.hidden_size, cfg.prefix_tokens, embed_scale=embed_scale)
     projector.to(device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    # The training stages' schedule, with the cosine decay to 0.1 x lr starting right after the warmup.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, cfg.train.steps, cfg.train.warmup_fraction, None, 0.1)
+    )
     bridge = Bridge(projector, lm.fingerprint(), world_identity(checkpoint))
+    # Like a training stage's checkpoint (train/loop.py describe_run): every setting of the run, as given.
     bridge.info = {
         "train": {
+            **dataclasses.asdict(cfg),
             "data": str(data_path),
-            "steps": cfg.train.steps,
-            "batch": cfg.train.batch,
-            "lr": cfg.train.lr,
-            "align_steps": cfg.align_steps,
-            "align_lr": cfg.align_lr,
             "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
-            "grad_clip": cfg.train.grad_clip,
-            "prompt_dropout": cfg.prompt_dropout,
-            "target_mix": cfg.target_mix,
-            "max_reply_tokens": cfg.max_reply_tokens,
-            "max_prompt_tokens": cfg.max_prompt_tokens,
-            "seed": cfg.train.seed,
             "train_pairs": len(fit),
             "val_pairs": len(val),
         },
         "world_model": str(checkpoint.path),
     }
-    metrics_path = RunFiles(out_path).metrics
-    metrics_path.write_text("")
+    metrics_log = MetricsLog.beside(out_path)
+    metrics_log.start()
     shuffle = derangement(len(val), cfg.train.seed) if len(val) >= 2 else None
     best = math.inf
     fit_latents, val_latents = fit_latents.to(device), (val_latents.to(device) if val_latents is not None else None)
@@ -201,10 +180,6 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         bridge.info["best"] = record
         save_bridge(out_path, bridge)
 
-    def log(record: dict) -> None:
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
     if cfg.align_steps:
         started = time.time()
         skip = set(lm.stop_ids) | {int(i) for i in getattr(lm.tokenizer, "all_special_ids", [])}
@@ -221,7 +196,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             cfg.align_lr,
             cfg.train.seed,
         ):
-            log(record)
+            metrics_log.append(record)
         print(
             f"alignment: {cfg.align_steps} steps, slot loss {record['align_slot_loss']:.3f}, "
             f"prefix length {record['prefix_norm']:.2f} ({time.time() - started:.0f}s)",
@@ -229,7 +204,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         )
     if val:
         record = evaluate(0)
-        log(record)
+        metrics_log.append(record)
         best = record["val_matched_nll"]
         save(record)
         print(f"step 0 val matched {best:.4f} shuffled {record['val_shuffled_nll']:.4f}", flush=True)
@@ -240,8 +215,6 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     window: list[float] = []
     projector.train()
     for step in range(cfg.train.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.train.lr * lr_factor(step, cfg)
         index = rng.integers(0, len(fit), size=cfg.train.batch)
         rows = [fit[i] for i in index]
         index_t = torch.from_numpy(index).to(device)
@@ -258,7 +231,8 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(projector.parameters(), cfg.train.grad_clip))
         optimizer.step()
         window.append(loss.item())
-        record = {"step": step + 1, "loss": window[-1], "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
+        record = {"step": step + 1, "loss": window[-1], "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
+        scheduler.step()
         last = step + 1 == cfg.train.steps
         if val and ((step + 1) % cfg.train.eval_every == 0 or last):
             record.update(evaluate(step + 1))
@@ -267,7 +241,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
                 save(record)
         elif not val and last:
             save(record)
-        log(record)
+        metrics_log.append(record)
         if cfg.train.progress and ((step + 1) % 10 == 0 or last or "val_matched_nll" in record):
             rate = (time.time() - started) / (step + 1)
             extra = ""

@@ -124,3 +124,13 @@ def conditioning_latents(
     if oracle:
         return reply_latents(checkpoint, teacher, [p.reply for p in pairs], device)
     return predicted_latents(checkpoint, world, teacher, [p.context for p in pairs], device)
+
+
+def derangement(n: int, seed: int) -> torch.Tensor:
+    """A fixed permutation with no fixed point: row i gets another row's conditioning."""
+    if n < 2:
+        raise TextJepaError("shuffled conditioning needs at least two pairs")
+    order = np.random.default_rng(seed).permutation(n)
+    out = np.empty(n, dtype=np.int64)
+    out[order] = np.roll(order, -1)
+    return torch.from_numpy(out)

@@ -1,6 +1,6 @@
 """eval-conditioning: does the world model's conditioning help the LLM predict the true reply?
 
-On held-out pairs (the world model's validation split, see train/bridge_data.py), the mean per-token
+On held-out pairs (the world model's validation split, see bridge/data.py), the mean per-token
 NLL of the true reply under four conditions, computed in the same run on the same rows:
 - matched:  the prefix from this pair's own predicted next latent;
 - shuffled: the prefix from another held-out pair's prediction (a fixed derangement);
@@ -18,18 +18,17 @@ import numpy as np
 import torch
 
 from textjepa.agent import load_world
+from textjepa.bridge.data import conditioning_latents, derangement, lm_examples, read_pairs, split_pairs
+from textjepa.bridge.projector import check_prefix_tokens, load_bridge
+from textjepa.bridge.scoring import reply_nll
 from textjepa.config import ConditioningEvalConfig
 from textjepa.data.sources import resolve_data
 from textjepa.decoders.hf_model import load_causal_lm
-from textjepa.decoders.hf_scoring import reply_nll
 from textjepa.decoders.models import resolve_decoder_model
-from textjepa.decoders.prefix import check_prefix_tokens, load_bridge
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import write_json_report
 from textjepa.io import RunKind
 from textjepa.runtime import configure_threads, resolve_device
-from textjepa.train.bridge import derangement
-from textjepa.train.bridge_data import conditioning_latents, lm_examples, read_pairs, split_pairs
 
 CONDITIONS = ("matched", "shuffled", "zero", "none")
 BOOTSTRAP_SAMPLES = 1000

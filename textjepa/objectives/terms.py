@@ -1,30 +1,14 @@
-"""Losses shared by the stages: alignment of unit vectors, regulariser, in-batch InfoNCE."""
+"""Loss terms the losses are built from: alignment of unit vectors, in-batch InfoNCE, similarity structure."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from textjepa.config import TrainConfig
-from textjepa.objectives.regularizers import sigreg, vicreg_terms
-
 
 def alignment_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared distance of unit vectors, 2 - 2 cos."""
     return (2.0 - 2.0 * F.cosine_similarity(prediction.float(), target.float(), dim=-1)).mean()
-
-
-def regularizer_loss(
-    z: torch.Tensor, train: TrainConfig, generator: torch.Generator | None
-) -> tuple[torch.Tensor, dict]:
-    if train.regularizer == "sigreg":
-        value = sigreg(z, train.sigreg_projections, generator)
-        return train.sigreg_weight * value, {"sigreg": float(value.detach())}
-    variance, covariance = vicreg_terms(z)
-    return train.var_weight * variance + train.cov_weight * covariance, {
-        "variance": float(variance.detach()),
-        "covariance": float(covariance.detach()),
-    }
 
 
 def info_nce(prediction: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
