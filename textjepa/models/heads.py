@@ -13,22 +13,25 @@ from textjepa.models.encoder import Encoder, _init_weights, masked_mean
 CONDITIONING_HEAD_KEY = "bridge"
 
 
-def norm_mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
+class NormMLP(nn.Module):
     """LayerNorm -> Linear -> GELU -> Linear, initialised like the encoder."""
-    net = nn.Sequential(nn.LayerNorm(width_in), nn.Linear(width_in, hidden), nn.GELU(), nn.Linear(hidden, width_out))
-    net.apply(_init_weights)
-    return net
+
+    def __init__(self, width_in: int, hidden: int, width_out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(width_in), nn.Linear(width_in, hidden), nn.GELU(), nn.Linear(hidden, width_out)
+        )
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
-class Predictor(nn.Module):
-    """Maps online latents at masked positions to the teacher's latents (LayerNorm -> bottleneck MLP)."""
+class Predictor(NormMLP):
+    """Maps online latents at masked positions to the teacher's latents (a bottleneck MLP)."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.net = norm_mlp(config.dim, config.predictor_width, config.dim)
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.net(latents)
+        super().__init__(config.dim, config.predictor_width, config.dim)
 
 
 class WorldTransition(nn.Module):
@@ -53,16 +56,12 @@ class WorldTransition(nn.Module):
         return state + self.net(torch.cat([state, self.action_embedding(action)], dim=-1))
 
 
-class ConditioningHead(nn.Module):
+class ConditioningHead(NormMLP):
     """Projects a predicted next latent to the conditioning vector (width bridge_dim) that the text
     fallback of the LLM decoders reads; the prefix projector (textjepa/bridge/) reads the latent itself."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.net = norm_mlp(config.dim, config.bridge_dim, config.bridge_dim)
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.net(latent)
+        super().__init__(config.dim, config.bridge_dim, config.bridge_dim)
 
 
 class LatentModel(nn.Module):

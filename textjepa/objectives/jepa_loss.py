@@ -11,18 +11,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from textjepa.objectives.regularizers import RegularizerConfig, regularizer_loss
-from textjepa.objectives.terms import alignment_loss
+from textjepa.objectives.terms import ModelLoss, alignment_loss
 
 if TYPE_CHECKING:  # config.py nests this file's config, and models/heads.py imports config.py
     from textjepa.models.heads import LatentModel
 
 # The regulariser's statistics are taken on at most this many token rows (sampled), which bounds its cost.
 MAX_REGULARIZER_ROWS = 1024
-# Offsets the training seed so the loss's random stream is its own.
-_SEED_OFFSET = 17
 
 
 @dataclass
@@ -37,14 +34,12 @@ class JepaLossConfig:
         self.regularization.validate()
 
 
-class JepaLoss(nn.Module):
+class JepaLoss(ModelLoss):
     """The loss of JEPA pretraining on a LatentModel; forward returns the total and each term by name."""
 
-    def __init__(self, model: LatentModel, config: JepaLossConfig, seed: int) -> None:
-        super().__init__()
-        self.model = model
-        self.config = config
-        self.generator = torch.Generator().manual_seed(seed + _SEED_OFFSET)
+    model: LatentModel
+    config: JepaLossConfig
+    seed_offset = 17
 
     def forward(
         self, ids: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor, target: torch.Tensor

@@ -1,9 +1,25 @@
-"""Loss terms the losses are built from: alignment of unit vectors, in-batch InfoNCE, similarity structure."""
+"""What the losses are built from: the base of a loss over a model, and the terms (alignment of unit
+vectors, in-batch InfoNCE, similarity structure)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+class ModelLoss(nn.Module):
+    """A loss over a model (sentence-transformers style): it holds the model, its config and a random
+    generator of its own (seeded from the training seed plus the loss's seed_offset, so that the losses'
+    streams differ); forward returns {"loss": total, term name: detached value, ...}."""
+
+    seed_offset = 0
+
+    def __init__(self, model: nn.Module, config: object, seed: int) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.generator = torch.Generator().manual_seed(seed + self.seed_offset)
 
 
 def alignment_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

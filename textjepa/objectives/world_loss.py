@@ -17,17 +17,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from textjepa.errors import TextJepaError
 from textjepa.objectives.regularizers import RegularizerConfig, regularizer_loss
-from textjepa.objectives.terms import alignment_loss, info_nce, similarity_structure_loss
+from textjepa.objectives.terms import ModelLoss, alignment_loss, info_nce, similarity_structure_loss
 
 if TYPE_CHECKING:  # config.py nests this file's config, and models/heads.py imports config.py
     from textjepa.models.heads import WorldModel
-
-# Offsets the training seed so the loss's random stream is its own.
-_SEED_OFFSET = 29
 
 
 @dataclass
@@ -55,14 +51,12 @@ class WorldLossConfig:
         self.regularization.validate()
 
 
-class WorldLoss(nn.Module):
+class WorldLoss(ModelLoss):
     """The loss of world-model training on a WorldModel; forward returns the total and each term by name."""
 
-    def __init__(self, model: WorldModel, config: WorldLossConfig, seed: int) -> None:
-        super().__init__()
-        self.model = model
-        self.config = config
-        self.generator = torch.Generator().manual_seed(seed + _SEED_OFFSET)
+    model: WorldModel
+    config: WorldLossConfig
+    seed_offset = 29
 
     def forward(
         self,

@@ -387,13 +387,17 @@ def _load_resume_state(train: TrainConfig, out_dir: Path, stage: Stage, dist: Di
 
 
 def _load_model_state(model: nn.Module, state: dict, source: Path) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:  # another model layout, e.g. a state written before the loss held the model
-        first_line = str(exc).splitlines()[0]
+    """The model's tensors from a training state; one of another layout (e.g. written by a textjepa from
+    before the losses held the models) is a clear error."""
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
         raise TextJepaError(
-            f"cannot resume from {source}: its model tensors do not fit this stage ({first_line})"
-        ) from None
+            f"cannot resume from {source}: its model tensors are laid out otherwise ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, e.g. {example}); it may come from another textjepa version"
+        )
+    model.load_state_dict(state)
 
 
 def _rank_state(sampler, stage: Stage) -> dict:
