@@ -212,7 +212,7 @@ class PageSession:
         self.context.route("**/*", self._only_this_server)
         self.page = self.context.new_page()
         self.page.set_default_timeout(20_000)
-        self.page.on("request", self.requests.append)
+        self.page.on("request", lambda request: self.requests.append(request))
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
 
@@ -292,7 +292,7 @@ def test_the_page_asks_for_the_key_streams_the_answer_and_shows_the_nearest_repl
     page.fill("#key-input", API_KEY)
     page.click("#keygate button")
     session.wait_ready()
-    assert page.locator("#model").inner_text() == "textjepa"
+    assert page.locator("#model").inner_text() == "model textjepa"
 
     session.ask(QUESTION)
     shown = last_turn(page)
