@@ -1,6 +1,8 @@
 """The OpenAI-compatible HTTP API over one loaded world model (FastAPI app factory).
 
-POST /v1/chat/completions (JSON or SSE stream), POST /v1/embeddings, GET /v1/models, GET /health.
+POST /v1/chat/completions (JSON or SSE stream), POST /v1/embeddings, GET /v1/models, GET /health; and for
+people rather than programs, GET / (the chat page, page.py) and POST /v1/textjepa/inspect (the nearest
+training replies to the world model's prediction, inspect.py).
 The model loads in the background after the socket is open: /health answers 503 until it is ready.
 
 Concurrency (see limits.py, worker.py, decoding.py): a request first gets one of `max_concurrency` slots
@@ -20,21 +22,31 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import torch
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from textjepa.agent import Agent, conversation_context
-from textjepa.config import ServeConfig
-from textjepa.decoders.base import Generation
+from textjepa.config import DEFAULT_ACTION, ServeConfig
+from textjepa.decoders.base import Conditioning, Generation
 from textjepa.errors import TextJepaError
 from textjepa.serve.decoding import DecoderRunner
 from textjepa.serve.errors import ApiError, bad_request, dumps, error_body, json_response
+from textjepa.serve.inspect import MAX_TOP_K, ReplyIndex, neighbours
 from textjepa.serve.limits import Admission, Slot
-from textjepa.serve.schemas import ChatMessage, ChatRequest, EmbeddingRequest, parse_json, validate
+from textjepa.serve.page import ChatPage
+from textjepa.serve.schemas import (
+    ChatMessage,
+    ChatRequest,
+    EmbeddingRequest,
+    InspectRequest,
+    parse_json,
+    validate,
+)
 from textjepa.serve.worker import Conditioned, ModelWorker
 
 log = logging.getLogger("textjepa.serve")
@@ -56,6 +68,7 @@ class ServerState:
     agent: Agent | None = None
     worker: ModelWorker | None = None
     decoder: DecoderRunner | None = None
+    replies: ReplyIndex | None = None
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -93,6 +106,7 @@ class ServerState:
         worker = ModelWorker(agent, self.config.max_batch)
         worker.start()
         self.decoder = DecoderRunner(agent.decoder, self.config.max_concurrency)
+        self.replies = ReplyIndex(agent.checkpoint.path, agent.decoder)
         self.worker, self.agent = worker, agent  # set last: a non-None agent means ready
 
     def close(self) -> None:
@@ -142,6 +156,7 @@ def create_app(
 ) -> FastAPI:
     """agent_or_loader: a loaded Agent, or a function that loads one (run on a thread after startup)."""
     state = ServerState(config, Admission(config.max_concurrency, config.max_queue, config.queue_timeout))
+    page = ChatPage.load()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -175,6 +190,11 @@ def create_app(
     async def _unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error")
         return json_response(error_body(f"internal error: {type(exc).__name__}", "server_error", "internal_error"), 500)
+
+    @app.get("/")
+    async def chat_page() -> Response:
+        # Open like /health: the page holds no data, and asks for the API key itself when the server has one.
+        return page.response()
 
     @app.get("/health")
     async def health() -> Response:
@@ -212,19 +232,15 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         agent = state.require_ready()
         chat = validate(ChatRequest, parse_json(await read_body(request, config.max_body_bytes)))
-        messages = normalize_messages(chat.messages)
-        if not any(m["role"] == "user" for m in messages):
-            raise bad_request("messages must contain at least one user message", param="messages")
-        context = conversation_context(messages)
-        if not context.strip():
-            raise bad_request("the conversation has no text", param="messages")
-        context = context[-agent.config.max_seq * CHARS_PER_TOKEN_CAP :]
+        messages, context = conversation(chat.messages, agent)
         max_tokens = _max_tokens(chat, config)
         options = _decoder_options(chat)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         slot = await state.gate.acquire()
         try:
             conditioned = await _condition(state, context)
+            if chat.ablate_conditioning:
+                conditioned = replace(conditioned, conditioning=ablated(conditioned.conditioning))
             if chat.stream:
                 include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
                 events = _sse_events(
@@ -259,6 +275,36 @@ def create_app(
                     }
                 ],
                 "usage": usage,
+            }
+        )
+
+    @app.post("/v1/textjepa/inspect")
+    async def inspect(request: Request) -> Response:
+        agent = state.require_ready()
+        body = validate(InspectRequest, parse_json(await read_body(request, config.max_body_bytes)))
+        _, context = conversation(body.messages, agent)
+        if not 1 <= body.top_k <= MAX_TOP_K:
+            raise bad_request(f"top_k must be between 1 and {MAX_TOP_K}, got {body.top_k}", param="top_k")
+        slot = await state.gate.acquire()
+        try:
+            conditioned = await _condition(state, context)
+            index, missing = await state.replies.get()
+            found = (
+                await asyncio.to_thread(neighbours, index, conditioned.conditioning, body.top_k)
+                if index is not None
+                else {"nearest": [], "context_nearest": [], "prediction_context_cosine": None}
+            )
+        finally:
+            slot.release()
+        return json_response(
+            {
+                "object": "textjepa.inspection",
+                "model": config.model_id,
+                "decoder": agent.decoder.name,
+                "action": DEFAULT_ACTION,
+                "prompt_tokens": conditioned.prompt_tokens,
+                **found,
+                "notes": [missing] if missing else [],
             }
         )
 
@@ -315,6 +361,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     if size > limit:
         raise too_large
     return b"".join(chunks)
+
+
+def conversation(raw: list[ChatMessage], agent: Agent) -> tuple[list[dict], str]:
+    """The request's messages for the decoder and the context text for the world model (400 if it has none)."""
+    messages = normalize_messages(raw)
+    if not any(m["role"] == "user" for m in messages):
+        raise bad_request("messages must contain at least one user message", param="messages")
+    context = conversation_context(messages)
+    if not context.strip():
+        raise bad_request("the conversation has no text", param="messages")
+    return messages, context[-agent.config.max_seq * CHARS_PER_TOKEN_CAP :]
+
+
+def ablated(conditioning: Conditioning) -> Conditioning:
+    """The conditioning with its vector zeroed, as Agent.condition(ablate=True) makes it; decoders see
+    `ablated` and drop it (an LLM gets a zero prefix, retrieval answers from the context latent)."""
+    return replace(conditioning, vector=torch.zeros_like(conditioning.vector), ablated=True)
 
 
 def normalize_messages(messages: list[ChatMessage]) -> list[dict]:

@@ -44,6 +44,16 @@ class ChatRequest(_Open):
     n: StrictInt | None = None
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
+    # textjepa's extension (OpenAI clients send it through extra_body): answer with the conditioning vector zeroed.
+    ablate_conditioning: StrictBool = False
+
+
+class InspectRequest(_Open):
+    """POST /v1/textjepa/inspect: what the world model predicts for a conversation, without decoding."""
+
+    model: StrictStr | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    top_k: StrictInt = 5
 
 
 class EmbeddingRequest(_Open):
