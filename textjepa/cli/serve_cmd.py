@@ -31,8 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve a world model over an OpenAI-compatible HTTP API",
         description=(
             "Loads a world checkpoint once and serves POST /v1/chat/completions (JSON or SSE stream), "
-            "POST /v1/embeddings (pooled encoder latents), GET /v1/models and GET /health. Point an OpenAI "
-            "client at http://HOST:PORT/v1. /health answers 503 until the model is loaded."
+            "POST /v1/embeddings (pooled encoder latents), POST /v1/textjepa/inspect (the training replies nearest "
+            "to the prediction), GET /v1/models, GET /health, and a chat page at GET /. Point an OpenAI "
+            "client at http://HOST:PORT/v1, a browser at http://HOST:PORT/. /health answers 503 until the model "
+            "is loaded."
         ),
     )
     # Not a setting of its own: the seed's way to give --host and --port in one.
