@@ -17,6 +17,7 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from textjepa.data.batches import iter_split_batches
+from textjepa.data.contract import DataContract
 from textjepa.data.lines import escape, unescape
 from textjepa.data.tokens import TokenStore
 from textjepa.decoders.base import Conditioning, Generation
@@ -34,9 +35,7 @@ def build_retrieval_index(
     teacher: Encoder,
     store: TokenStore,
     tokenizer: Tokenizer,
-    max_seq: int,
-    val_fraction: float,
-    seed: int,
+    data: DataContract,
     device: torch.device,
     batch: int = 128,
 ) -> Path:
@@ -46,7 +45,8 @@ def build_retrieval_index(
     latents: list[torch.Tensor] = []
     total = torch.zeros(teacher.config.dim, dtype=torch.float64)
     count = 0
-    for chunk in iter_split_batches(store, batch, max_seq, "train", val_fraction, seed, drop_last=False):
+    # The training split of the checkpoint's own data contract, read the way the world model read it.
+    for chunk in iter_split_batches(store, batch, data.max_seq, "train", data.val_fraction, data.seed, drop_last=False):
         ids = torch.from_numpy(chunk.ids["next"]).to(device)
         valid = torch.from_numpy(chunk.valid["next"]).to(device)
         pooled = masked_mean(teacher(ids, valid), valid).float().cpu()

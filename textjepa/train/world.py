@@ -99,19 +99,10 @@ class WorldStage:
 
     def finish(self, best_path: Path) -> None:
         """The retrieval decoder's index: teacher latents of the training next turns, from the best checkpoint."""
-        _, best_teacher = load_with_teacher(best_path, expect_kind=RunKind.WORLD)
+        best, best_teacher = load_with_teacher(best_path, expect_kind=RunKind.WORLD)
         teacher = copy.deepcopy(self.teacher)
         teacher.load_state_dict(best_teacher.module_state("encoder"))
-        index_path = build_retrieval_index(
-            best_path,
-            teacher,
-            self.store,
-            self.tokenizer,
-            self.config.max_seq,
-            self.cfg.data.val_fraction,
-            self.cfg.train.seed,
-            self.device,
-        )
+        index_path = build_retrieval_index(best_path, teacher, self.store, self.tokenizer, best.data, self.device)
         print(f"retrieval index: {index_path}")
 
 
