@@ -53,7 +53,7 @@ SYSTEMS = ("world", "world-scratch", "tfidf", "bm25", "minilm", "minilm-ft")
 DEFAULT_SYSTEMS = ("world", "tfidf", "bm25", "minilm", "minilm-ft")
 METRICS = ("R@1", "R@5", "MRR")
 _FROM_RANKING = {"top1": "R@1", "top5": "R@5", "mrr": "MRR"}
-LABELS = {
+LABELS = {  # also the order of the table rows
     "world": "world model (JEPA + train-world)",
     "copy": "copy the context latent",
     "world-scratch": "world model, no JEPA (whole budget)",
@@ -125,10 +125,11 @@ class Trainer:
     """Trains latent and world models through the CLI at a CPU budget, calibrating CPU seconds per step once
     per (command, data file) and reusing it for every seed."""
 
-    def __init__(self, work: Path, shape: Shape, threads: int, quick: bool) -> None:
+    def __init__(self, work: Path, shape: Shape, threads: int, quick: bool, rates: dict) -> None:
         self.work, self.shape, self.threads, self.quick = work, shape, threads, quick
         self.cache = work / "textjepa-cache"  # tokenizers and token stores, shared by all runs
-        self.rates: dict[tuple[str, str], tuple[float, float]] = {}
+        # "kind|data file" -> [CPU seconds per step, start-up CPU seconds]; kept in the report for --resume
+        self.rates: dict[str, list[float]] = rates
 
     def _command(self, kind: str, data: Path, steps: int, seed: int, out: Path, init: Path | None) -> list[str]:
         common = [
@@ -149,14 +150,14 @@ class Trainer:
         per-step cost, the rest the start-up: imports, token store, checkpoints)."""
         if self.quick:
             return 20 if kind == "latent" else 40
-        key = (kind, str(data))
+        key = f"{kind}|{data}"
         if key not in self.rates:
-            short, long = 5, 30
+            short, long = 3, 15
             folder = self.work / "calibration" / f"{kind}-{data.parent.name}"
             t_short = self._run(kind, data, short, 0, folder, init, log)
             t_long = self._run(kind, data, long, 0, folder, init, log)
             per_step = max((t_long - t_short) / (long - short), 1e-3)
-            self.rates[key] = (per_step, max(0.0, t_short - short * per_step))
+            self.rates[key] = [per_step, max(0.0, t_short - short * per_step)]
             shutil.rmtree(folder, ignore_errors=True)
         per_step, startup = self.rates[key]
         return max(10, int((cpu_seconds - startup) / per_step))
@@ -164,9 +165,18 @@ class Trainer:
     def train(
         self, kind: str, data: Path, seed: int, out: Path, cpu_seconds: float, init: Path | None, log: Path
     ) -> dict:
+        """A fresh run in `out`; its result is recorded there last, so --resume can trust a finished run."""
+        (out / "result.json").unlink(missing_ok=True)
         steps = self.steps_for(kind, data, init, cpu_seconds, log)
         used = self._run(kind, data, steps, seed, out, init, log)
-        return {"model": main_checkpoint(out, kind), "steps": steps, "cpu_seconds": round(used, 1)}
+        result = {"model": str(main_checkpoint(out, kind)), "steps": steps, "cpu_seconds": round(used, 1)}
+        write_report(out / "result.json", result)
+        return result
+
+    @staticmethod
+    def finished(out: Path) -> dict | None:
+        path = out / "result.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def evaluate(self, model: Path, test: Path, candidates: int, out: Path, log: Path) -> dict:
         report = out / "eval_world.json"
@@ -234,12 +244,17 @@ def finetune_minilm(train: list[tuple[str, str]], seed: int, cpu_seconds: float,
     CPU time reaches `cpu_seconds`: AdamW, linear warm-up over 10 steps then constant, gradient clipping 1.
     A batch never holds the same reply twice (it would be a false negative)."""
     import torch
-    from sentence_transformers import losses
+
+    try:  # sentence-transformers >= 6 moved the losses; older releases (>= 3) have them here only
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = load_minilm()
-    loss_fn = losses.MultipleNegativesRankingLoss(model)
+    loss_fn = MultipleNegativesRankingLoss(model)
+    prepare = getattr(model, "preprocess", None) or model.tokenize  # `tokenize` before sentence-transformers 6
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
     model.train()
@@ -255,7 +270,7 @@ def finetune_minilm(train: list[tuple[str, str]], seed: int, cpu_seconds: float,
             if train[index][1] not in replies:
                 replies.add(train[index][1])
                 rows.append(train[index])
-        features = [model.tokenize([c for c, _ in rows]), model.tokenize([r for _, r in rows])]
+        features = [prepare([c for c, _ in rows]), prepare([r for _, r in rows])]
         loss = loss_fn(features, None)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -270,7 +285,7 @@ def finetune_minilm(train: list[tuple[str, str]], seed: int, cpu_seconds: float,
 # ---------------------------------------------------------------- statistics and output
 
 
-def summarize(per_seed: dict[int, dict]) -> dict:
+def summarize(per_seed: dict[str, dict]) -> dict:
     """Mean and the half-width of the 95% t-interval over seeds (None with one seed)."""
     from scipy import stats
 
@@ -288,6 +303,12 @@ def summarize(per_seed: dict[int, dict]) -> dict:
     return out
 
 
+def ordered_rows(systems: dict) -> list[tuple[str, dict]]:
+    order = list(LABELS)
+    rows = [(name, row) for name, row in systems.items() if "mean" in row]
+    return sorted(rows, key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+
+
 def format_set_table(name: str, result: dict) -> str:
     info = result["info"]
     lines = [
@@ -295,9 +316,7 @@ def format_set_table(name: str, result: dict) -> str:
         f"{info['candidates']} (file order); {info['train_pairs']} training pairs",
         f"{'system':40s}{'R@1':>16s}{'R@5':>16s}{'MRR':>16s}  seeds",
     ]
-    for system, row in result["systems"].items():
-        if "mean" not in row:
-            continue
+    for system, row in ordered_rows(result["systems"]):
         cells = []
         for metric in METRICS:
             mean, half = row["mean"][metric], row["ci95"][metric]
@@ -305,6 +324,40 @@ def format_set_table(name: str, result: dict) -> str:
         seeds = ",".join(map(str, row["seeds"])) if row.get("trained") else "-"
         lines.append(f"{LABELS.get(system, system):40s}" + "".join(c.rjust(16) for c in cells) + f"  {seeds}")
     return "\n".join(lines)
+
+
+def markdown_table(name: str, result: dict) -> str:
+    """One set as a Markdown table: mean ± 95% CI half-width over seeds, CPU cost of the trained systems."""
+    info = result["info"]
+    lines = [
+        f"**{name}** ({info['train_pairs']} training pairs; {info['test_pairs_scored']} held-out pairs ranked in "
+        f"{info['batches']} batches of {info['candidates']}, file order)",
+        "",
+        "| system | R@1 | R@5 | MRR | seeds | CPU s (train) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for system, row in ordered_rows(result["systems"]):
+        cells = []
+        for metric in METRICS:
+            mean, half = row["mean"][metric], row["ci95"][metric]
+            cells.append(f"{mean:.3f} ± {half:.3f}" if half is not None else f"{mean:.3f}")
+        runs = list(row["per_seed"].values())
+        cost = [r.get("cpu_seconds", r.get("world_cpu_seconds", 0) + r.get("jepa_cpu_seconds", 0)) for r in runs]
+        shown_cost = f"{sum(cost) / len(cost):.0f}" if any(cost) else ""
+        seeds = ",".join(map(str, row["seeds"])) if row.get("trained") else "-"
+        lines.append(f"| {LABELS.get(system, system)} | " + " | ".join(cells) + f" | {seeds} | {shown_cost} |")
+    return "\n".join(lines)
+
+
+def print_tables(json_path: Path) -> None:
+    if not json_path.is_file():
+        raise TextJepaError(f"no report at {json_path}")
+    report = json.loads(json_path.read_text())
+    for name, result in report["sets"].items():
+        print(format_set_table(name, result))
+    print()
+    for name, result in report["sets"].items():
+        print(markdown_table(name, result) + "\n")
 
 
 def goal_rows(name: str, systems: dict) -> list[dict]:
@@ -356,7 +409,7 @@ def run(args: argparse.Namespace) -> dict:
     log = work / "commands.log"
     shape = QUICK_SHAPE if args.quick else Shape()
     budget_seconds = args.budget_minutes * 60
-    trainer = Trainer(work, shape, args.threads, args.quick)
+    json_path = Path(args.json) if args.json else work / "quality.json"
     import torch
 
     torch.set_num_threads(args.threads)
@@ -369,24 +422,27 @@ def run(args: argparse.Namespace) -> dict:
         sets[name] = files
     jepa_corpus = Path(args.cache_dir) / "sets" / "stdlib" / "jepa_paragraphs.txt"
 
-    report: dict = {
-        "benchmark": "quality",
-        "config": {
-            "sets": args.sets,
-            "seeds": args.seeds,
-            "systems": args.systems,
-            "budget_minutes": args.budget_minutes,
-            "jepa_share": args.jepa_share,
-            "candidates": args.candidates,
-            "threads": args.threads,
-            "quick": args.quick,
-            "shape": vars(shape),
-            "jepa_corpus": str(jepa_corpus),
-            "load_average_start": os.getloadavg()[0],
-        },
-        "sets": {},
+    fixed = {  # what must agree for --resume to continue a report
+        "budget_minutes": args.budget_minutes,
+        "jepa_share": args.jepa_share,
+        "candidates": args.candidates,
+        "threads": args.threads,
+        "quick": args.quick,
+        "shape": vars(shape),
+        "jepa_corpus": str(jepa_corpus),
     }
-    json_path = Path(args.json) if args.json else work / "quality.json"
+    report: dict = {"benchmark": "quality", "config": dict(fixed), "calibration": {}, "sets": {}}
+    if args.resume and json_path.is_file():
+        previous = json.loads(json_path.read_text())
+        differs = [k for k, v in fixed.items() if previous.get("config", {}).get(k) != v]
+        if differs:
+            raise TextJepaError(f"--resume: {json_path} was run with other settings ({', '.join(differs)})")
+        report = previous
+        print(f"resuming {json_path}", flush=True)
+    report["config"].update(
+        sets=args.sets, seeds=args.seeds, systems=args.systems, load_average_start=os.getloadavg()[0]
+    )
+    trainer = Trainer(work, shape, args.threads, args.quick, report.setdefault("calibration", {}))
     data: dict[str, dict] = {}
     for name in args.sets:
         train = read_pairs(sets[name].train)
@@ -395,23 +451,24 @@ def run(args: argparse.Namespace) -> dict:
         if not batches:
             raise TextJepaError(f"{name}: fewer than {args.candidates} test pairs; lower --candidates")
         data[name] = {"train": train, "batches": batches}
-        report["sets"][name] = {
-            "info": {
-                "manifest": sets[name].manifest,
-                "train_file": str(sets[name].train),
-                "test_file": str(sets[name].test),
-                "train_pairs": len(train),
-                "test_pairs": len(test),
-                "test_pairs_scored": len(batches) * args.candidates,
-                "batches": len(batches),
-                "candidates": args.candidates,
-            },
-            "systems": {},
+        report["sets"].setdefault(name, {"systems": {}})["info"] = {
+            "manifest": sets[name].manifest,
+            "train_file": str(sets[name].train),
+            "test_file": str(sets[name].test),
+            "train_pairs": len(train),
+            "test_pairs": len(test),
+            "test_pairs_scored": len(batches) * args.candidates,
+            "batches": len(batches),
+            "candidates": args.candidates,
         }
+
+    def done(name: str, system: str, seed: int | None = None) -> bool:
+        row = report["sets"][name]["systems"].get(system, {})
+        return (str(seed) if seed is not None else "-") in row.get("per_seed", {})
 
     def record(name: str, system: str, metrics: dict, seed: int | None = None, extra: dict | None = None) -> None:
         row = report["sets"][name]["systems"].setdefault(system, {"per_seed": {}, "trained": seed is not None})
-        row["per_seed"][seed if seed is not None else 0] = {**metrics, **(extra or {})}
+        row["per_seed"][str(seed) if seed is not None else "-"] = {**metrics, **(extra or {})}
         row.update(summarize(row["per_seed"]))
         report["seconds"] = round(time.perf_counter() - began, 1)
         write_report(json_path, report)
@@ -422,24 +479,26 @@ def run(args: argparse.Namespace) -> dict:
     minilm = None
     for name in args.sets:
         train, batches = data[name]["train"], data[name]["batches"]
-        if "tfidf" in args.systems:
+        if "tfidf" in args.systems and not done(name, "tfidf"):
             record(name, "tfidf", tfidf_system(train, batches))
-        if "bm25" in args.systems:
+        if "bm25" in args.systems and not done(name, "bm25"):
             record(name, "bm25", mean_ranking(batches, bm25_scores))
-        if "minilm" in args.systems:
+        if "minilm" in args.systems and not done(name, "minilm"):
             minilm = minilm or load_minilm()
             record(name, "minilm", minilm_system(minilm, batches))
     del minilm
 
     for seed in args.seeds:
         latent = None
-        if "world" in args.systems:
+        if "world" in args.systems and not all(done(name, "world", seed) for name in args.sets):
             folder = work / "runs" / f"seed{seed}" / "latent"
-            latent = trainer.train("latent", jepa_corpus, seed, folder, args.jepa_share * budget_seconds, None, log)
+            latent = (args.resume and Trainer.finished(folder)) or trainer.train(
+                "latent", jepa_corpus, seed, folder, args.jepa_share * budget_seconds, None, log
+            )
         for name in args.sets:
             files, batches = sets[name], data[name]["batches"]
             for system, init, share in (("world", latent, 1 - args.jepa_share), ("world-scratch", None, 1.0)):
-                if system not in args.systems:
+                if system not in args.systems or done(name, system, seed):
                     continue
                 folder = work / "runs" / f"seed{seed}" / f"{name}-{system}"
                 world = trainer.train(
@@ -459,7 +518,7 @@ def run(args: argparse.Namespace) -> dict:
                 record(name, copy, {m: evaluated["baseline_copy"][m] for m in METRICS}, seed)
                 if system == "world" and "baseline_tfidf" in evaluated:
                     record(name, "tfidf-eval-world", {m: evaluated["baseline_tfidf"][m] for m in METRICS}, seed)
-            if "minilm-ft" in args.systems:
+            if "minilm-ft" in args.systems and not done(name, "minilm-ft", seed):
                 model, cost = finetune_minilm(data[name]["train"], seed, budget_seconds)
                 record(name, "minilm-ft", minilm_system(model, batches), seed, cost)
                 del model
@@ -467,9 +526,8 @@ def run(args: argparse.Namespace) -> dict:
     report["table"] = [row for name in args.sets for row in goal_rows(name, report["sets"][name]["systems"])]
     report["seconds"] = round(time.perf_counter() - began, 1)
     write_report(json_path, report)
-    for name in args.sets:
-        print(format_set_table(name, report["sets"][name]))
-    print(f"\nreport: {json_path} ({report['seconds']:.0f} s)")
+    print_tables(json_path)
+    print(f"report: {json_path} ({report['seconds']:.0f} s)")
     return report
 
 
@@ -494,6 +552,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=str(CACHE_DIR / "quality"), help="pair sets (built once)")
     parser.add_argument("--work-dir", default=str(CACHE_DIR / "quality" / "work"), help="runs and logs")
     parser.add_argument("--json", default=None, metavar="PATH", help="the JSON report (default WORK_DIR/quality.json)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the report at --json: skip what it already holds"
+    )
+    parser.add_argument(
+        "--table-only", action="store_true", help="print the tables (text and Markdown) of the report at --json"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         given = sys.argv[1:] if argv is None else argv
@@ -510,6 +574,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.table_only:
+            print_tables(Path(args.json or Path(args.work_dir) / "quality.json"))
+            return 0
         run(args)
     except TextJepaError as error:
         print(f"error: {error}", file=sys.stderr)
