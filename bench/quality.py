@@ -3,7 +3,7 @@
     python bench/quality.py [--sets stdlib jargon chat] [--seeds 0 1 2] [--budget-minutes 15] [--json PATH]
     python bench/quality.py --quick            # tiny shapes and budgets, a CI-sized smoke run
 
-For each pair set (bench/pairsets.py: split by key, no text shared between the splits) every system ranks the
+For each pair set (bench/_pairsets.py: split by key, no text shared between the splits) every system ranks the
 true next turn of each held-out context among the `--candidates` (256) true next turns of its batch, the test
 file cut into consecutive batches in file order (the last partial batch is dropped), the same batches for
 every system. Reported: R@1, R@5, MRR.
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _common import CACHE_DIR, REPO_ROOT, goal_row
-from pairsets import SET_NAMES, SetFiles, build_set, read_pairs
+from _pairsets import SET_NAMES, SetFiles, build_set, read_pairs
 
 from textjepa.errors import TextJepaError
 from textjepa.eval.lexical import TfidfScorer, ranking_metrics

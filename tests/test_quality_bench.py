@@ -1,4 +1,4 @@
-"""The quality benchmark's pair sets (bench/pairsets.py): dictd reading, cleaning, the key split and its checks."""
+"""The quality benchmark's pair sets (bench/_pairsets.py): dictd reading, cleaning, the key split and its checks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from pairsets import (  # noqa: E402
+from _pairsets import (  # noqa: E402
     Pair,
     chat_pairs,
     check_disjoint,
@@ -116,3 +116,35 @@ def test_chat_pairs_hold_earlier_turns_and_round_trip_through_the_line_format(tm
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 3 and all(line.count("\t") == 1 for line in lines)  # one record per line
     assert read_pairs(path)[2] == ("Assistant: Hello!\nUser: How are you?", "Fine, thanks.")
+
+
+@pytest.mark.slow
+def test_quick_run_trains_and_scores_every_system_on_the_same_batches(tmp_path):
+    """bench/quality.py --quick end to end on the chat set without MiniLM (its download-free package is an
+    extra): the real latent / train-world / eval-world commands and the lexical baselines."""
+    import json
+    import subprocess
+
+    from conftest import cli_env
+
+    report_path = tmp_path / "quality.json"
+    args = ["--quick", "--sets", "chat", "--systems", "world", "tfidf", "bm25", "--json", str(report_path)]
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "quality.py"), *args, "--work-dir", str(tmp_path / "work")],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    systems = report["sets"]["chat"]["systems"]
+    assert set(systems) == {"world", "copy", "tfidf-eval-world", "tfidf", "bm25"}
+    assert list(systems["world"]["per_seed"]) == ["0"] and systems["world"]["trained"]
+    for row in systems.values():
+        assert 0 <= row["mean"]["R@1"] <= row["mean"]["R@5"] <= 1
+    # eval-world's own TF-IDF row (fitted on 95% of the same training file) agrees with the bench's.
+    assert abs(systems["tfidf-eval-world"]["mean"]["R@1"] - systems["tfidf"]["mean"]["R@1"]) < 0.05
+    assert systems["tfidf"]["mean"]["R@1"] > 2 / 64  # well above chance among 64 candidates
+    assert "world R@1 beats TF-IDF" in " ".join(row["metric"] for row in report["table"])
+    assert "chat:" in result.stdout and "| system | R@1 |" in result.stdout
