@@ -349,6 +349,32 @@ def markdown_table(name: str, result: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_reports(paths: list[Path], target: Path) -> dict:
+    """One report from runs of the same settings that hold different seeds (e.g. seeds run in parallel)."""
+    reports = [json.loads(path.read_text()) for path in paths]
+    first = reports[0]
+    fixed = [k for k in first["config"] if k not in ("sets", "seeds", "systems", "load_average_start")]
+    for path, other in zip(paths[1:], reports[1:]):
+        differs = [k for k in fixed if other["config"].get(k) != first["config"].get(k)]
+        if differs:
+            raise TextJepaError(f"cannot merge {path}: other settings ({', '.join(differs)})")
+    merged = json.loads(json.dumps(first))
+    merged["merged_from"] = [str(p) for p in paths]
+    merged["config"]["seeds"] = sorted({seed for r in reports for seed in r["config"]["seeds"]})
+    for other in reports[1:]:
+        for name, result in other["sets"].items():
+            target_set = merged["sets"].setdefault(name, {"info": result["info"], "systems": {}})
+            for system, row in result["systems"].items():
+                into = target_set["systems"].setdefault(system, {"per_seed": {}, "trained": row["trained"]})
+                into["per_seed"].update(row["per_seed"])
+    for result in merged["sets"].values():
+        for row in result["systems"].values():
+            row.update(summarize(row["per_seed"]))
+    merged["table"] = [row for name in merged["sets"] for row in goal_rows(name, merged["sets"][name]["systems"])]
+    write_report(target, merged)
+    return merged
+
+
 def print_tables(json_path: Path) -> None:
     if not json_path.is_file():
         raise TextJepaError(f"no report at {json_path}")
@@ -556,6 +582,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume", action="store_true", help="continue the report at --json: skip what it already holds"
     )
     parser.add_argument(
+        "--merge", nargs="+", metavar="REPORT", help="merge reports of the same settings (other seeds) into --json"
+    )
+    parser.add_argument(
         "--table-only", action="store_true", help="print the tables (text and Markdown) of the report at --json"
     )
     args = parser.parse_args(argv)
@@ -574,6 +603,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.merge:
+            if not args.json:
+                raise TextJepaError("--merge needs --json, the merged report to write")
+            merge_reports([Path(p) for p in args.merge], Path(args.json))
+            print_tables(Path(args.json))
+            return 0
         if args.table_only:
             print_tables(Path(args.json or Path(args.work_dir) / "quality.json"))
             return 0
