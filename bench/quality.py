@@ -180,15 +180,15 @@ class Trainer:
 
     def evaluate(self, model: Path, test: Path, candidates: int, out: Path, log: Path) -> dict:
         report = out / "eval_world.json"
-        args = ["eval-world", str(model), str(test), "--split", "all", "--batch", str(candidates)]
-        run_textjepa([*args, "--steps", "1000000", "--data-dir", str(self.cache), "--json", str(report)], log, 1)
+        args = ["eval-world", str(model), str(test), "--split", "all", "--batch", str(candidates), "--steps", "1000000"]
+        run_textjepa([*args, "--data-dir", str(self.cache), "--json", str(report)], log, self.threads)
         return json.loads(report.read_text())
 
 
 # ---------------------------------------------------------------- baselines
 
 
-def test_batches(pairs: list[tuple[str, str]], candidates: int) -> list[list[tuple[str, str]]]:
+def held_out_batches(pairs: list[tuple[str, str]], candidates: int) -> list[list[tuple[str, str]]]:
     """Consecutive batches of `candidates` pairs in file order; the last partial batch is dropped, as
     eval-world drops it."""
     return [pairs[i : i + candidates] for i in range(0, len(pairs) - candidates + 1, candidates)]
@@ -473,7 +473,7 @@ def run(args: argparse.Namespace) -> dict:
     for name in args.sets:
         train = read_pairs(sets[name].train)
         test = read_pairs(sets[name].test)
-        batches = test_batches(test, args.candidates)
+        batches = held_out_batches(test, args.candidates)
         if not batches:
             raise TextJepaError(f"{name}: fewer than {args.candidates} test pairs; lower --candidates")
         data[name] = {"train": train, "batches": batches}
