@@ -225,3 +225,18 @@ def test_encoder_under_bf16_autocast_keeps_fp32_weights_and_outputs_close_to_fp3
     assert (flat16 - flat32).norm() / flat32.norm() < 0.1
     # And bf16 really ran: the outputs are not bit-identical to fp32.
     assert not torch.equal(latents16, latents32)
+
+
+def test_tf32_is_allowed_only_for_fp32_on_cuda():
+    from textjepa.precision import PrecisionChoice, configure_fp32_matmul
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        configure_fp32_matmul(resolve_precision("fp32", "cpu", AVX2_ONLY))
+        configure_fp32_matmul(PrecisionChoice("bf16", "auto", "cuda", True, "test"))
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        configure_fp32_matmul(PrecisionChoice("fp32", "auto", "cuda", False, "test"))
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

