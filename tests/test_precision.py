@@ -240,3 +240,24 @@ def test_tf32_is_allowed_only_for_fp32_on_cuda():
         assert torch.backends.cuda.matmul.allow_tf32 is True
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="measures the step on the CUDA device instead")
+def test_gpu_step_bench_says_skipped_without_cuda(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, cli_env
+
+    out = tmp_path / "gpu.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "gpu_step.py"), "--json", str(out)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "skipped: no CUDA device" in result.stdout
+    assert json.loads(out.read_text())["skipped"] == "no CUDA device"
