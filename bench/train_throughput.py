@@ -137,7 +137,8 @@ def measure_shape(
     if "compiled" in variants:
         began = time.perf_counter()
         compiled_model, compiled_teacher = torch.compile(stage.model), torch.compile(eager_teacher)
-        forwards["compiled"] = (recording_make_inputs, compiled_model, compiled_teacher)
+        # A plain function: train_step tests `forward_model or model`, and a compiled module has no truth value.
+        forwards["compiled"] = (recording_make_inputs, lambda **inputs: compiled_model(**inputs), compiled_teacher)
     step_counter = [0]
 
     def run(variant: str, mode: str, n: int) -> dict:
