@@ -139,7 +139,11 @@ class Trainer:
         if kind == "latent":
             return ["latent", str(data), *self.shape.args(), "--batch", str(self.shape.jepa_batch), *common]
         shape = ["--init-encoder", str(init)] if init else self.shape.args()
-        return ["train-world", str(data), *shape, "--batch", str(self.shape.world_batch), *common]
+        batch = self.shape.world_batch
+        # train-world validates on whole batches: a small set (chat) holds out more than the default 5%.
+        pairs = sum(1 for _ in data.open(encoding="utf-8"))
+        val_fraction = 0.05 if 0.05 * pairs >= batch else round(1.5 * batch / pairs, 3)
+        return ["train-world", str(data), *shape, "--batch", str(batch), "--val-fraction", str(val_fraction), *common]
 
     def _run(self, kind: str, data: Path, steps: int, seed: int, out: Path, init: Path | None, log: Path) -> float:
         shutil.rmtree(out, ignore_errors=True)  # our own scratch folder: a fresh run each time
