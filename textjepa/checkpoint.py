@@ -31,6 +31,12 @@ STATE_MAGIC = b"TEXTJEPA-STATE-1\n"
 def pick_model_file(paths: list[str]) -> str:
     """`--init-encoder model_latent_*.safetensors` (the seed's form) expands in the shell to the checkpoint
     and its teacher; the checkpoint is the one that is not `_teacher`."""
+    if not paths or any(not p.strip() for p in paths):
+        # An empty value (an unset shell variable, "") must not silently mean "train from scratch".
+        raise TextJepaError("--init-encoder is empty; give a model_latent_*.safetensors or model_world_* file")
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise TextJepaError(f"--init-encoder: checkpoint not found: {missing[0]} (an unmatched glob?)")
     models = [p for p in paths if not RunFiles.is_teacher(p)]
     if len(models) != 1:
         raise TextJepaError(f"expected one checkpoint (its _teacher file is found beside it), got: {' '.join(paths)}")
@@ -154,10 +160,11 @@ def load_teacher(checkpoint: Checkpoint) -> Checkpoint:
         and teacher.config == checkpoint.config
         and tokenizer_hash(teacher.tokenizer) == tokenizer_hash(checkpoint.tokenizer)
         and teacher.info.get("step") == checkpoint.info.get("step")
+        and teacher.info.get("run_id") == checkpoint.info.get("run_id")
     )
     if not same_run:
         raise TextJepaError(
-            f"{path.name} is not the teacher of {checkpoint.path.name} (another role, shape, tokenizer or step); "
+            f"{path.name} is not the teacher of {checkpoint.path.name} (another role, shape, tokenizer, step or run); "
             "a checkpoint and its teacher must come from the same run"
         )
     return teacher

@@ -118,6 +118,9 @@ class TrainConfig:
     resume: str | None = setting(
         None, metavar="STATE|auto", help="continue from a training state file, or 'auto' for the newest in --out-dir"
     )
+    overwrite: bool = setting(
+        False, help="replace the run of the same kind already in --out-dir (without it, such a run stops at once)"
+    )
     bucket_by_length: bool = setting(True, flag="bucket", help="do not group batches by length (more padding)")
     progress: bool = setting(True, help="no progress bar")
 

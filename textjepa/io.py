@@ -173,6 +173,11 @@ class RunFiles:
         return str(path).endswith(TEACHER_SUFFIX)
 
     @staticmethod
+    def run_pattern(kind: RunKind) -> str:
+        """A glob for every file of the runs of this kind in an output directory."""
+        return f"model_{RunKind(kind)}_*"
+
+    @staticmethod
     def state_pattern(kind: RunKind) -> str:
         """A glob for the training states of this kind in an output directory."""
         return f"model_{RunKind(kind)}_*.state.pt"

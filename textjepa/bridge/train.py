@@ -108,6 +108,10 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     ensure_writable_dir(out_path.parent if out_path else Path(cfg.train.out_dir))
 
     source = resolve_decoder_model(cfg.decoder_model)
+    out_path = out_path or default_bridge_path(Path(cfg.train.out_dir), source.name, checkpoint.path.name)
+    if out_path.exists() and not cfg.train.overwrite:
+        # A run never silently replaces another; checked before the decoder model is loaded.
+        raise TextJepaError(f"{out_path} already exists; replace it with --overwrite, or choose another --out")
     started = time.time()
     lm = load_causal_lm(source, device)
     print(f"decoder model: {source} ({lm.hidden_size} hidden, vocab {lm.vocab_size}; {time.time() - started:.0f}s)")
@@ -116,7 +120,6 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             f"--prefix-tokens + --max-prompt-tokens + --max-reply-tokens exceed the decoder context "
             f"({lm.context_length})"
         )
-    out_path = out_path or default_bridge_path(Path(cfg.train.out_dir), source.name, checkpoint.path.name)
 
     rng = np.random.default_rng(cfg.train.seed)
     order = rng.permutation(len(train_pairs))

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -209,6 +210,8 @@ def run_training(
     debug = DebugLog.from_env(dist)
 
     loaded = _load_resume_state(train, out_dir, stage, dist)
+    # Every file of a run carries its run id (checkpoint, teacher, state, index), so a mixed set is refused.
+    run_id = uuid.uuid4().hex
     if loaded is not None:
         state, source = loaded
         _load_model_state(model, state["model"], source)
@@ -216,12 +219,16 @@ def run_training(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step, best_score, best_metrics = state["step"], state["best_score"], state["best_metrics"]
+        run_id = state.get("run_id", run_id)
         note = _restore_rank_state(state, sampler, stage, dist, start_step)
         if dist.is_main:
             print(f"resumed from {source} at step {start_step}" + (f" ({note})" if note else ""))
             metrics_log.keep_until(start_step)
     elif dist.is_main:
+        if train.overwrite:
+            _remove_earlier_run(out_dir, stage.kind)
         metrics_log.start()
+    run_info = {**run_info, "run_id": run_id}
 
     forward_model: nn.Module = stage.loss
     if dist.enabled:
@@ -252,6 +259,7 @@ def run_training(
             training_state_path,
             {
                 "kind": str(stage.kind),
+                "run_id": run_id,
                 "config": stage.config.to_dict(),
                 "tokenizer_hash": tokenizer_hash(stage.tokenizer),
                 "step": step,
@@ -519,6 +527,34 @@ def _save_model_files(stage: Stage, files: RunFiles, info: dict, data: DataContr
     save_checkpoint(files.teacher, stage.kind, "teacher", stage.config, teacher, stage.tokenizer, info, data)
 
 
+def earlier_run_files(out_dir: Path, kind: RunKind) -> list[Path]:
+    """Every file of a run of this kind in out_dir (checkpoint, teacher, state, metrics, plot, index, replies)."""
+    return sorted(path for path in out_dir.glob(RunFiles.run_pattern(kind)) if path.is_file())
+
+
+def refuse_earlier_run(train: TrainConfig, out_dir: Path, kind: RunKind) -> None:
+    """A run never silently replaces another: an out-dir that already holds a run of this kind is continued
+    (--resume) or replaced (--overwrite), never trained into afresh. Checked before any work."""
+    if train.overwrite:
+        return
+    existing = earlier_run_files(out_dir, kind)
+    if not existing:
+        return
+    if train.resume and (train.resume != "auto" or find_latest_state(out_dir, kind) is not None):
+        return
+    raise TextJepaError(
+        f"{out_dir} already holds a {kind} run ({existing[0].name}); continue it with --resume auto, replace it "
+        "with --overwrite, or choose another --out-dir"
+    )
+
+
+def _remove_earlier_run(out_dir: Path, kind: RunKind) -> None:
+    """--overwrite: the earlier run's files go before the new run writes its first one, so no file of it is
+    ever taken for the new run's (a killed run must not leave the old index beside the new model)."""
+    for path in earlier_run_files(out_dir, kind):
+        path.unlink(missing_ok=True)
+
+
 def _check_resumable(state: dict, stage: Stage, source: Path) -> None:
     if state.get("kind") != stage.kind:
         raise TextJepaError(f"{source} is a {state.get('kind')} training state, not {stage.kind}")
@@ -541,9 +577,10 @@ def describe_run(train: TrainConfig) -> dict:
 
 
 @contextmanager
-def training_session(train: TrainConfig) -> Iterator[tuple[torch.device, Distributed, Path]]:
+def training_session(train: TrainConfig, kind: RunKind) -> Iterator[tuple[torch.device, Distributed, Path]]:
     """What every training command does first: threads, device, process group (torchrun), this rank's
-    batch and a writable output directory; the process group is shut down however the run ends."""
+    batch, a writable output directory that holds no earlier run of this kind (unless resumed or
+    --overwrite); the process group is shut down however the run ends."""
     configure_threads()
     device = resolve_device(train.device)
     dist = init_distributed(device)
@@ -553,6 +590,7 @@ def training_session(train: TrainConfig) -> Iterator[tuple[torch.device, Distrib
             device = torch.device("cuda", dist.local_rank)
         out_dir = Path(train.out_dir)
         ensure_writable_dir(out_dir)
+        refuse_earlier_run(train, out_dir, kind)
         yield device, dist, out_dir
     finally:
         shutdown_distributed(dist)

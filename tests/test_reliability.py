@@ -1,0 +1,113 @@
+"""Issue 14, "nothing lost, nothing silent": run folders, checks before work, interruption, run ids.
+
+Every case goes through the real command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import TINY, assert_user_error, main_checkpoint, pair_lines, run_cli, synthetic_lines
+
+QUICK = [*TINY, "--steps", "4", "--batch", "8", "--eval-every", "2", "--eval-batches", "1", "--no-progress"]
+
+
+def run_id(model: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(model), framework="pt") as handle:
+        return json.loads(handle.metadata()["info"])["run_id"]
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("reliab")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(synthetic_lines(200)) + "\n")
+    pairs = root / "pairs.txt"
+    pairs.write_text("\n".join(pair_lines(200)) + "\n")
+    return {"root": root, "corpus": corpus, "pairs": pairs, "cache": root / "cache"}
+
+
+def test_second_run_into_the_same_out_dir_is_refused_until_overwrite(lines, tmp_path):
+    out = tmp_path / "run"
+    common = [*QUICK, "--data-dir", lines["cache"], "--out-dir", out]
+    first = run_cli("latent", lines["corpus"], *common)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.glob("model_latent_*")}
+    first_id = run_id(main_checkpoint(out, "latent"))
+    assert any(name.endswith(".metrics.jsonl") for name in before)
+
+    again = run_cli("latent", lines["corpus"], *common, "--seed", "1")
+    assert_user_error(again, "already holds", "--resume auto", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.glob("model_latent_*")} == before
+
+    replaced = run_cli("latent", lines["corpus"], *common, "--seed", "1", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert run_id(main_checkpoint(out, "latent")) != first_id
+    # --resume auto continues the run that is there (nothing to refuse).
+    resumed = run_cli("latent", lines["corpus"], *common, "--seed", "1", "--steps", "6", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_teacher_of_another_run_is_refused(lines, tmp_path):
+    runs = []
+    for seed in ("0", "1"):
+        out = tmp_path / f"run{seed}"
+        result = run_cli(
+            "latent", lines["corpus"], *QUICK, "--seed", seed, "--data-dir", lines["cache"], "--out-dir", out
+        )
+        assert result.returncode == 0, result.stderr
+        runs.append(main_checkpoint(out, "latent"))
+    # Same shape, tokenizer and step: only the run id tells them apart.
+    teacher = runs[0].with_name(runs[0].name.replace(".safetensors", "_teacher.safetensors"))
+    shutil.copy(teacher, runs[1].with_name(teacher.name))
+    result = run_cli("eval-jepa", runs[1], "--data-dir", lines["cache"], "--batch", "8", "--steps", "1")
+    assert_user_error(result, "not the teacher of")
+
+
+def test_index_of_another_run_is_refused(lines, tmp_path):
+    models = []
+    for seed in ("0", "1"):
+        out = tmp_path / f"world{seed}"
+        result = run_cli(
+            "train-world", lines["pairs"], *QUICK, "--seed", seed, "--data-dir", lines["cache"], "--out-dir", out
+        )
+        assert result.returncode == 0, result.stderr
+        models.append(main_checkpoint(out, "world"))
+    for suffix in (".index", ".replies.txt"):
+        name = models[0].name.replace(".safetensors", suffix)
+        shutil.copy(models[0].with_name(name), models[1].with_name(name))
+    result = run_cli("infer", models[1], "hello there")
+    assert_user_error(result, "another run")
+
+
+def test_seed_recipe_runs_in_one_folder(lines, tmp_path):
+    """The seed's documented steps, in the current folder: --latent, then --train-world --init-encoder with the
+    shell's glob of what --latent wrote there (the checkpoint and its teacher)."""
+    shape = ["4", "8", "32", "32", "1", "2", "300"]  # steps batch dim max-seq layers heads max-vocab
+    common = ["--eval-every", "2", "--eval-batches", "1", "--data-dir", lines["cache"], "--no-progress"]
+    latent = run_cli("--latent", lines["corpus"], *shape, *common, cwd=tmp_path)
+    assert latent.returncode == 0, latent.stderr
+    written = sorted(str(p.name) for p in tmp_path.glob("model_latent_*.safetensors"))
+    assert len(written) == 2 and not (tmp_path / "runs").exists()
+    world = run_cli("--train-world", lines["pairs"], "4", "8", "--init-encoder", *written, *common, cwd=tmp_path)
+    assert world.returncode == 0, world.stderr
+    assert main_checkpoint(tmp_path, "world").is_file()
+    # The seed form refuses to replace the run in the folder just as the subcommand does.
+    assert_user_error(run_cli("--latent", lines["corpus"], *shape, *common, cwd=tmp_path), "--overwrite")
+    # The subcommands keep their default folder.
+    from textjepa.cli.seed_form import translate_seed_form
+
+    assert translate_seed_form(["--latent", "d.txt", "--out-dir", "x"]).count("--out-dir") == 1
+    assert translate_seed_form(["--train-world", "d.txt"])[-2:] == ["--out-dir", "."]
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_empty_init_encoder_is_an_error(lines, tmp_path, value):
+    result = run_cli("train-world", lines["pairs"], *QUICK, "--init-encoder", value, "--out-dir", tmp_path / "o")
+    assert_user_error(result, "--init-encoder")
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("model_world_*"))
