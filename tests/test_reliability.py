@@ -111,3 +111,12 @@ def test_empty_init_encoder_is_an_error(lines, tmp_path, value):
     result = run_cli("train-world", lines["pairs"], *QUICK, "--init-encoder", value, "--out-dir", tmp_path / "o")
     assert_user_error(result, "--init-encoder")
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("model_world_*"))
+
+
+def test_too_small_validation_split_stops_before_the_first_step(lines, tmp_path):
+    out = tmp_path / "o"
+    result = run_cli(
+        "latent", lines["corpus"], *QUICK, "--val-fraction", "0.001", "--data-dir", lines["cache"], "--out-dir", out
+    )
+    assert_user_error(result, "validation split is smaller than one batch")
+    assert not list(out.glob("model_latent_*")), "training ran before the check"

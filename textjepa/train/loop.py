@@ -209,6 +209,9 @@ def run_training(
         sampler = UnionSampler(sampler, emulate)
     debug = DebugLog.from_env(dist)
 
+    if dist.is_main and next(iter(validation_batches()), None) is None:
+        # Checked before the first step: found at the first validation, it would cost the steps before it.
+        raise TextJepaError("the validation split is smaller than one batch; raise --val-fraction or lower --batch")
     loaded = _load_resume_state(train, out_dir, stage, dist)
     # Every file of a run carries its run id (checkpoint, teacher, state, index), so a mixed set is refused.
     run_id = uuid.uuid4().hex
