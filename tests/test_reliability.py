@@ -120,3 +120,14 @@ def test_too_small_validation_split_stops_before_the_first_step(lines, tmp_path)
     )
     assert_user_error(result, "validation split is smaller than one batch")
     assert not list(out.glob("model_latent_*")), "training ran before the check"
+
+
+def test_no_progress_prints_one_line_per_validation(lines, tmp_path):
+    result = run_cli(
+        "latent", lines["corpus"], *QUICK, "--data-dir", lines["cache"], "--out-dir", tmp_path / "o"
+    )  # QUICK: --no-progress, 4 steps, a validation every 2
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in progress] == ["step 2/4", "step 4/4"], result.stdout
+    for line in progress:
+        assert "val_loss=" in line and "tok/s=" in line and "elapsed " in line and "eta " in line

@@ -37,7 +37,7 @@ from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
 from textjepa.io import RunFiles, RunKind
 from textjepa.runtime import configure_threads, resolve_device, seed_everything
-from textjepa.train.loop import MetricsLog
+from textjepa.train.loop import MetricsLog, format_duration
 from textjepa.train.schedules import warmup_cosine
 
 
@@ -245,12 +245,19 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         elif not val and last:
             save(record)
         metrics_log.append(record)
-        if cfg.train.progress and ((step + 1) % 10 == 0 or last or "val_matched_nll" in record):
-            rate = (time.time() - started) / (step + 1)
+        # Every validation prints its line even without progress output: a log shows the run alive and learning.
+        if (cfg.train.progress and ((step + 1) % 10 == 0 or last)) or "val_matched_nll" in record:
+            elapsed = time.time() - started
+            rate = elapsed / (step + 1)
             extra = ""
             if "val_matched_nll" in record:
                 extra = f" val matched {record['val_matched_nll']:.4f} shuffled {record['val_shuffled_nll']:.4f}"
-            print(f"step {step + 1}/{cfg.train.steps} loss {np.mean(window):.4f} ({rate:.2f}s/step){extra}", flush=True)
+            eta = format_duration(rate * (cfg.train.steps - step - 1))
+            print(
+                f"step {step + 1}/{cfg.train.steps} loss {np.mean(window):.4f} ({rate:.2f}s/step){extra}, "
+                f"elapsed {format_duration(elapsed)}, eta {eta}",
+                flush=True,
+            )
             window = []
     print(f"bridge: {out_path} (best val matched NLL {bridge.info['best'].get('val_matched_nll', math.nan):.4f})")
     return out_path

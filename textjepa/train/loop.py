@@ -284,6 +284,7 @@ def run_training(
 
         bar = tqdm(total=train.steps, initial=start_step, desc=f"train {stage.kind}", unit="step", mininterval=0.5)
     log_every = max(1, min(train.eval_every, 10))
+    run_start, tokens_per_s = time.perf_counter(), 0.0
     window: dict[str, float] = {}
     window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
     step = start_step
@@ -317,8 +318,9 @@ def run_training(
                 )
                 if dist.is_main:
                     metrics_log.append(record)
+                tokens_per_s = record["tokens_per_s"]
                 if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
                 window, window_steps, window_tokens, window_start = {}, 0, 0, time.perf_counter()
             if done % train.eval_every == 0 or done == train.steps:
                 rank_states = gather_objects(_rank_state(sampler, stage), dist)
@@ -330,8 +332,18 @@ def run_training(
                         best_score, best_metrics = val["score"], {"step": done, **val}
                         _save_model_files(stage, files, {**run_info, "step": done, "val": val}, data)
                     save_state(done, rank_states)
+                    # One line per validation, with or without the bar: a log file shows the run alive and learning.
+                    elapsed = time.perf_counter() - run_start
+                    eta = elapsed / (done - start_step) * (train.steps - done)
+                    line = (
+                        f"step {done}/{train.steps}: "
+                        + ", ".join(f"{k}={v:.4f}" for k, v in val.items())
+                        + f", tok/s={tokens_per_s:.0f}, elapsed {format_duration(elapsed)}, eta {format_duration(eta)}"
+                    )
                     if bar is not None:
-                        bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
+                        bar.write(line)
+                    else:
+                        print(line, flush=True)
                 barrier(dist)
             if bar is not None:
                 bar.update(1)
@@ -360,6 +372,16 @@ def run_training(
     return TrainResult(
         best_path=best_path, best_metrics=best_metrics, steps_done=train.steps, metrics_path=metrics_path
     )
+
+
+def format_duration(seconds: float) -> str:
+    """1h02m, 3m05s or 42s: how long a run has taken or has left, for progress lines."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 # ---------------------------------------------------------------- resume
