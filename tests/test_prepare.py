@@ -416,3 +416,25 @@ def test_wikipedia_paragraph_rules():
     assert paragraphs[:2] == ["Intro line one line two of it.", "A tabbed paragraph | | | here."]
     assert len(paragraphs[2]) <= 2000 and paragraphs[2].endswith("word") and capped == 1
     assert stats.used == 3 and stats.skipped["fragment under 15 chars"] == 1
+
+
+def test_prepare_jsonl_skips_a_deeply_nested_line(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    nested = '{"context": ' + "[" * 100_000 + "]" * 100_000 + ', "response": "x"}'
+    good = json.dumps({"context": "User: Sky?", "response": "Blue."})
+    (shards / "a.jsonl").write_text(nested + "\n" + good + "\n")
+    out = tmp_path / "pairs.txt"
+    result = run_cli("prepare", "jsonl", "--input-dir", shards, "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert lines_of(out) == ["User: Sky?\tBlue."] and "bad json: 1" in result.stdout, result.stdout
+
+
+def test_data_dir_that_is_a_file_is_one_error(tmp_path, hub):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("not a directory\n")
+    data = tmp_path / "lines.txt"
+    data.write_text("one line of text here\n" * 50)
+    for data_dir in (blocker, blocker / "sub"):
+        assert_user_error(run_cli("latent", data, "--data-dir", data_dir, "--out-dir", tmp_path / "o"), "--data-dir")
+        assert_user_error(run_cli("prepare", "hub", "hub:some/dataset", "--data-dir", data_dir), "--data-dir")

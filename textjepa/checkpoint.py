@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,19 +40,6 @@ def pick_model_file(paths: list[str]) -> str:
     if len(models) != 1:
         raise TextJepaError(f"expected one checkpoint (its _teacher file is found beside it), got: {' '.join(paths)}")
     return models[0]
-
-
-def ensure_writable_dir(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TextJepaError(f"cannot create output directory {directory}: {exc.strerror}") from exc
-    probe = directory / f".write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise TextJepaError(f"output directory {directory} is not writable: {exc.strerror}") from exc
 
 
 @dataclass

@@ -17,6 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from textjepa.errors import TextJepaError
+
 if TYPE_CHECKING:
     import torch
 
@@ -132,6 +134,20 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_writable_dir(directory: Path, what: str = "output directory") -> None:
+    """`directory` exists (made if need be) and a file can be written in it; else one clear error."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TextJepaError(f"cannot create {what} {directory}: {exc.strerror}") from exc
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TextJepaError(f"{what} {directory} is not writable: {exc.strerror}") from exc
 
 
 # ---------------------------------------------------------------- the files of one run

@@ -28,14 +28,13 @@ from textjepa.bridge.projector import (
     world_identity,
 )
 from textjepa.bridge.scoring import reply_nll
-from textjepa.checkpoint import ensure_writable_dir
 from textjepa.config import BridgeTrainConfig
 from textjepa.data.sources import resolve_data
 from textjepa.decoders.hf_model import CausalLM, load_causal_lm
 from textjepa.decoders.models import resolve_decoder_model
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
-from textjepa.io import RunFiles, RunKind
+from textjepa.io import RunFiles, RunKind, ensure_writable_dir
 from textjepa.runtime import configure_threads, resolve_device, seed_everything
 from textjepa.train.loop import MetricsLog, format_duration
 from textjepa.train.schedules import warmup_cosine

@@ -20,13 +20,16 @@ from textjepa.data.tokens import (
     train_tokenizer,
 )
 from textjepa.errors import TextJepaError
-from textjepa.io import RunKind, atomic_write_text
+from textjepa.io import RunKind, atomic_write_text, ensure_writable_dir
 
 HUB_PREFIX = "hub:"
 
 
 def resolve_data(argument: str, data_dir: str, mode: RunKind) -> Path:
     """A local line file for `argument`; `hub:<id>` is downloaded once and cached under data_dir."""
+    # Token caches (and hub downloads) go to data_dir: a file or a read-only folder there is one clear error
+    # now, not a traceback after the data was read.
+    ensure_writable_dir(Path(data_dir), "data directory (--data-dir)")
     if argument.startswith(HUB_PREFIX):
         from textjepa.data.hub import cached_hub_lines
 

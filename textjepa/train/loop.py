@@ -23,7 +23,6 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from textjepa.checkpoint import (
-    ensure_writable_dir,
     find_latest_state,
     load_training_state,
     save_checkpoint,
@@ -35,7 +34,7 @@ from textjepa.data.batches import Batch, TrainSampler, UnionSampler, iter_split_
 from textjepa.data.contract import DataContract
 from textjepa.data.tokens import TokenStore, tokenizer_hash
 from textjepa.errors import TextJepaError
-from textjepa.io import RunFiles, RunKind, atomic_write_text, remove_stale_temp_files
+from textjepa.io import RunFiles, RunKind, atomic_write_text, ensure_writable_dir, remove_stale_temp_files
 from textjepa.models.encoder import count_parameters, format_size
 from textjepa.runtime import (
     Distributed,
