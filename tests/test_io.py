@@ -22,6 +22,7 @@ from textjepa.io import (
     remove_stale_temp_files,
     writer_alive,
 )
+from textjepa.models.heads import LatentModel
 
 
 def test_an_interrupted_write_leaves_the_earlier_file_and_no_temporary(tmp_path):
@@ -80,9 +81,10 @@ def saved_pair(tmp_path):
     tokenizer = train_tokenizer(synthetic_lines(100), 300)
     config = ModelConfig(vocab_size=tokenizer.get_vocab_size(), dim=32, layers=1, heads=2, max_seq=16)
     files = RunFiles.create(tmp_path, RunKind.LATENT, "tiny")
-    tensors = {"encoder.w": torch.ones(2)}
-    save_checkpoint(files.model, RunKind.LATENT, "online", config, tensors, tokenizer, {"step": 4})
-    save_checkpoint(files.teacher, RunKind.LATENT, "teacher", config, tensors, tokenizer, {"step": 4})
+    model = LatentModel(config)  # real tensors: loading checks them against the config
+    teacher = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    save_checkpoint(files.model, RunKind.LATENT, "online", config, model.state_dict(), tokenizer, {"step": 4})
+    save_checkpoint(files.teacher, RunKind.LATENT, "teacher", config, teacher, tokenizer, {"step": 4})
     return files, config, tokenizer
 
 
@@ -101,7 +103,7 @@ def test_a_missing_teacher_is_an_error_not_the_online_encoder(saved_pair):
 
 def test_a_teacher_of_another_run_is_refused(saved_pair):
     files, config, tokenizer = saved_pair
-    tensors = {"encoder.w": torch.zeros(2)}
+    tensors = {f"encoder.{k}": torch.zeros_like(v) for k, v in LatentModel(config).encoder.state_dict().items()}
     save_checkpoint(files.teacher, RunKind.LATENT, "teacher", config, tensors, tokenizer, {"step": 9})
     with pytest.raises(TextJepaError, match="not the teacher of"):
         load_with_teacher(files.model)

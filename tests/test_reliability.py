@@ -131,3 +131,66 @@ def test_no_progress_prints_one_line_per_validation(lines, tmp_path):
     assert [line.split(":")[0] for line in progress] == ["step 2/4", "step 4/4"], result.stdout
     for line in progress:
         assert "val_loss=" in line and "tok/s=" in line and "elapsed " in line and "eta " in line
+
+
+@pytest.fixture(scope="module")
+def latent_run(lines, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("latent-run")
+    result = run_cli("latent", lines["corpus"], *QUICK, "--data-dir", lines["cache"], "--out-dir", out)
+    assert result.returncode == 0, result.stderr
+    return main_checkpoint(out, "latent")
+
+
+def edited_copy(model: Path, directory: Path, edit) -> Path:
+    """A copy of a checkpoint and its teacher whose metadata `edit(metadata)` changed, tensors untouched."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    directory.mkdir()
+    for suffix in (".safetensors", "_teacher.safetensors"):
+        source = model.with_name(model.name.replace(".safetensors", suffix))
+        with safe_open(str(source), framework="pt") as handle:
+            metadata = dict(handle.metadata())
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        edit(metadata)
+        save_file(tensors, str(directory / source.name), metadata=metadata)
+    return directory / model.name
+
+
+def set_config(**changes):
+    def edit(metadata: dict) -> None:
+        metadata["config"] = json.dumps({**json.loads(metadata["config"]), **changes})
+
+    return edit
+
+
+DAMAGED = {
+    "dim": (set_config(dim=64), "does not match its tensors"),
+    "layers": (set_config(layers=2), "missing"),
+    "heads": (set_config(heads=3), "heads"),
+    "no kind": (lambda m: m.pop("kind"), "no kind"),
+    "config": (lambda m: m.update(config="{not json"), "metadata is damaged"),
+    "tokenizer": (lambda m: m.update(tokenizer="garbage"), "tokenizer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_checkpoint_metadata_that_disagrees_with_its_tensors_is_refused(latent_run, lines, tmp_path, case):
+    edit, needle = DAMAGED[case]
+    damaged = edited_copy(latent_run, tmp_path / "damaged", edit)
+    result = run_cli("eval-jepa", damaged, lines["corpus"], "--data-dir", lines["cache"], "--batch", "8")
+    assert_user_error(result, needle)
+    assert result.returncode == 2
+
+
+def test_init_encoder_and_serve_refuse_an_edited_checkpoint(latent_run, lines, tmp_path):
+    damaged = edited_copy(latent_run, tmp_path / "damaged", set_config(heads=3))
+    world = run_cli("train-world", lines["pairs"], *QUICK, "--init-encoder", damaged, "--out-dir", tmp_path / "w")
+    assert_user_error(world, "heads")
+    trained = run_cli("train-world", lines["pairs"], *QUICK, "--data-dir", lines["cache"], "--out-dir", tmp_path / "w0")
+    assert trained.returncode == 0, trained.stderr
+    damaged_world = edited_copy(
+        main_checkpoint(tmp_path / "w0", "world"), tmp_path / "damaged-world", set_config(heads=3)
+    )
+    served = run_cli("serve", damaged_world, "--port", "0", timeout=120)
+    assert_user_error(served, "heads")
