@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_user_error, main_checkpoint, pair_lines, run_cli, synthetic_lines
+from conftest import TINY, assert_user_error, cli_env, main_checkpoint, pair_lines, run_cli, synthetic_lines
 
 QUICK = [*TINY, "--steps", "4", "--batch", "8", "--eval-every", "2", "--eval-batches", "1", "--no-progress"]
 
@@ -194,3 +198,45 @@ def test_init_encoder_and_serve_refuse_an_edited_checkpoint(latent_run, lines, t
     )
     served = run_cli("serve", damaged_world, "--port", "0", timeout=120)
     assert_user_error(served, "heads")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_the_step_and_resume_is_exact(lines, tmp_path, stop_signal):
+    import torch
+
+    from textjepa.checkpoint import load_training_state
+
+    # Validation every 25 steps, the log every 10: the stop lands between validations.
+    args = ["--steps", "40", "--eval-every", "25", "--batch", "8", "--seed", "2", "--no-progress"]
+    common = ["latent", lines["corpus"], *TINY, *args, "--data-dir", lines["cache"]]
+    reference = run_cli(*common, "--out-dir", tmp_path / "ref")
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "stopped"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "textjepa", *map(str, common), "--out-dir", out],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.metrics.jsonl")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(stop_signal)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    [state_file] = out.glob("*.state.pt")
+    saved_step = load_training_state(state_file)["step"]
+    assert 10 <= saved_step < 40 and saved_step != 25, (saved_step, stdout)
+    assert f"after step {saved_step}; training state saved to {state_file}" in stderr and "Traceback" not in stderr
+
+    resumed = run_cli(*common, "--out-dir", out, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {saved_step}" in resumed.stdout
+    final, expected = load_training_state(state_file), load_training_state(next((tmp_path / "ref").glob("*.state.pt")))
+    assert final["step"] == expected["step"] == 40
+    for part in ("model", "teacher"):
+        for name, tensor in expected[part].items():
+            assert torch.equal(final[part][name], tensor), f"{part}.{name} differs after resume"

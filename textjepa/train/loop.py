@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +35,7 @@ from textjepa.config import DataConfig, ModelConfig, TrainConfig
 from textjepa.data.batches import Batch, TrainSampler, UnionSampler, iter_split_batches
 from textjepa.data.contract import DataContract
 from textjepa.data.tokens import TokenStore, tokenizer_hash
-from textjepa.errors import TextJepaError
+from textjepa.errors import Interrupted, TextJepaError
 from textjepa.io import RunFiles, RunKind, atomic_write_text, ensure_writable_dir, remove_stale_temp_files
 from textjepa.models.encoder import count_parameters, format_size
 from textjepa.runtime import (
@@ -287,7 +289,12 @@ def run_training(
     window: dict[str, float] = {}
     window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
     step = start_step
+    # Single-process runs stop cleanly on SIGINT/SIGTERM: the step in progress finishes, its state is written and
+    # a resume continues exactly. Under torchrun the ranks cannot agree on a step, so Ctrl-C stops at once.
+    stop = StopRequest() if not dist.enabled else None
     try:
+        if stop is not None:
+            stop.install()
         for step in range(start_step, train.steps):
             model.train()
             batch = sampler.next_batch()
@@ -346,19 +353,31 @@ def run_training(
                 barrier(dist)
             if bar is not None:
                 bar.update(1)
+            if stop is not None and stop.requested and done < train.steps:
+                if bar is not None:
+                    bar.close()
+                save_state(done, [_rank_state(sampler, stage)])
+                raise Interrupted(
+                    f"{stop.requested} after step {done}; training state saved to {training_state_path}, "
+                    "continue with --resume auto"
+                )
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
         if dist.enabled:
             # The ranks may stop at different steps, so no consistent state can be gathered now.
-            raise TextJepaError(
-                f"interrupted at step {step}; the last training state saved at a validation step is in "
+            raise Interrupted(
+                f"at step {step}; the last training state saved at a validation step is in "
                 f"{training_state_path}, continue with --resume auto"
             ) from None
-        save_state(step, [_rank_state(sampler, stage)])
-        raise TextJepaError(
-            f"interrupted at step {step}; training state saved to {training_state_path}, continue with --resume auto"
+        # A second Ctrl-C: the step in progress is incomplete, so only the last state written is trustworthy.
+        raise Interrupted(
+            f"at step {step}, before the step finished; the last training state written is in "
+            f"{training_state_path}, continue with --resume auto"
         ) from None
+    finally:
+        if stop is not None:
+            stop.restore()
     if bar is not None:
         bar.close()
     if dist.is_main:
@@ -371,6 +390,32 @@ def run_training(
     return TrainResult(
         best_path=best_path, best_metrics=best_metrics, steps_done=train.steps, metrics_path=metrics_path
     )
+
+
+class StopRequest:
+    """SIGINT/SIGTERM while training: noted, and acted on between steps. A second SIGINT interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (e.g. not when run from a server)
+        for number in self.SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame) -> None:
+        self.requested = signal.Signals(number).name
+        print(f"{self.requested}: stopping after this step (Ctrl-C again to stop at once)", flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
 
 
 def format_duration(seconds: float) -> str:
