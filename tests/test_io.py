@@ -14,6 +14,7 @@ from textjepa.config import ModelConfig
 from textjepa.data.tokens import train_tokenizer
 from textjepa.errors import TextJepaError
 from textjepa.io import (
+    TEMP_MARK,
     RunFiles,
     RunKind,
     atomic_directory,
@@ -35,15 +36,43 @@ def test_an_interrupted_write_leaves_the_earlier_file_and_no_temporary(tmp_path)
     assert os.listdir(tmp_path) == ["out.txt"]
 
 
+def hold_writer_lock(path: Path) -> subprocess.Popen:
+    """Another process that writes `path`: it holds the writer's lock until killed."""
+    code = "import sys, time; from pathlib import Path; from textjepa.io import lock_writer; "
+    code += "lock_writer(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_stale_temporaries_are_removed_only_when_their_writer_is_gone(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".a.safetensors.tmp-{int(dead.stdout)}"
-    live = tmp_path / f".b.safetensors.tmp-{os.getppid()}"  # a running process (pytest's parent)
+    # PID 1 is always alive (in a container, every restart is PID 1 again): a process id proves nothing.
+    stale = tmp_path / ".a.safetensors.tmp-1"
+    live = tmp_path / f".b.safetensors.tmp-{os.getppid()}"
     for path in (stale, live):
         path.write_text("partial")
-    assert not writer_alive(stale) and writer_alive(live)
+    holder = hold_writer_lock(live)
+    try:
+        assert not writer_alive(stale) and writer_alive(live)
+        remove_stale_temp_files(tmp_path)
+        assert not stale.exists() and live.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not writer_alive(live)  # the kernel dropped the lock with the killed writer
     remove_stale_temp_files(tmp_path)
-    assert not stale.exists() and live.exists()
+    assert not live.exists()
+
+
+def test_a_stale_temporary_directory_of_a_live_pid_is_replaced(tmp_path):
+    """Killed while building as PID 1, restarted as PID 1: the old temporary directory is not a live writer."""
+    target = tmp_path / "store"
+    left = tmp_path / f"store{TEMP_MARK}1"
+    left.mkdir()
+    (left / "part.bin").write_bytes(b"half")
+    with atomic_directory(target) as tmp:
+        (tmp / "meta.json").write_text("{}")
+    assert os.listdir(tmp_path) == ["store"] and (target / "meta.json").is_file()
 
 
 def test_an_atomic_directory_appears_complete_or_not_at_all(tmp_path):

@@ -360,13 +360,21 @@ def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
     out = tmp_path / "o.txt"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".o.txt.tmp-{int(dead.stdout)}"
-    live = tmp_path / f".o.txt.tmp-{os.getppid()}"  # a running process (pytest's parent)
+    live = tmp_path / f".o.txt.tmp-{os.getppid()}"  # a running process (pytest's parent) that holds the lock
     stale.write_text("partial")
     live.write_text("someone else's work in progress")
-    with AtomicLineFile(out) as writer:
-        writer.write_record(["a", "b"])
-        writer.commit()
-    assert not stale.exists() and live.exists()
+    code = "import sys, time; from pathlib import Path; from textjepa.io import lock_writer; "
+    code += "lock_writer(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(live)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with AtomicLineFile(out) as writer:
+            writer.write_record(["a", "b"])
+            writer.commit()
+        assert not stale.exists() and live.exists()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_chat_pairs_window_and_roles():
