@@ -240,3 +240,19 @@ def test_interrupt_saves_the_step_and_resume_is_exact(lines, tmp_path, stop_sign
     for part in ("model", "teacher"):
         for name, tensor in expected[part].items():
             assert torch.equal(final[part][name], tensor), f"{part}.{name} differs after resume"
+
+
+def test_eval_without_data_finds_the_training_data_from_anywhere(lines, tmp_path):
+    train_dir = tmp_path / "project"
+    train_dir.mkdir()
+    shutil.copy(lines["corpus"], train_dir / "data.txt")
+    out = tmp_path / "run"
+    trained = run_cli("latent", "data.txt", *QUICK, "--data-dir", lines["cache"], "--out-dir", out, cwd=train_dir)
+    assert trained.returncode == 0, trained.stderr
+    model = main_checkpoint(out, "latent")
+    evaluate = ["eval-jepa", model, "--data-dir", lines["cache"], "--batch", "8", "--steps", "1"]
+    # Started elsewhere, the path typed at training time ("data.txt") is still found: it was recorded absolute.
+    elsewhere = run_cli(*evaluate, cwd=tmp_path)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    (train_dir / "data.txt").rename(train_dir / "moved.txt")
+    assert_user_error(run_cli(*evaluate, cwd=tmp_path), "not there any more", str(train_dir / "data.txt"), "DATA")

@@ -48,6 +48,13 @@ def recorded_data(given: str | None, contract: DataContract, kind: RunKind, data
     argument = given or contract.source
     if not argument:
         raise TextJepaError("no data given and the checkpoint does not record its training data")
+    if not given and not argument.startswith(HUB_PREFIX) and not Path(argument).is_file():
+        # Checkpoints from before absolute paths were recorded hold the path as typed at training time.
+        relative = "" if Path(argument).is_absolute() else " (recorded relative to the folder training ran in)"
+        raise TextJepaError(
+            f"the training data recorded in the checkpoint, {argument}{relative}, is not there any more (moved or "
+            "deleted); give the data file as DATA"
+        )
     path = resolve_data(argument, data_dir, kind)
     return path, contract.data_config(str(path), data_dir)
 
