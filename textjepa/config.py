@@ -281,7 +281,7 @@ ORACLE_HELP = (
 # The parts of TrainConfig that the bridge trainer uses.
 BRIDGE_TRAIN_FIELDS = (
     "steps", "batch", "lr", "weight_decay", "grad_clip", "warmup_fraction", "eval_every", "seed", "device", "out_dir",
-    "progress",
+    "progress", "overwrite",
 )  # fmt: skip
 
 
@@ -354,7 +354,7 @@ class ConditioningEvalConfig:
 
 
 # The parts of TrainConfig that the demo sets for both of its training stages.
-DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "progress")
+DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "progress", "overwrite")
 
 
 @dataclass
