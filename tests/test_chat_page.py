@@ -162,7 +162,8 @@ def test_ablate_conditioning_answers_as_the_agent_does_without_it(client, agent)
 
 def test_inspect_loads_the_index_for_a_decoder_that_has_none(world_model, tmp_path):
     """An LLM decoder has no retrieval index of its own: inspect loads the checkpoint's once, or says why not."""
-    from textjepa.decoders.retrieval import RetrievalIndex, index_paths
+    from textjepa.decoders.retrieval import RetrievalIndex
+    from textjepa.io import RunFiles
     from textjepa.serve.inspect import ReplyIndex
 
     class LlmLikeDecoder:
@@ -177,7 +178,7 @@ def test_inspect_loads_the_index_for_a_decoder_that_has_none(world_model, tmp_pa
     assert missing is None and index.replies == RetrievalIndex.load(world_model).replies
     lonely = tmp_path / world_model.name
     shutil.copy(world_model, lonely)
-    assert not index_paths(lonely)[0].exists()
+    assert not RunFiles(lonely).index.exists()
     index, missing = asyncio.run(get(ReplyIndex(lonely, LlmLikeDecoder())))
     assert index is None and "retrieval index" in missing and "not found" in missing
 

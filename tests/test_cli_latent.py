@@ -230,8 +230,10 @@ def test_failed_run_never_overwrites_a_good_checkpoint(trained, tmp_path):
     before = {p.name: p.read_bytes() for p in trained["out"].glob("model_latent_*.safetensors")}
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    assert_user_error(run_cli("latent", empty, *TINY, "--out-dir", trained["out"]), "empty")
-    assert_user_error(run_cli("latent", trained["corpus"], *TINY, "--heads", "5", "--out-dir", trained["out"]), "heads")
+    assert_user_error(run_cli("latent", empty, *TINY, "--out-dir", trained["out"], "--overwrite"), "empty")
+    assert_user_error(
+        run_cli("latent", trained["corpus"], *TINY, "--heads", "5", "--out-dir", trained["out"], "--overwrite"), "heads"
+    )
     after = {p.name: p.read_bytes() for p in trained["out"].glob("model_latent_*.safetensors")}
     assert before == after
 

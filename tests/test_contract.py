@@ -18,7 +18,7 @@ from textjepa.data.contract import DataContract, Field, encode_rows, keep_tokens
 from textjepa.data.sources import WORLD_RECORDS, load_corpus
 from textjepa.data.tokens import MAX_STORED_TOKENS, train_tokenizer
 from textjepa.io import RunFiles, RunKind
-from textjepa.models.heads import WorldModel
+from textjepa.models.heads import LatentModel, WorldModel
 
 MAX_SEQ = 16
 
@@ -136,7 +136,9 @@ def _write_old_checkpoint(path, kind: str, info: dict, tokenizer, config: ModelC
         "tokenizer": tokenizer.to_str(),
         "info": json.dumps(info),
     }
-    save_file({"x": torch.zeros(1)}, str(path), metadata=metadata)
+    # The tensors of the model the config describes (loading checks them against it).
+    model = (WorldModel if kind == "world" else LatentModel)(config)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=metadata)
 
 
 def test_old_checkpoints_with_an_untyped_data_dict_still_load(tmp_path):
@@ -169,6 +171,7 @@ def test_the_contract_is_saved_and_read_in_one_place(tmp_path):
     contract = DataContract(24, 2, 999, 0.1, 3, "x.txt", "hash")
     path = tmp_path / "m.safetensors"
     # A stale untyped dict in info never wins over the contract.
-    save_checkpoint(path, RunKind.LATENT, "online", config, {}, tokenizer, {"data": {"seed": 99}}, contract)
+    tensors = LatentModel(config).state_dict()
+    save_checkpoint(path, RunKind.LATENT, "online", config, tensors, tokenizer, {"data": {"seed": 99}}, contract)
     loaded = load_checkpoint(path)
     assert loaded.data == contract and "data" not in loaded.info

@@ -14,6 +14,7 @@ from textjepa.config import ModelConfig
 from textjepa.data.tokens import train_tokenizer
 from textjepa.errors import TextJepaError
 from textjepa.io import (
+    TEMP_MARK,
     RunFiles,
     RunKind,
     atomic_directory,
@@ -22,6 +23,7 @@ from textjepa.io import (
     remove_stale_temp_files,
     writer_alive,
 )
+from textjepa.models.heads import LatentModel
 
 
 def test_an_interrupted_write_leaves_the_earlier_file_and_no_temporary(tmp_path):
@@ -34,15 +36,43 @@ def test_an_interrupted_write_leaves_the_earlier_file_and_no_temporary(tmp_path)
     assert os.listdir(tmp_path) == ["out.txt"]
 
 
+def hold_writer_lock(path: Path) -> subprocess.Popen:
+    """Another process that writes `path`: it holds the writer's lock until killed."""
+    code = "import sys, time; from pathlib import Path; from textjepa.io import lock_writer; "
+    code += "lock_writer(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_stale_temporaries_are_removed_only_when_their_writer_is_gone(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".a.safetensors.tmp-{int(dead.stdout)}"
-    live = tmp_path / f".b.safetensors.tmp-{os.getppid()}"  # a running process (pytest's parent)
+    # PID 1 is always alive (in a container, every restart is PID 1 again): a process id proves nothing.
+    stale = tmp_path / ".a.safetensors.tmp-1"
+    live = tmp_path / f".b.safetensors.tmp-{os.getppid()}"
     for path in (stale, live):
         path.write_text("partial")
-    assert not writer_alive(stale) and writer_alive(live)
+    holder = hold_writer_lock(live)
+    try:
+        assert not writer_alive(stale) and writer_alive(live)
+        remove_stale_temp_files(tmp_path)
+        assert not stale.exists() and live.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not writer_alive(live)  # the kernel dropped the lock with the killed writer
     remove_stale_temp_files(tmp_path)
-    assert not stale.exists() and live.exists()
+    assert not live.exists()
+
+
+def test_a_stale_temporary_directory_of_a_live_pid_is_replaced(tmp_path):
+    """Killed while building as PID 1, restarted as PID 1: the old temporary directory is not a live writer."""
+    target = tmp_path / "store"
+    left = tmp_path / f"store{TEMP_MARK}1"
+    left.mkdir()
+    (left / "part.bin").write_bytes(b"half")
+    with atomic_directory(target) as tmp:
+        (tmp / "meta.json").write_text("{}")
+    assert os.listdir(tmp_path) == ["store"] and (target / "meta.json").is_file()
 
 
 def test_an_atomic_directory_appears_complete_or_not_at_all(tmp_path):
@@ -80,9 +110,10 @@ def saved_pair(tmp_path):
     tokenizer = train_tokenizer(synthetic_lines(100), 300)
     config = ModelConfig(vocab_size=tokenizer.get_vocab_size(), dim=32, layers=1, heads=2, max_seq=16)
     files = RunFiles.create(tmp_path, RunKind.LATENT, "tiny")
-    tensors = {"encoder.w": torch.ones(2)}
-    save_checkpoint(files.model, RunKind.LATENT, "online", config, tensors, tokenizer, {"step": 4})
-    save_checkpoint(files.teacher, RunKind.LATENT, "teacher", config, tensors, tokenizer, {"step": 4})
+    model = LatentModel(config)  # real tensors: loading checks them against the config
+    teacher = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    save_checkpoint(files.model, RunKind.LATENT, "online", config, model.state_dict(), tokenizer, {"step": 4})
+    save_checkpoint(files.teacher, RunKind.LATENT, "teacher", config, teacher, tokenizer, {"step": 4})
     return files, config, tokenizer
 
 
@@ -101,7 +132,7 @@ def test_a_missing_teacher_is_an_error_not_the_online_encoder(saved_pair):
 
 def test_a_teacher_of_another_run_is_refused(saved_pair):
     files, config, tokenizer = saved_pair
-    tensors = {"encoder.w": torch.zeros(2)}
+    tensors = {f"encoder.{k}": torch.zeros_like(v) for k, v in LatentModel(config).encoder.state_dict().items()}
     save_checkpoint(files.teacher, RunKind.LATENT, "teacher", config, tensors, tokenizer, {"step": 9})
     with pytest.raises(TextJepaError, match="not the teacher of"):
         load_with_teacher(files.model)

@@ -213,6 +213,8 @@ def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     assert "val matched" in trained.stdout and out.is_file()
+    again = run_cli("train-bridge", world["model"], world["pairs"], "--decoder-model", "smollm2", "--out", out)
+    assert_user_error(again, "already exists", "--overwrite")
     from safetensors import safe_open
 
     with safe_open(str(out), "pt") as handle:

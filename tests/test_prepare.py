@@ -360,13 +360,21 @@ def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
     out = tmp_path / "o.txt"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".o.txt.tmp-{int(dead.stdout)}"
-    live = tmp_path / f".o.txt.tmp-{os.getppid()}"  # a running process (pytest's parent)
+    live = tmp_path / f".o.txt.tmp-{os.getppid()}"  # a running process (pytest's parent) that holds the lock
     stale.write_text("partial")
     live.write_text("someone else's work in progress")
-    with AtomicLineFile(out) as writer:
-        writer.write_record(["a", "b"])
-        writer.commit()
-    assert not stale.exists() and live.exists()
+    code = "import sys, time; from pathlib import Path; from textjepa.io import lock_writer; "
+    code += "lock_writer(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(live)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with AtomicLineFile(out) as writer:
+            writer.write_record(["a", "b"])
+            writer.commit()
+        assert not stale.exists() and live.exists()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_chat_pairs_window_and_roles():
@@ -416,3 +424,25 @@ def test_wikipedia_paragraph_rules():
     assert paragraphs[:2] == ["Intro line one line two of it.", "A tabbed paragraph | | | here."]
     assert len(paragraphs[2]) <= 2000 and paragraphs[2].endswith("word") and capped == 1
     assert stats.used == 3 and stats.skipped["fragment under 15 chars"] == 1
+
+
+def test_prepare_jsonl_skips_a_deeply_nested_line(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    nested = '{"context": ' + "[" * 100_000 + "]" * 100_000 + ', "response": "x"}'
+    good = json.dumps({"context": "User: Sky?", "response": "Blue."})
+    (shards / "a.jsonl").write_text(nested + "\n" + good + "\n")
+    out = tmp_path / "pairs.txt"
+    result = run_cli("prepare", "jsonl", "--input-dir", shards, "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert lines_of(out) == ["User: Sky?\tBlue."] and "bad json: 1" in result.stdout, result.stdout
+
+
+def test_data_dir_that_is_a_file_is_one_error(tmp_path, hub):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("not a directory\n")
+    data = tmp_path / "lines.txt"
+    data.write_text("one line of text here\n" * 50)
+    for data_dir in (blocker, blocker / "sub"):
+        assert_user_error(run_cli("latent", data, "--data-dir", data_dir, "--out-dir", tmp_path / "o"), "--data-dir")
+        assert_user_error(run_cli("prepare", "hub", "hub:some/dataset", "--data-dir", data_dir), "--data-dir")

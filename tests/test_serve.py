@@ -556,3 +556,72 @@ def test_serve_startup_errors(world_model, tmp_path):
         assert_user_error(run_cli("--serve", world_model, vocab, f"127.0.0.1:{port}"), "already in use")
     # Problems found while loading (after the socket is open) stop the server with one clear line.
     assert_user_error(run_cli("--serve", world_model, vocab, "127.0.0.1:0", "64"), "dim=64", "disagrees")
+
+
+# --- hostile input (issue 14) ------------------------------------------------------------------------------
+
+NESTED = "[" * 1000 + "]" * 1000
+HOSTILE = [
+    ("/v1/chat/completions", '{"messages": ' + NESTED + "}"),
+    ("/v1/embeddings", '{"input": ' + NESTED + "}"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi \\ud800 there"}]}'),
+    ("/v1/embeddings", '{"input": ["fine", "\\udc00"]}'),
+]
+
+
+def test_deep_nesting_and_lone_surrogates_are_client_errors(server):
+    before = server.logs().count("Traceback")
+    # One keep-alive connection for all: a client error must not reset it.
+    with httpx.Client(base_url=server.base, headers=AUTH, timeout=30) as one_connection:
+        for path, body in HOSTILE:
+            response = one_connection.post(path, content=body, headers={"Content-Type": "application/json"})
+            error = assert_openai_error(response, 400)
+            assert error["type"] == "invalid_request_error", error
+            assert response.headers.get("connection", "keep-alive") != "close"
+        assert one_connection.post("/v1/chat/completions", json={"messages": USER}).status_code == 200
+    # A lone surrogate spelled as an escape inside a valid pair of text is fine: "\ud83d\ude00" is one emoji.
+    emoji = '{"input": "smile \\ud83d\\ude00"}'
+    ok = httpx.post(f"{server.base}/v1/embeddings", content=emoji, headers={**AUTH, "Content-Type": "application/json"})
+    assert ok.status_code == 200, ok.text
+    assert server.logs().count("Traceback") == before, server.logs()
+
+
+def test_health_after_a_failed_load_names_no_local_path(tmp_path):
+    """The real server (uvicorn on 127.0.0.1) whose model fails to load: /health says error, without the path."""
+    import uvicorn
+
+    from textjepa.config import ServeConfig
+    from textjepa.errors import TextJepaError
+    from textjepa.serve.app import create_app
+
+    secret = str(tmp_path / "private" / "model_world_1k.safetensors")
+
+    def failing_loader():
+        raise TextJepaError(f"checkpoint not found: {secret}")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(failing_loader, ServeConfig()), "127.0.0.1", port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline, health = time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            if health.json()["status"] == "error":
+                break
+            time.sleep(0.05)
+        assert health is not None and health.status_code == 503 and health.json()["status"] == "error", health
+        assert str(tmp_path) not in health.text and "private" not in health.text
+        chat = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": USER}, timeout=5)
+        assert chat.status_code == 503 and "private" not in chat.text
+    finally:
+        server.should_exit = True
+        thread.join(10)

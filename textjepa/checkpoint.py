@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,23 +30,16 @@ STATE_MAGIC = b"TEXTJEPA-STATE-1\n"
 def pick_model_file(paths: list[str]) -> str:
     """`--init-encoder model_latent_*.safetensors` (the seed's form) expands in the shell to the checkpoint
     and its teacher; the checkpoint is the one that is not `_teacher`."""
+    if not paths or any(not p.strip() for p in paths):
+        # An empty value (an unset shell variable, "") must not silently mean "train from scratch".
+        raise TextJepaError("--init-encoder is empty; give a model_latent_*.safetensors or model_world_* file")
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise TextJepaError(f"--init-encoder: checkpoint not found: {missing[0]} (an unmatched glob?)")
     models = [p for p in paths if not RunFiles.is_teacher(p)]
     if len(models) != 1:
         raise TextJepaError(f"expected one checkpoint (its _teacher file is found beside it), got: {' '.join(paths)}")
     return models[0]
-
-
-def ensure_writable_dir(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TextJepaError(f"cannot create output directory {directory}: {exc.strerror}") from exc
-    probe = directory / f".write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise TextJepaError(f"output directory {directory} is not writable: {exc.strerror}") from exc
 
 
 @dataclass
@@ -118,25 +110,67 @@ def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Che
         raise TextJepaError(f"{path} is not a readable safetensors checkpoint ({exc})") from exc
     try:
         kind = RunKind(metadata["kind"])
+    except KeyError:
+        raise TextJepaError(f"{path}: its metadata names no kind (damaged or edited file)") from None
     except ValueError:
         raise TextJepaError(f"{path} is a checkpoint of unknown kind {metadata['kind']!r}") from None
     if expect_kind is not None and kind != expect_kind:
         raise TextJepaError(f"{path} is a {kind} checkpoint, expected a {expect_kind} checkpoint")
-    tokenizer = tokenizer_from_string(metadata["tokenizer"])
-    if tokenizer_hash(tokenizer) != metadata["tokenizer_hash"]:
+    try:
+        tokenizer = tokenizer_from_string(metadata["tokenizer"])
+        recorded_hash = metadata["tokenizer_hash"]
+    except Exception as exc:  # the tokenizers library raises plain Exception for text it cannot parse
+        raise TextJepaError(f"{path}: its embedded tokenizer is missing or unreadable (damaged file?)") from exc
+    if tokenizer_hash(tokenizer) != recorded_hash:
         raise TextJepaError(f"{path}: embedded tokenizer does not match its recorded hash (damaged file?)")
-    config = ModelConfig.from_dict(json.loads(metadata["config"]))
-    info = json.loads(metadata["info"])
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        config.validate()
+        info = json.loads(metadata["info"])
+        role = metadata["role"]
+    except TextJepaError as exc:
+        raise TextJepaError(f"{path}: its recorded model config is invalid ({exc})") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise TextJepaError(f"{path}: its metadata is damaged ({type(exc).__name__}: {exc})") from None
+    check_tensors_match_config(path, kind, role, config, tensors)
     return Checkpoint(
         path=path,
         kind=kind,
-        role=metadata["role"],
+        role=role,
         config=config,
         tensors=tensors,
         info=info,
         tokenizer=tokenizer,
         data=DataContract.from_info(info.pop("data", None), kind, config.max_seq),
     )
+
+
+def check_tensors_match_config(
+    path: Path, kind: RunKind, role: str, config: ModelConfig, tensors: dict[str, torch.Tensor]
+) -> None:
+    """The tensors are those of the model the recorded config describes (names and shapes), so an edited or
+    mismatched config is refused here, on load, instead of failing later inside the model."""
+    from textjepa.models.heads import LatentModel, WorldModel
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = (LatentModel if kind == RunKind.LATENT else WorldModel)(config)
+    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    if role == "teacher":
+        expected = {name: shape for name, shape in expected.items() if name.startswith("encoder.")}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise TextJepaError(f"{path}: tensor {name} is missing for its recorded config (damaged or edited file)")
+        if tuple(tensors[name].shape) != shape:
+            raise TextJepaError(
+                f"{path}: its recorded config (dim={config.dim}, layers={config.layers}, heads={config.heads}, "
+                f"vocab={config.vocab_size}) does not match its tensors ({name} is {tuple(tensors[name].shape)}, "
+                f"expected {shape}); damaged or edited file"
+            )
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise TextJepaError(
+            f"{path}: tensor {unexpected[0]} does not belong to its recorded config (damaged or edited file)"
+        )
 
 
 def load_teacher(checkpoint: Checkpoint) -> Checkpoint:
@@ -154,10 +188,11 @@ def load_teacher(checkpoint: Checkpoint) -> Checkpoint:
         and teacher.config == checkpoint.config
         and tokenizer_hash(teacher.tokenizer) == tokenizer_hash(checkpoint.tokenizer)
         and teacher.info.get("step") == checkpoint.info.get("step")
+        and teacher.info.get("run_id") == checkpoint.info.get("run_id")
     )
     if not same_run:
         raise TextJepaError(
-            f"{path.name} is not the teacher of {checkpoint.path.name} (another role, shape, tokenizer or step); "
+            f"{path.name} is not the teacher of {checkpoint.path.name} (another role, shape, tokenizer, step or run); "
             "a checkpoint and its teacher must come from the same run"
         )
     return teacher

@@ -118,6 +118,9 @@ class TrainConfig:
     resume: str | None = setting(
         None, metavar="STATE|auto", help="continue from a training state file, or 'auto' for the newest in --out-dir"
     )
+    overwrite: bool = setting(
+        False, help="replace the run of the same kind already in --out-dir (without it, such a run stops at once)"
+    )
     bucket_by_length: bool = setting(True, flag="bucket", help="do not group batches by length (more padding)")
     progress: bool = setting(True, help="no progress bar")
 
@@ -278,7 +281,7 @@ ORACLE_HELP = (
 # The parts of TrainConfig that the bridge trainer uses.
 BRIDGE_TRAIN_FIELDS = (
     "steps", "batch", "lr", "weight_decay", "grad_clip", "warmup_fraction", "eval_every", "seed", "device", "out_dir",
-    "progress",
+    "progress", "overwrite",
 )  # fmt: skip
 
 
@@ -351,7 +354,7 @@ class ConditioningEvalConfig:
 
 
 # The parts of TrainConfig that the demo sets for both of its training stages.
-DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "progress")
+DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "progress", "overwrite")
 
 
 @dataclass

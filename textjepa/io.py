@@ -1,21 +1,26 @@
 """Files on disk in one place: atomic writes, the names of a run's files, the kind of a run.
 
 Every file the package writes is written to a temporary name beside it (`.NAME.tmp-PID`) and renamed over
-the final name only when complete, so a crash never leaves a file that is later trusted. The process id in
-the temporary name tells a later run whether the writer is still alive (its file is in use) or gone (the
-file is stale and may be removed).
+the final name only when complete, so a crash never leaves a file that is later trusted. The writer holds an
+exclusive lock (flock) on its temporary file or directory while it works: a later run tells a live writer (the
+lock is held) from a killed one (the kernel dropped the lock with the process) without trusting the process id,
+which repeats in containers (every restart is PID 1).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from textjepa.errors import TextJepaError
 
 if TYPE_CHECKING:
     import torch
@@ -40,20 +45,38 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
 
 
-def pid_alive(pid: int) -> bool:
+def lock_writer(temp: Path) -> int:
+    """Take the writer's lock on an existing temporary file or directory; it lasts until the returned descriptor
+    is closed (`release_writer`) or the process ends, however it ends."""
+    descriptor = os.open(temp, os.O_RDONLY)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    return True
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except OSError:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def release_writer(descriptor: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(descriptor)
 
 
 def writer_alive(temp: Path) -> bool:
-    """Whether the process that named this temporary file or directory (`...tmp-PID`) still runs."""
-    pid = temp.name.rsplit(TEMP_MARK, 1)[-1]
-    return pid.isdigit() and pid_alive(int(pid))
+    """Whether a process still writes this temporary file or directory: one holds its writer's lock."""
+    try:
+        descriptor = os.open(temp, os.O_RDONLY)
+    except OSError:
+        return False  # gone already
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)  # also drops the lock this check took
+    return False
 
 
 def remove_stale_temp_files(directory: Path) -> None:
@@ -86,12 +109,15 @@ def atomic_write(path: Path, shared: bool = False) -> Iterator[Path]:
     """Yields the temporary path to write `path` under; a block that ends normally puts it in place
     (`commit_temp`), one that raises removes it and leaves any earlier `path` untouched."""
     tmp = temp_path(path)
+    tmp.write_bytes(b"")
+    lock = lock_writer(tmp)
     try:
         yield tmp
         commit_temp(tmp, path, shared)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        release_writer(lock)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -124,14 +150,31 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         if not writer_alive(stale):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f"{target.name}{TEMP_MARK}{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():  # our process id, but another live writer (another container sharing the folder)
+        tmp = target.with_name(f"{target.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
+    lock = lock_writer(tmp)
     try:
         yield tmp
         if tmp.exists() and not target.exists():
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        release_writer(lock)
+
+
+def ensure_writable_dir(directory: Path, what: str = "output directory") -> None:
+    """`directory` exists (made if need be) and a file can be written in it; else one clear error."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TextJepaError(f"cannot create {what} {directory}: {exc.strerror}") from exc
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TextJepaError(f"{what} {directory} is not writable: {exc.strerror}") from exc
 
 
 # ---------------------------------------------------------------- the files of one run
@@ -171,6 +214,11 @@ class RunFiles:
     @staticmethod
     def is_teacher(path: str | Path) -> bool:
         return str(path).endswith(TEACHER_SUFFIX)
+
+    @staticmethod
+    def run_pattern(kind: RunKind) -> str:
+        """A glob for every file of the runs of this kind in an output directory."""
+        return f"model_{RunKind(kind)}_*"
 
     @staticmethod
     def state_pattern(kind: RunKind) -> str:

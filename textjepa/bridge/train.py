@@ -28,16 +28,15 @@ from textjepa.bridge.projector import (
     world_identity,
 )
 from textjepa.bridge.scoring import reply_nll
-from textjepa.checkpoint import ensure_writable_dir
 from textjepa.config import BridgeTrainConfig
 from textjepa.data.sources import resolve_data
 from textjepa.decoders.hf_model import CausalLM, load_causal_lm
 from textjepa.decoders.models import resolve_decoder_model
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
-from textjepa.io import RunFiles, RunKind
+from textjepa.io import RunFiles, RunKind, ensure_writable_dir
 from textjepa.runtime import configure_threads, resolve_device, seed_everything
-from textjepa.train.loop import MetricsLog
+from textjepa.train.loop import MetricsLog, format_duration
 from textjepa.train.schedules import warmup_cosine
 
 
@@ -108,6 +107,10 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     ensure_writable_dir(out_path.parent if out_path else Path(cfg.train.out_dir))
 
     source = resolve_decoder_model(cfg.decoder_model)
+    out_path = out_path or default_bridge_path(Path(cfg.train.out_dir), source.name, checkpoint.path.name)
+    if out_path.exists() and not cfg.train.overwrite:
+        # A run never silently replaces another; checked before the decoder model is loaded.
+        raise TextJepaError(f"{out_path} already exists; replace it with --overwrite, or choose another --out")
     started = time.time()
     lm = load_causal_lm(source, device)
     print(f"decoder model: {source} ({lm.hidden_size} hidden, vocab {lm.vocab_size}; {time.time() - started:.0f}s)")
@@ -116,7 +119,6 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             f"--prefix-tokens + --max-prompt-tokens + --max-reply-tokens exceed the decoder context "
             f"({lm.context_length})"
         )
-    out_path = out_path or default_bridge_path(Path(cfg.train.out_dir), source.name, checkpoint.path.name)
 
     rng = np.random.default_rng(cfg.train.seed)
     order = rng.permutation(len(train_pairs))
@@ -242,12 +244,19 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
         elif not val and last:
             save(record)
         metrics_log.append(record)
-        if cfg.train.progress and ((step + 1) % 10 == 0 or last or "val_matched_nll" in record):
-            rate = (time.time() - started) / (step + 1)
+        # Every validation prints its line even without progress output: a log shows the run alive and learning.
+        if (cfg.train.progress and ((step + 1) % 10 == 0 or last)) or "val_matched_nll" in record:
+            elapsed = time.time() - started
+            rate = elapsed / (step + 1)
             extra = ""
             if "val_matched_nll" in record:
                 extra = f" val matched {record['val_matched_nll']:.4f} shuffled {record['val_shuffled_nll']:.4f}"
-            print(f"step {step + 1}/{cfg.train.steps} loss {np.mean(window):.4f} ({rate:.2f}s/step){extra}", flush=True)
+            eta = format_duration(rate * (cfg.train.steps - step - 1))
+            print(
+                f"step {step + 1}/{cfg.train.steps} loss {np.mean(window):.4f} ({rate:.2f}s/step){extra}, "
+                f"elapsed {format_duration(elapsed)}, eta {eta}",
+                flush=True,
+            )
             window = []
     print(f"bridge: {out_path} (best val matched NLL {bridge.info['best'].get('val_matched_nll', math.nan):.4f})")
     return out_path

@@ -17,7 +17,7 @@ from typing import Any
 
 from textjepa.cli.options import config_from_args
 from textjepa.cli.seed_form import translate_seed_form
-from textjepa.errors import TextJepaError
+from textjepa.errors import Interrupted, TextJepaError
 from textjepa.settings import Settings
 
 # One module per group of subcommands; each has register(subparsers).
@@ -82,6 +82,9 @@ def run_guarded(work: Callable[[], int]) -> int:
     """Run a command's work; a user mistake becomes one `error:` line and exit code 2, never a traceback."""
     try:
         return work()
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except TextJepaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -48,6 +48,9 @@ SEED_FORMS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "--prepare-ultrachat": ("prepare", ("ultrachat",), ("OUTPUT", "context-window", "min-tokens", "max-rows")),
 }
 
+# The seed forms that train, and so write a run folder.
+WRITES_RUN_FOLDER = ("latent", "train-world")
+
 
 def translate_seed_form(argv: list[str]) -> list[str]:
     if not argv or argv[0] not in SEED_FORMS:
@@ -74,4 +77,8 @@ def translate_seed_form(argv: list[str]) -> list[str]:
         (options.extend([name, value]) if name.startswith("--") else words.append(value))
     for name, value in zip(optional, positionals[len(needed) :]):
         (words.append(value) if name.isupper() else options.extend([f"--{name}", value]))
+    # The seed wrote its runs to the current folder, and its documented next step (`--train-world ...
+    # --init-encoder model_latent_*.safetensors`) looks for them there; the subcommands keep `runs/`.
+    if command in WRITES_RUN_FOLDER and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in rest):
+        options.extend(["--out-dir", "."])
     return words + options + rest

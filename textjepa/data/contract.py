@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -129,7 +130,7 @@ class DataContract:
     max_line_bytes: int = field(metadata={"help": "larger lines are skipped"})
     val_fraction: float = field(metadata={"help": "held-out share of the records"})
     seed: int = field(metadata={"help": "the seed of the held-out split (the training seed)"})
-    source: str = field(default="", metadata={"help": "the line file the model was trained on"})
+    source: str = field(default="", metadata={"help": "the line file the model was trained on (absolute path)"})
     corpus_hash: str = field(default="", metadata={"help": "the content hash of that file"})
 
     @classmethod
@@ -140,7 +141,8 @@ class DataContract:
             max_line_bytes=data.max_line_bytes,
             val_fraction=data.val_fraction,
             seed=seed,
-            source=source,
+            # Absolute: an evaluation without DATA reads it from wherever it is started.
+            source=str(Path(source).absolute()) if source else "",
             corpus_hash=corpus_hash,
         )
 

@@ -96,7 +96,7 @@ def jsonl_pair(line: str, cfg: PrepareJsonlConfig, stats: LineStats) -> tuple[st
     """(context, response) of one JSON line, or None with the reason counted."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
         stats.skip("bad json")
         return None
     if not isinstance(record, dict):

@@ -20,13 +20,16 @@ from textjepa.data.tokens import (
     train_tokenizer,
 )
 from textjepa.errors import TextJepaError
-from textjepa.io import RunKind, atomic_write_text
+from textjepa.io import RunKind, atomic_write_text, ensure_writable_dir
 
 HUB_PREFIX = "hub:"
 
 
 def resolve_data(argument: str, data_dir: str, mode: RunKind) -> Path:
     """A local line file for `argument`; `hub:<id>` is downloaded once and cached under data_dir."""
+    # Token caches (and hub downloads) go to data_dir: a file or a read-only folder there is one clear error
+    # now, not a traceback after the data was read.
+    ensure_writable_dir(Path(data_dir), "data directory (--data-dir)")
     if argument.startswith(HUB_PREFIX):
         from textjepa.data.hub import cached_hub_lines
 
@@ -45,6 +48,13 @@ def recorded_data(given: str | None, contract: DataContract, kind: RunKind, data
     argument = given or contract.source
     if not argument:
         raise TextJepaError("no data given and the checkpoint does not record its training data")
+    if not given and not argument.startswith(HUB_PREFIX) and not Path(argument).is_file():
+        # Checkpoints from before absolute paths were recorded hold the path as typed at training time.
+        relative = "" if Path(argument).is_absolute() else " (recorded relative to the folder training ran in)"
+        raise TextJepaError(
+            f"the training data recorded in the checkpoint, {argument}{relative}, is not there any more (moved or "
+            "deleted); give the data file as DATA"
+        )
     path = resolve_data(argument, data_dir, kind)
     return path, contract.data_config(str(path), data_dir)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from textjepa.data.lines import TAB, LineStats, escape
 from textjepa.errors import TextJepaError
-from textjepa.io import TEMP_MARK, commit_temp, temp_path, writer_alive
+from textjepa.io import TEMP_MARK, commit_temp, lock_writer, release_writer, temp_path, writer_alive
 
 try:  # POSIX only; without it stale temporary files are recognised by their dead process id alone.
     import fcntl
@@ -58,6 +58,7 @@ class AtomicLineFile:
         self._lock_wanted = lock and fcntl is not None
         self._lock_handle = None
         self._handle = None
+        self._temp_lock: int | None = None
         self.tmp = temp_path(self.path)
 
     # ------------------------------------------------------------ lifecycle
@@ -71,6 +72,7 @@ class AtomicLineFile:
                 self._acquire_lock()
             self.remove_stale_temporaries()
             self._handle = open(self.tmp, "wb")  # closed in commit() or __exit__
+            self._temp_lock = lock_writer(self.tmp)  # held until the file is in place or thrown away
         except OSError as exc:
             self._release_lock()
             raise TextJepaError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
@@ -82,7 +84,13 @@ class AtomicLineFile:
             self._handle = None
             with contextlib.suppress(FileNotFoundError):
                 self.tmp.unlink()
+        self._release_temp_lock()
         self._release_lock()
+
+    def _release_temp_lock(self) -> None:
+        if self._temp_lock is not None:
+            release_writer(self._temp_lock)
+            self._temp_lock = None
 
     def remove_stale_temporaries(self) -> list[Path]:
         removed = []
@@ -157,4 +165,5 @@ class AtomicLineFile:
             self.tmp.unlink(missing_ok=True)
             raise TextJepaError(f"no usable {what} to write to {self.path}; nothing was written")
         commit_temp(self.tmp, self.path)
+        self._release_temp_lock()
         return self.path

@@ -7,6 +7,8 @@ the training split's next turns (deduplicated), beside the reply texts, and the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,13 +65,29 @@ def build_retrieval_index(
         raise TextJepaError("no training next turns to index")
     matrix = F.normalize(torch.stack(latents), dim=-1)
     mean = (total / max(1, count)).float()
-    atomic_write_text(replies_file, "\n".join(escape(text) for text in seen) + "\n")
+    replies_text = "\n".join(escape(text) for text in seen) + "\n"
+    atomic_write_text(replies_file, replies_text)
+    # The run id ties the index to its checkpoint and the digest ties the reply texts to the index: a set
+    # mixed from two runs (a run killed before writing its own index) is refused on load.
     write_safetensors(
         index_file,
         {"latents": matrix.contiguous(), "mean_next_latent": mean.contiguous()},
-        {"format": INDEX_FORMAT, "checkpoint": model_path.name, "replies": replies_file.name},
+        {
+            "format": INDEX_FORMAT,
+            "checkpoint": model_path.name,
+            "run_id": checkpoint_run_id(model_path),
+            "replies": replies_file.name,
+            "replies_sha256": hashlib.sha256(replies_text.encode("utf-8")).hexdigest(),
+        },
     )
     return index_file
+
+
+def checkpoint_run_id(model_path: Path) -> str:
+    """The run id recorded in a checkpoint's metadata ("" for checkpoints written before run ids)."""
+    with safe_open(str(model_path), framework="pt") as handle:
+        info = json.loads((handle.metadata() or {}).get("info", "{}"))
+    return str(info.get("run_id", ""))
 
 
 class RetrievalIndex:
@@ -86,10 +104,20 @@ class RetrievalIndex:
                 "train-world (re-run training to completion)"
             )
         with safe_open(str(index_file), framework="pt") as handle:
-            if (handle.metadata() or {}).get("format") != INDEX_FORMAT:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != INDEX_FORMAT:
                 raise TextJepaError(f"{index_file} is not a textjepa retrieval index")
             latents, mean = handle.get_tensor("latents"), handle.get_tensor("mean_next_latent")
-        replies = [unescape(line) for line in replies_file.read_text(encoding="utf-8").splitlines()]
+        if metadata.get("run_id", "") != checkpoint_run_id(model_path):
+            raise TextJepaError(
+                f"{index_file.name} belongs to another run than {model_path.name}; re-run training to completion "
+                "(or with --overwrite)"
+            )
+        replies_text = replies_file.read_text(encoding="utf-8")
+        digest = metadata.get("replies_sha256")
+        if digest is not None and hashlib.sha256(replies_text.encode("utf-8")).hexdigest() != digest:
+            raise TextJepaError(f"{replies_file.name} is not the reply list of {index_file.name} (another run's?)")
+        replies = [unescape(line) for line in replies_text.splitlines()]
         if len(replies) != len(latents):
             raise TextJepaError(
                 f"{replies_file} does not match {index_file} ({len(replies)} vs {len(latents)} entries)"

@@ -117,7 +117,7 @@ class ServerState:
 
     def require_ready(self) -> Agent:
         if self.load_error is not None:
-            raise ApiError(503, f"the model failed to load: {self.load_error}", "model_load_failed", "server_error")
+            raise ApiError(503, "the model failed to load; see the server log", "model_load_failed", "server_error")
         if self.agent is None:
             raise ApiError(
                 503,
@@ -199,7 +199,8 @@ def create_app(
     @app.get("/health")
     async def health() -> Response:
         if state.load_error is not None:
-            return json_response({"status": "error", "error": state.load_error}, 503)
+            # Open to everyone: the reason (which names local paths) is in the server's log only.
+            return json_response({"status": "error", "error": "the model failed to load; see the server log"}, 503)
         if state.agent is None or state.worker is None:
             return json_response({"status": "loading"}, 503, {"Retry-After": "1"})
         stats = state.worker.stats

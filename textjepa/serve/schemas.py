@@ -7,6 +7,7 @@ guessed at; unknown fields are accepted and ignored, since OpenAI clients send m
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
@@ -68,9 +69,24 @@ def parse_json(body: bytes) -> dict:
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
+    if _LONE_SURROGATE_HINT.search(body):
+        # JSON may spell a lone UTF-16 surrogate (\ud800), which is no character: every later encode would fail.
+        try:
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request(
+                "the request body holds an unpaired UTF-16 surrogate (e.g. \\ud800), which is not text",
+                code="invalid_json",
+            ) from None
     return payload
+
+
+# A surrogate can only come in as a \uD800-\uDFFF escape: bodies without one skip the check.
+_LONE_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def validate(model: type[_Open], payload: dict) -> _Open:
@@ -78,6 +94,8 @@ def validate(model: type[_Open], payload: dict) -> _Open:
         return model.model_validate(payload)
     except ValidationError as exc:
         raise validation_error(exc) from exc
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply", code="invalid_value") from None
 
 
 def validation_error(exc: ValidationError) -> ApiError:

@@ -95,7 +95,7 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
     cfg.loss.validate()
     cfg.masking.validate()
     cfg.model.validate()
-    with training_session(cfg.train) as (device, dist, out_dir):
+    with training_session(cfg.train, RunKind.LATENT) as (device, dist, out_dir):
         with local_main_first(dist):  # caches are built once per node, then shared
             path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.LATENT)
             tokenizer, store = load_corpus(

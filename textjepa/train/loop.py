@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import signal
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +25,6 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from textjepa.checkpoint import (
-    ensure_writable_dir,
     find_latest_state,
     load_training_state,
     save_checkpoint,
@@ -33,8 +35,8 @@ from textjepa.config import DataConfig, ModelConfig, TrainConfig
 from textjepa.data.batches import Batch, TrainSampler, UnionSampler, iter_split_batches
 from textjepa.data.contract import DataContract
 from textjepa.data.tokens import TokenStore, tokenizer_hash
-from textjepa.errors import TextJepaError
-from textjepa.io import RunFiles, RunKind, atomic_write_text, remove_stale_temp_files
+from textjepa.errors import Interrupted, TextJepaError
+from textjepa.io import RunFiles, RunKind, atomic_write_text, ensure_writable_dir, remove_stale_temp_files
 from textjepa.models.encoder import count_parameters, format_size
 from textjepa.runtime import (
     Distributed,
@@ -208,7 +210,12 @@ def run_training(
         sampler = UnionSampler(sampler, emulate)
     debug = DebugLog.from_env(dist)
 
+    if dist.is_main and next(iter(validation_batches()), None) is None:
+        # Checked before the first step: found at the first validation, it would cost the steps before it.
+        raise TextJepaError("the validation split is smaller than one batch; raise --val-fraction or lower --batch")
     loaded = _load_resume_state(train, out_dir, stage, dist)
+    # Every file of a run carries its run id (checkpoint, teacher, state, index), so a mixed set is refused.
+    run_id = uuid.uuid4().hex
     if loaded is not None:
         state, source = loaded
         _load_model_state(model, state["model"], source)
@@ -216,12 +223,16 @@ def run_training(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step, best_score, best_metrics = state["step"], state["best_score"], state["best_metrics"]
+        run_id = state.get("run_id", run_id)
         note = _restore_rank_state(state, sampler, stage, dist, start_step)
         if dist.is_main:
             print(f"resumed from {source} at step {start_step}" + (f" ({note})" if note else ""))
             metrics_log.keep_until(start_step)
     elif dist.is_main:
+        if train.overwrite:
+            _remove_earlier_run(out_dir, stage.kind)
         metrics_log.start()
+    run_info = {**run_info, "run_id": run_id}
 
     forward_model: nn.Module = stage.loss
     if dist.enabled:
@@ -252,6 +263,7 @@ def run_training(
             training_state_path,
             {
                 "kind": str(stage.kind),
+                "run_id": run_id,
                 "config": stage.config.to_dict(),
                 "tokenizer_hash": tokenizer_hash(stage.tokenizer),
                 "step": step,
@@ -273,10 +285,16 @@ def run_training(
 
         bar = tqdm(total=train.steps, initial=start_step, desc=f"train {stage.kind}", unit="step", mininterval=0.5)
     log_every = max(1, min(train.eval_every, 10))
+    run_start, tokens_per_s = time.perf_counter(), 0.0
     window: dict[str, float] = {}
     window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
     step = start_step
+    # Single-process runs stop cleanly on SIGINT/SIGTERM: the step in progress finishes, its state is written and
+    # a resume continues exactly. Under torchrun the ranks cannot agree on a step, so Ctrl-C stops at once.
+    stop = StopRequest() if not dist.enabled else None
     try:
+        if stop is not None:
+            stop.install()
         for step in range(start_step, train.steps):
             model.train()
             batch = sampler.next_batch()
@@ -306,8 +324,9 @@ def run_training(
                 )
                 if dist.is_main:
                     metrics_log.append(record)
+                tokens_per_s = record["tokens_per_s"]
                 if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
                 window, window_steps, window_tokens, window_start = {}, 0, 0, time.perf_counter()
             if done % train.eval_every == 0 or done == train.steps:
                 rank_states = gather_objects(_rank_state(sampler, stage), dist)
@@ -319,24 +338,46 @@ def run_training(
                         best_score, best_metrics = val["score"], {"step": done, **val}
                         _save_model_files(stage, files, {**run_info, "step": done, "val": val}, data)
                     save_state(done, rank_states)
+                    # One line per validation, with or without the bar: a log file shows the run alive and learning.
+                    elapsed = time.perf_counter() - run_start
+                    eta = elapsed / (done - start_step) * (train.steps - done)
+                    line = (
+                        f"step {done}/{train.steps}: "
+                        + ", ".join(f"{k}={v:.4f}" for k, v in val.items())
+                        + f", tok/s={tokens_per_s:.0f}, elapsed {format_duration(elapsed)}, eta {format_duration(eta)}"
+                    )
                     if bar is not None:
-                        bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
+                        bar.write(line)
+                    else:
+                        print(line, flush=True)
                 barrier(dist)
             if bar is not None:
                 bar.update(1)
+            if stop is not None and stop.requested and done < train.steps:
+                if bar is not None:
+                    bar.close()
+                save_state(done, [_rank_state(sampler, stage)])
+                raise Interrupted(
+                    f"{stop.requested} after step {done}; training state saved to {training_state_path}, "
+                    "continue with --resume auto"
+                )
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
         if dist.enabled:
             # The ranks may stop at different steps, so no consistent state can be gathered now.
-            raise TextJepaError(
-                f"interrupted at step {step}; the last training state saved at a validation step is in "
+            raise Interrupted(
+                f"at step {step}; the last training state saved at a validation step is in "
                 f"{training_state_path}, continue with --resume auto"
             ) from None
-        save_state(step, [_rank_state(sampler, stage)])
-        raise TextJepaError(
-            f"interrupted at step {step}; training state saved to {training_state_path}, continue with --resume auto"
+        # A second Ctrl-C: the step in progress is incomplete, so only the last state written is trustworthy.
+        raise Interrupted(
+            f"at step {step}, before the step finished; the last training state written is in "
+            f"{training_state_path}, continue with --resume auto"
         ) from None
+    finally:
+        if stop is not None:
+            stop.restore()
     if bar is not None:
         bar.close()
     if dist.is_main:
@@ -349,6 +390,42 @@ def run_training(
     return TrainResult(
         best_path=best_path, best_metrics=best_metrics, steps_done=train.steps, metrics_path=metrics_path
     )
+
+
+class StopRequest:
+    """SIGINT/SIGTERM while training: noted, and acted on between steps. A second SIGINT interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (e.g. not when run from a server)
+        for number in self.SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame) -> None:
+        self.requested = signal.Signals(number).name
+        print(f"{self.requested}: stopping after this step (Ctrl-C again to stop at once)", flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+
+def format_duration(seconds: float) -> str:
+    """1h02m, 3m05s or 42s: how long a run has taken or has left, for progress lines."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 # ---------------------------------------------------------------- resume
@@ -519,6 +596,34 @@ def _save_model_files(stage: Stage, files: RunFiles, info: dict, data: DataContr
     save_checkpoint(files.teacher, stage.kind, "teacher", stage.config, teacher, stage.tokenizer, info, data)
 
 
+def earlier_run_files(out_dir: Path, kind: RunKind) -> list[Path]:
+    """Every file of a run of this kind in out_dir (checkpoint, teacher, state, metrics, plot, index, replies)."""
+    return sorted(path for path in out_dir.glob(RunFiles.run_pattern(kind)) if path.is_file())
+
+
+def refuse_earlier_run(train: TrainConfig, out_dir: Path, kind: RunKind) -> None:
+    """A run never silently replaces another: an out-dir that already holds a run of this kind is continued
+    (--resume) or replaced (--overwrite), never trained into afresh. Checked before any work."""
+    if train.overwrite:
+        return
+    existing = earlier_run_files(out_dir, kind)
+    if not existing:
+        return
+    if train.resume and (train.resume != "auto" or find_latest_state(out_dir, kind) is not None):
+        return
+    raise TextJepaError(
+        f"{out_dir} already holds a {kind} run ({existing[0].name}); continue it with --resume auto, replace it "
+        "with --overwrite, or choose another --out-dir"
+    )
+
+
+def _remove_earlier_run(out_dir: Path, kind: RunKind) -> None:
+    """--overwrite: the earlier run's files go before the new run writes its first one, so no file of it is
+    ever taken for the new run's (a killed run must not leave the old index beside the new model)."""
+    for path in earlier_run_files(out_dir, kind):
+        path.unlink(missing_ok=True)
+
+
 def _check_resumable(state: dict, stage: Stage, source: Path) -> None:
     if state.get("kind") != stage.kind:
         raise TextJepaError(f"{source} is a {state.get('kind')} training state, not {stage.kind}")
@@ -541,9 +646,10 @@ def describe_run(train: TrainConfig) -> dict:
 
 
 @contextmanager
-def training_session(train: TrainConfig) -> Iterator[tuple[torch.device, Distributed, Path]]:
+def training_session(train: TrainConfig, kind: RunKind) -> Iterator[tuple[torch.device, Distributed, Path]]:
     """What every training command does first: threads, device, process group (torchrun), this rank's
-    batch and a writable output directory; the process group is shut down however the run ends."""
+    batch, a writable output directory that holds no earlier run of this kind (unless resumed or
+    --overwrite); the process group is shut down however the run ends."""
     configure_threads()
     device = resolve_device(train.device)
     dist = init_distributed(device)
@@ -553,6 +659,7 @@ def training_session(train: TrainConfig) -> Iterator[tuple[torch.device, Distrib
             device = torch.device("cuda", dist.local_rank)
         out_dir = Path(train.out_dir)
         ensure_writable_dir(out_dir)
+        refuse_earlier_run(train, out_dir, kind)
         yield device, dist, out_dir
     finally:
         shutdown_distributed(dist)

@@ -128,7 +128,7 @@ def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig
 def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainResult:
     cfg.train.validate()
     cfg.loss.validate()
-    with training_session(cfg.train) as (device, dist, out_dir):
+    with training_session(cfg.train, RunKind.WORLD) as (device, dist, out_dir):
         config, tokenizer, init = resolve_world_config(cfg, shape_overrides or {})
         config.validate()
         with local_main_first(dist):  # caches are built once per node, then shared
