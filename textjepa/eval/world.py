@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from textjepa.agent import load_world
+from textjepa.api import WorldModel
 from textjepa.checkpoint import check_shape_overrides
 from textjepa.config import EvalConfig
 from textjepa.data.batches import iter_split_batches
@@ -20,7 +20,6 @@ from textjepa.decoders.retrieval import RetrievalIndex
 from textjepa.errors import TextJepaError
 from textjepa.eval.jepa import choose_split
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
-from textjepa.models.encoder import masked_mean
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.runtime import configure_threads, resolve_device
 
@@ -37,7 +36,8 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     configure_threads()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    checkpoint, world, teacher = load_world(Path(cfg.model), device)
+    model = WorldModel.load(Path(cfg.model), device)
+    checkpoint = model.checkpoint
     check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
     if cfg.vocab:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
@@ -52,9 +52,8 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         store, cfg.batch, contract.max_seq, split, contract.val_fraction, contract.seed, max_batches=cfg.steps
     ):
         tensors = batch_tensors(batch, mapping, device)
-        state = world.state(tensors["ids"], tensors["valid"])
-        prediction = world.transition(state, tensors["actions"])
-        target = masked_mean(teacher(tensors["next_ids"], tensors["next_valid"]), tensors["next_valid"])
+        state, prediction = model.transition(tensors["ids"], tensors["valid"], tensors["actions"])
+        target = model.reply_encoder.pool(tensors["next_ids"], tensors["next_valid"])
         n = len(target)
         rows["world model"].add(retrieval_metrics(prediction, target), n)
         rows["copy baseline"].add(retrieval_metrics(state, target), n)
