@@ -39,6 +39,7 @@ LAYERS = {
     "eval": 4,
     "serve": 4,
     "demo": 4,
+    "embed": 4,
     "cli": 5,
     "__main__": 5,
 }
