@@ -243,3 +243,17 @@ def test_embed_user_errors(trained, lines_file, tmp_path):
     assert run_cli("embed", world, path, "--out", out, "--overwrite", "--no-progress").returncode == 0
     assert np.load(out).shape[0] == len(lines_file[1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "empty.txt", "out.npy"]
+
+
+def test_embed_a_hub_dataset(trained, wm, hub, tmp_path):
+    """`hub:<id>` is fetched once (from the fake Hub on 127.0.0.1) and embedded like a line file."""
+    env = cli_env(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")
+    env.pop("HF_TOKEN", None)
+    out = tmp_path / "hub.parquet"
+    args = ("--out", out, "--data-dir", tmp_path / "data", "--no-progress")
+    result = run_cli("embed", trained["world"], "hub:textjepa-tests/plain-text", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    texts = pq.read_table(out).column("text").to_pylist()
+    assert len(texts) == 12 and texts[0] == "Generic line 0\nwith a second line and a tab."
+    vectors = np.array(pq.read_table(out).column("embedding").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(vectors, wm.encode(texts), atol=1e-5)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from textjepa.checkpoint import Checkpoint, load_checkpoint, load_teacher, load_with_teacher
-from textjepa.config import DEFAULT_ACTION
+from textjepa.config import DEFAULT_ACTION, ModelConfig
 from textjepa.data.contract import Field
 from textjepa.decoders.base import Conditioning
 from textjepa.errors import TextJepaError
@@ -222,7 +222,7 @@ class WorldModel:
         return cls(checkpoint, network, teacher, device)
 
     @property
-    def config(self):
+    def config(self) -> ModelConfig:
         return self.checkpoint.config
 
     @property
@@ -257,7 +257,9 @@ class WorldModel:
         return torch.full((count,), self.config.actions.index(action), dtype=torch.long, device=self.device)
 
     @torch.no_grad()
-    def transition(self, ids: torch.Tensor, valid: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def transition(
+        self, ids: torch.Tensor, valid: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(state, predicted next latent), each [B, dim] on the device, for tokenized contexts and action ids."""
         state = self.context_encoder.pool(ids, valid)
         return state, self.network.transition(state, actions)
@@ -358,7 +360,8 @@ class WorldModel:
         **decoder_options,
     ) -> str:
         """The answer to OpenAI-style messages (or one user message as a string), as `infer` gives it.
-        ablate: zero the conditioning (the retrieval decoder then answers from the context latent)."""
+        ablate: zero the conditioning (the retrieval decoder then answers from the context latent).
+        decoder_options: how to load the decoder (`decoder_model=`, `bridge=`; see `decoder`)."""
         messages = as_messages(messages)
         _, conditioning, _, _ = self.prepare(messages, ablate)
         return self.decoder(decoder, **decoder_options).generate(messages, conditioning, max_new_tokens).text

@@ -53,8 +53,6 @@ class NpyWriter:
         self.written = end
 
     def close(self) -> None:
-        if self.written != self.rows:
-            raise TextJepaError("the data file changed while it was being embedded (fewer lines the second time)")
         self.array.flush()
         del self.array  # unmaps the file before it is renamed
 
@@ -151,10 +149,14 @@ def write_embeddings(
             writer = ParquetWriter(tmp, encoder.dim, row_group)
         else:
             writer = NpyWriter(tmp, stats.used, encoder.dim)
+        written = 0
         with tqdm(total=stats.used, desc="embed", unit=" lines", mininterval=0.5, disable=not progress) as bar:
             for texts in _batched(iter_latent_texts(path, max_line_bytes, LineStats()), batch_size):
                 writer.write(texts, encoder.encode(texts, batch_size=batch_size, normalize=normalize))
+                written += len(texts)
                 bar.update(len(texts))
+        if written != stats.used:  # the output would not match the file: keep nothing
+            raise TextJepaError(f"{path} changed while it was being embedded ({stats.used} lines, then {written})")
         writer.close()
     return EmbedReport(out, stats.used, encoder.dim, stats, writer.buffered_rows_peak)
 
