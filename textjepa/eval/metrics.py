@@ -52,7 +52,9 @@ def format_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
     header = "".ljust(name_width) + "".join(c.rjust(14) for c in columns)
     lines = [header]
     for name, metrics in rows.items():
-        lines.append(name.ljust(name_width) + "".join(f"{metrics.get(c, float('nan')):14.4f}" for c in columns))
+        # A row without a metric (a lexical baseline has no latent cosine) shows "-".
+        cells = (f"{metrics[c]:14.4f}" if c in metrics else "-".rjust(14) for c in columns)
+        lines.append(name.ljust(name_width) + "".join(cells))
     return "\n".join(lines)
 
 

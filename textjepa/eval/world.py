@@ -1,7 +1,8 @@
 """eval-world: the transition's predictions against the true next turns, beside two baselines.
 
 Baselines computed in the same run on the same batches: "copy" (the context latent itself as the
-prediction) and "mean" (the training set's mean next latent for every context).
+prediction), "mean" (the training set's mean next latent for every context) and "tf-idf" (a lexical
+baseline fitted on the training split, ranking the same candidates by word overlap; eval/lexical.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from textjepa.data.tokens import check_vocab_argument
 from textjepa.decoders.retrieval import RetrievalIndex
 from textjepa.errors import TextJepaError
 from textjepa.eval.jepa import choose_split
+from textjepa.eval.lexical import ranking_metrics, record_texts, tfidf_for_checkpoint
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.runtime import configure_threads, resolve_device
@@ -48,6 +50,11 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     split = choose_split(cfg.split, store, checkpoint)
     contract = checkpoint.data
     rows = {"world model": MetricAverager(), "copy baseline": MetricAverager(), "mean baseline": MetricAverager()}
+    tfidf, tfidf_note = tfidf_for_checkpoint(
+        checkpoint.info, checkpoint.tokenizer, checkpoint.config.vocab_size, cfg.data_dir, path, store
+    )
+    if tfidf is not None:
+        rows["tf-idf baseline"] = MetricAverager()
     for batch in iter_split_batches(
         store, cfg.batch, contract.max_seq, split, contract.val_fraction, contract.seed, max_batches=cfg.steps
     ):
@@ -58,12 +65,17 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         rows["world model"].add(retrieval_metrics(prediction, target), n)
         rows["copy baseline"].add(retrieval_metrics(state, target), n)
         rows["mean baseline"].add(retrieval_metrics(mean_next.expand_as(target), target), n)
+        if tfidf is not None:
+            contexts = record_texts(store, checkpoint.tokenizer, "context", batch.index)
+            replies = record_texts(store, checkpoint.tokenizer, "next", batch.index)
+            rows["tf-idf baseline"].add(ranking_metrics(tfidf.scores(contexts, replies)), n)
     if rows["world model"].rows == 0:
         raise TextJepaError(f"no {split} batches of {cfg.batch} pairs in {path}; lower --batch or use --split all")
     results = {name: _named(averager.result()) for name, averager in rows.items()}
     pairs = rows["world model"].rows
     print(f"eval-world {checkpoint.path.name} on {path} ({split} split, {pairs} pairs, batches of {cfg.batch})")
     print(format_table(results, WORLD_COLUMNS))
+    print(tfidf_note)
     report = {
         "model": str(checkpoint.path),
         "data": str(path),
@@ -74,6 +86,8 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         "baseline_copy": results["copy baseline"],
         "baseline_mean": results["mean baseline"],
     }
+    if tfidf is not None:
+        report["baseline_tfidf"] = results["tf-idf baseline"]
     if cfg.json_path:
         write_json_report(cfg.json_path, report)
     return report
