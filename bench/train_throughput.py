@@ -1,4 +1,4 @@
-"""Training throughput of the real JEPA step against this machine's fp32 GEMM peak, measured in the same run.
+"""Training throughput of the real JEPA step in fp32 and bf16, against this machine's GEMM peaks of both dtypes.
 
 For the default shape (dim 368, max_seq 128, 4 layers, 8 heads, batch 32) and a small one, on real text of
 varied length (standard-library docstring paragraphs), this times the real training step
@@ -8,14 +8,19 @@ backward, clipping, AdamW, EMA) for
 - `bucketed`: the training sampler as it runs by default (batches grouped by length, padded to their longest);
 - `fixed`: the same step on batches padded to max_seq (a padded fixed-length batch of the same shape);
 
-and, interleaved with them, the best fp32 matmul FLOP/s. FLOPs are counted analytically from the shapes each
-step really computes:
+in each precision of `--precisions`: `fp32`, and `bf16` = the teacher forward and the online forward + loss
+under `torch.autocast(dtype=torch.bfloat16)` with fp32 master weights, optimizer and teacher (where phase 2
+of issue 12 puts autocast in train_step). Interleaved with the steps, the best `matmul` FLOP/s of each dtype
+is measured: that dtype's peak. FLOPs are counted analytically from the shapes each step really computes:
 
 - model FLOPs (MFU numerator): online encoder + predictor + regulariser, forward and backward (3x forward);
 - all FLOPs: model FLOPs + the teacher's forward on the full view.
 
-Reported: MFU and all-FLOPs utilisation per mode, and useful throughput (real tokens, padding excluded) of
-`bucketed` over `fixed`.
+Reported per precision: MFU and all-FLOPs utilisation against the same-run GEMM peak of the precision used,
+useful throughput (real tokens, padding excluded) of `bucketed` over `fixed`, and real tokens/s of bf16 over
+fp32. The CPU's flags say whether bf16 is native (AVX512-BF16 / AMX) or emulated; on an emulating CPU the
+bf16 goals do not apply and the rows say so. `--compile` adds a `compiled` variant: the same fp32 step with
+the online model (forward + backward through AOTAutograd) and the teacher wrapped in `torch.compile`.
 """
 
 from __future__ import annotations
@@ -31,11 +36,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import bench_threads, demo_paragraphs, gemm_peak_flops, goal_row, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    EMULATED_GEMM_SHAPES,
+    bench_threads,
+    cpu_precision_paths,
+    demo_paragraphs,
+    gemm_peak_flops,
+    goal_row,
+    native_note,
+    write_json,
+)
 
 from textjepa.config import DataConfig, LatentConfig, ModelConfig, TrainConfig  # noqa: E402
 from textjepa.data.batches import Batch, TrainSampler  # noqa: E402
 from textjepa.data.sources import LATENT_RECORDS, load_corpus  # noqa: E402
+from textjepa.precision import autocast  # noqa: E402
 from textjepa.train.latent import LatentStage  # noqa: E402
 from textjepa.train.loop import build_optimizer, train_step  # noqa: E402
 from textjepa.train.schedules import lr_factor  # noqa: E402
@@ -73,7 +88,22 @@ def pad_to(batch: Batch, width: int) -> Batch:
     return Batch(ids=ids, valid=valid, index=batch.index, actions=batch.actions)
 
 
-def measure_shape(name: str, spec: dict, data: Path, cache: Path, rounds: int, steps: int) -> dict:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def under_autocast(function, precision: str):
+    """`function` run under the precision's autocast (nothing for fp32)."""
+
+    def call(*args, **kwargs):
+        with autocast("cpu", precision):
+            return function(*args, **kwargs)
+
+    return call
+
+
+def measure_shape(
+    name: str, spec: dict, data: Path, cache: Path, rounds: int, steps: int, variants: list[str], bf16_native: bool
+) -> dict:
     config = ModelConfig(dim=spec["dim"], layers=spec["layers"], heads=spec["heads"], max_seq=spec["max_seq"])
     cfg = LatentConfig(
         data=DataConfig(path=str(data), data_dir=str(cache)),
@@ -90,24 +120,38 @@ def measure_shape(name: str, spec: dict, data: Path, cache: Path, rounds: int, s
     # Count what each step computes: the masked positions come from the stage's own make_inputs.
     seen = {}
     make_inputs = stage.make_inputs
+    eager_teacher = stage.teacher
 
     def recording_make_inputs(batch: Batch, step: int) -> dict:
         inputs = make_inputs(batch, step)
         seen["masked"] = int(inputs["mask"].sum())
         return inputs
 
-    stage.make_inputs = recording_make_inputs
+    # Per variant: how make_inputs (teacher forward) and the model's forward + loss run. bf16 puts autocast
+    # around exactly these two; backward, clipping, AdamW and the EMA stay outside, in fp32.
+    forwards = {
+        "fp32": (recording_make_inputs, stage.model, eager_teacher),
+        "bf16": (under_autocast(recording_make_inputs, "bf16"), under_autocast(stage.model, "bf16"), eager_teacher),
+    }
+    compile_seconds = None
+    if "compiled" in variants:
+        began = time.perf_counter()
+        compiled_model, compiled_teacher = torch.compile(stage.model), torch.compile(eager_teacher)
+        # A plain function: train_step tests `forward_model or model`, and a compiled module has no truth value.
+        forwards["compiled"] = (recording_make_inputs, lambda **inputs: compiled_model(**inputs), compiled_teacher)
     step_counter = [0]
 
-    def run(mode: str, n: int) -> dict:
+    def run(variant: str, mode: str, n: int) -> dict:
         totals = {"seconds": 0.0, "real_tokens": 0, "computed_tokens": 0, "model_flops": 0.0, "all_flops": 0.0}
+        inputs_fn, forward_model, teacher = forwards[variant]
+        stage.make_inputs, stage.teacher = inputs_fn, teacher
         for _ in range(n):
             began = time.perf_counter()
             stage.model.train()
             batch = sampler.next_batch()
             if mode == "fixed":
                 batch = pad_to(batch, config.max_seq)
-            train_step(stage, optimizer, scheduler, cfg.train, batch, step_counter[0])
+            train_step(stage, optimizer, scheduler, cfg.train, batch, step_counter[0], forward_model)
             totals["seconds"] += time.perf_counter() - began
             step_counter[0] += 1
             rows, width = batch.ids["text"].shape
@@ -116,38 +160,148 @@ def measure_shape(name: str, spec: dict, data: Path, cache: Path, rounds: int, s
             totals["all_flops"] += everything
             totals["real_tokens"] += batch.real_tokens
             totals["computed_tokens"] += rows * width
+        stage.make_inputs, stage.teacher = make_inputs, eager_teacher
         return totals
 
-    run("bucketed", 2)  # warm-up: allocator, MKL, first-touch of the token store
-    run("fixed", 1)
-    best: dict[str, dict] = {}
-    peaks = []
-    for _ in range(rounds):
-        peaks.append(gemm_peak_flops(0.3)["best"])
-        for mode in ("bucketed", "fixed"):
-            t = run(mode, steps)
-            rates = {
-                "real_tokens_per_s": t["real_tokens"] / t["seconds"],
-                "computed_tokens_per_s": t["computed_tokens"] / t["seconds"],
-                "model_flops_per_s": t["model_flops"] / t["seconds"],
-                "all_flops_per_s": t["all_flops"] / t["seconds"],
-                "padding_share": 1 - t["real_tokens"] / t["computed_tokens"],
-                "seconds_per_step": t["seconds"] / steps,
-            }
-            if mode not in best or rates["all_flops_per_s"] > best[mode]["all_flops_per_s"]:
-                best[mode] = rates
-    peak = max(peaks)
-    for rates in best.values():
-        rates["mfu"] = rates["model_flops_per_s"] / peak
-        rates["all_flops_utilisation"] = rates["all_flops_per_s"] / peak
-    return {
-        "shape": spec,
-        "parameters": sum(p.numel() for p in stage.model.parameters()),
-        "gemm_peak_flops_per_s": peak,
-        "gemm_peak_rounds": peaks,
-        "modes": best,
-        "useful_throughput_ratio": best["bucketed"]["real_tokens_per_s"] / best["fixed"]["real_tokens_per_s"],
-    }
+    # Emulated bf16 runs its matmuls ~25x slower than fp32: one short round shows that without taking minutes.
+    emulated = {"bf16"} if not bf16_native else set()
+    plan = {v: (1, 1) if v in emulated else (rounds, steps) for v in variants}  # (rounds, steps per mode)
+    for variant in variants:  # warm-up: allocator, MKL/oneDNN kernels, first-touch of the token store
+        run(variant, "bucketed", 1 if variant in emulated else 2)
+        if variant not in emulated:
+            run(variant, "fixed", 1)
+        if variant == "compiled":
+            # The compile happens in the warm-up (and recompiles for new widths while they come).
+            run(variant, "fixed", 2)
+            compile_seconds = time.perf_counter() - began
+    best: dict[str, dict[str, dict]] = {variant: {} for variant in variants}
+    peaks: dict[str, list[float]] = {precision: [] for precision in DTYPES if precision in variants}
+    for round_index in range(rounds):
+        for precision in peaks:
+            if precision in emulated:
+                if round_index == 0:
+                    peaks[precision].append(
+                        gemm_peak_flops(0.1, DTYPES[precision], shapes=EMULATED_GEMM_SHAPES)["best"]
+                    )
+            else:
+                peaks[precision].append(gemm_peak_flops(0.3, DTYPES[precision])["best"])
+        for variant in variants:
+            variant_rounds, variant_steps = plan[variant]
+            if round_index >= variant_rounds:
+                continue
+            for mode in ("bucketed", "fixed"):
+                t = run(variant, mode, variant_steps)
+                rates = {
+                    "real_tokens_per_s": t["real_tokens"] / t["seconds"],
+                    "computed_tokens_per_s": t["computed_tokens"] / t["seconds"],
+                    "model_flops_per_s": t["model_flops"] / t["seconds"],
+                    "all_flops_per_s": t["all_flops"] / t["seconds"],
+                    "padding_share": 1 - t["real_tokens"] / t["computed_tokens"],
+                    "seconds_per_step": t["seconds"] / variant_steps,
+                    "steps": variant_steps,
+                }
+                if mode not in best[variant] or rates["all_flops_per_s"] > best[variant][mode]["all_flops_per_s"]:
+                    best[variant][mode] = rates
+    peak = {precision: max(values) for precision, values in peaks.items()}
+    results = {}
+    for variant, modes in best.items():
+        precision = "fp32" if variant == "compiled" else variant
+        for rates in modes.values():
+            rates["mfu"] = rates["model_flops_per_s"] / peak[precision]
+            rates["all_flops_utilisation"] = rates["all_flops_per_s"] / peak[precision]
+        results[variant] = {
+            "precision": precision,
+            "gemm_peak_flops_per_s": peak[precision],
+            "gemm_peak_rounds": peaks[precision],
+            "modes": modes,
+            "useful_throughput_ratio": modes["bucketed"]["real_tokens_per_s"] / modes["fixed"]["real_tokens_per_s"],
+        }
+    shape = {"shape": spec, "parameters": sum(p.numel() for p in stage.model.parameters()), "variants": results}
+    if "fp32" in results and "bf16" in results:
+        shape["bf16_over_fp32_gemm_peak"] = peak["bf16"] / peak["fp32"]
+        shape["bf16_over_fp32_real_tokens_per_s"] = {
+            mode: results["bf16"]["modes"][mode]["real_tokens_per_s"]
+            / results["fp32"]["modes"][mode]["real_tokens_per_s"]
+            for mode in ("bucketed", "fixed")
+        }
+    if compile_seconds is not None:
+        shape["compile_seconds"] = compile_seconds
+        # FLOP/s, not real tokens/s: the two variants draw different batches (different padding shares).
+        shape["compiled_over_eager_all_flops_per_s"] = {
+            mode: results["compiled"]["modes"][mode]["all_flops_per_s"]
+            / results["fp32"]["modes"][mode]["all_flops_per_s"]
+            for mode in ("bucketed", "fixed")
+        }
+    return shape
+
+
+def shape_rows(name: str, shape: dict, threads: int, paths: dict) -> list[dict]:
+    """The summary rows of one shape (see bench/README.md)."""
+    rows = []
+    default = name == "default"
+    bf16_native = paths["bf16_native"]
+    for variant, result in shape["variants"].items():
+        fixed, bucketed = result["modes"]["fixed"], result["modes"]["bucketed"]
+        native = variant != "bf16" or bf16_native
+        # The utilisation goal is for the default shape in the precision a run would use (native paths only).
+        goal = 0.9 if default and native else None
+        peak_note = (
+            f"{result['precision']} GEMM peak {result['gemm_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, {threads} thread(s)"
+        )
+        if variant == "bf16":
+            peak_note += "; " + native_note(paths)
+        label = f"{name} {variant}"
+        if not native:
+            # One short step against a tiny-GEMM peak of reference kernels: a utilisation of that would mislead
+            # (it is in the JSON); the rows below compare it with fp32 instead.
+            continue
+        rows.append(goal_row(f"{label}: MFU, model FLOPs, fixed max_seq batch", fixed["mfu"], None))
+        rows.append(
+            goal_row(
+                f"{label}: all-FLOPs utilisation, fixed batch", fixed["all_flops_utilisation"], goal, note=peak_note
+            )
+        )
+        rows.append(goal_row(f"{label}: MFU, model FLOPs, bucketed", bucketed["mfu"], None))
+        rows.append(goal_row(f"{label}: all-FLOPs utilisation, bucketed", bucketed["all_flops_utilisation"], goal))
+        rows.append(
+            goal_row(
+                f"{label}: real tokens/s bucketed / fixed padded",
+                result["useful_throughput_ratio"],
+                1.5 if variant == "fp32" else None,
+                note=f"{bucketed['real_tokens_per_s']:.0f} vs {fixed['real_tokens_per_s']:.0f} tokens/s; "
+                f"padding {bucketed['padding_share']:.0%} vs {fixed['padding_share']:.0%}",
+            )
+        )
+    if "bf16_over_fp32_real_tokens_per_s" in shape:
+        ratios = shape["bf16_over_fp32_real_tokens_per_s"]
+        goal = 2.0 if default and bf16_native else None
+        rows.append(
+            goal_row(
+                f"{name}: real tokens/s bf16 / fp32, bucketed",
+                ratios["bucketed"],
+                goal,
+                note=f"fixed batch {ratios['fixed']:.2f}; {native_note(paths)}",
+            )
+        )
+        rows.append(
+            goal_row(
+                f"{name}: GEMM peak bf16 / fp32",
+                shape["bf16_over_fp32_gemm_peak"],
+                None,
+                note=native_note(paths),
+            )
+        )
+    if "compiled_over_eager_all_flops_per_s" in shape:
+        ratios = shape["compiled_over_eager_all_flops_per_s"]
+        rows.append(
+            goal_row(
+                f"{name}: all-FLOP/s torch.compile / eager, fp32 fixed batch",
+                ratios["fixed"],
+                None,
+                note=f"bucketed {ratios['bucketed']:.2f}; compile + warm-up {shape['compile_seconds']:.0f} s",
+            )
+        )
+    return rows
 
 
 def main() -> None:
@@ -156,39 +310,36 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds (best is kept)")
     parser.add_argument("--steps", type=int, default=4, help="steps per mode per round (default shape)")
     parser.add_argument("--shapes", default="default,small", help="comma-separated: default, small")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--compile", action="store_true", help="also time the fp32 step under torch.compile")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all, or 1 on a busy machine)")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     threads = bench_threads(args.threads)
+    paths = cpu_precision_paths()
+    variants = [p for p in args.precisions.split(",") if p]
+    unknown = [p for p in variants if p not in DTYPES]
+    if unknown or not variants:
+        parser.error(f"--precisions takes fp32 and/or bf16, not {','.join(unknown) or 'nothing'}")
+    if args.compile:
+        variants = list(dict.fromkeys(["fp32", *variants, "compiled"]))
     data = demo_paragraphs()
-    result: dict = {"benchmark": "train_throughput", "threads": threads, "load_average_at_start": load, "shapes": {}}
+    result: dict = {
+        "benchmark": "train_throughput",
+        "threads": threads,
+        "load_average_at_start": load,
+        "precision_paths": paths,
+        "shapes": {},
+    }
     with tempfile.TemporaryDirectory() as cache:
         for name in args.shapes.split(","):
             steps = args.steps if name == "default" else args.steps * 4
-            result["shapes"][name] = measure_shape(name, SHAPES[name], data, Path(cache), args.rounds, steps)
-    table = []
-    for name, shape in result["shapes"].items():
-        fixed, bucketed = shape["modes"]["fixed"], shape["modes"]["bucketed"]
-        goal = 0.9 if name == "default" else None
-        table.append(goal_row(f"{name}: MFU, model FLOPs, fixed max_seq batch", fixed["mfu"], None))
-        peak_note = f"GEMM peak {shape['gemm_peak_flops_per_s'] / 1e9:.0f} GFLOP/s with {threads} thread(s)"
-        table.append(
-            goal_row(
-                f"{name}: all-FLOPs utilisation, fixed batch", fixed["all_flops_utilisation"], goal, note=peak_note
+            result["shapes"][name] = measure_shape(
+                name, SHAPES[name], data, Path(cache), args.rounds, steps, variants, paths["bf16_native"]
             )
-        )
-        table.append(goal_row(f"{name}: MFU, model FLOPs, bucketed", bucketed["mfu"], None))
-        table.append(goal_row(f"{name}: all-FLOPs utilisation, bucketed", bucketed["all_flops_utilisation"], goal))
-        table.append(
-            goal_row(
-                f"{name}: real tokens/s bucketed / fixed padded",
-                shape["useful_throughput_ratio"],
-                1.5,
-                note=f"{bucketed['real_tokens_per_s']:.0f} vs {fixed['real_tokens_per_s']:.0f} tokens/s; "
-                f"padding {bucketed['padding_share']:.0%} vs {fixed['padding_share']:.0%}",
-            )
-        )
-    result["table"] = table
+    result["table"] = [
+        row for name, shape in result["shapes"].items() for row in shape_rows(name, shape, threads, paths)
+    ]
     write_json(args.json, result)
 
 

@@ -51,7 +51,7 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     contract = checkpoint.data
     rows = {"world model": MetricAverager(), "copy baseline": MetricAverager(), "mean baseline": MetricAverager()}
     tfidf, tfidf_note = tfidf_for_checkpoint(
-        checkpoint.info, checkpoint.tokenizer, checkpoint.config.vocab_size, cfg.data_dir, path, store
+        checkpoint.data, checkpoint.tokenizer, checkpoint.config.vocab_size, cfg.data_dir, path, store
     )
     if tfidf is not None:
         rows["tf-idf baseline"] = MetricAverager()
