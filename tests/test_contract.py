@@ -10,6 +10,7 @@ from conftest import synthetic_lines
 from safetensors.torch import save_file
 
 from textjepa.agent import Agent, load_world
+from textjepa.api import WorldModel as WorldModelApi
 from textjepa.bridge.data import read_pairs, reply_latents
 from textjepa.checkpoint import load_checkpoint, save_checkpoint
 from textjepa.config import DataConfig, ModelConfig
@@ -69,7 +70,7 @@ def test_a_long_context_gives_the_same_tokens_in_training_and_in_the_agent(long_
     trained_reply = batch.ids["next"][0][batch.valid["next"][0]].tolist()
 
     checkpoint, world, teacher = load_world(long_pair["model"], torch.device("cpu"))
-    agent = Agent(checkpoint, world, teacher, None, torch.device("cpu"))
+    agent = Agent(WorldModelApi(checkpoint, world, teacher, torch.device("cpu")), None)
     served = agent.tokenize([long_pair["context"]])
     served_context = served.ids[0][served.valid[0]].tolist()
 

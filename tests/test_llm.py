@@ -110,9 +110,10 @@ def strong_bridge(world, lm, loaded_world):
 
 def agent_for(loaded_world, decoder):
     from textjepa.agent import Agent
+    from textjepa.api import WorldModel
 
     checkpoint, model, teacher = loaded_world
-    return Agent(checkpoint, model, teacher, decoder, torch.device("cpu"))
+    return Agent(WorldModel(checkpoint, model, teacher, torch.device("cpu")), decoder)
 
 
 def test_reply_nll_matches_the_models_own_loss(lm):

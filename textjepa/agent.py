@@ -11,57 +11,14 @@ from pathlib import Path
 
 import torch
 
-from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_with_teacher
+from textjepa.api import Encoded, WorldModel, as_messages, conversation_context, load_world
+from textjepa.checkpoint import check_shape_overrides
 from textjepa.config import DEFAULT_ACTION
-from textjepa.data.contract import Field
 from textjepa.data.tokens import check_vocab_argument
 from textjepa.decoders.base import Conditioning, Decoder, Generation
-from textjepa.errors import TextJepaError
-from textjepa.io import RunKind
-from textjepa.models.encoder import Encoder, masked_mean
-from textjepa.models.heads import WorldModel
 
-ROLE_PREFIXES = {"user": "User: ", "assistant": "Assistant: "}
-
-
-def as_messages(prompt: str | Sequence[dict]) -> list[dict]:
-    """A bare prompt is one user message; a message list (OpenAI style) is used as it is."""
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [dict(m) for m in prompt]
-
-
-def conversation_context(messages: Sequence[dict]) -> str:
-    """The `User: ...\nAssistant: ...` form the world model was trained on (system turns are left out).
-
-    A single user message that already starts with `User:` is taken as written.
-    """
-    turns = []
-    for message in messages:
-        prefix = ROLE_PREFIXES.get(message.get("role", ""))
-        content = str(message.get("content") or "").strip()
-        if prefix is None or not content:
-            continue
-        turns.append(content if content.startswith(("User:", "Assistant:")) else prefix + content)
-    return "\n".join(turns)
-
-
-def load_world(path: Path, device: torch.device) -> tuple[Checkpoint, WorldModel, Encoder]:
-    checkpoint, teacher_checkpoint = load_with_teacher(path, expect_kind=RunKind.WORLD)
-    world = WorldModel(checkpoint.config)
-    world.load_state_dict(checkpoint.tensors)
-    teacher = Encoder(checkpoint.config)
-    teacher.load_state_dict(teacher_checkpoint.module_state("encoder"))
-    return checkpoint, world.to(device).eval(), teacher.to(device).eval()
-
-
-@dataclass
-class Encoded:
-    ids: torch.Tensor
-    valid: torch.Tensor
-    token_counts: list[int]  # tokens of each text
-    truncated: list[bool]
-    kept_counts: list[int]  # tokens of each text the model sees (at most max_seq)
+# Re-exported: the agent's callers read conversations and checkpoints through here.
+__all__ = ["Agent", "Encoded", "Reply", "as_messages", "conversation_context", "load_world"]
 
 
 @dataclass
@@ -74,18 +31,12 @@ class Reply:
 
 
 class Agent:
-    def __init__(
-        self, checkpoint: Checkpoint, world: WorldModel, teacher: Encoder, decoder: Decoder, device: torch.device
-    ) -> None:
-        self.checkpoint, self.world, self.teacher, self.decoder, self.device = (
-            checkpoint,
-            world,
-            teacher,
-            decoder,
-            device,
-        )
-        self.config = checkpoint.config
-        self.tokenizer = checkpoint.tokenizer
+    """A world model (textjepa.api.WorldModel: encoding, prediction, conditioning) and a decoder."""
+
+    def __init__(self, model: WorldModel, decoder: Decoder | None) -> None:
+        self.model, self.decoder = model, decoder
+        self.checkpoint, self.config, self.tokenizer = model.checkpoint, model.config, model.checkpoint.tokenizer
+        self.device = model.device
 
     @classmethod
     def load(
@@ -97,15 +48,11 @@ class Agent:
         shape_overrides: dict | None = None,
         **decoder_options,
     ) -> Agent:
-        from textjepa.decoders.registry import load_decoder
-
-        device = device or torch.device("cpu")
-        checkpoint, world, teacher = load_world(Path(model_path), device)
-        check_shape_overrides(checkpoint.config, shape_overrides or {}, checkpoint.path)
+        model = WorldModel.load(model_path, device or torch.device("cpu"))
+        check_shape_overrides(model.config, shape_overrides or {}, model.checkpoint.path)
         if vocab:
-            check_vocab_argument(vocab, checkpoint.tokenizer)
-        backend = load_decoder(decoder, checkpoint.path, world_checkpoint=checkpoint, device=device, **decoder_options)
-        return cls(checkpoint, world, teacher, backend, device)
+            check_vocab_argument(vocab, model.checkpoint.tokenizer)
+        return cls(model, model.decoder(decoder, **decoder_options))
 
     @property
     def model_name(self) -> str:
@@ -114,54 +61,22 @@ class Agent:
     def tokenize(self, texts: Sequence[str]) -> Encoded:
         """Model input for contexts under the checkpoint's data contract: a text longer than max_seq keeps its
         last max_seq tokens (the latest turns), exactly as in training."""
-        rows = self.checkpoint.data.encode(self.tokenizer, texts, Field.CONTEXT)
-        return Encoded(
-            torch.from_numpy(rows.ids).to(self.device),
-            torch.from_numpy(rows.valid).to(self.device),
-            rows.token_counts,
-            rows.truncated,
-            rows.kept_counts,
-        )
+        return self.model.context_encoder.tokenize(texts)
 
-    @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Pooled encoder latents (the online encoder, as the world model's state)."""
         return self.embed_encoded(self.tokenize(texts))
 
-    @torch.no_grad()
     def embed_encoded(self, encoded: Encoded) -> torch.Tensor:
-        return masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid).float().cpu()
+        return self.model.context_encoder.embed(encoded)
 
-    @torch.no_grad()
     def condition(
         self, contexts: Sequence[str], ablate: bool = False, action: str = DEFAULT_ACTION
     ) -> tuple[list[Conditioning], Encoded]:
-        if action not in self.config.actions:
-            raise TextJepaError(f"unknown action {action!r}; the model knows {self.config.actions}")
-        encoded = self.tokenize(contexts)
-        state = masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid)
-        actions = torch.full((len(contexts),), self.config.actions.index(action), dtype=torch.long, device=self.device)
-        predicted = self.world.transition(state, actions)
-        vector = self.world.conditioning_head(predicted)
-        if ablate:
-            vector = torch.zeros_like(vector)
-        out = [
-            Conditioning(predicted=predicted[i].cpu(), state=state[i].cpu(), vector=vector[i].cpu(), ablated=ablate)
-            for i in range(len(contexts))
-        ]
-        return out, encoded
+        return self.model.condition(contexts, ablate=ablate, action=action)
 
     def prepare(self, messages: Sequence[dict], ablate: bool = False) -> tuple[str, Conditioning, int, list[str]]:
-        context = conversation_context(messages)
-        if not context.strip():
-            raise TextJepaError("the prompt is empty")
-        [conditioning], encoded = self.condition([context], ablate=ablate)
-        notes = []
-        if encoded.truncated[0]:
-            notes.append(
-                f"prompt truncated from {encoded.token_counts[0]} to the last {self.config.max_seq} tokens (max_seq)"
-            )
-        return context, conditioning, encoded.kept_counts[0], notes
+        return self.model.prepare(messages, ablate)
 
     def respond(
         self, prompt: str | Sequence[dict], ablate: bool = False, max_new_tokens: int = 128, **options

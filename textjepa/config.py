@@ -257,6 +257,47 @@ class InferConfig:
             raise TextJepaError("--max-new-tokens must be at least 1")
 
 
+EMBED_SUFFIXES = (".npy", ".parquet")
+
+
+@dataclass
+class EmbedConfig:
+    """`textjepa embed`: a vector for every line of a file, written to .npy or Parquet."""
+
+    model: str = setting(
+        "", positional=True, metavar="MODEL", help="model_world_*.safetensors or model_latent_*.safetensors"
+    )
+    data: str = setting(
+        "",
+        positional=True,
+        metavar="DATA",
+        help="line file or hub:<dataset_id>; a `left<TAB>right` line gives its left side",
+    )
+    out: str = setting(
+        "",
+        required=True,
+        metavar="FILE",
+        help="FILE.npy (float32, a row a used line) or FILE.parquet (columns text and embedding)",
+    )
+    reply: bool = setting(
+        False,
+        help="world model: embed lines as replies (the EMA teacher's latent, as the retrieval index) instead of as "
+        "contexts (the state latent, as /v1/embeddings)",
+    )
+    normalize: bool = setting(False, help="scale every vector to unit length")
+    batch_size: int = setting(64, help="lines per encoder batch")
+    overwrite: bool = setting(False, help="replace FILE when it exists")
+    device: str = setting("auto", help=DEVICE_HELP)
+    data_dir: str = setting("data", help="hub caches")
+    progress: bool = setting(True, help="no progress bar")
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise TextJepaError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.out.endswith(EMBED_SUFFIXES):
+            raise TextJepaError(f"--out must end in .npy or .parquet, got {self.out!r}")
+
+
 @dataclass
 class DecoderSettings:
     """LLM decoders (transformers, llamacpp): the original's JEPA_DECODER_* environment, with its defaults."""

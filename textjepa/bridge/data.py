@@ -89,15 +89,11 @@ def lm_examples(
 def predicted_latents(
     checkpoint: Checkpoint, world, teacher, contexts: Sequence[str], device: torch.device, batch: int = 256
 ) -> torch.Tensor:
-    """The world model's predicted next latents [N, dim], through the agent's own inference path."""
-    from textjepa.agent import Agent
+    """The world model's predicted next latents [N, dim], through the Python API's (and the agent's) path."""
+    from textjepa.api import WorldModel
 
-    agent = Agent(checkpoint, world, teacher, None, device)
-    out = []
-    for start in range(0, len(contexts), batch):
-        conditioning, _ = agent.condition(list(contexts[start : start + batch]))
-        out.extend(c.predicted for c in conditioning)
-    return torch.stack(out).float()
+    model = WorldModel(checkpoint, world, teacher, device)
+    return torch.from_numpy(model.predict_next(list(contexts), batch_size=batch))
 
 
 @torch.no_grad()
@@ -107,14 +103,9 @@ def reply_latents(
     """The teacher's pooled latents of the true replies [N, dim] (encoded as replies under the data contract, as
     the world model's targets): what a perfect world model would predict. Used only by the --oracle-latent
     diagnostic."""
-    from textjepa.models.encoder import masked_mean
+    from textjepa.api import Encoder
 
-    out = []
-    for start in range(0, len(replies), batch):
-        rows = checkpoint.data.encode(checkpoint.tokenizer, replies[start : start + batch], Field.REPLY)
-        ids_t, valid_t = torch.from_numpy(rows.ids).to(device), torch.from_numpy(rows.valid).to(device)
-        out.append(masked_mean(teacher(ids_t, valid_t), valid_t).float().cpu())
-    return torch.cat(out)
+    return torch.from_numpy(Encoder(checkpoint, teacher, Field.REPLY, device).encode(list(replies), batch_size=batch))
 
 
 def conditioning_latents(

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "textjepa.cli.prepare_cmds",
     "textjepa.cli.serve_cmd",
     "textjepa.cli.bridge_cmds",
+    "textjepa.cli.embed_cmd",
 )
 
 EXIT_USER_ERROR = 2

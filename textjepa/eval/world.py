@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from textjepa.agent import load_world
+from textjepa.api import WorldModel
 from textjepa.checkpoint import check_shape_overrides
 from textjepa.config import EvalConfig
 from textjepa.data.batches import iter_split_batches
@@ -38,7 +38,8 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     configure_threads()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    checkpoint, world, teacher = load_world(Path(cfg.model), device)
+    model = WorldModel.load(Path(cfg.model), device)
+    checkpoint = model.checkpoint
     check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
     if cfg.vocab:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
@@ -58,9 +59,8 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         store, cfg.batch, contract.max_seq, split, contract.val_fraction, contract.seed, max_batches=cfg.steps
     ):
         tensors = batch_tensors(batch, mapping, device)
-        state = world.state(tensors["ids"], tensors["valid"])
-        prediction = world.transition(state, tensors["actions"])
-        target = teacher.pooled(tensors["next_ids"], tensors["next_valid"])
+        state, prediction = model.transition(tensors["ids"], tensors["valid"], tensors["actions"])
+        target = model.reply_encoder.pool(tensors["next_ids"], tensors["next_valid"])
         n = len(target)
         rows["world model"].add(retrieval_metrics(prediction, target), n)
         rows["copy baseline"].add(retrieval_metrics(state, target), n)

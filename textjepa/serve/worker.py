@@ -134,10 +134,12 @@ class ModelWorker:
         return [Conditioned(c, n) for c, n in zip(conditionings, encoded.kept_counts)]
 
     def _embed_texts(self, texts: list[str]) -> Embedded:
+        """The context encoder's latents, as `WorldModel.encode` computes them (textjepa/api.py)."""
+        encoder = self.agent.model.context_encoder
         vectors, counts = [], []
         for start in range(0, len(texts), self.max_batch):
-            encoded = self.agent.tokenize(texts[start : start + self.max_batch])
-            vectors.append(self.agent.embed_encoded(encoded))
+            encoded = encoder.tokenize(texts[start : start + self.max_batch])
+            vectors.append(encoder.embed(encoded))
             counts += encoded.kept_counts
         return Embedded(torch.cat(vectors), counts)
 
