@@ -25,6 +25,7 @@ LAYERS = {
     "plot": 1,
     "io": 1,
     "settings": 1,
+    "precision": 1,
     "decoders": 2,
     # The bridge's projector and its scoring are what the LLM decoders read; its data, training and
     # evaluation sit beside train/ and eval/.

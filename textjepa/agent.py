@@ -20,6 +20,7 @@ from textjepa.errors import TextJepaError
 from textjepa.io import RunKind
 from textjepa.models.encoder import Encoder, masked_mean
 from textjepa.models.heads import WorldModel
+from textjepa.precision import autocast
 
 ROLE_PREFIXES = {"user": "User: ", "assistant": "Assistant: "}
 
@@ -75,7 +76,13 @@ class Reply:
 
 class Agent:
     def __init__(
-        self, checkpoint: Checkpoint, world: WorldModel, teacher: Encoder, decoder: Decoder, device: torch.device
+        self,
+        checkpoint: Checkpoint,
+        world: WorldModel,
+        teacher: Encoder,
+        decoder: Decoder,
+        device: torch.device,
+        precision: str = "fp32",
     ) -> None:
         self.checkpoint, self.world, self.teacher, self.decoder, self.device = (
             checkpoint,
@@ -86,6 +93,8 @@ class Agent:
         )
         self.config = checkpoint.config
         self.tokenizer = checkpoint.tokenizer
+        # "fp32" or "bf16" (autocast over the fp32 weights), as resolved from --precision by the caller.
+        self.precision = precision
 
     @classmethod
     def load(
@@ -95,17 +104,20 @@ class Agent:
         device: torch.device | None = None,
         vocab: str | None = None,
         shape_overrides: dict | None = None,
+        precision: str = "fp32",
         **decoder_options,
     ) -> Agent:
         from textjepa.decoders.registry import load_decoder
 
+        if precision not in ("fp32", "bf16"):
+            raise TextJepaError(f"precision must be fp32 or bf16 (resolve 'auto' at the caller), got {precision!r}")
         device = device or torch.device("cpu")
         checkpoint, world, teacher = load_world(Path(model_path), device)
         check_shape_overrides(checkpoint.config, shape_overrides or {}, checkpoint.path)
         if vocab:
             check_vocab_argument(vocab, checkpoint.tokenizer)
         backend = load_decoder(decoder, checkpoint.path, world_checkpoint=checkpoint, device=device, **decoder_options)
-        return cls(checkpoint, world, teacher, backend, device)
+        return cls(checkpoint, world, teacher, backend, device, precision)
 
     @property
     def model_name(self) -> str:
@@ -130,7 +142,8 @@ class Agent:
 
     @torch.no_grad()
     def embed_encoded(self, encoded: Encoded) -> torch.Tensor:
-        return masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid).float().cpu()
+        with autocast(self.device, self.precision):
+            return masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid).float().cpu()
 
     @torch.no_grad()
     def condition(
@@ -139,10 +152,13 @@ class Agent:
         if action not in self.config.actions:
             raise TextJepaError(f"unknown action {action!r}; the model knows {self.config.actions}")
         encoded = self.tokenize(contexts)
-        state = masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid)
         actions = torch.full((len(contexts),), self.config.actions.index(action), dtype=torch.long, device=self.device)
-        predicted = self.world.transition(state, actions)
-        vector = self.world.conditioning_head(predicted)
+        with autocast(self.device, self.precision):
+            state = masked_mean(self.world.encoder(encoded.ids, encoded.valid), encoded.valid)
+            predicted = self.world.transition(state, actions)
+            vector = self.world.conditioning_head(predicted)
+        # Decoders and clients get fp32 vectors whichever precision computed them.
+        state, predicted, vector = state.float(), predicted.float(), vector.float()
         if ablate:
             vector = torch.zeros_like(vector)
         out = [

@@ -24,7 +24,8 @@ from textjepa.eval.lexical import ranking_metrics, record_texts, tfidf_for_check
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
 from textjepa.models.encoder import masked_mean
 from textjepa.models.world_inputs import action_mapping, batch_tensors
-from textjepa.runtime import configure_threads, resolve_device
+from textjepa.precision import autocast
+from textjepa.runtime import choose_precision, configure_threads, resolve_device
 
 WORLD_COLUMNS = ["transition_cos", "transition_l2", "R@1", "R@5", "MRR"]
 _NAMES = {"cosine_mean": "transition_cos", "l2_mean": "transition_l2", "top1": "R@1", "top5": "R@5", "mrr": "MRR"}
@@ -39,6 +40,8 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     configure_threads()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    precision = choose_precision(cfg.precision, device)
+    print(precision.describe())
     checkpoint, world, teacher = load_world(Path(cfg.model), device)
     check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
     if cfg.vocab:
@@ -59,9 +62,10 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         store, cfg.batch, contract.max_seq, split, contract.val_fraction, contract.seed, max_batches=cfg.steps
     ):
         tensors = batch_tensors(batch, mapping, device)
-        state = world.state(tensors["ids"], tensors["valid"])
-        prediction = world.transition(state, tensors["actions"])
-        target = masked_mean(teacher(tensors["next_ids"], tensors["next_valid"]), tensors["next_valid"])
+        with autocast(device, precision.precision):
+            state = world.state(tensors["ids"], tensors["valid"])
+            prediction = world.transition(state, tensors["actions"])
+            target = masked_mean(teacher(tensors["next_ids"], tensors["next_valid"]), tensors["next_valid"])
         n = len(target)
         rows["world model"].add(retrieval_metrics(prediction, target), n)
         rows["copy baseline"].add(retrieval_metrics(state, target), n)
@@ -83,6 +87,7 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         "split": split,
         "pairs": pairs,
         "batch": cfg.batch,
+        "precision": precision.precision,
         "world_model": results["world model"],
         "baseline_copy": results["copy baseline"],
         "baseline_mean": results["mean baseline"],
