@@ -62,6 +62,23 @@ def test_bf16_checkpoint_learns_and_evaluates_in_fp32(bf16_latent):
     assert report["trained"]["cosine_mean"] > report["untrained_baseline"]["cosine_mean"]
 
 
+def test_eval_in_bf16_matches_fp32(bf16_latent):
+    reports = {}
+    for precision in ("fp32", "bf16"):
+        path = bf16_latent["root"] / f"eval_small_{precision}.json"
+        result = run_cli(
+            "eval-jepa", bf16_latent["model"], "--data-dir", bf16_latent["root"] / "cache", "--json", path,
+            "--batch", "16", "--steps", "3", "--precision", precision,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        reports[precision] = json.loads(path.read_text())
+    assert reports["bf16"]["precision"] == "bf16"
+    for row in ("trained", "untrained_baseline"):
+        fp32, bf16 = reports["fp32"][row], reports["bf16"][row]
+        assert abs(fp32["cosine_mean"] - bf16["cosine_mean"]) < 0.02, (fp32, bf16)
+        assert abs(fp32["retrieval_mrr"] - bf16["retrieval_mrr"]) < 0.05, (fp32, bf16)
+
+
 def test_auto_follows_the_cpu_flags_and_says_why(bf16_latent):
     native = native_cpu_bf16_flags(read_cpu_flags())
     report_path = bf16_latent["root"] / "eval_auto.json"
@@ -97,6 +114,18 @@ def test_bf16_world_model_answers_in_either_precision(tmp_path):
         assert result.returncode == 0, result.stderr
         assert f"precision: {'bf16 autocast' if precision == 'bf16' else 'fp32'}" in result.stderr
         replies[precision] = json.loads(result.stdout)
+    evaluated = {}
+    for precision in ("bf16", "fp32"):
+        path = tmp_path / f"eval_world_{precision}.json"
+        result = run_cli(
+            "eval-world", run["world"], "--data-dir", run["cache"], "--json", path, "--precision", precision,
+            "--batch", "24", "--steps", "2",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        evaluated[precision] = json.loads(path.read_text())
+    assert evaluated["bf16"]["precision"] == "bf16" and evaluated["fp32"]["precision"] == "fp32"
+    for name in ("transition_cos", "MRR"):
+        assert abs(evaluated["bf16"]["world_model"][name] - evaluated["fp32"]["world_model"][name]) < 0.05
     # The same fp32 weights in two precisions: the same nearest reply, scores within bf16's rounding.
     assert replies["bf16"]["output"] == replies["fp32"]["output"]
     for bf16, fp32 in zip(replies["bf16"]["alternatives"], replies["fp32"]["alternatives"], strict=True):

@@ -47,8 +47,9 @@ def jepa_metrics(
         ids = torch.from_numpy(batch.ids["text"]).to(device)
         valid = torch.from_numpy(batch.valid["text"]).to(device)
         masked_ids, mask = masked_view(ids, valid, masking, generator)
-        prediction = model.predictor(model.encoder(masked_ids, valid)[mask])
-        target = teacher(ids, valid)[mask]
+        # Pooled in fp32: the forwards may run under bf16 autocast (--precision bf16).
+        prediction = model.predictor(model.encoder(masked_ids, valid)[mask]).float()
+        target = teacher(ids, valid)[mask].float()
         span = span_ids(mask)[mask] - 1
         spans = int(span.max()) + 1
         counts = torch.zeros(spans, device=device).index_add_(0, span, torch.ones_like(span, dtype=torch.float))
