@@ -136,7 +136,7 @@ def _serve(cfg: ServeConfig, sock: socket.socket, settings: Settings, load: Agen
 
     configure_threads(settings)
     device = resolve_device(cfg.device)
-    print(choose_precision(cfg.precision, device).describe(), flush=True)
+    precision = choose_precision(cfg.precision, device)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     _configure_logging(cfg.debug)
@@ -157,7 +157,8 @@ def _serve(cfg: ServeConfig, sock: socket.socket, settings: Settings, load: Agen
             timeout_graceful_shutdown=5,
         )
     )
-    print(f"textjepa serve: listening on {url}/v1 (model {cfg.model}, loading)", flush=True)
+    # One first line (clients and tests read the address from it), which also states the precision.
+    print(f"textjepa serve: listening on {url}/v1 (model {cfg.model}, loading; {precision.describe()})", flush=True)
     server.run(sockets=[sock])
     if failures:
         exc = failures[0]
