@@ -2,6 +2,7 @@
 follows the CPU's flags (fp32 on a CPU without AVX512-BF16 or AMX) and says why, a bad value is one error line."""
 
 import json
+import time
 
 import pytest
 from conftest import TINY, assert_user_error, main_checkpoint, run_cli, synthetic_lines, train_tiny_world
@@ -130,3 +131,34 @@ def test_bf16_world_model_answers_in_either_precision(tmp_path):
     assert replies["bf16"]["output"] == replies["fp32"]["output"]
     for bf16, fp32 in zip(replies["bf16"]["alternatives"], replies["fp32"]["alternatives"], strict=True):
         assert abs(bf16["score"] - fp32["score"]) < 0.05
+
+
+def test_serve_in_bf16_states_it_and_embeds_like_the_agent(tmp_path):
+    import httpx
+    import numpy as np
+    from test_serve import ServerProcess
+
+    from textjepa.agent import Agent
+
+    class RecordingServer(ServerProcess):
+        def _first_line(self, timeout: float) -> str:
+            self.first_line = super()._first_line(timeout)
+            return self.first_line
+
+    world = train_tiny_world(tmp_path)["world"]
+    server = RecordingServer([world, "--precision", "bf16"], tmp_path / "server.log")
+    try:
+        assert "(--precision bf16: asked for" in server.first_line and "precision: bf16 autocast" in server.first_line
+        texts = ["rain falls from grey clouds", "the guitar plays a slow melody"]
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{server.base}/health", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline and server.proc.poll() is None, server.logs()
+            time.sleep(0.1)
+        body = httpx.post(f"{server.base}/v1/embeddings", json={"input": texts}, timeout=30).json()
+    finally:
+        server.stop()
+    served = np.array([row["embedding"] for row in body["data"]], dtype=np.float32)
+    np.testing.assert_allclose(served, Agent.load(world, precision="bf16").embed(texts).numpy(), atol=1e-5)
+    fp32 = Agent.load(world, precision="fp32").embed(texts).numpy()
+    assert not np.array_equal(served, fp32)  # computed in bf16 ...
+    np.testing.assert_allclose(served, fp32, atol=0.1)  # ... and close to fp32
