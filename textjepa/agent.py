@@ -46,9 +46,10 @@ class Agent:
         device: torch.device | None = None,
         vocab: str | None = None,
         shape_overrides: dict | None = None,
+        precision: str = "fp32",
         **decoder_options,
     ) -> Agent:
-        model = WorldModel.load(model_path, device or torch.device("cpu"))
+        model = WorldModel.load(model_path, device or torch.device("cpu"), precision=precision)
         check_shape_overrides(model.config, shape_overrides or {}, model.checkpoint.path)
         if vocab:
             check_vocab_argument(vocab, model.checkpoint.tokenizer)

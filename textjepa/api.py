@@ -41,6 +41,7 @@ from textjepa.io import RunKind
 from textjepa.models.encoder import Encoder as EncoderNetwork
 from textjepa.models.encoder import masked_mean
 from textjepa.models.heads import WorldModel as WorldNetwork
+from textjepa.precision import autocast
 from textjepa.runtime import resolve_device
 
 if TYPE_CHECKING:
@@ -123,8 +124,17 @@ class Encoder:
     checkpoint (its encoder, reading contexts; `teacher=True`: the EMA teacher, reading replies).
     """
 
-    def __init__(self, checkpoint: Checkpoint, network: EncoderNetwork, role: Field, device: torch.device) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        network: EncoderNetwork,
+        role: Field,
+        device: torch.device,
+        precision: str = "fp32",
+    ) -> None:
         self.checkpoint, self.network, self.role, self.device = checkpoint, network, Field(role), device
+        # "fp32" or "bf16" (autocast over the fp32 weights), resolved from --precision by the caller.
+        self.precision = precision
 
     @classmethod
     def load(cls, path: str | Path, device: DeviceLike = "auto", teacher: bool = False) -> Encoder:
@@ -162,8 +172,10 @@ class Encoder:
 
     @torch.no_grad()
     def pool(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Pooled latents [B, dim] (on the device) of token ids [B, T] with their validity mask."""
-        return masked_mean(self.network(ids, valid), valid)
+        """Pooled latents [B, dim], float32 on the device, of token ids [B, T] with their validity mask."""
+        with autocast(self.device, self.precision):
+            latents = self.network(ids, valid)
+        return masked_mean(latents.float(), valid)
 
     @torch.no_grad()
     def embed(self, encoded: Encoded) -> torch.Tensor:
@@ -206,20 +218,28 @@ class WorldModel:
     """
 
     def __init__(
-        self, checkpoint: Checkpoint, network: WorldNetwork, teacher: EncoderNetwork, device: torch.device
+        self,
+        checkpoint: Checkpoint,
+        network: WorldNetwork,
+        teacher: EncoderNetwork,
+        device: torch.device,
+        precision: str = "fp32",
     ) -> None:
-        self.checkpoint, self.network, self.device = checkpoint, network, device
-        self.context_encoder = Encoder(checkpoint, network.encoder, Field.CONTEXT, device)
-        self.reply_encoder = Encoder(checkpoint, teacher, Field.REPLY, device)
+        self.checkpoint, self.network, self.device, self.precision = checkpoint, network, device, precision
+        self.context_encoder = Encoder(checkpoint, network.encoder, Field.CONTEXT, device, precision)
+        self.reply_encoder = Encoder(checkpoint, teacher, Field.REPLY, device, precision)
         self._index: RetrievalIndex | None = None
         self._decoders: dict[tuple, Decoder] = {}
 
     @classmethod
-    def load(cls, path: str | Path, device: DeviceLike = "auto") -> WorldModel:
-        """`model_world_*.safetensors`; its `_teacher` file must be beside it (training writes both)."""
+    def load(cls, path: str | Path, device: DeviceLike = "auto", precision: str = "fp32") -> WorldModel:
+        """`model_world_*.safetensors`; its `_teacher` file must be beside it (training writes both).
+        precision: "fp32", or "bf16" to compute under autocast (the weights stay float32)."""
+        if precision not in ("fp32", "bf16"):
+            raise TextJepaError(f"precision must be fp32 or bf16, got {precision!r}")
         device = as_device(device)
         checkpoint, network, teacher = load_world(Path(path), device)
-        return cls(checkpoint, network, teacher, device)
+        return cls(checkpoint, network, teacher, device, precision)
 
     @property
     def config(self) -> ModelConfig:
@@ -262,7 +282,9 @@ class WorldModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(state, predicted next latent), each [B, dim] on the device, for tokenized contexts and action ids."""
         state = self.context_encoder.pool(ids, valid)
-        return state, self.network.transition(state, actions)
+        with autocast(self.device, self.precision):
+            predicted = self.network.transition(state, actions)
+        return state, predicted.float()
 
     @torch.no_grad()
     def predict(self, encoded: Encoded, action: str = DEFAULT_ACTION) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,7 +337,9 @@ class WorldModel:
         vector (zeros when ablated), on the CPU; with the tokenized contexts (for token counts)."""
         encoded = self.context_encoder.tokenize(contexts)
         state, predicted = self.predict(encoded, action)
-        vector = self.network.conditioning_head(predicted)
+        with autocast(self.device, self.precision):
+            vector = self.network.conditioning_head(predicted)
+        vector = vector.float()  # decoders and clients get fp32 vectors whichever precision computed them
         if ablate:
             vector = torch.zeros_like(vector)
         out = [

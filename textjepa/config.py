@@ -23,6 +23,18 @@ PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256
 DEFAULT_ACTION = "reply"
 DEVICE_HELP = "auto, cpu or cuda"
+# The values of textjepa.precision.PrecisionRequest (config sits below that module, so they are spelled out here;
+# tests/test_precision.py checks that the two agree).
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+PRECISION_HELP = (
+    "compute precision: auto picks bf16 only where the hardware runs it natively (CUDA with bf16, a CPU reporting "
+    "avx512_bf16 or amx_bf16), else fp32; bf16 is autocast over fp32 weights, checkpoints stay fp32"
+)
+
+
+def precision_setting(**metadata: Any) -> Any:
+    """The --precision setting: one declaration, nested by every command that computes with a model."""
+    return setting("auto", choices=PRECISION_CHOICES, help=PRECISION_HELP, **metadata)
 
 
 def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **metadata: Any) -> Any:
@@ -114,6 +126,7 @@ class TrainConfig:
     eval_batches: int = setting(8, help="validation batches")
     seed: int = setting(0, help="random seed")
     device: str = setting("auto", help=DEVICE_HELP)
+    precision: str = precision_setting()
     out_dir: str = setting("runs", help="where checkpoints and logs go")
     resume: str | None = setting(
         None, metavar="STATE|auto", help="continue from a training state file, or 'auto' for the newest in --out-dir"
@@ -214,6 +227,7 @@ class EvalConfig:
     )
     seed: int = setting(0, help="masking seed")
     device: str = setting("auto", help=DEVICE_HELP)
+    precision: str = precision_setting()
     json_path: str | None = setting(
         None, flag="json", metavar="FILE", help="also write the metrics as JSON (- for stdout)"
     )
@@ -247,6 +261,7 @@ class InferConfig:
         None, help="sampling temperature, 0 = greedy (LLM decoders; default JEPA_DECODER_TEMP or 0.7)"
     )
     device: str = setting("auto", help=DEVICE_HELP)
+    precision: str = precision_setting()
     json: bool = setting(False, help="print the result as JSON")
     shape_overrides: dict = setting(default_factory=dict, help="shape arguments given on the command line")
 
@@ -395,7 +410,7 @@ class ConditioningEvalConfig:
 
 
 # The parts of TrainConfig that the demo sets for both of its training stages.
-DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "progress", "overwrite")
+DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "precision", "progress", "overwrite")
 
 
 @dataclass
@@ -540,6 +555,7 @@ class ServeConfig:
     bridge: str | None = setting(None, group="decoder", help=BRIDGE_HELP)
     decoder_model: str | None = setting(None, group="decoder", help=DECODER_MODEL_HELP)
     device: str = setting("auto", group="decoder", help=DEVICE_HELP)
+    precision: str = precision_setting(group="decoder")
     # Also read from TEXTJEPA_API_KEY (textjepa/settings.py).
     api_key: str | None = setting(
         None,

@@ -11,7 +11,7 @@ from textjepa.config import DEMO_TRAIN_FIELDS, DataConfig, DemoConfig, EvalConfi
 from textjepa.data.local_corpus import build_demo_corpus
 from textjepa.eval.jepa import evaluate_jepa
 from textjepa.eval.world import evaluate_world
-from textjepa.runtime import resolve_device
+from textjepa.runtime import choose_precision, resolve_device
 from textjepa.train.latent import train_latent
 from textjepa.train.world import train_world
 
@@ -40,7 +40,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
 
     _banner("3/5 eval-jepa on the held-out paragraphs")
-    jepa_report = evaluate_jepa(EvalConfig(model=str(latent.best_path), data_dir=data_dir, device=cfg.train.device))
+    jepa_report = evaluate_jepa(
+        EvalConfig(
+            model=str(latent.best_path), data_dir=data_dir, device=cfg.train.device, precision=cfg.train.precision
+        )
+    )
 
     _banner("4/5 world model on question -> answer pairs (encoder from step 2)")
     # The world model's own training defaults (its faster teacher), with the demo's shared choices.
@@ -55,11 +59,19 @@ def run_demo(cfg: DemoConfig) -> dict:
         )
     )
     world_report = evaluate_world(
-        EvalConfig(model=str(world.best_path), data_dir=data_dir, batch=cfg.world_batch, device=cfg.train.device)
+        EvalConfig(
+            model=str(world.best_path),
+            data_dir=data_dir,
+            batch=cfg.world_batch,
+            device=cfg.train.device,
+            precision=cfg.train.precision,
+        )
     )
 
     _banner("5/5 the agent answers (retrieval decoder)")
-    agent = Agent.load(world.best_path, device=resolve_device(cfg.train.device))
+    device = resolve_device(cfg.train.device)
+    precision = choose_precision(cfg.train.precision, device).precision
+    agent = Agent.load(world.best_path, device=device, precision=precision)
     answers = []
     for prompt in cfg.prompts:
         reply = agent.respond(prompt)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from textjepa.errors import TextJepaError
+from textjepa.precision import PrecisionChoice, configure_fp32_matmul, read_cpu_flags, resolve_precision
 from textjepa.settings import Settings
 
 
@@ -25,6 +26,13 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise TextJepaError(f"unknown device {name!r} (use auto, cpu or cuda)") from exc
+
+
+def choose_precision(requested: str, device: torch.device, cpuinfo: str | None = None) -> PrecisionChoice:
+    """--precision for a run on `device`: the edge where the CPU flags are read (/proc/cpuinfo unless given)."""
+    choice = resolve_precision(requested, device, read_cpu_flags() if cpuinfo is None else cpuinfo)
+    configure_fp32_matmul(choice)
+    return choice
 
 
 def configure_threads(settings: Settings | None = None) -> None:

@@ -97,11 +97,13 @@ def open_socket(host: str, port: int) -> socket.socket:
 
 def load_agent(cfg: ServeConfig, device):
     from textjepa.agent import Agent
+    from textjepa.runtime import choose_precision
 
     return Agent.load(
         cfg.model,
         decoder=cfg.decoder,
         device=device,
+        precision=choose_precision(cfg.precision, device).precision,
         vocab=cfg.vocab,
         shape_overrides=cfg.shape_overrides,
         bridge=cfg.bridge,
@@ -129,11 +131,12 @@ def serve(cfg: ServeConfig, settings: Settings, load: AgentLoader = load_agent) 
 def _serve(cfg: ServeConfig, sock: socket.socket, settings: Settings, load: AgentLoader) -> int:
     import uvicorn
 
-    from textjepa.runtime import configure_threads, resolve_device
+    from textjepa.runtime import choose_precision, configure_threads, resolve_device
     from textjepa.serve.app import create_app
 
     configure_threads(settings)
     device = resolve_device(cfg.device)
+    precision = choose_precision(cfg.precision, device)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     _configure_logging(cfg.debug)
@@ -154,7 +157,8 @@ def _serve(cfg: ServeConfig, sock: socket.socket, settings: Settings, load: Agen
             timeout_graceful_shutdown=5,
         )
     )
-    print(f"textjepa serve: listening on {url}/v1 (model {cfg.model}, loading)", flush=True)
+    # One first line (clients and tests read the address from it), which also states the precision.
+    print(f"textjepa serve: listening on {url}/v1 (model {cfg.model}, loading; {precision.describe()})", flush=True)
     server.run(sockets=[sock])
     if failures:
         exc = failures[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from textjepa.cli.common import add_command, add_shape_checks, shape_checks
 from textjepa.cli.options import given_options, iter_options
@@ -73,15 +74,19 @@ def run_eval_world(cfg: EvalConfig, args: argparse.Namespace, settings: Settings
 
 def run_infer(cfg: InferConfig, args: argparse.Namespace, settings: Settings) -> int:
     from textjepa.agent import Agent
-    from textjepa.runtime import configure_threads, resolve_device
+    from textjepa.runtime import choose_precision, configure_threads, resolve_device
 
     cfg = dataclasses.replace(cfg, shape_overrides=shape_checks(args))
     cfg.validate()
     configure_threads(settings)
+    device = resolve_device(cfg.device)
+    precision = choose_precision(cfg.precision, device)
+    print(precision.describe(), file=sys.stderr)  # stdout carries the answer (or its JSON) alone
     agent = Agent.load(
         cfg.model,
         decoder=cfg.decoder,
-        device=resolve_device(cfg.device),
+        device=device,
+        precision=precision.precision,
         vocab=cfg.vocab,
         shape_overrides=cfg.shape_overrides,
         bridge=cfg.bridge,

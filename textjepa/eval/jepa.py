@@ -19,7 +19,8 @@ from textjepa.io import RunKind
 from textjepa.models.encoder import Encoder
 from textjepa.models.heads import LatentModel
 from textjepa.objectives.masking import masked_view, span_ids
-from textjepa.runtime import configure_threads, resolve_device
+from textjepa.precision import autocast
+from textjepa.runtime import choose_precision, configure_threads, resolve_device
 
 JEPA_COLUMNS = ["cosine_mean", "l2_mean", "top1", "top5", "mrr", "mean_rank"]
 JSON_NAMES = {"top1": "retrieval_top1", "top5": "retrieval_top5", "mrr": "retrieval_mrr"}
@@ -46,8 +47,9 @@ def jepa_metrics(
         ids = torch.from_numpy(batch.ids["text"]).to(device)
         valid = torch.from_numpy(batch.valid["text"]).to(device)
         masked_ids, mask = masked_view(ids, valid, masking, generator)
-        prediction = model.predictor(model.encoder(masked_ids, valid)[mask])
-        target = teacher(ids, valid)[mask]
+        # Pooled in fp32: the forwards may run under bf16 autocast (--precision bf16).
+        prediction = model.predictor(model.encoder(masked_ids, valid)[mask]).float()
+        target = teacher(ids, valid)[mask].float()
         span = span_ids(mask)[mask] - 1
         spans = int(span.max()) + 1
         counts = torch.zeros(spans, device=device).index_add_(0, span, torch.ones_like(span, dtype=torch.float))
@@ -81,6 +83,8 @@ def choose_split(requested: str, store: TokenStore, checkpoint: Checkpoint) -> s
 def evaluate_jepa(cfg: EvalConfig) -> dict:
     configure_threads()
     device = resolve_device(cfg.device)
+    precision = choose_precision(cfg.precision, device)
+    print(precision.describe())
     checkpoint, model, teacher = load_latent_models(Path(cfg.model), device)
     check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
     if cfg.vocab:
@@ -89,17 +93,19 @@ def evaluate_jepa(cfg: EvalConfig) -> dict:
     _, store = load_corpus(path, LATENT_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     split = choose_split(cfg.split, store, checkpoint)
     masking = MaskingConfig(**checkpoint.info.get("masking", {}))
-    trained = jepa_metrics(model, teacher, store, masking, cfg, split, checkpoint.data, device)
-    torch.manual_seed(cfg.seed)
-    baseline_model = LatentModel(checkpoint.config).to(device).eval()
-    baseline_teacher = copy.deepcopy(baseline_model.encoder)
-    untrained = jepa_metrics(baseline_model, baseline_teacher, store, masking, cfg, split, checkpoint.data, device)
+    with autocast(device, precision.precision):
+        trained = jepa_metrics(model, teacher, store, masking, cfg, split, checkpoint.data, device)
+        torch.manual_seed(cfg.seed)
+        baseline_model = LatentModel(checkpoint.config).to(device).eval()
+        baseline_teacher = copy.deepcopy(baseline_model.encoder)
+        untrained = jepa_metrics(baseline_model, baseline_teacher, store, masking, cfg, split, checkpoint.data, device)
     print(f"eval-jepa {checkpoint.path.name} on {path} ({split} split, {int(trained['spans'])} masked spans)")
     print(format_table({"trained": trained, "untrained baseline": untrained}, JEPA_COLUMNS))
     report = {
         "model": str(checkpoint.path),
         "data": str(path),
         "split": split,
+        "precision": precision.precision,
         "trained": _rename(trained),
         "untrained_baseline": _rename(untrained),
     }

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from textjepa.errors import TextJepaError
 from textjepa.io import atomic_write_text
+from textjepa.precision import fp32_function
 
 
+@fp32_function  # ranks by cosine in fp32 even inside a bf16 autocast region (the training stage's validation)
 def retrieval_metrics(prediction: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """Row i of `prediction` should retrieve row i of `targets` among all rows (cosine ranking)."""
     p = F.normalize(prediction.float(), dim=-1)

@@ -23,7 +23,7 @@ from textjepa.eval.jepa import choose_split
 from textjepa.eval.lexical import ranking_metrics, record_texts, tfidf_for_checkpoint
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
 from textjepa.models.world_inputs import action_mapping, batch_tensors
-from textjepa.runtime import configure_threads, resolve_device
+from textjepa.runtime import choose_precision, configure_threads, resolve_device
 
 WORLD_COLUMNS = ["transition_cos", "transition_l2", "R@1", "R@5", "MRR"]
 _NAMES = {"cosine_mean": "transition_cos", "l2_mean": "transition_l2", "top1": "R@1", "top5": "R@5", "mrr": "MRR"}
@@ -38,7 +38,9 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     configure_threads()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    model = WorldModel.load(Path(cfg.model), device)
+    precision = choose_precision(cfg.precision, device)
+    print(precision.describe())
+    model = WorldModel.load(Path(cfg.model), device, precision=precision.precision)
     checkpoint = model.checkpoint
     check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
     if cfg.vocab:
@@ -82,6 +84,7 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         "split": split,
         "pairs": pairs,
         "batch": cfg.batch,
+        "precision": precision.precision,
         "world_model": results["world model"],
         "baseline_copy": results["copy baseline"],
         "baseline_mean": results["mean baseline"],

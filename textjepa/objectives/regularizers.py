@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from textjepa.errors import TextJepaError
+from textjepa.precision import fp32_function
 
 REGULARIZERS = ("vicreg", "sigreg")
 
@@ -40,6 +41,7 @@ def regularizer_loss(
     return weighted, {"variance": variance.detach(), "covariance": covariance.detach()}
 
 
+@fp32_function
 def vicreg_terms(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """Variance hinge (std of every dimension towards 1) and off-diagonal covariance, for rows z [N, D]."""
     z = z.float()
@@ -53,6 +55,7 @@ def vicreg_terms(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torc
     return variance, covariance
 
 
+@fp32_function
 def sigreg(
     z: torch.Tensor, num_projections: int, generator: torch.Generator | None = None, knots: int = 17
 ) -> torch.Tensor:

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textjepa.precision import fp32_function
+
 
 class ModelLoss(nn.Module):
     """A loss over a model (sentence-transformers style): it holds the model, its config and a random
@@ -22,17 +24,20 @@ class ModelLoss(nn.Module):
         self.generator = torch.Generator().manual_seed(seed + self.seed_offset)
 
 
+@fp32_function
 def alignment_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared distance of unit vectors, 2 - 2 cos."""
     return (2.0 - 2.0 * F.cosine_similarity(prediction.float(), target.float(), dim=-1)).mean()
 
 
+@fp32_function
 def info_nce(prediction: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     """Each prediction should be closest to its own target among the batch's targets."""
     logits = F.normalize(prediction.float(), dim=-1) @ F.normalize(targets.float(), dim=-1).T / temperature
     return F.cross_entropy(logits, torch.arange(len(prediction), device=prediction.device))
 
 
+@fp32_function
 def similarity_structure_loss(projected: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Train a projection to keep the in-batch cosine-similarity structure of `reference`."""
     a = F.normalize(projected.float(), dim=-1)

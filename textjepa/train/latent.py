@@ -95,7 +95,7 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
     cfg.loss.validate()
     cfg.masking.validate()
     cfg.model.validate()
-    with training_session(cfg.train, RunKind.LATENT) as (device, dist, out_dir):
+    with training_session(cfg.train, RunKind.LATENT) as (device, dist, out_dir, precision):
         with local_main_first(dist):  # caches are built once per node, then shared
             path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.LATENT)
             tokenizer, store = load_corpus(
@@ -104,4 +104,4 @@ def train_latent(cfg: LatentConfig) -> TrainResult:
         config = dataclasses.replace(cfg.model, vocab_size=tokenizer.get_vocab_size())
         seed_everything(cfg.train.seed)
         stage = LatentStage(config, tokenizer, store, cfg, device)
-        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist)
+        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision)

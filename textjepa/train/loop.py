@@ -38,11 +38,13 @@ from textjepa.data.tokens import TokenStore, tokenizer_hash
 from textjepa.errors import Interrupted, TextJepaError
 from textjepa.io import RunFiles, RunKind, atomic_write_text, ensure_writable_dir, remove_stale_temp_files
 from textjepa.models.encoder import count_parameters, format_size
+from textjepa.precision import PrecisionChoice, autocast
 from textjepa.runtime import (
     Distributed,
     all_reduce_sum,
     barrier,
     broadcast_object,
+    choose_precision,
     configure_threads,
     gather_objects,
     init_distributed,
@@ -134,15 +136,19 @@ def train_step(
     batch: Batch,
     step: int,
     forward_model: nn.Module | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """One optimisation step: inputs (teacher targets included), forward, backward, clip, update, EMA.
 
     `forward_model` is the DDP wrapper of the stage's loss under torchrun (it averages the gradients).
-    bench/train_throughput.py times exactly this function.
+    `precision` "bf16": the teacher's and the model's forwards run under one autocast region (the casts of the
+    weights are cached across it); backward follows autocast's dtypes, and the fp32 weights, their gradients,
+    AdamW and the EMA stay fp32. bench/train_throughput.py times exactly this function.
     """
     model = stage.model
-    inputs = stage.make_inputs(batch, step)
-    parts = (forward_model or stage.loss)(**inputs)
+    with autocast(next(model.parameters()).device, precision):
+        inputs = stage.make_inputs(batch, step)
+        parts = (forward_model or stage.loss)(**inputs)
     loss = parts["loss"]
     metrics = {name: float(value) for name, value in parts.items() if name != "loss"}
     if not torch.isfinite(loss):
@@ -156,12 +162,12 @@ def train_step(
     return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}
 
 
-def validate(stage: Stage, batches: Iterable[Batch]) -> dict[str, float]:
+def validate(stage: Stage, batches: Iterable[Batch], precision: str = "fp32") -> dict[str, float]:
     """One validation pass: the stage's metrics averaged over the held-out batches, and the score first."""
     generator = torch.Generator().manual_seed(VALIDATION_SEED)
     sums: dict[str, float] = {}
     count = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(next(stage.model.parameters()).device, precision):
         for batch in batches:
             for name, value in stage.validation_metrics(batch, generator).items():
                 sums[name] = sums.get(name, 0.0) + value
@@ -181,6 +187,7 @@ def run_training(
     dist: Distributed,
     run_info: dict,
     data: DataContract,
+    precision: PrecisionChoice | None = None,
 ) -> TrainResult:
     """Train `stage` for train.steps steps, validating, keeping the best checkpoint and the training state.
 
@@ -191,6 +198,9 @@ def run_training(
     averaged over the ranks) and writes files; the others wait at a barrier meanwhile.
     """
     model = stage.model
+    compute = precision.precision if precision is not None else "fp32"
+    if precision is not None:  # the checkpoint's info says what it was trained in (its weights are fp32 either way)
+        run_info = {**run_info, **precision.info()}
     size = format_size(count_parameters(model))
     files = RunFiles.create(out_dir, stage.kind, size)
     best_path, training_state_path = files.model, files.state
@@ -298,7 +308,7 @@ def run_training(
         for step in range(start_step, train.steps):
             model.train()
             batch = sampler.next_batch()
-            metrics = train_step(stage, optimizer, scheduler, train, batch, step, forward_model)
+            metrics = train_step(stage, optimizer, scheduler, train, batch, step, forward_model, compute)
             if debug is not None:
                 debug.write(
                     {
@@ -332,7 +342,7 @@ def run_training(
                 rank_states = gather_objects(_rank_state(sampler, stage), dist)
                 if dist.is_main:
                     model.eval()
-                    val = validate(stage, validation_batches())
+                    val = validate(stage, validation_batches(), compute)
                     metrics_log.append({"step": done, "split": "val", **val})
                     if val["score"] > best_score:
                         best_score, best_metrics = val["score"], {"step": done, **val}
@@ -381,7 +391,8 @@ def run_training(
     if bar is not None:
         bar.close()
     if dist.is_main:
-        stage.finish(best_path)
+        with autocast(next(model.parameters()).device, compute):  # the world stage's retrieval index
+            stage.finish(best_path)
         from textjepa.plot import plot_metrics
 
         plot_metrics(metrics_path, files.png)
@@ -646,12 +657,15 @@ def describe_run(train: TrainConfig) -> dict:
 
 
 @contextmanager
-def training_session(train: TrainConfig, kind: RunKind) -> Iterator[tuple[torch.device, Distributed, Path]]:
-    """What every training command does first: threads, device, process group (torchrun), this rank's
-    batch, a writable output directory that holds no earlier run of this kind (unless resumed or
-    --overwrite); the process group is shut down however the run ends."""
+def training_session(
+    train: TrainConfig, kind: RunKind
+) -> Iterator[tuple[torch.device, Distributed, Path, PrecisionChoice]]:
+    """What every training command does first: threads, device, precision (stated on the run's first line),
+    process group (torchrun), this rank's batch, a writable output directory that holds no earlier run of
+    this kind (unless resumed or --overwrite); the process group is shut down however the run ends."""
     configure_threads()
     device = resolve_device(train.device)
+    precision = choose_precision(train.precision, device)
     dist = init_distributed(device)
     try:
         train.batch = per_rank_batch(train.batch, train.global_batch, dist.world_size)
@@ -660,7 +674,9 @@ def training_session(train: TrainConfig, kind: RunKind) -> Iterator[tuple[torch.
         out_dir = Path(train.out_dir)
         ensure_writable_dir(out_dir)
         refuse_earlier_run(train, out_dir, kind)
-        yield device, dist, out_dir
+        if dist.is_main:
+            print(precision.describe(), flush=True)
+        yield device, dist, out_dir, precision
     finally:
         shutdown_distributed(dist)
 
@@ -674,6 +690,7 @@ def train_on_store(
     max_seq: int,
     out_dir: Path,
     dist: Distributed,
+    precision: PrecisionChoice | None = None,
 ) -> TrainResult:
     """This rank's share of the training split, batched, through the shared loop; validation on the
     held-out split (the first train.eval_batches batches, the same on every pass)."""
@@ -700,4 +717,6 @@ def train_on_store(
             max_batches=train.eval_batches,
         )
 
-    return run_training(stage, sampler, validation_batches, train, out_dir, dist, describe_run(train), contract)
+    return run_training(
+        stage, sampler, validation_batches, train, out_dir, dist, describe_run(train), contract, precision
+    )

@@ -128,7 +128,7 @@ def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig
 def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainResult:
     cfg.train.validate()
     cfg.loss.validate()
-    with training_session(cfg.train, RunKind.WORLD) as (device, dist, out_dir):
+    with training_session(cfg.train, RunKind.WORLD) as (device, dist, out_dir, precision):
         config, tokenizer, init = resolve_world_config(cfg, shape_overrides or {})
         config.validate()
         with local_main_first(dist):  # caches are built once per node, then shared
@@ -143,4 +143,4 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainR
         mapping = action_mapping(store, config.actions, str(init.path) if init else "the model")
         seed_everything(cfg.train.seed)
         stage = WorldStage(config, tokenizer, store, cfg, device, init, mapping)
-        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist)
+        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision)
