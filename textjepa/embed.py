@@ -19,12 +19,11 @@ from typing import Protocol
 import numpy as np
 
 from textjepa.api import Encoder, as_device
-from textjepa.checkpoint import ensure_writable_dir
 from textjepa.config import EmbedConfig
 from textjepa.data.lines import LineStats, iter_latent_texts, require_usable
 from textjepa.data.sources import resolve_data
 from textjepa.errors import TextJepaError
-from textjepa.io import RunKind, atomic_write, remove_stale_temp_files
+from textjepa.io import RunKind, atomic_write, ensure_writable_dir, remove_stale_temp_files
 
 # Rows per Parquet row group: large enough for efficient reading, small enough to keep memory flat.
 PARQUET_ROW_GROUP = 1024
