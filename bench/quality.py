@@ -36,6 +36,7 @@ import math
 import os
 import random
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -125,8 +126,11 @@ class Trainer:
     """Trains latent and world models through the CLI at a CPU budget, calibrating CPU seconds per step once
     per (command, data file) and reusing it for every seed."""
 
-    def __init__(self, work: Path, shape: Shape, threads: int, quick: bool, rates: dict) -> None:
+    def __init__(
+        self, work: Path, shape: Shape, threads: int, quick: bool, rates: dict, world_args: list[str] | None = None
+    ) -> None:
         self.work, self.shape, self.threads, self.quick = work, shape, threads, quick
+        self.world_args = world_args or []  # extra train-world flags (a lever under test), calibration included
         self.cache = work / "textjepa-cache"  # tokenizers and token stores, shared by all runs
         # "kind|data file" -> [CPU seconds per step, start-up CPU seconds]; kept in the report for --resume
         self.rates: dict[str, list[float]] = rates
@@ -139,7 +143,7 @@ class Trainer:
         if kind == "latent":
             return ["latent", str(data), *self.shape.args(), "--batch", str(self.shape.jepa_batch), *common]
         shape = ["--init-encoder", str(init)] if init else self.shape.args()
-        return ["train-world", str(data), *shape, "--batch", str(self.shape.world_batch), *common]
+        return ["train-world", str(data), *shape, "--batch", str(self.shape.world_batch), *common, *self.world_args]
 
     def _run(self, kind: str, data: Path, steps: int, seed: int, out: Path, init: Path | None, log: Path) -> float:
         shutil.rmtree(out, ignore_errors=True)  # our own scratch folder: a fresh run each time
@@ -456,6 +460,7 @@ def run(args: argparse.Namespace) -> dict:
         "quick": args.quick,
         "shape": vars(shape),
         "jepa_corpus": str(jepa_corpus),
+        "world_args": args.world_args,
     }
     report: dict = {"benchmark": "quality", "config": dict(fixed), "calibration": {}, "sets": {}}
     if args.resume and json_path.is_file():
@@ -468,7 +473,8 @@ def run(args: argparse.Namespace) -> dict:
     report["config"].update(
         sets=args.sets, seeds=args.seeds, systems=args.systems, load_average_start=os.getloadavg()[0]
     )
-    trainer = Trainer(work, shape, args.threads, args.quick, report.setdefault("calibration", {}))
+    calibration = report.setdefault("calibration", {})
+    trainer = Trainer(work, shape, args.threads, args.quick, calibration, shlex.split(args.world_args))
     data: dict[str, dict] = {}
     for name in args.sets:
         train = read_pairs(sets[name].train)
@@ -574,6 +580,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jepa-share", type=float, default=1 / 3, help="share of a world model's budget for JEPA")
     parser.add_argument("--candidates", type=int, default=256, help="candidates per ranking (default 256)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (default 1)")
+    parser.add_argument(
+        "--world-args", default="", metavar="ARGS", help="extra train-world flags in one string, e.g. '--ema-start 0.9'"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, budgets and sets: a smoke run")
     parser.add_argument("--cache-dir", default=str(CACHE_DIR / "quality"), help="pair sets (built once)")
     parser.add_argument("--work-dir", default=str(CACHE_DIR / "quality" / "work"), help="runs and logs")
