@@ -16,9 +16,11 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from tokenizers import Tokenizer
 
 from textjepa.data.batches import is_validation
+from textjepa.data.contract import DataContract
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, recorded_data
 from textjepa.data.tokens import TokenStore
 from textjepa.errors import TextJepaError
+from textjepa.io import RunKind
 
 # Fitting reads at most this many training pairs (bounded time and memory on a large corpus).
 MAX_FIT_PAIRS = 200_000
@@ -79,14 +81,19 @@ def fit_training_split(store: TokenStore, tokenizer: Tokenizer, val_fraction: fl
 
 
 def tfidf_for_checkpoint(
-    info: dict, tokenizer: Tokenizer, vocab_size: int, data_dir: str, eval_path: Path, eval_store: TokenStore
+    contract: DataContract,
+    tokenizer: Tokenizer,
+    vocab_size: int,
+    data_dir: str,
+    eval_path: Path,
+    eval_store: TokenStore,
 ) -> tuple[TfidfScorer | None, str]:
-    """TF-IDF fitted on the training split of a world checkpoint's training data, and a note on what it was
-    fitted on; (None, reason) when that data is no longer there (the baseline is then left out, not guessed)."""
-    recorded = info.get("data", {})
-    seed = recorded.get("seed", 0)
+    """TF-IDF fitted on the training split of a world checkpoint's training data (its recorded data contract),
+    and a note on what it was fitted on; (None, reason) when that data is no longer there (the baseline is then
+    left out, not guessed)."""
+    seed = contract.seed
     try:
-        path, data = recorded_data(None, info, data_dir, "world")
+        path, data = recorded_data(None, contract, RunKind.WORLD, data_dir)
     except TextJepaError as exc:
         return None, f"tf-idf baseline left out: {exc}"
     store = eval_store

@@ -22,7 +22,6 @@ from textjepa.errors import TextJepaError
 from textjepa.eval.jepa import choose_split
 from textjepa.eval.lexical import ranking_metrics, record_texts, tfidf_for_checkpoint
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
-from textjepa.models.encoder import masked_mean
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.runtime import configure_threads, resolve_device
 
@@ -51,7 +50,7 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     contract = checkpoint.data
     rows = {"world model": MetricAverager(), "copy baseline": MetricAverager(), "mean baseline": MetricAverager()}
     tfidf, tfidf_note = tfidf_for_checkpoint(
-        checkpoint.info, checkpoint.tokenizer, checkpoint.config.vocab_size, cfg.data_dir, path, store
+        checkpoint.data, checkpoint.tokenizer, checkpoint.config.vocab_size, cfg.data_dir, path, store
     )
     if tfidf is not None:
         rows["tf-idf baseline"] = MetricAverager()
@@ -61,7 +60,7 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         tensors = batch_tensors(batch, mapping, device)
         state = world.state(tensors["ids"], tensors["valid"])
         prediction = world.transition(state, tensors["actions"])
-        target = masked_mean(teacher(tensors["next_ids"], tensors["next_valid"]), tensors["next_valid"])
+        target = teacher.pooled(tensors["next_ids"], tensors["next_valid"])
         n = len(target)
         rows["world model"].add(retrieval_metrics(prediction, target), n)
         rows["copy baseline"].add(retrieval_metrics(state, target), n)
