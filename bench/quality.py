@@ -533,7 +533,7 @@ def run(args: argparse.Namespace) -> dict:
                 if system not in args.systems or done(name, system, seed):
                     continue
                 folder = work / "runs" / f"seed{seed}" / f"{name}-{system}"
-                world = trainer.train(
+                world = (args.resume and Trainer.finished(folder)) or trainer.train(
                     "world", files.train, seed, folder, share * budget_seconds, init["model"] if init else None, log
                 )
                 evaluated = trainer.evaluate(world["model"], files.test, args.candidates, folder, log)
