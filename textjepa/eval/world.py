@@ -22,6 +22,7 @@ from textjepa.errors import TextJepaError
 from textjepa.eval.jepa import choose_split
 from textjepa.eval.lexical import ranking_metrics, record_texts, tfidf_for_checkpoint
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
+from textjepa.models.encoder import masked_mean
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.runtime import configure_threads, resolve_device
 
@@ -60,7 +61,7 @@ def evaluate_world(cfg: EvalConfig) -> dict:
         tensors = batch_tensors(batch, mapping, device)
         state = world.state(tensors["ids"], tensors["valid"])
         prediction = world.transition(state, tensors["actions"])
-        target = teacher.pooled(tensors["next_ids"], tensors["next_valid"])
+        target = masked_mean(teacher(tensors["next_ids"], tensors["next_valid"]), tensors["next_valid"])
         n = len(target)
         rows["world model"].add(retrieval_metrics(prediction, target), n)
         rows["copy baseline"].add(retrieval_metrics(state, target), n)
