@@ -36,6 +36,7 @@ import math
 import os
 import random
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -125,8 +126,11 @@ class Trainer:
     """Trains latent and world models through the CLI at a CPU budget, calibrating CPU seconds per step once
     per (command, data file) and reusing it for every seed."""
 
-    def __init__(self, work: Path, shape: Shape, threads: int, quick: bool, rates: dict) -> None:
+    def __init__(
+        self, work: Path, shape: Shape, threads: int, quick: bool, rates: dict, world_args: list[str] | None = None
+    ) -> None:
         self.work, self.shape, self.threads, self.quick = work, shape, threads, quick
+        self.world_args = world_args or []  # extra train-world flags (a lever under test), calibration included
         self.cache = work / "textjepa-cache"  # tokenizers and token stores, shared by all runs
         # "kind|data file" -> [CPU seconds per step, start-up CPU seconds]; kept in the report for --resume
         self.rates: dict[str, list[float]] = rates
@@ -143,7 +147,17 @@ class Trainer:
         # train-world validates on whole batches: a small set (chat) holds out more than the default 5%.
         pairs = sum(1 for _ in data.open(encoding="utf-8"))
         val_fraction = 0.05 if 0.05 * pairs >= batch else round(1.5 * batch / pairs, 3)
-        return ["train-world", str(data), *shape, "--batch", str(batch), "--val-fraction", str(val_fraction), *common]
+        return [
+            "train-world",
+            str(data),
+            *shape,
+            "--batch",
+            str(batch),
+            "--val-fraction",
+            str(val_fraction),
+            *common,
+            *self.world_args,
+        ]
 
     def _run(self, kind: str, data: Path, steps: int, seed: int, out: Path, init: Path | None, log: Path) -> float:
         shutil.rmtree(out, ignore_errors=True)  # our own scratch folder: a fresh run each time
@@ -460,6 +474,7 @@ def run(args: argparse.Namespace) -> dict:
         "quick": args.quick,
         "shape": vars(shape),
         "jepa_corpus": str(jepa_corpus),
+        "world_args": args.world_args,
     }
     report: dict = {"benchmark": "quality", "config": dict(fixed), "calibration": {}, "sets": {}}
     if args.resume and json_path.is_file():
@@ -472,7 +487,8 @@ def run(args: argparse.Namespace) -> dict:
     report["config"].update(
         sets=args.sets, seeds=args.seeds, systems=args.systems, load_average_start=os.getloadavg()[0]
     )
-    trainer = Trainer(work, shape, args.threads, args.quick, report.setdefault("calibration", {}))
+    calibration = report.setdefault("calibration", {})
+    trainer = Trainer(work, shape, args.threads, args.quick, calibration, shlex.split(args.world_args))
     data: dict[str, dict] = {}
     for name in args.sets:
         train = read_pairs(sets[name].train)
@@ -531,7 +547,7 @@ def run(args: argparse.Namespace) -> dict:
                 if system not in args.systems or done(name, system, seed):
                     continue
                 folder = work / "runs" / f"seed{seed}" / f"{name}-{system}"
-                world = trainer.train(
+                world = (args.resume and Trainer.finished(folder)) or trainer.train(
                     "world", files.train, seed, folder, share * budget_seconds, init["model"] if init else None, log
                 )
                 evaluated = trainer.evaluate(world["model"], files.test, args.candidates, folder, log)
@@ -578,6 +594,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jepa-share", type=float, default=1 / 3, help="share of a world model's budget for JEPA")
     parser.add_argument("--candidates", type=int, default=256, help="candidates per ranking (default 256)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (default 1)")
+    parser.add_argument(
+        "--world-args", default="", metavar="ARGS", help="extra train-world flags in one string, e.g. '--ema-start 0.9'"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, budgets and sets: a smoke run")
     parser.add_argument("--cache-dir", default=str(CACHE_DIR / "quality"), help="pair sets (built once)")
     parser.add_argument("--work-dir", default=str(CACHE_DIR / "quality" / "work"), help="runs and logs")

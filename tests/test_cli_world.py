@@ -1,6 +1,7 @@
 """train-world, eval-world and infer end to end through the real CLI, and their bad inputs."""
 
 import json
+import math
 
 import pytest
 from conftest import TINY, assert_user_error, main_checkpoint, pair_lines, run_cli, train_tiny_world
@@ -181,3 +182,25 @@ def test_mixed_good_and_bad_lines_are_counted(world_setup, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "used 60 lines, skipped 4" in result.stdout
     assert "no separator: 2" in result.stdout and "undecodable: 1" in result.stdout
+
+
+def test_queue_and_learned_temperature_are_saved_in_the_training_state(world_setup, tmp_path):
+    from textjepa.checkpoint import load_training_state
+
+    common = [
+        "train-world", world_setup["pairs"], "--init-encoder", world_setup["latent"], "--batch", "24",
+        "--eval-every", "10", "--queue-size", "64", "--learn-temperature", "--out-dir", tmp_path,
+        "--data-dir", world_setup["cache"], "--no-progress",
+    ]  # fmt: skip
+    first = run_cli(*common, "--steps", "10")
+    assert first.returncode == 0, first.stderr
+    [state_file] = tmp_path.glob("*.state.pt")
+    state = load_training_state(state_file)
+    assert int(state["loss"]["queue_filled"]) == 240 and state["loss"]["queue"].shape[0] == 64
+    assert float(state["loss"]["log_inverse_temperature"]) != pytest.approx(math.log(1 / 0.05), abs=1e-6)  # learned
+    resumed = run_cli(*common, "--steps", "20", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at step 10" in resumed.stdout
+    assert int(load_training_state(state_file)["loss"]["queue_filled"]) == 480
+    other = [*common[: common.index("--queue-size") + 1], "32", *common[common.index("--queue-size") + 2 :]]
+    assert_user_error(run_cli(*other, "--steps", "30", "--resume", "auto"), "cannot resume", "--queue-size")

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from textjepa.config import LatentConfig, ModelConfig, WorldConfig
+from textjepa.config import LatentConfig, ModelConfig, TrainConfig, WorldConfig
 from textjepa.errors import TextJepaError
 from textjepa.models.heads import LatentModel, WorldModel
 from textjepa.objectives.jepa_loss import JepaLoss, JepaLossConfig
@@ -103,3 +103,94 @@ def test_loss_configs_nest_in_the_stage_configs_and_reject_bad_values():
         JepaLossConfig(RegularizerConfig(regularizer="l2")).validate()
     with pytest.raises(TextJepaError, match="temperature"):
         WorldLossConfig(temperature=0.0).validate()
+
+
+def test_queue_adds_earlier_targets_as_negatives_skips_a_rows_own_reply_and_wraps():
+    torch.manual_seed(0)
+    model = WorldModel(TINY)
+    config = WorldLossConfig(queue_size=8, temperature=0.1, reply_contrast_weight=0.0)
+    loss = WorldLoss(model, config, seed=0)
+    first = world_batch()
+    empty = loss(**first)
+    prediction = model(first["ids"], first["valid"], first["actions"]).detach()
+    # An empty queue adds nothing; then it holds the first batch's targets, unit length, in slots 0..5.
+    assert float(empty["infonce"]) == pytest.approx(float(info_nce(prediction, first["target"], 0.1)), rel=1e-5)
+    assert int(loss.queue_filled) == 6
+    assert torch.allclose(loss.queue[:6], torch.nn.functional.normalize(first["target"], dim=-1))
+
+    # The same replies again: each row's own earlier entry is skipped, the other five rows' are negatives.
+    second = {**first, "target": first["target"] + 0.1 * torch.randn(6, TINY.dim)}
+    parts = loss(**second)
+    prediction = model(second["ids"], second["valid"], second["actions"]).detach()
+    unit = torch.nn.functional.normalize(prediction, dim=-1)
+    negatives = torch.nn.functional.normalize(first["target"], dim=-1)
+    logits = torch.cat(
+        [unit @ torch.nn.functional.normalize(second["target"], dim=-1).T, (unit @ negatives.T).fill_diagonal_(-1e9)],
+        dim=1,
+    )
+    expected = torch.nn.functional.cross_entropy(logits / 0.1, torch.arange(6))
+    assert float(parts["infonce"]) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert float(parts["infonce"]) > float(info_nce(prediction, second["target"], 0.1))  # more negatives, harder
+
+    # A ring buffer: the second batch filled slots 6, 7 and then 0..3; slots 4, 5 still hold the first's.
+    assert int(loss.queue_filled) == 12
+    written = torch.nn.functional.normalize(second["target"], dim=-1)
+    assert torch.allclose(loss.queue[[6, 7, 0, 1, 2, 3]], written)
+    assert torch.allclose(loss.queue[[4, 5]], negatives[[4, 5]])
+    # Keys hash the reply tokens, padding ignored: the same reply padded wider has the same key.
+    wider = torch.nn.functional.pad(first["next_ids"], (0, 2)), torch.nn.functional.pad(first["next_valid"], (0, 2))
+    assert torch.equal(loss.reply_keys(*wider), loss.reply_keys(first["next_ids"], first["next_valid"]))
+    assert len(set(loss.reply_keys(first["next_ids"], first["next_valid"]).tolist())) == 6
+    parts["loss"].backward()  # the in-place queue update leaves the graph intact
+
+
+def test_symmetric_infonce_and_learned_temperature():
+    torch.manual_seed(0)
+    model = WorldModel(TINY)
+    config = WorldLossConfig(symmetric_infonce=True, learn_temperature=True, temperature=0.2)
+    loss = WorldLoss(model, config, seed=0)
+    batch = world_batch()
+    parts = loss(**batch)
+    prediction = model(batch["ids"], batch["valid"], batch["actions"])
+    reply = model.state(batch["next_ids"], batch["next_valid"])
+    both_ways = (info_nce(prediction, batch["target"], 0.2) + info_nce(batch["target"], prediction, 0.2)) / 2
+    assert float(parts["infonce"]) == pytest.approx(float(both_ways.detach()), rel=1e-5)
+    reply_both = (info_nce(prediction, reply, 0.2) + info_nce(reply, prediction, 0.2)) / 2
+    assert float(parts["reply_contrast"]) == pytest.approx(float(reply_both.detach()), rel=1e-5)
+    assert float(parts["temperature"]) == pytest.approx(0.2)
+    # The temperature is a parameter of the loss, not of the model (checkpoints keep their layout), and learns.
+    parts["loss"].backward()
+    assert loss.log_inverse_temperature.grad is not None and float(loss.log_inverse_temperature.grad) != 0
+    assert "log_inverse_temperature" not in dict(model.named_parameters())
+    with torch.no_grad():
+        loss.log_inverse_temperature.fill_(10.0)  # far past a logit scale of 100
+    assert float(loss.temperature()) == pytest.approx(0.01)
+
+
+def test_loss_state_round_trips_so_a_resumed_run_continues_exactly(tmp_path):
+    from textjepa.train.loop import _load_loss_state, build_optimizer, loss_own_state
+
+    config = WorldLossConfig(queue_size=16, learn_temperature=True)
+    torch.manual_seed(0)
+    loss = WorldLoss(WorldModel(TINY), config, seed=0)
+    batches = [world_batch() for _ in range(2)]
+    for batch in batches:
+        parts = loss(**batch)
+    # The second batch repeats the first's replies, so queued entries are masked: the gradient stays finite.
+    parts["loss"].backward()
+    assert torch.isfinite(loss.log_inverse_temperature.grad)
+    state = loss_own_state(loss)
+    assert set(state) == {"queue", "queue_keys", "queue_filled", "log_inverse_temperature"}
+    torch.save(state, tmp_path / "loss.pt")
+    optimizer = build_optimizer(loss.model, TrainConfig(), loss=loss)
+    assert optimizer.param_groups[-1]["params"] == [loss.log_inverse_temperature]
+
+    fresh = WorldLoss(WorldModel(TINY), config, seed=0)
+    fresh.model.load_state_dict(loss.model.state_dict())
+    _load_loss_state(fresh, torch.load(tmp_path / "loss.pt"), tmp_path / "loss.pt")
+    assert float(fresh(**batches[0])["loss"]) == float(loss(**batches[0])["loss"])
+    other = WorldLoss(WorldModel(TINY), WorldLossConfig(queue_size=32), seed=0)
+    with pytest.raises(TextJepaError, match="queue-size"):
+        _load_loss_state(other, state, tmp_path / "loss.pt")
+    with pytest.raises(TextJepaError, match="queue"):
+        WorldLossConfig(queue_size=-1).validate()

@@ -31,9 +31,23 @@ def alignment_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 @fp32_function
-def info_nce(prediction: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Each prediction should be closest to its own target among the batch's targets."""
-    logits = F.normalize(prediction.float(), dim=-1) @ F.normalize(targets.float(), dim=-1).T / temperature
+def info_nce(
+    prediction: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float | torch.Tensor,
+    negatives: torch.Tensor | None = None,
+    excluded: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each prediction should be closest to its own target among the batch's targets (and `negatives`,
+    further candidates that are nobody's target, e.g. a queue of earlier batches' targets; `excluded`
+    [rows, negatives] drops the ones that are a row's own target in another guise)."""
+    unit = F.normalize(prediction.float(), dim=-1)
+    logits = unit @ F.normalize(targets.float(), dim=-1).T / temperature
+    if negatives is not None and len(negatives):
+        extra = unit @ F.normalize(negatives.float(), dim=-1).T / temperature
+        if excluded is not None:  # after the division: a learned temperature's gradient stays finite
+            extra = extra.masked_fill(excluded, float("-inf"))
+        logits = torch.cat([logits, extra], dim=1)
     return F.cross_entropy(logits, torch.arange(len(prediction), device=prediction.device))
 
 

@@ -3,20 +3,28 @@ WorldLoss.forward) plus its test in tests/test_objectives.py: the CLI flag, the 
 checkpoint's record of the loss settings follow from these two.
 
 loss = alignment (2 - 2 cos to the teacher's next-turn latent)
-     + infonce_weight * InfoNCE of the prediction among the batch's next-turn targets
+     + infonce_weight * InfoNCE of the prediction among the batch's next-turn targets (and, with queue_size,
+       the queue of recent batches' targets as further negatives, MoCo-style)
      + regulariser on the predictions (so they do not collapse to the mean)
      + bridge_weight * similarity-structure loss of the conditioning head
      + reply_contrast_weight * InfoNCE against the online encoder's own latents of the next turns.
 The conditioning head sees the prediction detached: it learns to keep the targets' similarity structure
-in the conditioning vector without pulling the transition towards itself.
+in the conditioning vector without pulling the transition towards itself. With symmetric_infonce both
+InfoNCE terms are the mean of the two directions (CLIP-style: each target also picks its prediction among the
+batch's); with learn_temperature their temperature is a learned log-scale parameter of the loss.
+
+The queue and the learned temperature are the loss's own state (its tensors outside `model`): the training
+loop saves them in the training state and optimises the temperature, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from textjepa.errors import TextJepaError
 from textjepa.objectives.regularizers import RegularizerConfig, regularizer_loss
@@ -41,6 +49,19 @@ class WorldLossConfig:
     reply_contrast_weight: float = field(
         default=1.0, metadata={"help": "InfoNCE against the online encoder's latent of the next turn"}
     )
+    # A CPU batch of 64 holds 63 negatives; the queue adds thousands of recent teacher targets for the
+    # price of one [batch, queue] matrix product. An entry of the same reply text as a row's own is skipped.
+    queue_size: int = field(
+        default=0,
+        metadata={"help": "queue of this many recent teacher next-turn latents as extra InfoNCE negatives (0: off)"},
+    )
+    symmetric_infonce: bool = field(
+        default=False, metadata={"help": "InfoNCE both ways: each next turn also picks its own prediction"}
+    )
+    learn_temperature: bool = field(
+        default=False,
+        metadata={"help": "learn the InfoNCE temperature (log scale, kept within 0.01..1; starts at --temperature)"},
+    )
     regularization: RegularizerConfig = field(
         default_factory=RegularizerConfig, metadata={"help": "the anti-collapse term (see RegularizerConfig)"}
     )
@@ -48,6 +69,8 @@ class WorldLossConfig:
     def validate(self) -> None:
         if not self.temperature > 0:
             raise TextJepaError(f"temperature must be positive, got {self.temperature}")
+        if self.queue_size < 0:
+            raise TextJepaError(f"queue size must be 0 (off) or positive, got {self.queue_size}")
         self.regularization.validate()
 
 
@@ -57,6 +80,54 @@ class WorldLoss(ModelLoss):
     model: WorldModel
     config: WorldLossConfig
     seed_offset = 29
+    # The learned temperature stays within CLIP's bounds (a logit scale of at most 100).
+    TEMPERATURE_RANGE = (0.01, 1.0)
+
+    def __init__(self, model: WorldModel, config: WorldLossConfig, seed: int) -> None:
+        super().__init__(model, config, seed)
+        if config.queue_size > 0:
+            dim, max_seq = model.config.dim, model.config.max_seq
+            self.register_buffer("queue", torch.zeros(config.queue_size, dim))
+            # A hash of each queued reply's tokens, to skip the entries that are a row's own reply.
+            self.register_buffer("queue_keys", torch.zeros(config.queue_size, dtype=torch.long))
+            self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # entries written so far
+            multipliers = torch.randint(1, 2**62, (max_seq,), generator=torch.Generator().manual_seed(0))
+            self.register_buffer("key_multipliers", multipliers, persistent=False)
+        if config.learn_temperature:
+            self.log_inverse_temperature = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)))
+
+    def temperature(self) -> float | torch.Tensor:
+        if not self.config.learn_temperature:
+            return self.config.temperature
+        low, high = self.TEMPERATURE_RANGE
+        return 1.0 / self.log_inverse_temperature.exp().clamp(1.0 / high, 1.0 / low)
+
+    def reply_keys(self, next_ids: torch.Tensor, next_valid: torch.Tensor) -> torch.Tensor:
+        """A hash of each reply's tokens (padding ignored; int64 products wrap): equal replies, equal keys."""
+        width = next_ids.shape[1]
+        return (next_ids.long() * next_valid.long() * self.key_multipliers[:width]).sum(dim=1)
+
+    def queued(self) -> tuple[torch.Tensor, torch.Tensor]:
+        filled = int(self.queue_filled.clamp(max=len(self.queue)))
+        return self.queue[:filled], self.queue_keys[:filled]
+
+    @torch.no_grad()
+    def enqueue(self, target: torch.Tensor, keys: torch.Tensor) -> None:
+        """Write the batch's targets over the oldest entries (a ring buffer)."""
+        size = len(self.queue)
+        target, keys = target[-size:], keys[-size:]
+        slots = (int(self.queue_filled) + torch.arange(len(target), device=target.device)) % size
+        self.queue[slots] = torch.nn.functional.normalize(target.float(), dim=-1)
+        self.queue_keys[slots] = keys
+        self.queue_filled += len(target)
+
+    def contrast(self, prediction: torch.Tensor, targets: torch.Tensor, **negatives) -> torch.Tensor:
+        """InfoNCE, both ways when symmetric (the queue holds targets, so it serves the forward way only)."""
+        temperature = self.temperature()
+        forward = info_nce(prediction, targets, temperature, **negatives)
+        if not self.config.symmetric_infonce:
+            return forward
+        return (forward + info_nce(targets, prediction, temperature)) / 2
 
     def forward(
         self,
@@ -76,7 +147,12 @@ class WorldLoss(ModelLoss):
             state = state.detach()
         prediction = world.transition(state, actions)
         align = alignment_loss(prediction, target)
-        contrast = info_nce(prediction, target, cfg.temperature)
+        negatives = {}
+        if cfg.queue_size > 0:
+            keys = self.reply_keys(next_ids, next_valid)
+            queue, queue_keys = self.queued()
+            negatives = {"negatives": queue, "excluded": keys[:, None] == queue_keys[None, :]}
+        contrast = self.contrast(prediction, target, **negatives)
         reg, reg_parts = regularizer_loss(prediction, cfg.regularization, self.generator)
         structure = similarity_structure_loss(world.conditioning_head(prediction.detach()), target)
         total = align + cfg.infonce_weight * contrast + reg + cfg.bridge_weight * structure
@@ -85,9 +161,13 @@ class WorldLoss(ModelLoss):
             reply_latent = world.state(next_ids, next_valid)
             if frozen:
                 reply_latent = reply_latent.detach()
-            reply_contrast = info_nce(prediction, reply_latent, cfg.temperature)
+            reply_contrast = self.contrast(prediction, reply_latent)
             total = total + cfg.reply_contrast_weight * reply_contrast
             parts["reply_contrast"] = reply_contrast.detach()
+        if cfg.queue_size > 0:
+            self.enqueue(target, keys)
+        if cfg.learn_temperature:
+            parts["temperature"] = torch.as_tensor(self.temperature()).detach()
         return {
             "loss": total,
             **parts,

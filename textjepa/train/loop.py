@@ -103,11 +103,21 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1.0 - momentum)
 
 
+def loss_own_state(loss: nn.Module) -> dict[str, torch.Tensor]:
+    """The loss's tensors that are not its model's (e.g. the world loss's queue of negatives, its learned
+    temperature): saved in the training state beside the model."""
+    return {name: value for name, value in loss.state_dict().items() if not name.startswith("model.")}
+
+
 def build_optimizer(
-    model: nn.Module, train: TrainConfig, lr_scales: dict[str, float] | None = None
+    model: nn.Module,
+    train: TrainConfig,
+    lr_scales: dict[str, float] | None = None,
+    loss: nn.Module | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and norms. lr_scales: submodule name prefix -> lr multiplier
-    (a pretrained encoder fine-tuned more gently than freshly initialised heads)."""
+    (a pretrained encoder fine-tuned more gently than freshly initialised heads). The loss's own parameters
+    (a learned temperature), if any, form a last group without weight decay."""
     lr_scales = lr_scales or {}
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -115,11 +125,13 @@ def build_optimizer(
             continue
         scale = next((s for prefix, s in lr_scales.items() if name.startswith(prefix)), 1.0)
         groups.setdefault((scale, param.dim() >= 2), []).append(param)
+    own = [p for name, p in (loss.named_parameters() if loss is not None else []) if not name.startswith("model.")]
     return torch.optim.AdamW(
         [
             {"params": params, "lr": train.lr * scale, "weight_decay": train.weight_decay if decays else 0.0}
             for (scale, decays), params in sorted(groups.items(), key=lambda item: item[0])
-        ],
+        ]
+        + ([{"params": own, "lr": train.lr, "weight_decay": 0.0}] if own else []),
         lr=train.lr,
         betas=(0.9, 0.98),
         # The fused kernel (CPU and CUDA) is 3-4x faster than the per-tensor loop: on CPU the default AdamW
@@ -207,7 +219,7 @@ def run_training(
     metrics_log = MetricsLog.beside(best_path)
     metrics_path = metrics_log.path
 
-    optimizer = build_optimizer(model, train, stage.lr_scales)
+    optimizer = build_optimizer(model, train, stage.lr_scales, stage.loss)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
     start_step, best_score, best_metrics = 0, float("-inf"), {}
     if dist.is_main:
@@ -230,6 +242,7 @@ def run_training(
         state, source = loaded
         _load_model_state(model, state["model"], source)
         stage.teacher.load_state_dict(state["teacher"])
+        _load_loss_state(stage.loss, state.get("loss", {}), source)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step, best_score, best_metrics = state["step"], state["best_score"], state["best_metrics"]
@@ -279,6 +292,7 @@ def run_training(
                 "step": step,
                 "model": model.state_dict(),
                 "teacher": stage.teacher.state_dict(),
+                "loss": loss_own_state(stage.loss),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 # Each rank's data position, RNG and generators, so every rank resumes its own stream.
@@ -486,6 +500,18 @@ def _load_model_state(model: nn.Module, state: dict, source: Path) -> None:
             f"{len(unexpected)} unexpected, e.g. {example}); it may come from another textjepa version"
         )
     model.load_state_dict(state)
+
+
+def _load_loss_state(loss: nn.Module, saved: dict[str, torch.Tensor], source: Path) -> None:
+    """The loss's own tensors; a state saved with other loss settings (a queue of another size, none) is a
+    clear error rather than a silently different run."""
+    expected = loss_own_state(loss)
+    if set(saved) != set(expected) or any(saved[k].shape != v.shape for k, v in expected.items()):
+        raise TextJepaError(
+            f"cannot resume from {source}: it was saved with other loss state ({sorted(saved) or 'none'}, this run "
+            f"has {sorted(expected) or 'none'}); use the loss settings it was trained with (e.g. --queue-size)"
+        )
+    loss.load_state_dict(saved, strict=False)  # its model's tensors are loaded with the model
 
 
 def _rank_state(sampler, stage: Stage) -> dict:

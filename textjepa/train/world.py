@@ -55,7 +55,7 @@ class WorldStage:
         self.teacher = copy.deepcopy(self.model.encoder)
         if init is not None:
             self._load_init(init)
-        self.model.to(device)
+        self.loss.to(device)  # the model and the loss's own state (queue, temperature)
         self.teacher.to(device).requires_grad_(False).eval()
 
     def _load_init(self, init: Checkpoint) -> None:
