@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY, assert_user_error, cli_env, main_checkpoint, pair_lines, run_cli, synthetic_lines
 
+from textjepa.io import RunFiles
+
 QUICK = [*TINY, "--steps", "4", "--batch", "8", "--eval-every", "2", "--eval-batches", "1", "--no-progress"]
 
 
@@ -67,8 +69,8 @@ def test_teacher_of_another_run_is_refused(lines, tmp_path):
         assert result.returncode == 0, result.stderr
         runs.append(main_checkpoint(out, "latent"))
     # Same shape, tokenizer and step: only the run id tells them apart.
-    teacher = runs[0].with_name(runs[0].name.replace(".safetensors", "_teacher.safetensors"))
-    shutil.copy(teacher, runs[1].with_name(teacher.name))
+    teacher = RunFiles(runs[0]).teacher
+    shutil.copy(teacher, RunFiles(runs[1]).teacher)
     result = run_cli("eval-jepa", runs[1], "--data-dir", lines["cache"], "--batch", "8", "--steps", "1")
     assert_user_error(result, "not the teacher of")
 
@@ -82,9 +84,9 @@ def test_index_of_another_run_is_refused(lines, tmp_path):
         )
         assert result.returncode == 0, result.stderr
         models.append(main_checkpoint(out, "world"))
-    for suffix in (".index", ".replies.txt"):
-        name = models[0].name.replace(".safetensors", suffix)
-        shutil.copy(models[0].with_name(name), models[1].with_name(name))
+    source, target = RunFiles(models[0]), RunFiles(models[1])
+    for name in ("index", "replies"):
+        shutil.copy(getattr(source, name), getattr(target, name))
     result = run_cli("infer", models[1], "hello there")
     assert_user_error(result, "another run")
 
