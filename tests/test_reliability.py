@@ -140,11 +140,9 @@ def test_no_progress_prints_one_line_per_validation(lines, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def latent_run(lines, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("latent-run")
-    result = run_cli("latent", lines["corpus"], *QUICK, "--data-dir", lines["cache"], "--out-dir", out)
-    assert result.returncode == 0, result.stderr
-    return main_checkpoint(out, "latent")
+def latent_run(tiny_latent) -> Path:
+    """A real latent checkpoint and its teacher to damage copies of: the session's (only read here)."""
+    return tiny_latent["model"]
 
 
 def edited_copy(model: Path, directory: Path, edit) -> Path:
