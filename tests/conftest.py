@@ -62,6 +62,17 @@ def assert_openai_error(response, status: int, code: str | None = None, param: s
     return error
 
 
+def assert_same_training_state(final: dict, expected: dict) -> None:
+    """Two training states (textjepa.checkpoint.load_training_state) hold bit-identical model and teacher weights:
+    what a resumed run must end with, against the same run uninterrupted."""
+    import torch
+
+    for part in ("model", "teacher"):
+        assert set(final[part]) == set(expected[part]), part
+        for name, tensor in expected[part].items():
+            assert torch.equal(final[part][name], tensor), f"{part}.{name} differs after resume"
+
+
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
     "python encodes text into tokens and a small encoder learns to predict masked spans from context "
