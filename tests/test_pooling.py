@@ -14,7 +14,7 @@ from textjepa.io import RunFiles
 from textjepa.models.encoder import Encoder, pooling_weights
 
 TINY_MEAN = ModelConfig(vocab_size=300, dim=32, layers=2, heads=4, max_seq=16)
-TINY_LEXICAL = ModelConfig(vocab_size=300, dim=32, layers=2, heads=4, max_seq=16, pooling="lexical")
+TINY_LEXICAL = ModelConfig(vocab_size=300, dim=32, layers=2, heads=4, max_seq=16, pooling="lexical", lexical_weight=2)
 
 
 def test_pooling_weights_are_squared_idf_of_documents_not_occurrences():
@@ -30,7 +30,7 @@ def test_pooling_weights_are_squared_idf_of_documents_not_occurrences():
     assert both[5].item() == pytest.approx((math.log(5 / 4) + 1) ** 2, rel=1e-6)
 
 
-def test_lexical_pooling_is_the_weighted_mean_of_token_latents_and_normed_embeddings():
+def test_lexical_pooling_mixes_weighted_means_of_token_latents_and_normed_embeddings():
     torch.manual_seed(0)
     encoder = Encoder(TINY_LEXICAL).eval()
     weights = torch.rand(300) + 0.5
@@ -45,8 +45,10 @@ def test_lexical_pooling_is_the_weighted_mean_of_token_latents_and_normed_embedd
     for row in range(2):
         n = int(valid[row].sum())
         w = weights[ids[row, :n]].unsqueeze(-1)
-        expected = ((latents[row, :n] + lexical[row, :n]) * w).sum(0) / w.sum()
-        assert torch.allclose(pooled[row], expected, atol=1e-5)
+        contextual = (latents[row, :n] * w).sum(0) / w.sum()
+        words = (lexical[row, :n] * w).sum(0) / w.sum()
+        expected = 32**0.5 * (contextual / contextual.norm() + 2.0 * words / words.norm())
+        assert torch.allclose(pooled[row], expected, atol=1e-4)
     # Padding content never changes the pooled latent.
     garbage = ids.clone()
     garbage[1, 5:] = torch.randint(3, 300, (3,))

@@ -67,10 +67,15 @@ class ModelConfig:
         help="how a text's tokens become one latent: mean (of the final token latents) or lexical (IDF^2-weighted "
         "mean of the final token latents plus of the normed token embeddings; weights from the training corpus)",
     )
+    lexical_weight: float = setting(
+        2.0, help="lexical pooling: the weight of the token-embedding part against the contextual part"
+    )
 
     def validate(self) -> None:
         if self.pooling not in POOLINGS:
             raise TextJepaError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if not self.lexical_weight >= 0:
+            raise TextJepaError(f"lexical weight must be 0 or more, got {self.lexical_weight}")
         for name in ("dim", "layers", "heads", "max_seq", "bridge_dim"):
             if getattr(self, name) < 1:
                 raise TextJepaError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -197,7 +202,7 @@ class WorldConfig:
     data: DataConfig = setting(default_factory=lambda: DataConfig(min_tokens=1), group="data")
     model: ModelConfig = setting(
         default_factory=lambda: ModelConfig(pooling="lexical"),
-        only=TRAINED_SHAPE + ("bridge_dim", "pooling"),
+        only=TRAINED_SHAPE + ("bridge_dim", "pooling", "lexical_weight"),
         group="model shape (taken from --init-encoder when given; then they must agree)",
     )
     # A faster teacher than for JEPA: 0.996 -> 0.9999 barely moves in a few hundred steps.

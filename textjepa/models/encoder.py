@@ -6,12 +6,13 @@ part in attention and padded outputs are zeroed.
 `Encoder.pooled` is the one way a text becomes one latent (the world model's state, the teacher's next-turn
 targets, the retrieval index, the Python API, evaluation). `ModelConfig.pooling` chooses how:
 - "mean": the mean of the final token latents over real tokens;
-- "lexical": the mean of the final token latents plus the mean of the layer-normed token embeddings (a skip from
-  the vocabulary around the blocks), both weighted by each token's squared inverse document frequency in the
-  world-model training corpus. Pooled contextual latents keep little of *which* words a text uses (measured:
-  "copy the context" near chance on held-out pairs even after JEPA), while a weighted sum of near-orthogonal
-  token embeddings is a random projection of the text's TF-IDF vector, so the latent starts from lexical overlap
-  and training adds to it. The weights are a buffer of the encoder and travel in its checkpoint.
+- "lexical": the mean of the final token latents plus `lexical_weight` times the mean of the layer-normed token
+  embeddings (a skip from the vocabulary around the blocks; each part scaled to the same length first), both
+  weighted by each token's squared inverse document frequency in the world-model training corpus.
+Pooled contextual latents keep little of *which* words a text uses (measured: "copy the context" near chance on
+held-out pairs even after JEPA), while a weighted sum of near-orthogonal token embeddings is a random projection
+of the text's TF-IDF vector: the latent starts from lexical overlap and training adds to it. The weights are a
+buffer of the encoder and travel in its checkpoint.
 """
 
 from __future__ import annotations
@@ -102,9 +103,13 @@ class Encoder(nn.Module):
         if self.config.pooling != LEXICAL:
             return masked_mean(latents, valid)
         weights = getattr(self, TOKEN_WEIGHTS)[ids] * valid.to(torch.float32)
-        weights = weights / weights.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        lexical = self.lexical_norm(self.token_embedding(ids))
-        return torch.einsum("bt,btd->bd", weights.to(latents.dtype), latents + lexical.to(latents.dtype))
+        weights = (weights / weights.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)).to(latents.dtype)
+        contextual = torch.einsum("bt,btd->bd", weights, latents)
+        lexical = torch.einsum("bt,btd->bd", weights, self.lexical_norm(self.token_embedding(ids)).to(latents.dtype))
+        # Each part at length sqrt(dim) (a LayerNorm'd vector's), mixed by lexical_weight: pooled near-orthogonal
+        # embeddings are much shorter than pooled contextual latents, which would otherwise drown them.
+        scale = self.config.dim**0.5
+        return scale * (F.normalize(contextual, dim=-1) + self.config.lexical_weight * F.normalize(lexical, dim=-1))
 
     def pooled(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """ids, valid: [B, T] -> one latent per row [B, D]."""

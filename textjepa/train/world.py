@@ -140,11 +140,10 @@ def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig
     checked = {k: v for k, v in overrides.items() if v is not None}
     if init.kind == RunKind.LATENT:
         bridge_dim = checked.pop("bridge_dim", cfg.model.bridge_dim)
-        pooling = checked.pop("pooling", cfg.model.pooling)  # JEPA pools nothing: the world model chooses
+        # JEPA pools nothing: the world model chooses its pooling.
+        pooling = {name: checked.pop(name, getattr(cfg.model, name)) for name in ("pooling", "lexical_weight")}
         check_shape_overrides(init.config, checked, init.path)
-        config = dataclasses.replace(
-            init.config, bridge_dim=bridge_dim, pooling=pooling, actions=list(cfg.model.actions)
-        )
+        config = dataclasses.replace(init.config, bridge_dim=bridge_dim, **pooling, actions=list(cfg.model.actions))
     else:
         check_shape_overrides(init.config, checked, init.path)
         config = init.config
