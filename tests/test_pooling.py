@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, assert_user_error, run_cli, train_tiny_world
+from conftest import TINY, assert_user_error, pair_lines, run_cli, train_tiny_world
 from safetensors import safe_open
 
 from textjepa.config import ModelConfig, WorldConfig
@@ -136,6 +136,33 @@ def test_a_mean_pooled_world_model_still_trains_and_evaluates(tmp_path):
     result = run_cli("eval-world", run["world"], "--batch", "16", "--data-dir", run["cache"], "--json", report)
     assert result.returncode == 0, result.stderr
     assert json.loads(report.read_text())["world_model"]["R@1"] > 1 / 16
+
+
+def numbered_pairs(count: int) -> list[str]:
+    """Questions about a topic and an item number -> an answer naming the same item: the item's digits are the
+    only words a question shares with its own answer and not with the others of its topic."""
+    lines = pair_lines(count)
+    return [f"{line.replace('|||', chr(9))} item {i}" for i, line in enumerate(lines)]
+
+
+def test_lexical_pooling_matches_shared_words_that_mean_pooling_misses(tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(numbered_pairs(480)) + "\n")
+    cache, results = tmp_path / "cache", {}
+    for pooling in ("lexical", "mean"):
+        out, report = tmp_path / pooling, tmp_path / f"{pooling}.json"
+        trained = run_cli(
+            "train-world", pairs, *TINY, "--pooling", pooling, "--steps", "60", "--batch", "24", "--eval-every", "60",
+            "--lr", "2e-3", "--val-fraction", "0.2", "--out-dir", out, "--data-dir", cache, "--no-progress",
+        )  # fmt: skip
+        assert trained.returncode == 0, trained.stderr
+        world = next(p for p in out.glob("model_world_*.safetensors") if "_teacher" not in p.name)
+        evaluated = run_cli("eval-world", world, "--batch", "16", "--data-dir", cache, "--json", report)
+        assert evaluated.returncode == 0, evaluated.stderr
+        results[pooling] = json.loads(report.read_text())
+    lexical, mean = results["lexical"], results["mean"]
+    assert lexical["world_model"]["R@1"] > 0.5, lexical
+    assert lexical["world_model"]["R@1"] > mean["world_model"]["R@1"] + 0.2, (lexical, mean)
 
 
 def test_pooling_mistakes_are_one_line_errors(lexical_world, tmp_path):
