@@ -127,6 +127,27 @@ def test_train_world_stores_corpus_pooling_weights_in_both_encoders(lexical_worl
     assert len(set(weights.tolist())) > 3
 
 
+def test_a_lexical_world_model_answers_through_the_api_and_the_cli(lexical_world):
+    from textjepa.api import WorldModel
+    from textjepa.models.encoder import Encoder as EncoderNetwork
+
+    model = WorldModel.load(lexical_world["world"], device="cpu")
+    texts = ["User: tell me about cooking please", "the oven is hot and the soup is ready"]
+    replies = model.encode(texts, kind="reply")
+    # The API pools as training did: the teacher's own lexical pooling of the tokens, weights included.
+    files = RunFiles(lexical_world["world"])
+    teacher = EncoderNetwork(model.checkpoint.config).eval()
+    with safe_open(str(files.teacher), "pt") as handle:
+        teacher.load_state_dict({k.removeprefix("encoder."): handle.get_tensor(k) for k in handle.keys()})
+    tokens = model.encoder("reply").tokenize(texts)
+    with torch.no_grad():
+        assert np.allclose(replies, teacher.pooled(tokens.ids, tokens.valid).numpy(), atol=1e-5)
+    assert len(model.nearest_replies(texts[0], k=3)) == 3
+    answer = run_cli("infer", lexical_world["world"], "tell me about cooking please", "--json", "--top-k", "3")
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)["output"]
+
+
 def test_a_mean_pooled_world_model_still_trains_and_evaluates(tmp_path):
     run = train_tiny_world(tmp_path, "--pooling", "mean")
     with safe_open(str(run["world"]), "pt") as handle:
