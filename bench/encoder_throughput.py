@@ -34,7 +34,7 @@ from _common import bench_threads, cpu_precision_paths, demo_paragraphs, goal_ro
 from textjepa.config import DataConfig, ModelConfig  # noqa: E402
 from textjepa.data.contract import Field, keep_tokens, pad_rows, token_ids  # noqa: E402
 from textjepa.data.sources import LATENT_RECORDS, load_corpus  # noqa: E402
-from textjepa.models.encoder import Encoder, masked_mean  # noqa: E402
+from textjepa.models.encoder import Encoder  # noqa: E402
 from textjepa.precision import autocast  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
@@ -61,7 +61,7 @@ class Ours:
                 pick = order[start : start + batch]
                 ids, valid = pad_rows([rows[i] for i in pick], Field.TEXT, self.config.max_seq)
                 ids_t, valid_t = torch.from_numpy(ids), torch.from_numpy(valid)
-                pooled = masked_mean(self.encoder(ids_t, valid_t), valid_t)
+                pooled = self.encoder.pooled(ids_t, valid_t)
                 out[torch.from_numpy(pick)] = F.normalize(pooled, dim=-1)
                 c = self.config
                 flops += forward_flops(c.layers, c.dim, c.mlp_ratio * c.dim, ids.shape[0], ids.shape[1])

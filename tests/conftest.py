@@ -130,8 +130,8 @@ def pair_lines(count: int, seed: int = 0) -> list[str]:
 
 
 def write_tiny_world_data(root: Path) -> dict:
-    """The topic pairs and the text corpus train_tiny_world trains on (the pairs' words are in the corpus, so the
-    latent stage's tokenizer covers them)."""
+    """The topic pairs and the text corpus the tiny world models train on (the pairs' words are in the corpus, so
+    the latent stage's tokenizer covers them)."""
     pairs = root / "pairs.txt"
     pairs.write_text("\n".join(pair_lines(480)) + "\n")
     corpus = root / "corpus.txt"
@@ -160,24 +160,34 @@ def train_world_on(data: dict, latent: Path, out_dir: Path, *world_args: str) ->
     return {**data, "latent": latent, "world": main_checkpoint(out_dir, "world"), "stdout": world.stdout}
 
 
-def train_tiny_world(root: Path, *world_args: str) -> dict:
-    """A tiny JEPA encoder on text, then a world model on topic pairs with --init-encoder (about 10 s)."""
-    data = write_tiny_world_data(root)
-    return train_world_on(data, train_tiny_latent_for_world(data), root / "world", *world_args)
-
-
-# The shared tiny world model keeps its encoder as pretrained, so that "copy the context" cannot improve with
-# training and the transition alone has to learn the question -> answer mapping (tests/test_cli_world.py
-# checks that it does).
-TINY_WORLD_ARGS = ("--freeze-encoder-steps", "60", "--reply-contrast-weight", "0")
+@pytest.fixture(scope="session")
+def tiny_world_base(tmp_path_factory) -> dict:
+    """The topic pairs, their corpus and the tiny latent model the session's tiny world models start from."""
+    data = write_tiny_world_data(tmp_path_factory.mktemp("tiny-world"))
+    return {**data, "latent": train_tiny_latent_for_world(data)}
 
 
 @pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory) -> dict:
-    """One tiny world model (and the latent model it started from) for every test that only reads it: trained
-    once per test session (once per pytest-xdist worker). Tests that write put their files in their own
-    tmp_path, never beside it."""
-    return train_tiny_world(tmp_path_factory.mktemp("tiny-world"), *TINY_WORLD_ARGS)
+def tiny_world(tiny_world_base) -> dict:
+    """One tiny world model with the default settings (and the latent model it started from) for every test that
+    only reads it: trained once per test session (once per pytest-xdist worker). Tests that write put their
+    files in their own tmp_path, never beside it."""
+    base = tiny_world_base
+    return train_world_on(base, base["latent"], base["root"] / "world")
+
+
+# The encoder stays as pretrained, so "copy the context" cannot improve with training and the transition alone has
+# to learn the question -> answer mapping. Mean pooling: these answers share no word with their questions, and
+# lexical pooling (the default, tested in test_pooling.py) would hand a frozen dim-32 encoder's transition mostly
+# the questions' rare words ("number 417") to learn from.
+FROZEN_MEAN_WORLD_ARGS = ("--freeze-encoder-steps", "60", "--reply-contrast-weight", "0", "--pooling", "mean")
+
+
+@pytest.fixture(scope="session")
+def frozen_mean_world(tiny_world_base) -> dict:
+    """A tiny world model whose transition alone learned (FROZEN_MEAN_WORLD_ARGS), from the same tiny latent."""
+    base = tiny_world_base
+    return train_world_on(base, base["latent"], base["root"] / "frozen-mean-world", *FROZEN_MEAN_WORLD_ARGS)
 
 
 def train_learning_latent(root: Path, *extra: str) -> dict:

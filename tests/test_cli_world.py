@@ -9,10 +9,9 @@ from safetensors import safe_open
 
 
 @pytest.fixture(scope="module")
-def world_setup(tiny_world):
-    # The session's tiny world model: trained with its encoder frozen (conftest.TINY_WORLD_ARGS), so "copy the
-    # context" cannot improve with training and the transition alone has to learn the question -> answer mapping.
-    return tiny_world
+def world_setup(frozen_mean_world):
+    # The session's frozen-encoder, mean-pooled world model (conftest.FROZEN_MEAN_WORLD_ARGS says why).
+    return frozen_mean_world
 
 
 def test_world_artifacts_and_shared_tokenizer(world_setup):

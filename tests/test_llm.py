@@ -191,14 +191,13 @@ def test_read_pairs_numbers_records_like_the_token_store(world, loaded_world):
     # The --oracle-latent diagnostic conditions on the teacher latents the world model was trained towards.
     from textjepa.bridge.data import conditioning_latents
     from textjepa.data.batches import make_batch
-    from textjepa.models.encoder import masked_mean
 
     _, world_model, teacher = loaded_world
     oracle = conditioning_latents(checkpoint, world_model, teacher, held_out[:6], torch.device("cpu"), oracle=True)
     batch = make_batch(store, np.asarray([p.record for p in held_out[:6]]), checkpoint.config.max_seq)
     ids, valid = torch.from_numpy(batch.ids["next"]), torch.from_numpy(batch.valid["next"])
     with torch.no_grad():
-        expected = masked_mean(teacher(ids, valid), valid)
+        expected = teacher.pooled(ids, valid)  # the teacher's own pooling, as in training
     assert torch.allclose(oracle, expected, atol=1e-5)
     predicted = conditioning_latents(checkpoint, world_model, teacher, held_out[:6], torch.device("cpu"))
     assert predicted.shape == oracle.shape and not torch.allclose(predicted, oracle)

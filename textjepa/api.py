@@ -39,7 +39,6 @@ from textjepa.decoders.base import Conditioning
 from textjepa.errors import TextJepaError
 from textjepa.io import RunKind
 from textjepa.models.encoder import Encoder as EncoderNetwork
-from textjepa.models.encoder import masked_mean
 from textjepa.models.heads import WorldModel as WorldNetwork
 from textjepa.precision import autocast
 from textjepa.runtime import resolve_device
@@ -175,7 +174,7 @@ class Encoder:
         """Pooled latents [B, dim], float32 on the device, of token ids [B, T] with their validity mask."""
         with autocast(self.device, self.precision):
             latents = self.network(ids, valid)
-        return masked_mean(latents.float(), valid)
+        return self.network.pool(latents.float(), ids, valid)
 
     @torch.no_grad()
     def embed(self, encoded: Encoded) -> torch.Tensor:

@@ -22,6 +22,8 @@ PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
 # Byte-level BPE needs all 256 byte symbols so that no Unicode text is ever out of vocabulary.
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256
 DEFAULT_ACTION = "reply"
+# ModelConfig.pooling; textjepa/models/encoder.py implements them.
+POOLINGS = ("mean", "lexical")
 DEVICE_HELP = "auto, cpu or cuda"
 # The values of textjepa.precision.PrecisionRequest (config sits below that module, so they are spelled out here;
 # tests/test_precision.py checks that the two agree).
@@ -58,8 +60,22 @@ class ModelConfig:
     predictor_hidden: int = setting(0, help="predictor width; 0 means dim // 2 (a bottleneck)")
     bridge_dim: int = setting(256, help="conditioning vector width")
     actions: list[str] = setting(default_factory=lambda: [DEFAULT_ACTION], cli=False, help="world-model actions")
+    # JEPA predicts token latents and pools nothing; the world model's default is set in WorldConfig.
+    pooling: str = setting(
+        "mean",
+        choices=POOLINGS,
+        help="how a text's tokens become one latent: mean (of the final token latents) or lexical (IDF^2-weighted "
+        "mean of the final token latents plus of the normed token embeddings; weights from the training corpus)",
+    )
+    lexical_weight: float = setting(
+        2.0, help="lexical pooling: the weight of the token-embedding part against the contextual part"
+    )
 
     def validate(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise TextJepaError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if not self.lexical_weight >= 0:
+            raise TextJepaError(f"lexical weight must be 0 or more, got {self.lexical_weight}")
         for name in ("dim", "layers", "heads", "max_seq", "bridge_dim"):
             if getattr(self, name) < 1:
                 raise TextJepaError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -81,7 +97,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        # A checkpoint from before pooling was a setting pooled with the mean, whatever today's default.
+        return cls(**{"pooling": "mean", **{k: v for k, v in data.items() if k in known}})
 
 
 # The shape a training command takes from the command line (the rest has defaults or comes from the data).
@@ -184,8 +201,8 @@ class WorldConfig:
 
     data: DataConfig = setting(default_factory=lambda: DataConfig(min_tokens=1), group="data")
     model: ModelConfig = setting(
-        default_factory=ModelConfig,
-        only=TRAINED_SHAPE + ("bridge_dim",),
+        default_factory=lambda: ModelConfig(pooling="lexical"),
+        only=TRAINED_SHAPE + ("bridge_dim", "pooling", "lexical_weight"),
         group="model shape (taken from --init-encoder when given; then they must agree)",
     )
     # A faster teacher than for JEPA: 0.996 -> 0.9999 barely moves in a few hundred steps.

@@ -25,7 +25,7 @@ from textjepa.data.tokens import TokenStore
 from textjepa.decoders.base import Conditioning, Generation
 from textjepa.errors import TextJepaError
 from textjepa.io import RunFiles, atomic_write_text, write_safetensors
-from textjepa.models.encoder import Encoder, masked_mean
+from textjepa.models.encoder import Encoder
 
 INDEX_FORMAT = "textjepa-index"
 MAX_INDEX_ENTRIES = 200_000
@@ -51,7 +51,7 @@ def build_retrieval_index(
     for chunk in iter_split_batches(store, batch, data.max_seq, "train", data.val_fraction, data.seed, drop_last=False):
         ids = torch.from_numpy(chunk.ids["next"]).to(device)
         valid = torch.from_numpy(chunk.valid["next"]).to(device)
-        pooled = masked_mean(teacher(ids, valid), valid).float().cpu()
+        pooled = teacher.pooled(ids, valid).float().cpu()
         total += pooled.double().sum(0)
         count += len(pooled)
         for row, record in enumerate(chunk.index):

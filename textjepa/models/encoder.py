@@ -2,10 +2,24 @@
 
 Attention goes through scaled_dot_product_attention with a padding mask, so padding never takes
 part in attention and padded outputs are zeroed.
+
+`Encoder.pooled` is the one way a text becomes one latent (the world model's state, the teacher's next-turn
+targets, the retrieval index, the Python API, evaluation). `ModelConfig.pooling` chooses how:
+- "mean": the mean of the final token latents over real tokens;
+- "lexical": the mean of the final token latents plus `lexical_weight` times the mean of the layer-normed token
+  embeddings (a skip from the vocabulary around the blocks; each part scaled to the same length first), both
+  weighted by each token's squared inverse document frequency in the world-model training corpus.
+Pooled contextual latents keep little of *which* words a text uses (measured: "copy the context" near chance on
+held-out pairs even after JEPA), while a weighted sum of near-orthogonal token embeddings is a random projection
+of the text's TF-IDF vector: the latent starts from lexical overlap and training adds to it. The weights are a
+buffer of the encoder and travel in its checkpoint.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +62,31 @@ class Encoder(nn.Module):
         self.position_embedding = nn.Embedding(config.max_seq, config.dim)
         self.blocks = nn.ModuleList(Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.dim)
+        if config.pooling == LEXICAL:
+            self.lexical_norm = nn.LayerNorm(config.dim)
+            # Uniform until set_token_weights (world training sets them from its corpus).
+            self.register_buffer(TOKEN_WEIGHTS, torch.ones(config.vocab_size))
         self.apply(_init_weights)
+
+    def set_token_weights(self, weights: torch.Tensor) -> None:
+        """The pooling weight of every token id (lexical pooling only)."""
+        if self.config.pooling != LEXICAL:
+            raise ValueError(f"token weights need lexical pooling; this encoder pools by {self.config.pooling!r}")
+        getattr(self, TOKEN_WEIGHTS).copy_(weights)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A JEPA checkpoint (--init-encoder) pools nothing, so it has no pooling tensors: they start as new.
+        if self.config.pooling == LEXICAL:
+            for name, tensor in self._pooling_defaults().items():
+                state_dict.setdefault(prefix + name, tensor)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _pooling_defaults(self) -> dict[str, torch.Tensor]:
+        return {
+            TOKEN_WEIGHTS: torch.ones(self.config.vocab_size),
+            "lexical_norm.weight": torch.ones(self.config.dim),
+            "lexical_norm.bias": torch.zeros(self.config.dim),
+        }
 
     def forward(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """ids, valid: [B, T] -> latents [B, T, dim], zero at padding."""
@@ -60,11 +98,53 @@ class Encoder(nn.Module):
             x = block(x, attn_mask)
         return self.norm(x) * valid.unsqueeze(-1).to(x.dtype)
 
+    def pool(self, latents: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """This encoder's token latents [B, T, D] of `ids` -> one latent per row [B, D] (see the module doc)."""
+        if self.config.pooling != LEXICAL:
+            return masked_mean(latents, valid)
+        weights = getattr(self, TOKEN_WEIGHTS)[ids] * valid.to(torch.float32)
+        weights = (weights / weights.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)).to(latents.dtype)
+        contextual = torch.einsum("bt,btd->bd", weights, latents)
+        lexical = torch.einsum("bt,btd->bd", weights, self.lexical_norm(self.token_embedding(ids)).to(latents.dtype))
+        # Each part at length sqrt(dim) (a LayerNorm'd vector's), mixed by lexical_weight: pooled near-orthogonal
+        # embeddings are much shorter than pooled contextual latents, which would otherwise drown them.
+        scale = self.config.dim**0.5
+        return scale * (F.normalize(contextual, dim=-1) + self.config.lexical_weight * F.normalize(lexical, dim=-1))
+
+    def pooled(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """ids, valid: [B, T] -> one latent per row [B, D]."""
+        return self.pool(self(ids, valid), ids, valid)
+
+
+LEXICAL = "lexical"
+TOKEN_WEIGHTS = "token_weights"
+
 
 def masked_mean(latents: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens only: [B, T, D] x [B, T] -> [B, D]."""
     weights = valid.to(latents.dtype).unsqueeze(-1)
     return (latents * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def pooling_weights(chunks: Iterable[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> torch.Tensor:
+    """Every token id's lexical pooling weight: the square of its smoothed inverse document frequency,
+    ln((1 + N) / (1 + df)) + 1 (scikit-learn's TF-IDF formula). Squared because a pooled latent's dot product
+    multiplies two texts' weights of a shared token: squaring sharpens the match towards rare tokens, which
+    measured better than the plain IDF on all three sets of bench/quality.py (docs/results.md).
+
+    `chunks` yields (tokens, lengths): the flat token ids of some documents and each document's length. A token
+    absent from the corpus gets the largest weight, as a token seen once would.
+    """
+    frequency = np.zeros(vocab_size, dtype=np.int64)
+    count = 0
+    for tokens, lengths in chunks:
+        document = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        # Each (document, token) pair once: document frequency, not term frequency.
+        pairs = np.unique(document * vocab_size + np.asarray(tokens, dtype=np.int64))
+        frequency += np.bincount(pairs % vocab_size, minlength=vocab_size)[:vocab_size]
+        count += len(lengths)
+    idf = np.log((1.0 + count) / (1.0 + frequency)) + 1.0
+    return torch.from_numpy(idf**2).float()
 
 
 def _init_weights(module: nn.Module) -> None:

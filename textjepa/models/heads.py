@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from textjepa.config import ModelConfig
-from textjepa.models.encoder import Encoder, _init_weights, masked_mean
+from textjepa.models.encoder import Encoder, _init_weights
 
 # Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only
 # the prefix projector (textjepa/bridge/); the submodule keeps that name so that every checkpoint loads.
@@ -88,7 +88,7 @@ class WorldModel(nn.Module):
         return self.get_submodule(CONDITIONING_HEAD_KEY)
 
     def state(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        return masked_mean(self.encoder(ids, valid), valid)
+        return self.encoder.pooled(ids, valid)
 
     def forward(self, ids: torch.Tensor, valid: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.transition(self.state(ids, valid), action)

@@ -10,18 +10,20 @@ import copy
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, load_teacher, load_with_teacher
 from textjepa.config import ModelConfig, WorldConfig
 from textjepa.data.batches import Batch
+from textjepa.data.contract import is_validation
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, resolve_data
 from textjepa.data.tokens import TokenStore
 from textjepa.decoders.retrieval import build_retrieval_index
 from textjepa.eval.metrics import retrieval_metrics
 from textjepa.io import RunKind
-from textjepa.models.encoder import masked_mean
+from textjepa.models.encoder import LEXICAL, pooling_weights
 from textjepa.models.heads import CONDITIONING_HEAD_KEY, WorldModel
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.objectives.world_loss import WorldLoss
@@ -55,6 +57,11 @@ class WorldStage:
         self.teacher = copy.deepcopy(self.model.encoder)
         if init is not None:
             self._load_init(init)
+        if config.pooling == LEXICAL and (init is None or init.kind != RunKind.WORLD):
+            # A world checkpoint brings the weights it was trained with; a new pooling takes them from this corpus.
+            weights = corpus_pooling_weights(store, cfg.data.val_fraction, cfg.train.seed, config.vocab_size)
+            self.model.encoder.set_token_weights(weights)
+            self.teacher.set_token_weights(weights)
         self.loss.to(device)  # the model and the loss's own state (queue, temperature)
         self.teacher.to(device).requires_grad_(False).eval()
 
@@ -68,7 +75,7 @@ class WorldStage:
 
     def _target(self, tensors: dict) -> torch.Tensor:
         with torch.no_grad():
-            return masked_mean(self.teacher(tensors["next_ids"], tensors["next_valid"]), tensors["next_valid"])
+            return self.teacher.pooled(tensors["next_ids"], tensors["next_valid"])
 
     def make_inputs(self, batch: Batch, step: int) -> dict:
         tensors = batch_tensors(batch, self.mapping, self.device)
@@ -106,6 +113,22 @@ class WorldStage:
         print(f"retrieval index: {index_path}")
 
 
+def corpus_pooling_weights(store: TokenStore, val_fraction: float, seed: int, vocab_size: int) -> torch.Tensor:
+    """Lexical pooling weights from the training split's contexts and next turns (each one a document)."""
+
+    def chunks():
+        for start in range(0, len(store), 1 << 14):
+            index = np.arange(start, min(len(store), start + (1 << 14)), dtype=np.int64)
+            index = index[~is_validation(index, val_fraction, seed)]
+            for field in store.fields.values():
+                yield (
+                    np.concatenate([field.record(int(i)) for i in index] or [np.zeros(0, np.int64)]),
+                    field.lengths(index),
+                )
+
+    return pooling_weights(chunks(), vocab_size)
+
+
 def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig, Tokenizer | None, Checkpoint | None]:
     """The model shape: from --init-encoder's checkpoint when given (arguments must agree), else the arguments."""
     if not cfg.init_encoder:
@@ -117,8 +140,10 @@ def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig
     checked = {k: v for k, v in overrides.items() if v is not None}
     if init.kind == RunKind.LATENT:
         bridge_dim = checked.pop("bridge_dim", cfg.model.bridge_dim)
+        # JEPA pools nothing: the world model chooses its pooling.
+        pooling = {name: checked.pop(name, getattr(cfg.model, name)) for name in ("pooling", "lexical_weight")}
         check_shape_overrides(init.config, checked, init.path)
-        config = dataclasses.replace(init.config, bridge_dim=bridge_dim, actions=list(cfg.model.actions))
+        config = dataclasses.replace(init.config, bridge_dim=bridge_dim, **pooling, actions=list(cfg.model.actions))
     else:
         check_shape_overrides(init.config, checked, init.path)
         config = init.config
