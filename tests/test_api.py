@@ -36,10 +36,10 @@ def wm(trained) -> WorldModel:
 
 
 def reference_latent(network: torch.nn.Module, ids: list[int]) -> np.ndarray:
-    """The mean token latent of one row, computed straight from the torch module (no contract code)."""
+    """The pooled latent of one row, computed straight from the torch module on exactly these tokens (no contract
+    code): its own pooling, lexical for the default world model, the mean for a latent checkpoint."""
     with torch.no_grad():
-        latents = network(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
-    return latents[0].mean(0).numpy()
+        return network.pooled(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))[0].numpy()
 
 
 # --- WorldModel / Encoder ------------------------------------------------------------------------------------
