@@ -71,20 +71,22 @@ def measure(device: torch.device, precisions: list[str], steps: int, batch_size:
 
             def forward(precision=precision, **kwargs):
                 with autocast(device, precision):
-                    return stage.model(**kwargs)
+                    return stage.loss(**kwargs)  # the loss holds the model: forward + loss, as in training
 
             stage.make_inputs = inputs
             for batch in batches[:2]:  # warm-up: kernels, allocator
                 train_step(stage, optimizer, scheduler, cfg.train, batch, step_index, forward)
             torch.cuda.synchronize(device)
-            flops, began = 0.0, time.perf_counter()
+            masked, began = [], time.perf_counter()
             for batch in batches:
                 train_step(stage, optimizer, scheduler, cfg.train, batch, step_index, forward)
-                rows, width = batch.ids["text"].shape
-                model_flops, _ = step_flops(config, rows, width, int(seen["masked"]), min(batch.real_tokens, 1024))
-                flops += model_flops
+                masked.append(seen["masked"])  # read after the timing: reading it here would wait for the GPU
             torch.cuda.synchronize(device)
             seconds = time.perf_counter() - began
+            flops = 0.0
+            for batch, count in zip(batches, masked):
+                rows, width = batch.ids["text"].shape
+                flops += step_flops(config, rows, width, int(count), min(batch.real_tokens, 1024))[0]
             results["precisions"][precision] = {
                 "choice": choice.describe(),
                 "seconds_per_step": seconds / len(batches),

@@ -1,7 +1,9 @@
 """Load test of `textjepa serve`: N concurrent clients x M requests each, closed loop, over real HTTP.
 
 One command: with no --url it starts its own server (on a model it trains from the embedded demo corpus
-unless --model is given), measures, stops it and prints req/s, p50/p95/p99 latency and the error count.
+unless --model is given), measures, stops it and prints req/s, p50/p95/p99 latency and the error count. It does
+so for each --precisions value (default fp32, then bf16: one server each, the same model, prompts and clients)
+and prints the two p99s side by side with their ratio, saying whether this CPU runs bf16 natively.
 --json PATH writes the results. The machine's load average is recorded beside them: the numbers mean
 little on a machine busy with other work.
 
@@ -101,7 +103,8 @@ def wait_ready(url: str, path: str, proc: Process, timeout: float, headers: dict
 
 def start_textjepa(
     model: Path, work: Path, threads: int, extra: list[str], env: dict | None = None
-) -> tuple[Process, str]:
+) -> tuple[Process, str, str]:
+    """The server, ready; returns it, its URL and its first line (which also states its precision)."""
     argv = [sys.executable, "-m", "textjepa", "serve", str(model), "--port", "0", *extra]
     log = work / f"textjepa-serve-{len(list(work.glob('*.log')))}.log"
     proc = Process(argv, log, {**server_env(threads), **(env or {})})
@@ -111,7 +114,7 @@ def start_textjepa(
         raise SystemExit(f"textjepa serve did not start:\n{line}{proc.tail()}")
     url = line.split("listening on ")[1].split()[0].removesuffix("/v1")
     wait_ready(url, "/health", proc, timeout=300)
-    return proc, url
+    return proc, url, line.strip()
 
 
 def free_port() -> int:
@@ -312,6 +315,24 @@ def print_result(title: str, result: dict) -> None:
         print(f"  errors: {result['error_kinds']}")
 
 
+def precision_comparison(by_precision: dict[str, dict], bf16_native: bool) -> dict[str, dict]:
+    """p99 of fp32 and bf16 side by side with their ratio, per mode measured under both."""
+    if not {"fp32", "bf16"} <= set(by_precision):
+        return {}
+    rows = {}
+    for title in ("non-stream", "stream"):
+        if title in by_precision["fp32"] and title in by_precision["bf16"]:
+            fp32 = by_precision["fp32"][title]["latency_ms"]["p99"]
+            bf16 = by_precision["bf16"][title]["latency_ms"]["p99"]
+            rows[title] = {
+                "fp32": fp32,
+                "bf16": bf16,
+                "ratio": round(bf16 / fp32, 3) if fp32 else None,
+                "bf16_kind": "native bf16" if bf16_native else "bf16 emulated on this CPU",
+            }
+    return rows
+
+
 # --- llamacpp comparison -----------------------------------------------------------------------------------
 
 
@@ -362,7 +383,7 @@ def llamacpp_comparison(args: argparse.Namespace, model: Path | None, work: Path
     elif model is None:
         results["textjepa_llamacpp"] = {"skipped": "needs a world model path (--model or a trained one), not --url"}
     else:
-        proc, url = start_textjepa(
+        proc, url, _ = start_textjepa(
             model,
             work,
             threads,
@@ -415,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         "--server-threads", type=int, default=1, help="torch threads of the server (default %(default)s)"
     )
     parser.add_argument("--server-args", default="", help="extra `textjepa serve` options, space separated")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "bf16"),
+        default=["fp32", "bf16"],
+        help="the server's --precision, each measured on its own server in turn; p99s printed side by side "
+        "(default: fp32 bf16; not with --url)",
+    )
     parser.add_argument("--gguf", default=None, help="GGUF for the llamacpp comparison")
     parser.add_argument("--llm-clients", type=int, default=4, help="clients in the llamacpp comparison")
     parser.add_argument("--llm-requests", type=int, default=4, help="requests per client there")
@@ -444,39 +473,63 @@ def main(argv: list[str] | None = None) -> int:
         "goal": GOAL,
         "load_average_before": list(os.getloadavg()),
     }
-    proc = None
-    try:
-        if args.url:
-            url = args.url.rstrip("/").removesuffix("/v1")
-        else:
-            if model is None:
-                model = train_model(work, args.train_steps)
-            report["load_average_before"] = list(os.getloadavg())
-            proc, url = start_textjepa(model, work, args.server_threads, args.server_args.split())
-        report["server"] = {"url": url, "model": str(model) if model else None, "decoder": "retrieval"}
-        prompts = prompts_from(model)
-        modes = [("non-stream", False)] + ([("stream", True)] if args.stream else [])
-        for title, stream in modes:
-            result = asyncio.run(
-                run_load(
-                    url,
-                    prompts,
-                    args.clients,
-                    args.requests,
-                    args.max_tokens,
-                    stream,
-                    headers,
-                    "textjepa",
-                    args.warmup,
+    # Each precision on its own server, one after the other, the same model, prompts and clients.
+    precisions: list[str | None] = [None] if args.url else list(dict.fromkeys(args.precisions))
+    report["precisions"] = {}
+    prompts: list[str] = []
+    for precision in precisions:
+        proc = None
+        try:
+            if args.url:
+                url, first_line = args.url.rstrip("/").removesuffix("/v1"), None
+            else:
+                if model is None:
+                    model = train_model(work, args.train_steps)
+                extra = ["--precision", precision, *args.server_args.split()]
+                proc, url, first_line = start_textjepa(model, work, args.server_threads, extra)
+            report["server"] = {"url": url, "model": str(model) if model else None, "decoder": "retrieval"}
+            prompts = prompts or prompts_from(model)
+            side: dict = {"server_first_line": first_line, "load_average_before": list(os.getloadavg())}
+            modes = [("non-stream", False)] + ([("stream", True)] if args.stream else [])
+            for title, stream in modes:
+                result = asyncio.run(
+                    run_load(
+                        url,
+                        prompts,
+                        args.clients,
+                        args.requests,
+                        args.max_tokens,
+                        stream,
+                        headers,
+                        "textjepa",
+                        args.warmup,
+                    )
                 )
+                side[title] = result
+                label = f"retrieval, {precision or 'as served'}, {title}, {args.clients} clients x {args.requests}"
+                print_result(label, result)
+            if proc is not None:
+                side["server_health"] = httpx.get(url + "/health", timeout=5).json()
+        finally:
+            if proc is not None:
+                proc.stop()
+        report["precisions"][precision or "as served"] = side
+    # The first precision's results stay where earlier reports had them (and give the goal rows).
+    first = report["precisions"][precisions[0] or "as served"]
+    report.update({title: first[title] for title in ("non-stream", "stream") if title in first})
+    from _common import goal_row  # also puts this checkout's textjepa on sys.path
+
+    from textjepa.precision import native_cpu_bf16_flags, read_cpu_flags
+
+    report["bf16_native"] = native_cpu_bf16_flags(read_cpu_flags()) or None
+    comparison = precision_comparison(report["precisions"], bool(report["bf16_native"]))
+    if comparison:
+        report["p99_by_precision"] = comparison
+        for title, row in comparison.items():
+            print(
+                f"p99 latency ms, {title}: fp32 {row['fp32']}, bf16 {row['bf16']}, bf16 / fp32 {row['ratio']} "
+                f"({row['bf16_kind']})"
             )
-            report[title] = result
-            print_result(f"retrieval, {title}, {args.clients} clients x {args.requests}", result)
-        if proc is not None:
-            report["server_health"] = httpx.get(url + "/health", timeout=5).json()
-    finally:
-        if proc is not None:
-            proc.stop()
     report["load_average_after"] = list(os.getloadavg())
     report["llamacpp"] = (
         {"skipped": "--no-llamacpp"} if args.no_llamacpp else llamacpp_comparison(args, model, work, prompts)
@@ -490,8 +543,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"llamacpp, {name}: skipped: {side['skipped']}")
             else:
                 print_result(f"llamacpp, {name}, {args.llm_clients} clients x {args.llm_requests}", side)
-    from _common import goal_row
-
     main_result = report["non-stream"]
     lat = main_result["latency_ms"]
     report["table"] = [  # the bench/run_all.py rows
@@ -500,12 +551,21 @@ def main(argv: list[str] | None = None) -> int:
             lat["p99"],
             GOAL["p99_ms"],
             "<",
-            f"p50 {lat['p50']}, {main_result['req_per_s']} req/s",
+            f"{precisions[0] or 'as served'}: p50 {lat['p50']}, {main_result['req_per_s']} req/s",
         ),
         goal_row("non-stream requests", main_result["requests"], GOAL["min_requests"], ">=", f"{main_result['ok']} ok"),
         goal_row("non-stream errors", main_result["errors"], GOAL["errors"], "=="),
     ]
-    report["goal_met"] = all(row["met"] for row in report["table"])
+    for title, row in (comparison or {}).items():
+        report["table"].append(
+            goal_row(
+                f"{title} p99 latency bf16 / fp32 ({row['bf16_kind']}), {args.clients} clients",
+                row["ratio"],
+                None,
+                note=f"fp32 {row['fp32']} ms, bf16 {row['bf16']} ms",
+            )
+        )
+    report["goal_met"] = all(row["met"] for row in report["table"] if row["met"] is not None)
     print(
         f"load average before {report['load_average_before'][0]:.2f}, after {report['load_average_after'][0]:.2f} "
         f"({os.cpu_count()} cpus); goal (0 errors over >= 1000 requests, p99 < 100 ms) met: {report['goal_met']}"

@@ -127,16 +127,17 @@ def measure_shape(
         seen["masked"] = int(inputs["mask"].sum())
         return inputs
 
-    # Per variant: how make_inputs (teacher forward) and the model's forward + loss run. bf16 puts autocast
-    # around exactly these two; backward, clipping, AdamW and the EMA stay outside, in fp32.
+    # Per variant: how make_inputs (teacher forward) and the model's forward + loss (the stage's loss module, which
+    # holds the model) run. bf16 puts autocast around exactly these two; backward, clipping, AdamW and the EMA stay
+    # outside, in fp32.
     forwards = {
-        "fp32": (recording_make_inputs, stage.model, eager_teacher),
-        "bf16": (under_autocast(recording_make_inputs, "bf16"), under_autocast(stage.model, "bf16"), eager_teacher),
+        "fp32": (recording_make_inputs, stage.loss, eager_teacher),
+        "bf16": (under_autocast(recording_make_inputs, "bf16"), under_autocast(stage.loss, "bf16"), eager_teacher),
     }
     compile_seconds = None
     if "compiled" in variants:
         began = time.perf_counter()
-        compiled_model, compiled_teacher = torch.compile(stage.model), torch.compile(eager_teacher)
+        compiled_model, compiled_teacher = torch.compile(stage.loss), torch.compile(eager_teacher)
         # A plain function: train_step tests `forward_model or model`, and a compiled module has no truth value.
         forwards["compiled"] = (recording_make_inputs, lambda **inputs: compiled_model(**inputs), compiled_teacher)
     step_counter = [0]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,29 @@ def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> Non
     assert len(error_lines) == 1, result.stderr
     for needle in needles:
         assert needle.lower() in error_lines[0].lower(), error_lines[0]
+
+
+def assert_openai_error(response, status: int, code: str | None = None, param: str | None = None) -> dict:
+    """An OpenAI-style error body: the status, and the code and param when given; returns the error object."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "code"} and error["message"], error
+    if code is not None:
+        assert error["code"] == code, error
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+def assert_same_training_state(final: dict, expected: dict) -> None:
+    """Two training states (textjepa.checkpoint.load_training_state) hold bit-identical model and teacher weights:
+    what a resumed run must end with, against the same run uninterrupted."""
+    import torch
+
+    for part in ("model", "teacher"):
+        assert set(final[part]) == set(expected[part]), part
+        for name, tensor in expected[part].items():
+            assert torch.equal(final[part][name], tensor), f"{part}.{name} differs after resume"
 
 
 WORDS = (
@@ -103,33 +129,190 @@ def pair_lines(count: int, seed: int = 0) -> list[str]:
     return lines
 
 
-def train_tiny_world(root: Path, *world_args: str) -> dict:
-    """A tiny JEPA encoder on text, then a world model on topic pairs with --init-encoder (about 10 s)."""
+def write_tiny_world_data(root: Path) -> dict:
+    """The topic pairs and the text corpus the tiny world models train on (the pairs' words are in the corpus, so
+    the latent stage's tokenizer covers them)."""
     pairs = root / "pairs.txt"
     pairs.write_text("\n".join(pair_lines(480)) + "\n")
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(synthetic_lines(300) + [p.replace("\t", " ") for p in pair_lines(300, 1)]) + "\n")
-    cache = root / "cache"
-    common = ["--data-dir", cache, "--no-progress"]
+    return {"root": root, "pairs": pairs, "corpus": corpus, "cache": root / "cache"}
+
+
+def train_tiny_latent_for_world(data: dict) -> Path:
+    """The tiny JEPA encoder a tiny world model starts from (30 steps)."""
     latent = run_cli(
-        "latent", corpus, *TINY, "--steps", "30", "--batch", "16", "--eval-every", "30", "--out-dir", root / "latent",
-        *common,
+        "latent", data["corpus"], *TINY, "--steps", "30", "--batch", "16", "--eval-every", "30",
+        "--out-dir", data["root"] / "latent", "--data-dir", data["cache"], "--no-progress",
     )  # fmt: skip
     assert latent.returncode == 0, latent.stderr
-    latent_model = main_checkpoint(root / "latent", "latent")
+    return main_checkpoint(data["root"] / "latent", "latent")
+
+
+def train_world_on(data: dict, latent: Path, out_dir: Path, *world_args: str) -> dict:
+    """A world model on the topic pairs with --init-encoder `latent` (60 steps); world_args come last and win."""
     world = run_cli(
-        "train-world", pairs, "--init-encoder", latent_model, "--steps", "60", "--batch", "24", "--eval-every", "30",
-        "--lr", "2e-3", "--val-fraction", "0.2", *world_args, "--out-dir", root / "world", *common,
+        "train-world", data["pairs"], "--init-encoder", latent, "--steps", "60", "--batch", "24", "--eval-every", "30",
+        "--lr", "2e-3", "--val-fraction", "0.2", "--out-dir", out_dir, "--data-dir", data["cache"], "--no-progress",
+        *world_args,
     )  # fmt: skip
     assert world.returncode == 0, world.stderr
-    return {
-        "root": root,
-        "pairs": pairs,
-        "cache": cache,
-        "latent": latent_model,
-        "world": main_checkpoint(root / "world", "world"),
-        "stdout": world.stdout,
-    }
+    return {**data, "latent": latent, "world": main_checkpoint(out_dir, "world"), "stdout": world.stdout}
+
+
+@pytest.fixture(scope="session")
+def tiny_world_base(tmp_path_factory) -> dict:
+    """The topic pairs, their corpus and the tiny latent model the session's tiny world models start from."""
+    data = write_tiny_world_data(tmp_path_factory.mktemp("tiny-world"))
+    return {**data, "latent": train_tiny_latent_for_world(data)}
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tiny_world_base) -> dict:
+    """One tiny world model with the default settings (and the latent model it started from) for every test that
+    only reads it: trained once per test session (once per pytest-xdist worker). Tests that write put their
+    files in their own tmp_path, never beside it."""
+    base = tiny_world_base
+    return train_world_on(base, base["latent"], base["root"] / "world")
+
+
+# The encoder stays as pretrained, so "copy the context" cannot improve with training and the transition alone has
+# to learn the question -> answer mapping. Mean pooling: these answers share no word with their questions, and
+# lexical pooling (the default, tested in test_pooling.py) would hand a frozen dim-32 encoder's transition mostly
+# the questions' rare words ("number 417") to learn from.
+FROZEN_MEAN_WORLD_ARGS = ("--freeze-encoder-steps", "60", "--reply-contrast-weight", "0", "--pooling", "mean")
+
+
+@pytest.fixture(scope="session")
+def frozen_mean_world(tiny_world_base) -> dict:
+    """A tiny world model whose transition alone learned (FROZEN_MEAN_WORLD_ARGS), from the same tiny latent."""
+    base = tiny_world_base
+    return train_world_on(base, base["latent"], base["root"] / "frozen-mean-world", *FROZEN_MEAN_WORLD_ARGS)
+
+
+def train_learning_latent(root: Path, *extra: str) -> dict:
+    """A tiny latent (JEPA) run that learns measurably: 80 steps on 600 lines, 10% held out (about 6 s)."""
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(synthetic_lines(600)) + "\n")
+    out = root / "run"
+    result = run_cli(
+        "latent", corpus, *TINY, "--steps", "80", "--batch", "16", "--eval-every", "40", "--lr", "2e-3",
+        "--out-dir", out, "--data-dir", root / "cache", "--val-fraction", "0.1", "--no-progress", *extra,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model = main_checkpoint(out, "latent")
+    return {"root": root, "corpus": corpus, "out": out, "model": model, "stdout": result.stdout}
+
+
+@pytest.fixture(scope="session")
+def tiny_latent(tmp_path_factory) -> dict:
+    """One learning tiny latent run (train_learning_latent), shared by every test that only reads it."""
+    return train_learning_latent(tmp_path_factory.mktemp("tiny-latent"))
+
+
+class ServerProcess:
+    """`textjepa serve ... --port 0` with test hooks (tests/serve_hooks.py); the URL comes from the line it prints
+    once the socket is bound (kept as first_line: it also states the precision)."""
+
+    def __init__(self, args: list, log_path: Path, **env: str) -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("serve_hooks.py")), *map(str, args), "--port", "0"],
+            env=cli_env(**env),
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        self.first_line = self._first_line(timeout=60)
+        assert "listening on http://" in self.first_line, self.first_line + self.logs()
+        self.base = self.first_line.split("listening on ")[1].split()[0].removesuffix("/v1")
+
+    def _first_line(self, timeout: float) -> str:
+        result: list[str] = []
+        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        return result[0] if result else ""
+
+    def wait_ready(self, timeout: float = 90) -> list[tuple]:
+        """Polls /health until the model is loaded; returns what it said on the way ((status, body,
+        Retry-After) each time). A server that dies or never gets ready fails the test with its log."""
+        import httpx
+
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            response = httpx.get(f"{self.base}/health", timeout=5)
+            seen.append((response.status_code, response.json(), response.headers.get("retry-after")))
+            if response.status_code == 200:
+                return seen
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                pytest.fail("the server never became ready:\n" + self.logs())
+            time.sleep(0.05)
+
+    def logs(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(20)
+        finally:
+            self.log.close()
+
+
+# The shared server's settings (tests/test_serve.py and tests/test_chat_page.py use the same server).
+SERVER_API_KEY = "test-key-123"
+SERVER_MAX_BODY = 65536
+SERVER_QUEUE_TIMEOUT = 2.0
+SERVER_CONCURRENCY = 4
+SERVER_LOAD_DELAY = 1.5
+
+
+@pytest.fixture(scope="session")
+def shared_server(tiny_world, tmp_path_factory) -> Iterator[ServerProcess]:
+    """One `textjepa serve` of the tiny world model with an API key, limits and test hooks, for every test that
+    does not change its settings. It records what /health said from the moment the socket was open until the
+    model was loaded (health_history), and must shut down gracefully at the end."""
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    srv = ServerProcess(
+        [
+            tiny_world["world"],
+            *("--api-key", SERVER_API_KEY, "--max-concurrency", SERVER_CONCURRENCY),
+            *("--queue-timeout", SERVER_QUEUE_TIMEOUT, "--max-body-bytes", SERVER_MAX_BODY),
+            *("--max-tokens-limit", 512),
+        ],
+        log,
+        TEXTJEPA_TEST_HOOKS="1",
+        TEXTJEPA_TEST_LOAD_DELAY=str(SERVER_LOAD_DELAY),
+    )
+    srv.health_history = srv.wait_ready()
+    yield srv
+    code = srv.stop()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so supervisors see it.
+    assert code in (0, -15) and "Application shutdown complete" in srv.logs(), f"exit {code}:\n{srv.logs()}"
+
+
+@pytest.fixture(scope="module")
+def client(shared_server) -> Iterator:
+    """An httpx client of the shared server, with its API key."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {SERVER_API_KEY}"}
+    with httpx.Client(base_url=shared_server.base, headers=headers, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def agent(tiny_world):
+    """The tiny world model as an Agent in this process: what the shared server's answers must equal."""
+    from textjepa.agent import Agent
+
+    return Agent.load(tiny_world["world"])
 
 
 @pytest.fixture(scope="module")

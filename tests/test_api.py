@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import assert_user_error, cli_env, run_cli, synthetic_lines, train_tiny_world
+from conftest import assert_user_error, cli_env, run_cli, synthetic_lines
 
 from textjepa import Encoder, WorldModel
 from textjepa.errors import TextJepaError
@@ -26,8 +26,8 @@ TEXTS = ["User: tell me about music please", "rain falls from grey clouds", "Use
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict:
-    return train_tiny_world(tmp_path_factory.mktemp("api"))
+def trained(tiny_world) -> dict:
+    return tiny_world
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,10 @@ def wm(trained) -> WorldModel:
 
 
 def reference_latent(network: torch.nn.Module, ids: list[int]) -> np.ndarray:
-    """The mean token latent of one row, computed straight from the torch module (no contract code)."""
+    """The pooled latent of one row, computed straight from the torch module on exactly these tokens (no contract
+    code): its own pooling, lexical for the default world model, the mean for a latent checkpoint."""
     with torch.no_grad():
-        latents = network(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
-    return latents[0].mean(0).numpy()
+        return network.pooled(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))[0].numpy()
 
 
 # --- WorldModel / Encoder ------------------------------------------------------------------------------------
@@ -144,10 +144,10 @@ def test_encoder_load(trained, wm):
 
 
 @pytest.fixture(scope="module")
-def lines_file(trained) -> tuple[Path, list[str]]:
+def lines_file(tmp_path_factory) -> tuple[Path, list[str]]:
     """Good lines, a `left<TAB>right` line (its left side is embedded) and bad lines that are skipped."""
     good = synthetic_lines(150, seed=7)
-    path = trained["root"] / "to_embed.txt"
+    path = tmp_path_factory.mktemp("embed") / "to_embed.txt"
     with path.open("wb") as handle:
         for i, line in enumerate(good):
             handle.write(line.encode() + b"\n")

@@ -14,16 +14,14 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-from conftest import train_tiny_world
-from test_serve import ServerProcess, assert_openai_error
+from conftest import SERVER_API_KEY as API_KEY
+from conftest import ServerProcess, assert_openai_error
 
-API_KEY = "page-key-456"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUESTION = "tell me about cooking please"
 FOLLOW_UP = "and what about the weather"
@@ -39,39 +37,20 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def world_model(tmp_path_factory) -> Path:
-    return train_tiny_world(tmp_path_factory.mktemp("page"))["world"]
+def world_model(tiny_world) -> Path:
+    return tiny_world["world"]
 
 
 def start_server(args: list, log: Path, timeout: float = 90, **env: str) -> ServerProcess:
     srv = ServerProcess(args, log, **env)
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{srv.base}/health", timeout=5).status_code != 200:
-        if time.monotonic() > deadline or srv.proc.poll() is not None:
-            srv.stop()
-            pytest.fail("the server never became ready:\n" + srv.logs())
-        time.sleep(0.05)
+    srv.wait_ready(timeout)
     return srv
 
 
 @pytest.fixture(scope="module")
-def server(world_model, tmp_path_factory):
-    srv = start_server([world_model, "--api-key", API_KEY], tmp_path_factory.mktemp("page-log") / "server.log")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.base, headers=AUTH, timeout=30) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def agent(world_model):
-    from textjepa.agent import Agent
-
-    return Agent.load(world_model)
+def server(shared_server) -> ServerProcess:
+    """The session's shared server (tests/conftest.py): the tiny world model behind an API key."""
+    return shared_server
 
 
 def chat(client: httpx.Client, messages: list[dict], **extra) -> str:
@@ -205,6 +184,9 @@ def browser():
         launched.close()
 
 
+WAIT_MS = 20_000  # what the page may take for a step (the default timeout of every session's page too)
+
+
 class PageSession:
     """A fresh browser context on the page, recording every request, console error and foreign URL."""
 
@@ -215,7 +197,7 @@ class PageSession:
         self.problems: list[str] = []
         self.context.route("**/*", self._only_this_server)
         self.page = self.context.new_page()
-        self.page.set_default_timeout(20_000)
+        self.page.set_default_timeout(WAIT_MS)
         self.page.on("request", lambda request: self.requests.append(request))
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
@@ -243,24 +225,25 @@ class PageSession:
         self.page.click("#keygate button")
 
     def wait_ready(self) -> None:
-        self.page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+        from playwright.sync_api import expect
+
+        expect(self.page.locator("#status")).to_have_text("ready", timeout=WAIT_MS)
 
     def ask(self, text: str, mode: str = "conditioned") -> None:
+        from playwright.sync_api import expect
+
         self.page.check(f'input[name="mode"][value="{mode}"]')
         turns = self.page.locator("article.turn").count()
         self.page.fill("#prompt", text)
         self.page.press("#prompt", "Enter")
         # The turn is complete when its answers and its inspection are done (or failed) and the page is ready.
-        self.page.wait_for_function(
-            """(count) => {
-                const turns = document.querySelectorAll("article.turn");
-                if (turns.length !== count) return false;
-                const parts = turns[count - 1].querySelectorAll(".answer, .inspect");
-                return [...parts].every((part) => ["done", "failed"].includes(part.dataset.state))
-                    && document.getElementById("status").textContent === "ready";
-            }""",
-            arg=turns + 1,
-        )
+        # (Playwright's locator assertions, not wait_for_function: under the page's CSP, without 'unsafe-eval', a
+        # string predicate that is polled more than once is refused; microsoft/playwright#36986.)
+        expect(self.page.locator("article.turn")).to_have_count(turns + 1, timeout=WAIT_MS)
+        unfinished = ":not([data-state='done']):not([data-state='failed'])"
+        last = self.page.locator("article.turn").last
+        expect(last.locator(f".answer{unfinished}, .inspect{unfinished}")).to_have_count(0, timeout=WAIT_MS)
+        self.wait_ready()
 
     def chat_bodies(self) -> list[dict]:
         return [json.loads(r.post_data) for r in self.requests if r.url.endswith("/v1/chat/completions")]

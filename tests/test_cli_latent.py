@@ -3,40 +3,13 @@
 import json
 
 import pytest
-from conftest import TINY, assert_user_error, main_checkpoint, run_cli
+from conftest import TINY, assert_user_error, run_cli
 from safetensors import safe_open
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from conftest import synthetic_lines
-
-    root = tmp_path_factory.mktemp("latent")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(synthetic_lines(600)) + "\n")
-    out = root / "run"
-    result = run_cli(
-        "latent",
-        corpus,
-        *TINY,
-        "--steps",
-        "80",
-        "--batch",
-        "16",
-        "--eval-every",
-        "40",
-        "--lr",
-        "2e-3",
-        "--out-dir",
-        out,
-        "--data-dir",
-        root / "cache",
-        "--val-fraction",
-        "0.1",
-    )
-    assert result.returncode == 0, result.stderr
-    model = main_checkpoint(out, "latent")
-    return {"root": root, "corpus": corpus, "out": out, "model": model, "stdout": result.stdout}
+def trained(tiny_latent):
+    return tiny_latent
 
 
 def test_latent_writes_every_artifact(trained):
@@ -61,8 +34,8 @@ def test_latent_writes_every_artifact(trained):
     assert vocab[:3] == ["<pad>", "<unk>", "<mask>"] and len(vocab) == config["vocab_size"]
 
 
-def test_eval_jepa_trained_beats_untrained(trained):
-    report_path = trained["root"] / "eval.json"
+def test_eval_jepa_trained_beats_untrained(trained, tmp_path):
+    report_path = tmp_path / "eval.json"
     result = run_cli(
         "eval-jepa", trained["model"], "--data-dir", trained["root"] / "cache", "--json", report_path, "--batch", "16"
     )
@@ -76,13 +49,13 @@ def test_eval_jepa_trained_beats_untrained(trained):
     assert "untrained baseline" in result.stdout
 
 
-def test_seed_form_eval_and_shape_checks(trained):
+def test_seed_form_eval_and_shape_checks(trained, tmp_path):
     vocab = trained["out"] / "vocab_latent.txt"
     args = ["--eval-jepa", trained["model"], vocab, trained["corpus"]]
     ok = run_cli(*args, "3", "16", "32", "32", "1", "2", "--data-dir", trained["root"] / "cache")
     assert ok.returncode == 0, ok.stderr
     assert_user_error(run_cli(*args, "3", "16", "64", "--data-dir", trained["root"] / "cache"), "dim=64", "disagrees")
-    other_vocab = trained["root"] / "other_vocab.txt"
+    other_vocab = tmp_path / "other_vocab.txt"
     other_vocab.write_text("<pad>\n<unk>\n<mask>\nfoo\n")
     assert_user_error(run_cli("eval-jepa", trained["model"], "--vocab", other_vocab), "does not match")
 

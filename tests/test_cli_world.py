@@ -4,18 +4,14 @@ import json
 import math
 
 import pytest
-from conftest import TINY, assert_user_error, main_checkpoint, pair_lines, run_cli, train_tiny_world
+from conftest import TINY, assert_user_error, main_checkpoint, pair_lines, run_cli
 from safetensors import safe_open
 
 
 @pytest.fixture(scope="module")
-def world_setup(tmp_path_factory):
-    # The encoder stays as pretrained, so "copy the context" cannot improve with training and the
-    # transition alone has to learn the question -> answer mapping. Mean pooling: these answers share no word with
-    # their questions, and lexical pooling (the default, tested in test_pooling.py) would hand a frozen dim-32
-    # encoder's transition mostly the questions' rare words ("number 417") to learn from.
-    frozen = ("--freeze-encoder-steps", "60", "--reply-contrast-weight", "0", "--pooling", "mean")
-    return train_tiny_world(tmp_path_factory.mktemp("world"), *frozen)
+def world_setup(frozen_mean_world):
+    # The session's frozen-encoder, mean-pooled world model (conftest.FROZEN_MEAN_WORLD_ARGS says why).
+    return frozen_mean_world
 
 
 def test_world_artifacts_and_shared_tokenizer(world_setup):
@@ -39,10 +35,10 @@ def test_world_artifacts_and_shared_tokenizer(world_setup):
     assert "used 480 lines, skipped 0" in world_setup["stdout"]
 
 
-def test_eval_world_beats_baselines_and_is_deterministic(world_setup):
+def test_eval_world_beats_baselines_and_is_deterministic(world_setup, tmp_path):
     reports = []
     for name in ("a.json", "b.json"):
-        path = world_setup["root"] / name
+        path = tmp_path / name
         result = run_cli(
             "eval-world", world_setup["world"], "--batch", "16", "--data-dir", world_setup["cache"], "--json", path
         )

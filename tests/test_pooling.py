@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, assert_user_error, pair_lines, run_cli, train_tiny_world
+from conftest import TINY, assert_user_error, pair_lines, run_cli, train_world_on
 from safetensors import safe_open
 
 from textjepa.config import ModelConfig, WorldConfig
@@ -105,8 +105,9 @@ def test_pooling_defaults_and_old_checkpoint_configs():
 
 
 @pytest.fixture(scope="module")
-def lexical_world(tmp_path_factory):
-    return train_tiny_world(tmp_path_factory.mktemp("lexical_world"))
+def lexical_world(tiny_world):
+    """The session's tiny world model: lexical pooling is train-world's default."""
+    return tiny_world
 
 
 def test_train_world_stores_corpus_pooling_weights_in_both_encoders(lexical_world):
@@ -148,8 +149,8 @@ def test_a_lexical_world_model_answers_through_the_api_and_the_cli(lexical_world
     assert json.loads(answer.stdout)["output"]
 
 
-def test_a_mean_pooled_world_model_still_trains_and_evaluates(tmp_path):
-    run = train_tiny_world(tmp_path, "--pooling", "mean")
+def test_a_mean_pooled_world_model_still_trains_and_evaluates(tiny_world, tmp_path):
+    run = train_world_on(tiny_world, tiny_world["latent"], tmp_path / "world", "--pooling", "mean")
     with safe_open(str(run["world"]), "pt") as handle:
         assert json.loads(handle.metadata()["config"])["pooling"] == "mean"
         assert "encoder.token_weights" not in handle.keys()

@@ -2,10 +2,9 @@
 follows the CPU's flags (fp32 on a CPU without AVX512-BF16 or AMX) and says why, a bad value is one error line."""
 
 import json
-import time
 
 import pytest
-from conftest import TINY, assert_user_error, main_checkpoint, run_cli, synthetic_lines, train_tiny_world
+from conftest import ServerProcess, assert_user_error, run_cli, train_learning_latent, train_world_on
 from safetensors import safe_open
 
 from textjepa.config import PRECISION_CHOICES
@@ -17,17 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="module")
 def bf16_latent(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bf16")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(synthetic_lines(600)) + "\n")
-    out = root / "run"
-    result = run_cli(
-        "latent", corpus, *TINY, "--steps", "80", "--batch", "16", "--eval-every", "40", "--lr", "2e-3",
-        "--out-dir", out, "--data-dir", root / "cache", "--val-fraction", "0.1", "--no-progress",
-        "--precision", "bf16",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return {"root": root, "model": main_checkpoint(out, "latent"), "stdout": result.stdout}
+    return train_learning_latent(tmp_path_factory.mktemp("bf16"), "--precision", "bf16")
 
 
 def test_config_choices_are_the_precision_module_requests():
@@ -98,15 +87,23 @@ def test_auto_follows_the_cpu_flags_and_says_why(bf16_latent):
         assert "bf16 would be emulated" in first
 
 
-@pytest.mark.parametrize("command", ["latent", "infer", "serve"])
+@pytest.mark.parametrize("command", ["latent", "infer", "serve", "train-bridge", "eval-conditioning"])
 def test_bad_precision_is_one_error_line(tmp_path, command):
-    positional = {"latent": ["x.txt"], "eval-world": ["m.safetensors"], "infer": ["m.safetensors", "hi"]}
+    positional = {
+        "latent": ["x.txt"],
+        "eval-world": ["m.safetensors"],
+        "infer": ["m.safetensors", "hi"],
+        "train-bridge": ["m.safetensors", "pairs.txt"],
+        "eval-conditioning": ["m.safetensors", "bridge.safetensors"],
+    }
     result = run_cli(command, *positional.get(command, []), "--precision", "fp16", cwd=tmp_path)
     assert_user_error(result, "--precision", "fp16")
 
 
-def test_bf16_world_model_answers_in_either_precision(tmp_path):
-    run = train_tiny_world(tmp_path, "--precision", "bf16")
+def test_bf16_world_model_answers_in_either_precision(tiny_world, tmp_path):
+    # The world stage in bf16 (30 steps: the test compares precisions, not what it learned), from the session's
+    # fp32 tiny latent encoder, on its pairs.
+    run = train_world_on(tiny_world, tiny_world["latent"], tmp_path / "world", "--steps", "30", "--precision", "bf16")
     assert run["stdout"].splitlines()[0].startswith("precision: bf16")
     replies = {}
     for precision in ("bf16", "fp32"):
@@ -133,27 +130,18 @@ def test_bf16_world_model_answers_in_either_precision(tmp_path):
         assert abs(bf16["score"] - fp32["score"]) < 0.05
 
 
-def test_serve_in_bf16_states_it_and_embeds_like_the_agent(tmp_path):
+def test_serve_in_bf16_states_it_and_embeds_like_the_agent(tiny_world, tmp_path):
     import httpx
     import numpy as np
-    from test_serve import ServerProcess
 
     from textjepa.agent import Agent
 
-    class RecordingServer(ServerProcess):
-        def _first_line(self, timeout: float) -> str:
-            self.first_line = super()._first_line(timeout)
-            return self.first_line
-
-    world = train_tiny_world(tmp_path)["world"]
-    server = RecordingServer([world, "--precision", "bf16"], tmp_path / "server.log")
+    world = tiny_world["world"]
+    server = ServerProcess([world, "--precision", "bf16"], tmp_path / "server.log")
     try:
         assert "(--precision bf16: asked for" in server.first_line and "precision: bf16 autocast" in server.first_line
         texts = ["rain falls from grey clouds", "the guitar plays a slow melody"]
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{server.base}/health", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline and server.proc.poll() is None, server.logs()
-            time.sleep(0.1)
+        server.wait_ready(timeout=120)
         body = httpx.post(f"{server.base}/v1/embeddings", json={"input": texts}, timeout=30).json()
     finally:
         server.stop()

@@ -14,7 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_user_error, cli_env, main_checkpoint, pair_lines, run_cli, synthetic_lines
+from conftest import (
+    TINY,
+    assert_same_training_state,
+    assert_user_error,
+    cli_env,
+    main_checkpoint,
+    pair_lines,
+    run_cli,
+    synthetic_lines,
+)
 
 from textjepa.io import RunFiles
 
@@ -59,31 +68,28 @@ def test_second_run_into_the_same_out_dir_is_refused_until_overwrite(lines, tmp_
     assert resumed.returncode == 0, resumed.stderr
 
 
-def test_teacher_of_another_run_is_refused(lines, tmp_path):
-    runs = []
+def quick_runs(command: str, data: Path, lines: dict, tmp_path: Path) -> list[Path]:
+    """Two QUICK runs of `command` (seeds 0 and 1) on the same data: the same shape, tokenizer and step, so only
+    their run ids tell them apart."""
+    kind = "latent" if command == "latent" else "world"
+    models = []
     for seed in ("0", "1"):
-        out = tmp_path / f"run{seed}"
-        result = run_cli(
-            "latent", lines["corpus"], *QUICK, "--seed", seed, "--data-dir", lines["cache"], "--out-dir", out
-        )
+        out = tmp_path / f"{kind}{seed}"
+        result = run_cli(command, data, *QUICK, "--seed", seed, "--data-dir", lines["cache"], "--out-dir", out)
         assert result.returncode == 0, result.stderr
-        runs.append(main_checkpoint(out, "latent"))
-    # Same shape, tokenizer and step: only the run id tells them apart.
-    teacher = RunFiles(runs[0]).teacher
-    shutil.copy(teacher, RunFiles(runs[1]).teacher)
+        models.append(main_checkpoint(out, kind))
+    return models
+
+
+def test_teacher_of_another_run_is_refused(lines, tmp_path):
+    runs = quick_runs("latent", lines["corpus"], lines, tmp_path)
+    shutil.copy(RunFiles(runs[0]).teacher, RunFiles(runs[1]).teacher)
     result = run_cli("eval-jepa", runs[1], "--data-dir", lines["cache"], "--batch", "8", "--steps", "1")
     assert_user_error(result, "not the teacher of")
 
 
 def test_index_of_another_run_is_refused(lines, tmp_path):
-    models = []
-    for seed in ("0", "1"):
-        out = tmp_path / f"world{seed}"
-        result = run_cli(
-            "train-world", lines["pairs"], *QUICK, "--seed", seed, "--data-dir", lines["cache"], "--out-dir", out
-        )
-        assert result.returncode == 0, result.stderr
-        models.append(main_checkpoint(out, "world"))
+    models = quick_runs("train-world", lines["pairs"], lines, tmp_path)
     source, target = RunFiles(models[0]), RunFiles(models[1])
     for name in ("index", "replies"):
         shutil.copy(getattr(source, name), getattr(target, name))
@@ -140,11 +146,9 @@ def test_no_progress_prints_one_line_per_validation(lines, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def latent_run(lines, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("latent-run")
-    result = run_cli("latent", lines["corpus"], *QUICK, "--data-dir", lines["cache"], "--out-dir", out)
-    assert result.returncode == 0, result.stderr
-    return main_checkpoint(out, "latent")
+def latent_run(tiny_latent) -> Path:
+    """A real latent checkpoint and its teacher to damage copies of: the session's (only read here)."""
+    return tiny_latent["model"]
 
 
 def edited_copy(model: Path, directory: Path, edit) -> Path:
@@ -202,18 +206,24 @@ def test_init_encoder_and_serve_refuse_an_edited_checkpoint(latent_run, lines, t
     assert_user_error(served, "heads")
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_saves_the_step_and_resume_is_exact(lines, tmp_path, stop_signal):
-    import torch
+# Validation every 25 steps, the log every 10: a stop after the first log line lands between validations.
+INTERRUPTED = ["--steps", "40", "--eval-every", "25", "--batch", "8", "--seed", "2", "--no-progress"]
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(lines, tmp_path_factory) -> Path:
+    """The training state at the end of the run the interrupted runs must equal once resumed."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    reference = run_cli("latent", lines["corpus"], *TINY, *INTERRUPTED, "--data-dir", lines["cache"], "--out-dir", out)
+    assert reference.returncode == 0, reference.stderr
+    return next(out.glob("*.state.pt"))
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_the_step_and_resume_is_exact(lines, uninterrupted, tmp_path, stop_signal):
     from textjepa.checkpoint import load_training_state
 
-    # Validation every 25 steps, the log every 10: the stop lands between validations.
-    args = ["--steps", "40", "--eval-every", "25", "--batch", "8", "--seed", "2", "--no-progress"]
-    common = ["latent", lines["corpus"], *TINY, *args, "--data-dir", lines["cache"]]
-    reference = run_cli(*common, "--out-dir", tmp_path / "ref")
-    assert reference.returncode == 0, reference.stderr
-
+    common = ["latent", lines["corpus"], *TINY, *INTERRUPTED, "--data-dir", lines["cache"]]
     out = tmp_path / "stopped"
     process = subprocess.Popen(
         [sys.executable, "-m", "textjepa", *map(str, common), "--out-dir", out],
@@ -237,11 +247,9 @@ def test_interrupt_saves_the_step_and_resume_is_exact(lines, tmp_path, stop_sign
     resumed = run_cli(*common, "--out-dir", out, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {saved_step}" in resumed.stdout
-    final, expected = load_training_state(state_file), load_training_state(next((tmp_path / "ref").glob("*.state.pt")))
+    final, expected = load_training_state(state_file), load_training_state(uninterrupted)
     assert final["step"] == expected["step"] == 40
-    for part in ("model", "teacher"):
-        for name, tensor in expected[part].items():
-            assert torch.equal(final[part][name], tensor), f"{part}.{name} differs after resume"
+    assert_same_training_state(final, expected)
 
 
 def test_eval_without_data_finds_the_training_data_from_anywhere(lines, tmp_path):

@@ -13,8 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY, assert_user_error, cli_env, main_checkpoint, run_cli, synthetic_lines
+from conftest import (
+    TINY,
+    assert_same_training_state,
+    assert_user_error,
+    cli_env,
+    main_checkpoint,
+    run_cli,
+    synthetic_lines,
+)
 
 from textjepa.checkpoint import load_checkpoint, load_training_state
 from textjepa.train.loop import optimizer_digest, tensor_digest
@@ -165,9 +172,7 @@ def test_kill9_then_resume_continues_exactly(data):
     final = load_training_state(state_file)
     expected = load_training_state(next((root / "ref").glob("*.state.pt")))
     assert final["step"] == expected["step"] == 200
-    for part in ("model", "teacher"):
-        for name, tensor in expected[part].items():
-            assert torch.equal(final[part][name], tensor), f"{part}.{name} differs after resume"
+    assert_same_training_state(final, expected)
     assert optimizer_digest(final["optimizer"]) == optimizer_digest(expected["optimizer"])
     # The log has each step once, in order (records past the saved step of the killed run were dropped).
     logged = [r["step"] for r in read_jsonl(next(out.glob("*.metrics.jsonl"))) if r["split"] == "train"]

@@ -1,8 +1,8 @@
 """The OpenAI-compatible server, through a real `textjepa serve` subprocess on 127.0.0.1.
 
-One tiny world model and one server for the module; clients are httpx and the official `openai` package.
-The server runs through tests/serve_hooks.py (`textjepa serve` with test hooks) so that a slow or failing
-decoder and the loading phase can be caused on purpose.
+The session's tiny world model and its shared server (tests/conftest.py); clients are httpx and the official
+`openai` package. The server runs through tests/serve_hooks.py (`textjepa serve` with test hooks) so that a slow
+or failing decoder and the loading phase can be caused on purpose.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import asyncio
 import base64
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,100 +19,24 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import assert_user_error, cli_env, run_cli, train_tiny_world
+from conftest import SERVER_API_KEY as API_KEY
+from conftest import SERVER_CONCURRENCY as CONCURRENCY
+from conftest import SERVER_MAX_BODY as MAX_BODY
+from conftest import SERVER_QUEUE_TIMEOUT as QUEUE_TIMEOUT
+from conftest import ServerProcess, assert_openai_error, assert_user_error, run_cli
 
-API_KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-MAX_BODY = 65536
-QUEUE_TIMEOUT = 2.0
-CONCURRENCY = 4
 USER = [{"role": "user", "content": "tell me about cooking please"}]
 
 
 @pytest.fixture(scope="module")
-def world_model(tmp_path_factory) -> Path:
-    return train_tiny_world(tmp_path_factory.mktemp("serve"))["world"]
-
-
-class ServerProcess:
-    """`textjepa serve ... --port 0` with test hooks (tests/serve_hooks.py); the URL comes from the line it prints
-    once the socket is bound."""
-
-    def __init__(self, args: list, log_path: Path, **env: str) -> None:
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("serve_hooks.py")), *map(str, args), "--port", "0"],
-            env=cli_env(**env),
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        line = self._first_line(timeout=60)
-        assert "listening on http://" in line, line + self.logs()
-        self.base = line.split("listening on ")[1].split()[0].removesuffix("/v1")
-
-    def _first_line(self, timeout: float) -> str:
-        result: list[str] = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        return result[0] if result else ""
-
-    def logs(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text()
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            return self.proc.wait(20)
-        finally:
-            self.log.close()
+def world_model(tiny_world) -> Path:
+    return tiny_world["world"]
 
 
 @pytest.fixture(scope="module")
-def server(world_model, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    srv = ServerProcess(
-        [
-            world_model,
-            *("--api-key", API_KEY, "--max-concurrency", CONCURRENCY, "--queue-timeout", QUEUE_TIMEOUT),
-            *("--max-body-bytes", MAX_BODY, "--max-tokens-limit", 512),
-        ],
-        log,
-        TEXTJEPA_TEST_HOOKS="1",
-        TEXTJEPA_TEST_LOAD_DELAY="1.5",
-    )
-    # Record what /health says from the moment the socket is open until the model is ready.
-    seen = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        response = httpx.get(f"{srv.base}/health", timeout=5)
-        seen.append((response.status_code, response.json(), response.headers.get("retry-after")))
-        if response.status_code == 200:
-            break
-        time.sleep(0.05)
-    assert seen[-1][0] == 200, srv.logs()
-    srv.health_history = seen
-    yield srv
-    code = srv.stop()
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so supervisors see it.
-    assert code in (0, -15) and "Application shutdown complete" in srv.logs(), f"exit {code}:\n{srv.logs()}"
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.base, headers=AUTH, timeout=30) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def agent(world_model):
-    from textjepa.agent import Agent
-
-    return Agent.load(world_model)
+def server(shared_server) -> ServerProcess:
+    return shared_server
 
 
 def oai(server, key: str = API_KEY) -> openai.OpenAI:
@@ -135,17 +57,6 @@ def sse_events(response: httpx.Response) -> list:
         else:
             assert line == "", line
     return events
-
-
-def assert_openai_error(response: httpx.Response, status: int, code: str | None = None, param: str | None = None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) >= {"message", "type", "code"} and error["message"], error
-    if code is not None:
-        assert error["code"] == code, error
-    if param is not None:
-        assert error["param"] == param, error
-    return error
 
 
 # --- health, models, auth ---------------------------------------------------------------------------------

@@ -353,8 +353,8 @@ ORACLE_HELP = (
 )
 # The parts of TrainConfig that the bridge trainer uses.
 BRIDGE_TRAIN_FIELDS = (
-    "steps", "batch", "lr", "weight_decay", "grad_clip", "warmup_fraction", "eval_every", "seed", "device", "out_dir",
-    "progress", "overwrite",
+    "steps", "batch", "lr", "weight_decay", "grad_clip", "warmup_fraction", "eval_every", "seed", "device",
+    "precision", "out_dir", "progress", "overwrite",
 )  # fmt: skip
 
 
@@ -420,6 +420,7 @@ class ConditioningEvalConfig:
     max_prompt_tokens: int = setting(256, help="prompt tokens kept, from the right")
     seed: int = setting(0, help="the shuffle's seed")
     device: str = setting("auto", help=DEVICE_HELP)
+    precision: str = precision_setting()
     json_path: str | None = setting(None, flag="json", metavar="PATH", help="write the report as JSON (- for stdout)")
     data_dir: str = setting("data", help="hub caches")
     oracle: bool = setting(False, flag="oracle-latent", help=ORACLE_HELP)

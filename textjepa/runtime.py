@@ -61,6 +61,26 @@ def _load_average() -> float:
         return 0.0
 
 
+def uses_pinned_copies(device: torch.device) -> bool:
+    """Whether batches go to `device` through pinned (page-locked) host memory: only to a CUDA device, where a
+    copy from pinned memory can run asynchronously. On the CPU the batch is used where it is."""
+    return device.type == "cuda"
+
+
+def host_to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch array (or CPU tensor) as a tensor on `device`.
+
+    To a CUDA device it is staged in pinned memory and copied with non_blocking=True, so the copy queues behind
+    the GPU's work instead of making the host wait for it; the host goes on preparing the next step meanwhile.
+    (The tensor is ready for the kernels queued after it on the same stream, which is all the step uses.)
+    On the CPU: the array's own memory, no copy.
+    """
+    tensor = torch.as_tensor(array)
+    if uses_pinned_copies(device):
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

@@ -28,7 +28,8 @@ from textjepa.decoders.models import resolve_decoder_model
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import write_json_report
 from textjepa.io import RunKind
-from textjepa.runtime import configure_threads, resolve_device
+from textjepa.precision import autocast
+from textjepa.runtime import choose_precision, configure_threads, resolve_device
 
 CONDITIONS = ("matched", "shuffled", "zero", "none")
 BOOTSTRAP_SAMPLES = 1000
@@ -58,6 +59,11 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
             raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     configure_threads()
     device = resolve_device(cfg.device)
+    precision = choose_precision(cfg.precision, device)
+    # The LM's and the projector's forwards run in the chosen precision; the NLL is computed in fp32 and the world
+    # model's latents (computed once, small) in fp32.
+    scope = "; autocast covers the LM and the projector" if precision.precision == "bf16" else ""
+    print(precision.describe() + scope, flush=True)
     checkpoint, world, teacher = load_world(Path(cfg.world_model), device)
     bridge = load_bridge(cfg.bridge)
     bridge.check_world(checkpoint)
@@ -87,7 +93,7 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
     sums = {name: np.zeros(len(examples)) for name in CONDITIONS}
     counts = np.zeros(len(examples))
     started = time.time()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision.precision):
         for start in range(0, len(examples), cfg.batch):
             rows = examples[start : start + cfg.batch]
             prompts, replies = [r.prompt_ids for r in rows], [r.reply_ids for r in rows]
@@ -120,6 +126,7 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
         "reply_tokens": int(tokens),
         "prefix_tokens": bridge.prefix_tokens,
         "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
+        "precision": precision.precision,
         "nll": nll,
         "gain_matched_vs_shuffled": relative_gain(nll["matched"], nll["shuffled"]),
         "gain_matched_vs_shuffled_ci95": [low, high],

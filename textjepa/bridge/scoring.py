@@ -9,6 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from textjepa.decoders.hf_model import CausalLM
+from textjepa.precision import fp32_function
+
+
+@fp32_function
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy, in fp32 even under bf16 autocast (the softmax over the vocabulary)."""
+    return F.cross_entropy(logits, targets, reduction="none")
 
 
 def _hidden_then_head(model) -> bool:
@@ -33,7 +40,8 @@ def reply_nll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed NLL of the reply tokens and their count. Gradients flow into `prefixes`.
 
-    prefixes: [B, K, hidden] or None (no prefix at all).
+    prefixes: [B, K, hidden] or None (no prefix at all). Under bf16 autocast (--precision bf16) the LM's matmuls
+    run in bf16; the NLL itself is computed in fp32.
     """
     rows = len(prompts)
     k = 0 if prefixes is None else prefixes.shape[1]
@@ -62,7 +70,7 @@ def reply_nll(
     else:
         full = model(inputs_embeds=embeds, attention_mask=mask).logits
         logits = full.reshape(-1, full.shape[-1]).index_select(0, index)
-    nll = F.cross_entropy(logits.float(), torch.tensor(targets, device=lm.device), reduction="none")
+    nll = token_nll(logits.float(), torch.tensor(targets, device=lm.device))
     owner = torch.tensor(owners, dtype=torch.long, device=lm.device)
     sums = torch.zeros(rows, device=lm.device, dtype=nll.dtype).index_add(0, owner, nll)
     counts = torch.zeros(rows, device=lm.device, dtype=nll.dtype).index_add(0, owner, torch.ones_like(nll))

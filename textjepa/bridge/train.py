@@ -35,7 +35,8 @@ from textjepa.decoders.models import resolve_decoder_model
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
 from textjepa.io import RunFiles, RunKind, ensure_writable_dir
-from textjepa.runtime import configure_threads, resolve_device, seed_everything
+from textjepa.precision import autocast
+from textjepa.runtime import choose_precision, configure_threads, resolve_device, seed_everything
 from textjepa.train.loop import MetricsLog, format_duration
 from textjepa.train.schedules import warmup_cosine
 
@@ -69,10 +70,11 @@ def mean_nll(
     examples: list[LMExample],
     latents: torch.Tensor | None,
     batch: int,
+    precision: str = "fp32",
 ) -> float:
     """Token-weighted mean NLL; latents None means no prefix at all."""
     total, count = 0.0, 0.0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(lm.device, precision):
         for start in range(0, len(examples), batch):
             rows = examples[start : start + batch]
             prefix = None if latents is None else projector(latents[start : start + batch])
@@ -93,6 +95,12 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     configure_threads()
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
+    precision = choose_precision(cfg.train.precision, device)
+    # The LM's and the projector's forwards (and so their backward) run in the chosen precision; the projector's
+    # weights and AdamW stay fp32, the NLL is computed in fp32, and stage 1 (alignment, no LM) and the world
+    # model's latents (computed once, small) stay fp32.
+    scope = "; autocast covers the LM and the projector, not alignment" if precision.precision == "bf16" else ""
+    print(precision.describe() + scope, flush=True)
     checkpoint, world, teacher = load_world(Path(cfg.world_model), device)
     data_path = resolve_data(cfg.data, cfg.data_dir, RunKind.WORLD)
     pairs, stats = read_pairs(data_path, checkpoint)
@@ -162,6 +170,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             "val_pairs": len(val),
         },
         "world_model": str(checkpoint.path),
+        **precision.info(),
     }
     metrics_log = MetricsLog.beside(out_path)
     metrics_log.start()
@@ -171,9 +180,12 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
 
     def evaluate(step: int) -> dict:
         projector.eval()
-        matched = mean_nll(lm, projector, val, val_latents, cfg.train.batch)
+        compute = precision.precision
+        matched = mean_nll(lm, projector, val, val_latents, cfg.train.batch, compute)
         shuffled = (
-            mean_nll(lm, projector, val, val_latents[shuffle], cfg.train.batch) if shuffle is not None else math.nan
+            mean_nll(lm, projector, val, val_latents[shuffle], cfg.train.batch, compute)
+            if shuffle is not None
+            else math.nan
         )
         projector.train()
         return {"step": step, "val_matched_nll": matched, "val_shuffled_nll": shuffled}
@@ -226,7 +238,8 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             inputs = torch.where(use_target[:, None], target_latents[index_t], inputs)
         drop = rng.random(cfg.train.batch) < cfg.prompt_dropout
         prompts = [empty_prompt if dropped else r.prompt_ids for r, dropped in zip(rows, drop)]
-        sums, counts = reply_nll(lm, projector(inputs), prompts, [r.reply_ids for r in rows])
+        with autocast(device, precision.precision):
+            sums, counts = reply_nll(lm, projector(inputs), prompts, [r.reply_ids for r in rows])
         loss = sums.sum() / counts.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

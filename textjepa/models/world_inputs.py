@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from textjepa.errors import TextJepaError
+from textjepa.runtime import host_to_device
 
 if TYPE_CHECKING:
     from textjepa.data.batches import Batch
@@ -23,15 +24,16 @@ def action_mapping(store: TokenStore, actions: list[str], source: str) -> torch.
 
 
 def batch_tensors(batch: Batch, mapping: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's arrays on the device (through pinned memory, without blocking, to a CUDA device)."""
     actions = (
         mapping[torch.from_numpy(batch.actions)]
         if batch.actions is not None
         else torch.zeros(len(batch.index), dtype=torch.long)
     )
     return {
-        "ids": torch.from_numpy(batch.ids["context"]).to(device),
-        "valid": torch.from_numpy(batch.valid["context"]).to(device),
-        "next_ids": torch.from_numpy(batch.ids["next"]).to(device),
-        "next_valid": torch.from_numpy(batch.valid["next"]).to(device),
-        "actions": actions.to(device),
+        "ids": host_to_device(batch.ids["context"], device),
+        "valid": host_to_device(batch.valid["context"], device),
+        "next_ids": host_to_device(batch.ids["next"], device),
+        "next_valid": host_to_device(batch.valid["next"], device),
+        "actions": host_to_device(actions, device),
     }

@@ -22,6 +22,7 @@ from textjepa.objectives.jepa_loss import JepaLoss
 from textjepa.objectives.masking import keyed_uniforms, mask_uniform_columns, masked_view
 from textjepa.objectives.terms import alignment_loss
 from textjepa.runtime import (
+    host_to_device,
     local_main_first,
     seed_everything,
 )
@@ -48,8 +49,8 @@ class LatentStage:
         self.generators = {"model.generator": self.loss.generator}
 
     def make_inputs(self, batch: Batch, step: int) -> dict:
-        ids = torch.from_numpy(batch.ids["text"]).to(self.device)
-        valid = torch.from_numpy(batch.valid["text"]).to(self.device)
+        ids = host_to_device(batch.ids["text"], self.device)
+        valid = host_to_device(batch.valid["text"], self.device)
         # Masks keyed by (record, step, seed): the same whichever rank or world size draws the record, and
         # a resumed run masks exactly as an uninterrupted one would.
         salt = (self.cfg.train.seed + 1) * 1_000_003 + step

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import signal
 import threading
 import time
@@ -149,29 +150,78 @@ def train_step(
     step: int,
     forward_model: nn.Module | None = None,
     precision: str = "fp32",
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor]:
     """One optimisation step: inputs (teacher targets included), forward, backward, clip, update, EMA.
 
     `forward_model` is the DDP wrapper of the stage's loss under torchrun (it averages the gradients).
     `precision` "bf16": the teacher's and the model's forwards run under one autocast region (the casts of the
     weights are cached across it); backward follows autocast's dtypes, and the fp32 weights, their gradients,
     AdamW and the EMA stay fp32. bench/train_throughput.py times exactly this function.
+
+    Returns the loss, the gradient norm and the loss's parts as detached 0-dim tensors where they were computed,
+    not as numbers: reading a number off a CUDA tensor makes the host wait for the GPU, so the loop reads them
+    only when it logs (MetricWindow), and the step itself never waits. The loss is checked to be finite there.
     """
     model = stage.model
     with autocast(next(model.parameters()).device, precision):
         inputs = stage.make_inputs(batch, step)
         parts = (forward_model or stage.loss)(**inputs)
     loss = parts["loss"]
-    metrics = {name: float(value) for name, value in parts.items() if name != "loss"}
-    if not torch.isfinite(loss):
-        raise TextJepaError(f"loss became {float(loss)} at step {step}; lower --lr")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
     optimizer.step()
     scheduler.step()
     ema_update(stage.teacher, model.encoder, ema_momentum(step, train))
-    return {"loss": float(loss.detach()), "grad_norm": float(grad_norm), **metrics}
+    metrics = {name: value.detach() for name, value in parts.items() if name != "loss"}
+    return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **metrics}
+
+
+class MetricWindow:
+    """The training metrics of the steps since the last log record, summed where they are computed (on the GPU
+    under CUDA), so that no step waits for the device; `read()` is the one host synchronisation, at logging steps.
+
+    A non-finite loss is found when the window is read (the loop checks the sum) or checked (`check_finite`, before
+    anything is saved between log steps): the run then stops, naming the steps it happened between, and nothing
+    computed after it is written.
+    """
+
+    def __init__(self, first_step: int = 0) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.tokens = 0
+        self.first_step = first_step  # the last step before the window (steps first_step+1 .. are in it)
+        self.started = time.perf_counter()
+
+    def add(self, metrics: dict[str, torch.Tensor], tokens: int) -> None:
+        for name, value in metrics.items():
+            value = value.double()  # summed in float64, as the host summed the numbers before
+            total = self.sums.get(name)
+            self.sums[name] = value if total is None else total + value
+        self.steps += 1
+        self.tokens += tokens
+
+    def read(self) -> dict[str, float]:
+        """The summed metrics as numbers, in one transfer for all of them."""
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        device = self.sums[names[0]].device
+        values = torch.stack([self.sums[name].to(device) for name in names]).tolist()
+        return dict(zip(names, values))
+
+    def check_finite(self) -> None:
+        """Only the loss's finiteness (one small transfer): before a validation or a save between log steps."""
+        if "loss" in self.sums:
+            self.raise_if_not_finite(float(self.sums["loss"]))
+
+    def raise_if_not_finite(self, loss_sum: float) -> None:
+        """A loss sum of the window (under torchrun: summed over the ranks, so that every rank stops) that is
+        not finite stops the run."""
+        if not math.isfinite(loss_sum):
+            last = self.first_step + self.steps
+            where = f"at step {last}" if self.steps == 1 else f"between steps {self.first_step + 1} and {last}"
+            raise TextJepaError(f"loss became {loss_sum} {where}; lower --lr")
 
 
 def validate(stage: Stage, batches: Iterable[Batch], precision: str = "fp32") -> dict[str, float]:
@@ -310,8 +360,7 @@ def run_training(
         bar = tqdm(total=train.steps, initial=start_step, desc=f"train {stage.kind}", unit="step", mininterval=0.5)
     log_every = max(1, min(train.eval_every, 10))
     run_start, tokens_per_s = time.perf_counter(), 0.0
-    window: dict[str, float] = {}
-    window_steps, window_tokens, window_start = 0, 0, time.perf_counter()
+    window = MetricWindow(start_step)
     step = start_step
     # Single-process runs stop cleanly on SIGINT/SIGTERM: the step in progress finishes, its state is written and
     # a resume continues exactly. Under torchrun the ranks cannot agree on a step, so Ctrl-C stops at once.
@@ -328,21 +377,20 @@ def run_training(
                     {
                         "step": step + 1,
                         "records": batch.index.tolist(),
-                        "loss": metrics["loss"],
+                        "loss": float(metrics["loss"]),
                         "teacher_sha256": tensor_digest(stage.teacher.state_dict().values()),
                     }
                 )
-            for key, value in metrics.items():
-                window[key] = window.get(key, 0.0) + value
-            window_steps += 1
-            window_tokens += batch.real_tokens
+            window.add(metrics, batch.real_tokens)
             done = step + 1
             if done % log_every == 0 or done == train.steps:
                 # Every rank takes part: rank 0 logs the mean over ranks and the tokens of all ranks.
-                keys = sorted(window)
-                totals = all_reduce_sum([window[k] for k in keys] + [float(window_tokens)], dist)
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {k: totals[i] / (window_steps * dist.world_size) for i, k in enumerate(keys)}
+                sums = window.read()
+                keys = sorted(sums)
+                totals = all_reduce_sum([sums[k] for k in keys] + [float(window.tokens)], dist)
+                window.raise_if_not_finite(totals[keys.index("loss")])
+                elapsed = max(time.perf_counter() - window.started, 1e-9)
+                record = {k: totals[i] / (window.steps * dist.world_size) for i, k in enumerate(keys)}
                 record.update(
                     step=done, split="train", lr=scheduler.get_last_lr()[0], tokens_per_s=totals[-1] / elapsed
                 )
@@ -351,8 +399,9 @@ def run_training(
                 tokens_per_s = record["tokens_per_s"]
                 if bar is not None:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_s:.0f}")
-                window, window_steps, window_tokens, window_start = {}, 0, 0, time.perf_counter()
+                window = MetricWindow(done)
             if done % train.eval_every == 0 or done == train.steps:
+                window.check_finite()  # between log steps: nothing computed after a non-finite loss is saved
                 rank_states = gather_objects(_rank_state(sampler, stage), dist)
                 if dist.is_main:
                     model.eval()
@@ -380,6 +429,7 @@ def run_training(
             if stop is not None and stop.requested and done < train.steps:
                 if bar is not None:
                     bar.close()
+                window.check_finite()
                 save_state(done, [_rank_state(sampler, stage)])
                 raise Interrupted(
                     f"{stop.requested} after step {done}; training state saved to {training_state_path}, "
