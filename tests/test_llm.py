@@ -410,9 +410,11 @@ def test_llamacpp_prefix_matches_transformers(llama_cpp_module, lm, loaded_world
     for label in labels:
         # Q4_1 kernels in llama.cpp vs dequantized float32 in transformers differ a little (cosine ~0.999) ...
         assert centered_cosine(("cpp", label), ("hf", label)) > 0.99
-        # ... far less than the prefixes differ: llama.cpp's logits tell which prefix it was given.
+        # ... less than the prefixes differ: llama.cpp's logits are nearest to transformers' of the same prefix, so
+        # they tell which prefix it was given (a llama.cpp that dropped the prefix would sit nearest to "none").
+        # How much less depends on the latent (with mean pooling 0.5x held; with lexical pooling, 57 vs 78).
         nearest_other = min(distance(("cpp", label), ("hf", other)) for other in labels if other != label)
-        assert distance(("cpp", label), ("hf", label)) < 0.5 * nearest_other, (label, nearest_other)
+        assert distance(("cpp", label), ("hf", label)) < nearest_other, (label, nearest_other)
     # The latent moves both backends' logits the same way.
     shift_cpp = logits["cpp", "conditioned"] - logits["cpp", "ablated"]
     shift_hf = logits["hf", "conditioned"] - logits["hf", "ablated"]
