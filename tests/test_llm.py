@@ -70,9 +70,14 @@ def world(tmp_path_factory):
         *common,
     )
     assert latent.returncode == 0, latent.stderr
+    # Mean pooling: the llama.cpp-vs-transformers logit comparisons below are calibrated on this model's prefixes
+    # (Q4_1 kernels against float32 differ by a prefix-dependent amount; with a lexical world model's latent the
+    # conditioned-minus-ablated shifts agreed at cosine 0.59 instead of > 0.8). Nothing pooling-specific reaches an
+    # LLM: the bridge normalises the latent; lexical pooling through the API and `infer` is tested in test_pooling.py.
     trained = run_cli(
         "train-world", pairs, "--init-encoder", main_checkpoint(root / "latent", "latent"), "--steps", "20",
-        "--batch", "16", "--eval-every", "20", "--val-fraction", "0.2", "--out-dir", root / "world", *common,
+        "--batch", "16", "--eval-every", "20", "--val-fraction", "0.2", "--pooling", "mean",
+        "--out-dir", root / "world", *common,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     return {"root": root, "pairs": pairs, "model": main_checkpoint(root / "world", "world"), "cache": root / "cache"}
@@ -410,11 +415,9 @@ def test_llamacpp_prefix_matches_transformers(llama_cpp_module, lm, loaded_world
     for label in labels:
         # Q4_1 kernels in llama.cpp vs dequantized float32 in transformers differ a little (cosine ~0.999) ...
         assert centered_cosine(("cpp", label), ("hf", label)) > 0.99
-        # ... less than the prefixes differ: llama.cpp's logits are nearest to transformers' of the same prefix, so
-        # they tell which prefix it was given (a llama.cpp that dropped the prefix would sit nearest to "none").
-        # How much less depends on the latent (with mean pooling 0.5x held; with lexical pooling, 57 vs 78).
+        # ... far less than the prefixes differ: llama.cpp's logits tell which prefix it was given.
         nearest_other = min(distance(("cpp", label), ("hf", other)) for other in labels if other != label)
-        assert distance(("cpp", label), ("hf", label)) < nearest_other, (label, nearest_other)
+        assert distance(("cpp", label), ("hf", label)) < 0.5 * nearest_other, (label, nearest_other)
     # The latent moves both backends' logits the same way.
     shift_cpp = logits["cpp", "conditioned"] - logits["cpp", "ablated"]
     shift_hf = logits["hf", "conditioned"] - logits["hf", "ablated"]
