@@ -72,7 +72,7 @@ class Encoder(nn.Module):
         """The pooling weight of every token id (lexical pooling only)."""
         if self.config.pooling != LEXICAL:
             raise ValueError(f"token weights need lexical pooling; this encoder pools by {self.config.pooling!r}")
-        getattr(self, TOKEN_WEIGHTS).copy_(weights)
+        self.token_weights.copy_(weights)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # A JEPA checkpoint (--init-encoder) pools nothing, so it has no pooling tensors: they start as new.
@@ -102,12 +102,12 @@ class Encoder(nn.Module):
         """This encoder's token latents [B, T, D] of `ids` -> one latent per row [B, D] (see the module doc)."""
         if self.config.pooling != LEXICAL:
             return masked_mean(latents, valid)
-        weights = getattr(self, TOKEN_WEIGHTS)[ids] * valid.to(torch.float32)
-        weights = (weights / weights.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)).to(latents.dtype)
+        # Weighted sums, not means: each part is scaled to unit length next, which the mean's division would not
+        # change. Each part then at length sqrt(dim) (a LayerNorm'd vector's), mixed by lexical_weight: pooled
+        # near-orthogonal embeddings are much shorter than pooled contextual latents, which would drown them.
+        weights = (self.token_weights[ids] * valid).to(latents.dtype)
         contextual = torch.einsum("bt,btd->bd", weights, latents)
         lexical = torch.einsum("bt,btd->bd", weights, self.lexical_norm(self.token_embedding(ids)).to(latents.dtype))
-        # Each part at length sqrt(dim) (a LayerNorm'd vector's), mixed by lexical_weight: pooled near-orthogonal
-        # embeddings are much shorter than pooled contextual latents, which would otherwise drown them.
         scale = self.config.dim**0.5
         return scale * (F.normalize(contextual, dim=-1) + self.config.lexical_weight * F.normalize(lexical, dim=-1))
 

@@ -115,16 +115,17 @@ class WorldStage:
 
 def corpus_pooling_weights(store: TokenStore, val_fraction: float, seed: int, vocab_size: int) -> torch.Tensor:
     """Lexical pooling weights from the training split's contexts and next turns (each one a document)."""
+    chunk = 1 << 16
 
     def chunks():
-        for start in range(0, len(store), 1 << 14):
-            index = np.arange(start, min(len(store), start + (1 << 14)), dtype=np.int64)
-            index = index[~is_validation(index, val_fraction, seed)]
+        for start in range(0, len(store), chunk):
+            index = np.arange(start, min(len(store), start + chunk), dtype=np.int64)
+            training = ~is_validation(index, val_fraction, seed)
             for field in store.fields.values():
-                yield (
-                    np.concatenate([field.record(int(i)) for i in index] or [np.zeros(0, np.int64)]),
-                    field.lengths(index),
-                )
+                # The chunk's records are contiguous in the flat ids: one slice, then the held-out ones masked.
+                lengths = field.lengths(index)
+                tokens = field.ids[field.offsets[index[0]] : field.offsets[index[-1] + 1]]
+                yield tokens[np.repeat(training, lengths)], lengths[training]
 
     return pooling_weights(chunks(), vocab_size)
 
