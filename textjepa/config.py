@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from textjepa.errors import TextJepaError
-from textjepa.objectives.jepa_loss import JepaLossConfig
-from textjepa.objectives.world_loss import WorldLossConfig
+from textjepa.objectives.configs import JepaLossConfig, WorldLossConfig
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<mask>")
 PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
