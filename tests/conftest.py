@@ -40,6 +40,32 @@ def run_cli(
     )
 
 
+def start_cli_until(
+    out_dir: Path, pattern: str, *args: str, stdout=subprocess.PIPE, timeout: float = 120
+) -> subprocess.Popen:
+    """The real `textjepa` command started in a subprocess, returned once a file matching `pattern` is in
+    `out_dir` (the moment a test interrupts it at). Fails with the command's stderr if it ends first, and kills
+    it if the file does not appear within `timeout` seconds. stderr is a pipe; `stdout` is a pipe unless given."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "textjepa", *map(str, args)],
+        env=cli_env(),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while not list(out_dir.glob(pattern)):
+        if process.poll() is not None:
+            pytest.fail(
+                f"the command exited with {process.returncode} before {pattern} appeared:\n{process.stderr.read()}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {pattern} in {out_dir} after {timeout} s:\n{process.communicate()[1]}")
+        time.sleep(0.01)
+    return process
+
+
 def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
     """A user mistake: non-zero exit, a one-line `error:` message naming the problem, no traceback."""
     assert result.returncode != 0, result.stdout + result.stderr

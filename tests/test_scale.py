@@ -20,6 +20,7 @@ from conftest import (
     cli_env,
     main_checkpoint,
     run_cli,
+    start_cli_until,
     synthetic_lines,
 )
 
@@ -133,17 +134,7 @@ def test_kill9_then_resume_continues_exactly(data):
 
     out = root / "killed"
     debug = root / "dbg_killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "textjepa", *map(str, latent_args(data, out, *args))],
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not list(out.glob("model_latent_*.state.pt")) and time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()
-        time.sleep(0.01)
+    process = start_cli_until(out, "model_latent_*.state.pt", *latent_args(data, out, *args), stdout=subprocess.DEVNULL)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
