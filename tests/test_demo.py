@@ -1,6 +1,9 @@
 """The embedded default runs end to end from local text only (tiny settings)."""
 
-from conftest import assert_user_error, run_cli
+import signal
+import subprocess
+
+from conftest import TINY, assert_user_error, run_cli, start_cli_until
 
 from textjepa.data.local_corpus import build_demo_corpus, paragraphs
 
@@ -51,6 +54,23 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "prompt: What does `os.path.join` do?" in out
     assert any(line.startswith("output: ") and len(line) > 10 for line in out.splitlines())
     assert list((tmp_path / "world").glob("model_world_*.index"))
+
+    # A second demo into the same folder stops at once and names what the demo accepts (it has no --resume).
+    again = run_cli("demo", "--out-dir", tmp_path, "--no-progress")
+    assert_user_error(again, f"{tmp_path} already holds a demo run", "--overwrite", "--out-dir")
+    assert "--resume" not in again.stderr
+
+
+def test_stopped_demo_says_how_to_start_over(tmp_path):
+    out = tmp_path / "demo"
+    # Stopped once its first training stage has logged (step 10), long before that stage could finish.
+    args = ["demo", "--out-dir", out, *TINY, "--latent-steps", "5000", "--eval-every", "1000", "--no-progress"]
+    process = start_cli_until(out / "latent", "*.metrics.jsonl", *args, stdout=subprocess.DEVNULL)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted: the demo stopped during JEPA pretraining" in stderr and "--overwrite" in stderr, stderr
+    assert "--resume" not in stderr and "Traceback" not in stderr, stderr
 
 
 def test_prepare_demo_writes_the_corpus_and_reports_bad_output(tmp_path):
