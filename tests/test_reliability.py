@@ -216,6 +216,8 @@ def uninterrupted(lines, tmp_path_factory) -> Path:
     return next(out.glob("*.state.pt"))
 
 
+# One xdist group (scripts/test.sh: --dist loadgroup): both signals compare with the one uninterrupted run.
+@pytest.mark.xdist_group("uninterrupted")
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_saves_the_step_and_resume_is_exact(lines, uninterrupted, tmp_path, stop_signal):
     from textjepa.checkpoint import load_training_state
