@@ -193,6 +193,12 @@ class LatentConfig:
     masking: MaskingConfig = setting(default_factory=MaskingConfig, group="span masking")
     loss: JepaLossConfig = setting(default_factory=JepaLossConfig, group="loss")
 
+    def validate(self) -> None:
+        self.train.validate()
+        self.loss.validate()
+        self.masking.validate()
+        self.model.validate()
+
 
 @dataclass
 class WorldConfig:
