@@ -42,7 +42,7 @@ def run_cli(
 
 
 def start_cli_until(
-    out_dir: Path, pattern: str, *args: str, stdout=subprocess.PIPE, timeout: float = 120
+    out_dir: Path, pattern: str, *args: str, stdout=subprocess.PIPE, timeout: float = 300
 ) -> subprocess.Popen:
     """The real `textjepa` command started in a subprocess, returned once a file matching `pattern` is in
     `out_dir` (the moment a test interrupts it at). Fails with the command's stderr if it ends first, and kills

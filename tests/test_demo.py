@@ -55,9 +55,10 @@ def test_demo_runs_end_to_end(tmp_path):
 
 def test_stopped_demo_says_how_to_start_over(tmp_path):
     out = tmp_path / "demo"
-    # Stopped once its first training stage has logged (step 10), long before that stage could finish.
+    # Stopped once its first training stage has logged (step 10), long before that stage could finish. Before
+    # that the demo parses the standard library (about 5 CPU-seconds, minutes on a busy machine).
     args = ["demo", "--out-dir", out, *TINY, "--latent-steps", "5000", "--eval-every", "1000", "--no-progress"]
-    process = start_cli_until(out / "latent", "*.metrics.jsonl", *args, stdout=subprocess.DEVNULL)
+    process = start_cli_until(out / "latent", "*.metrics.jsonl", *args, stdout=subprocess.DEVNULL, timeout=900)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
