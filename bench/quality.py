@@ -127,10 +127,18 @@ class Trainer:
     per (command, data file) and reusing it for every seed."""
 
     def __init__(
-        self, work: Path, shape: Shape, threads: int, quick: bool, rates: dict, world_args: list[str] | None = None
+        self,
+        work: Path,
+        shape: Shape,
+        threads: int,
+        quick: bool,
+        rates: dict,
+        world_args: list[str] | None = None,
+        fixed_steps: tuple[int, int, int] | None = None,
     ) -> None:
         self.work, self.shape, self.threads, self.quick = work, shape, threads, quick
         self.world_args = world_args or []  # extra train-world flags (a lever under test), calibration included
+        self.fixed_steps = fixed_steps  # (JEPA, world, world-scratch) steps instead of the CPU calibration
         self.cache = work / "textjepa-cache"  # tokenizers and token stores, shared by all runs
         # "kind|data file" -> [CPU seconds per step, start-up CPU seconds]; kept in the report for --resume
         self.rates: dict[str, list[float]] = rates
@@ -168,6 +176,9 @@ class Trainer:
         per-step cost, the rest the start-up: imports, token store, checkpoints)."""
         if self.quick:
             return 20 if kind == "latent" else 40
+        if self.fixed_steps:  # JEPA, world after JEPA, world from scratch (told apart by init)
+            jepa, world, scratch = self.fixed_steps
+            return jepa if kind == "latent" else world if init else scratch
         key = f"{kind}|{data}"
         if key not in self.rates:
             short, long = 3, 15
@@ -496,6 +507,7 @@ def run(args: argparse.Namespace) -> dict:
         "shape": vars(shape),
         "jepa_corpus": str(jepa_corpus),
         "jepa_data": args.jepa_data,
+        "fixed_steps": args.fixed_steps,
         "world_args": args.world_args,
     }
     report: dict = {"benchmark": "quality", "config": dict(fixed), "calibration": {}, "sets": {}}
@@ -510,7 +522,8 @@ def run(args: argparse.Namespace) -> dict:
         sets=args.sets, seeds=args.seeds, systems=args.systems, load_average_start=os.getloadavg()[0]
     )
     calibration = report.setdefault("calibration", {})
-    trainer = Trainer(work, shape, args.threads, args.quick, calibration, shlex.split(args.world_args))
+    fixed_steps = tuple(int(part) for part in args.fixed_steps.split(",")) if args.fixed_steps else None
+    trainer = Trainer(work, shape, args.threads, args.quick, calibration, shlex.split(args.world_args), fixed_steps)
     data: dict[str, dict] = {}
     for name in args.sets:
         train = read_pairs(sets[name].train)
@@ -632,6 +645,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shape", default="", metavar="DIM,LAYERS,HEADS", help="the trained models' shape (default 128,2,4)"
     )
+    parser.add_argument(
+        "--fixed-steps",
+        default="",
+        metavar="JEPA,WORLD,SCRATCH",
+        help="fixed step counts (JEPA, train-world after JEPA, train-world from scratch) instead of calibrating "
+        "CPU seconds per step: on a machine loaded well beyond its cores the calibration's short runs mislead; the "
+        "CPU seconds spent are still reported",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, budgets and sets: a smoke run")
     parser.add_argument("--cache-dir", default=str(CACHE_DIR / "quality"), help="pair sets (built once)")
     parser.add_argument("--work-dir", default=str(CACHE_DIR / "quality" / "work"), help="runs and logs")
@@ -655,6 +676,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--jepa-share must be between 0 and 1")
     if args.shape and (len(args.shape.split(",")) != 3 or not all(p.isdigit() for p in args.shape.split(","))):
         parser.error("--shape takes three positive integers: DIM,LAYERS,HEADS")
+    steps = args.fixed_steps.split(",") if args.fixed_steps else []
+    if steps and (len(steps) != 3 or not all(part.isdigit() and int(part) > 0 for part in steps)):
+        parser.error("--fixed-steps takes three positive integers: JEPA,WORLD,SCRATCH")
     if args.candidates < 2 or args.budget_minutes <= 0 or args.threads < 1:
         parser.error("--candidates must be at least 2, --budget-minutes positive, --threads at least 1")
     return args
