@@ -52,11 +52,9 @@ class ModelConfig:
     """Shape of the encoder and its heads; stored in every checkpoint's metadata."""
 
     vocab_size: int = setting(8000, flag="max-vocab", help="BPE vocabulary size")
-    # Sized for a CPU: at an equal CPU budget this shape beat dim 368 / 4 layers (the default before) on held-out
-    # next-turn retrieval, because it trains ~16x more steps per CPU-minute (docs/results.md, "Model shape").
-    dim: int = setting(128, help="latent width")
-    layers: int = setting(2, help="transformer blocks")
-    heads: int = setting(4, help="attention heads, must divide dim")
+    dim: int = setting(368, help="latent width")
+    layers: int = setting(4, help="transformer blocks")
+    heads: int = setting(8, help="attention heads, must divide dim")
     max_seq: int = setting(128, help="tokens per line kept")
     mlp_ratio: int = setting(4, help="MLP width as a multiple of dim")
     predictor_hidden: int = setting(0, help="predictor width; 0 means dim // 2 (a bottleneck)")
