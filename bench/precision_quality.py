@@ -1,6 +1,6 @@
 """Does quality hold in bf16? The same pipeline in fp32 and in bf16, same seeds, held-out metrics side by side.
 
-    python bench/precision_quality.py [--sets stdlib jargon] [--seeds 0 1 2] [--jepa-steps 150] [--world-steps 120]
+    python bench/precision_quality.py [--sets stdlib jargon] [--seeds 0 1 2] [--jepa-steps 60] [--world-steps 50]
                                       [--jobs 3] [--json PATH] [--resume]
     python bench/precision_quality.py --quick     # tiny shapes and step counts: a smoke run of the plumbing
     python bench/precision_quality.py --table-only --json PATH
@@ -22,7 +22,7 @@ with no text shared between the splits), each seed and each precision, the real 
 Every command of a run gets `--precision` of the run and otherwise identical flags (shape, step counts,
 batches, seed); evaluation runs in the precision the model was trained in. Step counts are fixed (not a time
 budget) so fp32 and bf16 do exactly the same work. Runs are independent (each has its own token cache), so
-`--jobs` of them run side by side.
+`--jobs` of them run side by side, the slow precision first.
 
 Where the CPU has no native bf16 (no avx512_bf16 / amx_bf16: an AVX2 machine), bf16 is emulated by PyTorch's
 reference kernels, ~10-20x slower per step than fp32: the step counts are sized for that, and the report
@@ -377,8 +377,8 @@ def run(args: argparse.Namespace) -> dict:
             flush=True,
         )
 
-    # Seed by seed, bf16 (the long runs) first: a run cut short still holds whole seeds of both precisions.
-    units = [(name, seed, p) for seed in args.seeds for p in ("bf16", "fp32") for name in args.sets]
+    # The slow runs first (bf16 where it is emulated), so that the runs side by side end together.
+    units = [(name, seed, p) for p in ("bf16", "fp32") for seed in args.seeds for name in args.sets]
     todo = []
     for name, seed, precision in units:
         folder = work / "runs" / name / f"seed{seed}-{precision}"
@@ -409,13 +409,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=["stdlib", "jargon"], choices=SET_NAMES, help="pair sets")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds, each run in both precisions")
-    parser.add_argument("--jepa-steps", type=int, default=150, help="latent steps of every run (default 150)")
-    parser.add_argument("--world-steps", type=int, default=120, help="train-world steps of every run (default 120)")
+    parser.add_argument("--jepa-steps", type=int, default=60, help="latent steps of every run (default 60)")
+    parser.add_argument("--world-steps", type=int, default=50, help="train-world steps of every run (default 50)")
     parser.add_argument("--world-batch", type=int, default=32, help="train-world pairs per step (default 32)")
     parser.add_argument("--candidates", type=int, default=256, help="eval-world candidates per ranking (default 256)")
-    parser.add_argument("--jepa-eval-steps", type=int, default=10, help="eval-jepa batches (default 10)")
+    parser.add_argument("--jepa-eval-steps", type=int, default=5, help="eval-jepa batches (default 5)")
     parser.add_argument("--jepa-eval-batch", type=int, default=64, help="eval-jepa lines per batch (default 64)")
-    parser.add_argument("--jobs", type=int, default=3, help="runs side by side (default 3)")
+    parser.add_argument("--jobs", type=int, default=6, help="runs side by side (default 6)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every process (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, steps and sets: a smoke run")
     parser.add_argument("--cache-dir", default=str(CACHE_DIR / "quality"), help="pair sets (built once)")
