@@ -349,7 +349,7 @@ def run(args: argparse.Namespace) -> dict:
         report = previous
         print(f"resuming {json_path}", flush=True)
     report["machine"] = {**paths, "note": native_note(paths), "load_average_start": os.getloadavg()[0]}
-    report["config"].update(sets=args.sets, seeds=args.seeds, jobs=args.jobs)
+    report["config"].update(sets=args.sets, seeds=args.seeds, jobs=args.jobs, precisions=args.precisions)
     print(f"{native_note(paths)}; {args.jepa_steps} JEPA + {args.world_steps} world steps", flush=True)
 
     corpora = prepare_corpora(args, work)
@@ -378,7 +378,9 @@ def run(args: argparse.Namespace) -> dict:
         )
 
     # The slow runs first (bf16 where it is emulated), so that the runs side by side end together.
-    units = [(name, seed, p) for p in ("bf16", "fp32") for seed in args.seeds for name in args.sets]
+    units = [
+        (name, seed, p) for p in ("bf16", "fp32") if p in args.precisions for seed in args.seeds for name in args.sets
+    ]
     todo = []
     for name, seed, precision in units:
         folder = work / "runs" / name / f"seed{seed}-{precision}"
@@ -409,6 +411,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=["stdlib", "jargon"], choices=SET_NAMES, help="pair sets")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds, each run in both precisions")
+    parser.add_argument(
+        "--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
+        help="precisions to run now (default both); runs of the other one can come from an earlier --resume report",
+    )  # fmt: skip
     parser.add_argument("--jepa-steps", type=int, default=60, help="latent steps of every run (default 60)")
     parser.add_argument("--world-steps", type=int, default=50, help="train-world steps of every run (default 50)")
     parser.add_argument("--world-batch", type=int, default=32, help="train-world pairs per step (default 32)")
