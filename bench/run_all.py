@@ -25,7 +25,10 @@ REPO_ROOT = BENCH_DIR.parent
 
 
 # Benchmarks that take hours at their defaults run only when named in --only.
-ON_REQUEST = {"quality": "takes hours at its default budget: run_all.py --only quality, or run it alone"}
+ON_REQUEST = {
+    "quality": "takes hours at its default budget: run_all.py --only quality, or run it alone",
+    "precision_quality": "12 training runs, bf16 ones emulated on most CPUs: run_all.py --only precision_quality",
+}
 
 
 def discover(bench_dir: Path) -> list[Path]:

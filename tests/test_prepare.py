@@ -16,7 +16,16 @@ import pytest
 from conftest import REPO_ROOT, assert_user_error, cli_env, run_cli
 
 from textjepa.config import PrepareJsonlConfig, PrepareMixConfig
-from textjepa.data.hub import describe_parquet_path, wikipedia_paragraphs
+from textjepa.data.hub import (
+    _PARAGRAPH_BREAK,
+    ROW_BATCH,
+    WIKI_MAX_CHARS,
+    WIKI_MIN_CHARS,
+    describe_parquet_path,
+    iter_local_batches,
+    wikipedia_paragraphs,
+    write_wikipedia_lines,
+)
 from textjepa.data.lines import LineStats, iter_world_pairs
 from textjepa.data.pairs import chat_pairs, html_to_text
 from textjepa.data.prepare import prepare_jsonl, prepare_mix
@@ -424,6 +433,69 @@ def test_wikipedia_paragraph_rules():
     assert paragraphs[:2] == ["Intro line one line two of it.", "A tabbed paragraph | | | here."]
     assert len(paragraphs[2]) <= 2000 and paragraphs[2].endswith("word") and capped == 1
     assert stats.used == 3 and stats.skipped["fragment under 15 chars"] == 1
+
+
+def simple_wikipedia_paragraphs(texts: list[str | None], stats: LineStats) -> list[str]:
+    """The rules in their plainest form (what hub.wikipedia_paragraphs did before it was made fast): join the
+    articles with blank lines, clean, split on every blank line, one statement per paragraph."""
+    big = "\n\n".join(t for t in texts if t)
+    big = big.replace("\r", "").replace("\t", " ").replace("\x00", "").replace("|||", "| | |")
+    kept = []
+    for part in _PARAGRAPH_BREAK.split(big):
+        paragraph = part.replace("\n", " ").strip()
+        if len(paragraph) < WIKI_MIN_CHARS:
+            stats.skip(f"fragment under {WIKI_MIN_CHARS} chars", int(bool(paragraph)))
+            continue
+        if len(paragraph) > WIKI_MAX_CHARS:
+            paragraph = paragraph[:WIKI_MAX_CHARS].rsplit(" ", 1)[0]
+        kept.append(paragraph)
+    stats.used += len(kept)
+    return kept
+
+
+AWKWARD_PIECES = [
+    "Plain sentence of words here.", "\n", "\n\n", "\n \n", "\n\t\n", "\n\f\v\n", "\r\n", "\r\n\r\n", "\r", "\t",
+    "\x00", "|||", "||", "|", " ", "  ", "\u00a0", "\u2003", "\u3000", "\x1c", "\x85", "\u2028", "caf\u00e9 na\u00efve",
+    "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0", "emoji \U0001f600 and \U0001f4a1", "e\u0301", "\\n literal",
+    "Short", "x" * 2100, ("word " * 450).strip(), "",
+]  # fmt: skip
+
+
+def awkward_articles(count: int, seed: int) -> list[str | None]:
+    import random
+
+    rng = random.Random(seed)
+    articles: list[str | None] = [None, "", "\n\n", "x" * 3000, "Heading\n\nA paragraph long enough to be kept."]
+    while len(articles) < count:
+        articles.append("".join(rng.choice(AWKWARD_PIECES) for _ in range(rng.randint(1, 40))))
+        if rng.random() < 0.05:
+            articles.append(None)
+    return articles
+
+
+def test_fast_wikipedia_lines_are_byte_identical_to_the_simple_rules(tmp_path):
+    """The real parquet -> line-file path against the plain rules, on articles built from awkward pieces:
+    embedded newlines, tabs, CR, NUL, pipes, empty and null rows, non-ASCII whitespace, unicode, long runs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    articles = awkward_articles(2 * ROW_BATCH + 300, seed=7)  # three batches, the last partial
+    source = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"text": pa.array(articles, pa.string())}), source, row_group_size=700)
+    fast_stats, simple_stats = LineStats(), LineStats()
+    out = tmp_path / "lines.txt"
+    with AtomicLineFile(out) as writer:
+        capped = write_wikipedia_lines(iter_local_batches([source], ["text"]), writer, fast_stats)
+        writer.commit()
+    expected = b"".join(
+        (
+            "".join(line + "\n" for line in simple_wikipedia_paragraphs(articles[i : i + ROW_BATCH], simple_stats))
+        ).encode("utf-8")
+        for i in range(0, len(articles), ROW_BATCH)
+    )
+    assert out.read_bytes() == expected
+    assert fast_stats == simple_stats and capped > 0 and fast_stats.skipped["fragment under 15 chars"] > 0
+    assert fast_stats.used == writer.lines == expected.count(b"\n") > 1000
 
 
 def test_prepare_jsonl_skips_a_deeply_nested_line(tmp_path):

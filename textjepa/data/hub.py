@@ -349,23 +349,25 @@ def single_line(text: str) -> str:
 def wikipedia_paragraphs(texts: Sequence[str | None], stats: LineStats) -> tuple[list[str], int]:
     """Articles -> (paragraphs, how many were capped): split on blank lines, inner newlines become spaces.
 
-    The whole batch is joined and split once: per-article Python work was the bottleneck.
+    The whole batch is joined and split once, and each pass over the paragraphs is one comprehension:
+    per-article and per-paragraph Python statements were the bottleneck. A single-character test
+    (memchr) guards each multi-character search, which scans far slower.
     """
-    big = "\n\n".join(t for t in texts if t)
-    for bad, good in (("\r", ""), ("\t", " "), ("\x00", ""), ("|||", "| | |")):
+    big = "\n\n".join([t for t in texts if t])
+    for bad, good in (("\r", ""), ("\t", " "), ("\x00", "")):
         if bad in big:
             big = big.replace(bad, good)
-    kept, capped, short = [], 0, 0
-    for part in _PARAGRAPH_BREAK.split(big):
-        paragraph = part.replace("\n", " ").strip()
-        if len(paragraph) < WIKI_MIN_CHARS:
-            short += bool(paragraph)
-            continue
-        if len(paragraph) > WIKI_MAX_CHARS:
-            paragraph = paragraph[:WIKI_MAX_CHARS].rsplit(" ", 1)[0]
-            capped += 1
-        kept.append(paragraph)
-    stats.skip(f"fragment under {WIKI_MIN_CHARS} chars", short)
+    if "|" in big and "|||" in big:
+        big = big.replace("|||", "| | |")
+    stripped = [part.replace("\n", " ").strip() for part in _PARAGRAPH_BREAK.split(big)]
+    kept = [paragraph for paragraph in stripped if len(paragraph) >= WIKI_MIN_CHARS]
+    stats.skip(f"fragment under {WIKI_MIN_CHARS} chars", len(stripped) - stripped.count("") - len(kept))
+    capped = 0
+    if kept and max(map(len, kept)) > WIKI_MAX_CHARS:
+        for i, paragraph in enumerate(kept):
+            if len(paragraph) > WIKI_MAX_CHARS:
+                kept[i] = paragraph[:WIKI_MAX_CHARS].rsplit(" ", 1)[0]
+                capped += 1
     stats.used += len(kept)
     return kept, capped
 
