@@ -45,7 +45,7 @@ FLAGS_BEFORE = {
     "--max-prompt-tokens --max-reply-tokens --no-progress --oracle-latent --out --out-dir --prefix-tokens "
     "--prompt-dropout --seed --steps --target-mix --val-pairs",
     "eval-conditioning": "--batch --data-dir --decoder-model --device --json --max-pairs --max-prompt-tokens "
-    "--max-reply-tokens --no-progress --oracle-latent --seed",
+    "--max-reply-tokens --no-progress --seed",
 }
 POSITIONALS_BEFORE = {
     "latent": ["DATA"],

@@ -243,10 +243,12 @@ def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(report_path.read_text())
-    assert set(report["nll"]) == {"matched", "shuffled", "zero", "none"} and report["pairs"] == 4
+    assert list(report["nll"]) == ["none", "zero", "shuffled", "matched", "text_rag", "oracle"] and report["pairs"] == 4
     assert all(0 < value < 20 for value in report["nll"].values())
     assert report["nll"]["none"] != report["nll"]["matched"]
     assert report["split"] == "val" and "gain matched vs shuffled" in evaluated.stdout
+    assert "text-RAG" in evaluated.stdout and report["text_rag_samples"][0]["retrieved"]
+    assert set(report["gains"]["matched"]) == {"vs_shuffled", "vs_shuffled_ci95", "vs_none", "vs_none_ci95"}
 
     # infer finds the decoder model through the bridge's own record.
     answered = run_cli("infer", world["model"], "What does `time.function4(value)` do?", "--decoder", "transformers",
@@ -292,9 +294,51 @@ def test_train_bridge_and_eval_conditioning_in_bf16(world, tmp_path):
         assert evaluated.stdout.startswith(f"precision: {'bf16 autocast' if precision == 'bf16' else 'fp32'}")
         reports[precision] = json.loads(path.read_text())
     assert reports["bf16"]["precision"] == "bf16" and reports["fp32"]["precision"] == "fp32"
-    for condition in ("matched", "shuffled", "zero", "none"):
+    for condition in ("matched", "shuffled", "zero", "none", "text_rag", "oracle"):
         bf16, fp32 = reports["bf16"]["nll"][condition], reports["fp32"]["nll"][condition]
         assert bf16 != fp32 and abs(bf16 - fp32) < 0.05 * fp32, (condition, bf16, fp32)  # bf16's rounding only
+
+
+def test_eval_conditioning_text_rag_and_oracle_rows(world, lm, loaded_world, strong_bridge, tmp_path):
+    """text-RAG's prompt holds the retrieval decoder's training reply and never the true one; the oracle row is
+    the prefix from the teacher latent of the true reply on the same rows (what --oracle-latent's matched gave)."""
+    from textjepa.bridge.data import conditioning_latents, read_pairs, split_pairs
+    from textjepa.bridge.evaluate import ROWS, build_rows, score_rows, summarize
+    from textjepa.bridge.projector import load_bridge
+    from textjepa.bridge.scoring import reply_nll
+    from textjepa.config import ConditioningEvalConfig
+
+    checkpoint, world_model, teacher = loaded_world
+    cpu = torch.device("cpu")
+    # The world's own contexts, each reply made unique: the same records are held out, and no training reply
+    # (the only texts the retrieval index holds) can be a held-out pair's reply.
+    unique = tmp_path / "unique_replies.txt"
+    unique.write_text("".join(f"{line} Variant {i} only.\n" for i, line in enumerate(demo_like_pairs(240))))
+    pairs, _ = read_pairs(unique, checkpoint)
+    held_out = split_pairs(pairs, checkpoint, "val")[:4]
+    cfg = ConditioningEvalConfig(max_pairs=4, batch=4, max_reply_tokens=12)
+    rows = build_rows(lm, checkpoint, world_model, teacher, held_out, cfg, cpu)
+    assert len(rows.examples) == 4
+    from textjepa.decoders.retrieval import RetrievalIndex
+
+    index_replies = set(RetrievalIndex.load(world["model"]).replies)
+    for pair, retrieved, rag_prompt, example in zip(rows.pairs, rows.retrieved, rows.rag_prompts, rows.examples):
+        text = lm.decode(rag_prompt)
+        assert retrieved in index_replies and f"Relevant answer: {retrieved}" in text
+        assert "Variant" in pair.reply and "Variant" not in text  # the true reply is nowhere in the prompt
+        assert lm.decode(example.prompt_ids) in text.replace(f"Relevant answer: {retrieved}\n\n", "")
+    projector = load_bridge(strong_bridge).projector.eval()
+    sums, counts = score_rows(lm, projector, rows, cfg.batch, "fp32", progress=False)
+    report = summarize(sums, counts, rows, cfg.seed)
+    assert list(report["nll"]) == list(ROWS) and report["text_rag_retrieved_true_text"] == 0
+    assert len(set(report["nll"].values())) == len(ROWS)  # six different conditions
+    oracle = conditioning_latents(checkpoint, world_model, teacher, rows.pairs, cpu, oracle=True)
+    with torch.no_grad():
+        oracle_sums, oracle_counts = reply_nll(
+            lm, projector(oracle), [e.prompt_ids for e in rows.examples], [e.reply_ids for e in rows.examples]
+        )
+    assert oracle_counts.sum() == report["reply_tokens"]
+    assert abs(report["nll"]["oracle"] - float(oracle_sums.sum() / oracle_counts.sum())) < 1e-4
 
 
 def test_infer_cli_ablation_changes_the_answer(world, strong_bridge):

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from textjepa.bridge.data import derangement
+from textjepa.bridge.data import derangement, text_rag_messages
 from textjepa.bridge.projector import (
     Bridge,
     DecoderFingerprint,
@@ -40,6 +40,19 @@ def test_context_messages_split_turns_and_keep_continuation_lines():
         {"role": "user", "content": "and then?"},
     ]
     assert context_messages("no role marker") == [{"role": "user", "content": "no role marker"}]
+
+
+def test_text_rag_puts_the_retrieved_reply_before_the_last_user_turn():
+    turns = text_rag_messages("User: hi\nAssistant: hello\nUser: and then?", "Then this.")
+    assert turns == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "Relevant answer: Then this.\n\nand then?"},
+    ]
+    assert text_rag_messages("Assistant: welcome", "R") == [
+        {"role": "user", "content": "Relevant answer: R"},
+        {"role": "assistant", "content": "welcome"},
+    ]
 
 
 def test_conditioning_text_formats():

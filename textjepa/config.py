@@ -410,7 +410,7 @@ class BridgeTrainConfig:
 
 @dataclass
 class ConditioningEvalConfig:
-    """`textjepa eval-conditioning`: reply NLL under matched, shuffled, zero and no conditioning."""
+    """`textjepa eval-conditioning`: reply NLL under no, zero, shuffled, matched, text-RAG and oracle conditioning."""
 
     world_model: str = setting("", positional=True, metavar="WORLD_MODEL", help="model_world_*.safetensors")
     bridge: str = setting("", positional=True, metavar="BRIDGE", help="a bridge from train-bridge")
@@ -428,7 +428,6 @@ class ConditioningEvalConfig:
     precision: str = precision_setting()
     json_path: str | None = setting(None, flag="json", metavar="PATH", help="write the report as JSON (- for stdout)")
     data_dir: str = setting("data", help="hub caches")
-    oracle: bool = setting(False, flag="oracle-latent", help=ORACLE_HELP)
     progress: bool = setting(True, help="no progress lines")
 
 

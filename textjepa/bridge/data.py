@@ -101,11 +101,49 @@ def reply_latents(
     checkpoint: Checkpoint, teacher, replies: Sequence[str], device: torch.device, batch: int = 256
 ) -> torch.Tensor:
     """The teacher's pooled latents of the true replies [N, dim] (encoded as replies under the data contract, as
-    the world model's targets): what a perfect world model would predict. Used only by the --oracle-latent
-    diagnostic."""
+    the world model's targets): what a perfect world model would predict. eval-conditioning's oracle row;
+    train-bridge's --oracle-latent and --target-mix."""
     from textjepa.api import Encoder
 
     return torch.from_numpy(Encoder(checkpoint, teacher, Field.REPLY, device).encode(list(replies), batch_size=batch))
+
+
+@torch.no_grad()
+def retrieved_replies(
+    checkpoint: Checkpoint, world, teacher, contexts: Sequence[str], device: torch.device, batch: int = 64
+) -> list[str]:
+    """The retrieval decoder's answer to each context, as `infer --decoder retrieval` gives it: the training reply
+    (from the index train-world wrote beside the checkpoint) whose teacher latent is nearest the prediction."""
+    from textjepa.api import WorldModel
+    from textjepa.decoders.retrieval import RetrievalDecoder
+
+    model = WorldModel(checkpoint, world, teacher, device)
+    decoder = RetrievalDecoder(model.retrieval_index())
+    answers: list[str] = []
+    for start in range(0, len(contexts), batch):
+        chunk = list(contexts[start : start + batch])
+        conditionings, _ = model.condition(chunk)
+        answers += [decoder.generate(context_messages(c), cond).text for c, cond in zip(chunk, conditionings)]
+    return answers
+
+
+# text-RAG's prompt: the retrieved reply as plain text before the question (in the last user turn).
+TEXT_RAG_TEMPLATE = "Relevant answer: {reply}\n\n{question}"
+
+
+def text_rag_messages(context: str, retrieved: str) -> list[dict]:
+    """The context's chat messages with the retrieved reply put before the text of the last user turn."""
+    messages = context_messages(context)
+    for message in reversed(messages):
+        if message["role"] == "user":
+            message["content"] = TEXT_RAG_TEMPLATE.format(reply=retrieved, question=message["content"])
+            return messages
+    return [{"role": "user", "content": TEXT_RAG_TEMPLATE.format(reply=retrieved, question="").strip()}, *messages]
+
+
+def text_rag_prompt_ids(lm: CausalLM, context: str, retrieved: str, max_prompt_tokens: int) -> list[int]:
+    prompt, _ = truncate_left(lm.prompt_ids(text_rag_messages(context, retrieved)), max_prompt_tokens)
+    return prompt
 
 
 def conditioning_latents(

@@ -28,10 +28,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval-conditioning",
         ConditioningEvalConfig(),
         library_call("textjepa.bridge.evaluate:evaluate_conditioning"),
-        help="reply NLL with matched, shuffled, zero and no conditioning",
+        help="reply NLL with no, zero, shuffled, matched, text-RAG and oracle conditioning",
         description=(
-            "On the world model's held-out pairs: the LLM's mean per-token NLL of the true reply with the prefix "
-            "from the pair's own prediction (matched), another pair's (shuffled), a zero latent (zero) and no "
-            "prefix (none), all in one run, and the relative gain of matched over shuffled."
+            "On the world model's held-out pairs, all in one run on the same reply tokens: the LLM's mean per-token "
+            "NLL of the true reply with no prefix (none), the prefix from a zero latent (zero), from another pair's "
+            "prediction (shuffled), from the pair's own prediction (matched), no prefix but the retrieval decoder's "
+            "answer (the training reply nearest the prediction) in the prompt as text, before the last user turn's "
+            "text as 'Relevant answer: <reply>' and a blank line (text-RAG), and the prefix from the teacher's "
+            "latent of the true reply (oracle: a perfect world model); each row's gain over shuffled and none."
         ),
     )
