@@ -430,12 +430,16 @@ class WorldModel:
     def condition(
         self, contexts: Sequence[str], ablate: bool = False, action: str = DEFAULT_ACTION
     ) -> tuple[list[Conditioning], Encoded]:
-        """What the decoders read for each context: state, predicted next latent and the conditioning head's
-        vector (zeros when ablated), on the CPU; with the tokenized contexts (for token counts)."""
+        """What the decoders read for each context: state (in the prediction's space), predicted next latent and
+        the conditioning head's vector (zeros when ablated), on the CPU; with the tokenized contexts (for token
+        counts)."""
         encoded = self.context_encoder.tokenize(contexts)
         state, predicted = self.predict(encoded, action)
         with autocast(self.device, self.precision):
             vector = self.network.conditioning_head(predicted)
+            # The decoders compare the state with the prediction and query the index with it (ablation): with a
+            # target model it is taken into that space through the target head (what an idle transition predicts).
+            state = self.network.to_target_space(state).float()
         vector = vector.float()  # decoders and clients get fp32 vectors whichever precision computed them
         if ablate:
             vector = torch.zeros_like(vector)
