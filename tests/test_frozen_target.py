@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TOPICS, WORDS, assert_user_error, run_cli, train_world_on
+from conftest import TARGET_WIDTH as WIDTH
+from conftest import assert_user_error, build_sentence_transformer, run_cli, train_world_on
 from safetensors import safe_open
 
 from textjepa.api import WorldModel
@@ -21,43 +22,6 @@ from textjepa.config import WorldConfig
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, recorded_data
 from textjepa.io import write_safetensors
 from textjepa.models.frozen import TARGET_MODEL_INFO, FrozenEmbedder, record_targets, targets_path
-
-WIDTH = 32
-
-
-def build_sentence_transformer(folder: Path) -> Path:
-    """A tiny random-weight sentence-transformers model saved in `folder` (its own tokenizer and config)."""
-    from sentence_transformers import SentenceTransformer
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    try:  # sentence-transformers >= 6 moved the modules; 3-5 have them here only
-        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    except ImportError:
-        from sentence_transformers.models import Pooling, Transformer
-
-    bert_dir = folder / "bert"
-    bert_dir.mkdir(parents=True)
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    texts = [" ".join(WORDS), *TOPICS.values(), *TOPICS, "user tell me about please number"]
-    wordpiece.train_from_iterator(texts * 3, vocab_size=300, min_frequency=1, show_progress=False)
-    wordpiece.save(str(folder / "wordpiece.json"))
-    tokenizer = BertTokenizerFast(tokenizer_file=str(folder / "wordpiece.json"))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=WIDTH,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(bert_dir)
-    tokenizer.save_pretrained(bert_dir)
-    transformer = Transformer(str(bert_dir), max_seq_length=64)
-    model = SentenceTransformer(modules=[transformer, Pooling(WIDTH, "mean")], device="cpu")
-    model.save(str(folder / "model"))
-    return folder / "model"
 
 
 @pytest.fixture(scope="module")

@@ -50,15 +50,14 @@ class WorldStage:
         init: Checkpoint | None,
         mapping: torch.Tensor,
         embedder: FrozenEmbedder | None = None,
+        targets: torch.Tensor | None = None,
     ) -> None:
         self.config, self.tokenizer, self.store, self.cfg, self.device = config, tokenizer, store, cfg, device
         self.mapping = mapping
-        # --target-model: every record's next-turn embedding by the frozen model, computed (or read) once; the
-        # targets then never change, and the EMA teacher is kept only as the loop's (and the files') encoder copy.
+        # --target-model: every record's next-turn embedding by the frozen model (record_targets), fixed; the
+        # EMA teacher is then kept only as the loop's (and the files') encoder copy, and computes no target.
         self.embedder = embedder
-        self.targets: torch.Tensor | None = None
-        if embedder is not None:
-            self.targets = record_targets(embedder, store, tokenizer, progress=cfg.train.progress).to(device)
+        self.targets = targets.to(device) if targets is not None else None
         self.lr_scales = {"encoder.": cfg.encoder_lr_scale}
         self.model = WorldModel(config)
         self.loss = WorldLoss(self.model, cfg.loss, cfg.train.seed)
@@ -193,21 +192,24 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainR
     with training_session(cfg.train, RunKind.WORLD) as (device, dist, out_dir, precision):
         config, tokenizer, init = resolve_world_config(cfg, shape_overrides or {})
         config.validate()
+        # --target-model: found and loaded (or refused) before any work on the data.
+        embedder = FrozenEmbedder(cfg.target_model, device) if cfg.target_model else None
+        check_target_space(init, embedder)
+        targets = None
         with local_main_first(dist):  # caches are built once per node, then shared
             path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.WORLD)
             tokenizer, store = load_corpus(
                 path, WORLD_RECORDS, cfg.data, tokenizer, config.vocab_size, cfg.train.progress
             )
+            if embedder is not None:  # every record's next-turn embedding, cached beside the token store
+                targets = record_targets(embedder, store, tokenizer, progress=cfg.train.progress)
         if init is None or init.kind == RunKind.LATENT:
             config = dataclasses.replace(
                 config, vocab_size=tokenizer.get_vocab_size(), actions=list(store.action_names)
             )
         mapping = action_mapping(store, config.actions, str(init.path) if init else "the model")
-        embedder = None
-        if cfg.target_model:
-            embedder = FrozenEmbedder(cfg.target_model, device)
+        if embedder is not None:
             config = dataclasses.replace(config, target_dim=embedder.dim)
-        check_target_space(init, embedder)
         seed_everything(cfg.train.seed)
-        stage = WorldStage(config, tokenizer, store, cfg, device, init, mapping, embedder)
+        stage = WorldStage(config, tokenizer, store, cfg, device, init, mapping, embedder, targets)
         return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision)
