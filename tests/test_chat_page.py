@@ -22,6 +22,8 @@ import torch
 from conftest import SERVER_API_KEY as API_KEY
 from conftest import ServerProcess, assert_openai_error
 
+# One xdist group (scripts/test.sh: --dist loadgroup): the module-scoped browser and LLM server start once.
+pytestmark = pytest.mark.xdist_group("test_chat_page")
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 QUESTION = "tell me about cooking please"
 FOLLOW_UP = "and what about the weather"

@@ -21,6 +21,8 @@ from textjepa.data.tokens import MAX_STORED_TOKENS, train_tokenizer
 from textjepa.io import RunFiles, RunKind
 from textjepa.models.heads import LatentModel, WorldModel
 
+# One xdist group (scripts/test.sh: --dist loadgroup): the module-scoped checkpoint is built once.
+pytestmark = pytest.mark.xdist_group("test_contract")
 MAX_SEQ = 16
 
 

@@ -1,17 +1,12 @@
 """The embedded default runs end to end from local text only (tiny settings)."""
 
-from conftest import assert_user_error, run_cli
+import re
+import signal
+import subprocess
 
-from textjepa.data.local_corpus import build_demo_corpus, paragraphs
+from conftest import TINY, assert_user_error, run_cli, start_cli_until
 
-
-def test_demo_corpus_is_real_text_in_the_line_formats(tmp_path):
-    corpus = build_demo_corpus(tmp_path)
-    assert corpus.paragraphs > 1000 and corpus.pairs > 1000
-    pairs = corpus.pairs_path.read_text(encoding="utf-8").splitlines()
-    assert all(line.count("\t") == 1 for line in pairs)
-    assert any(line.startswith("User: What does `json.dumps(") for line in pairs)
-    assert len(corpus.paragraphs_path.read_text(encoding="utf-8").splitlines()) == corpus.paragraphs
+from textjepa.data.local_corpus import paragraphs
 
 
 def test_paragraph_splitting_drops_doctests_and_joins_lines():
@@ -52,12 +47,39 @@ def test_demo_runs_end_to_end(tmp_path):
     assert any(line.startswith("output: ") and len(line) > 10 for line in out.splitlines())
     assert list((tmp_path / "world").glob("model_world_*.index"))
 
+    # A second demo into the same folder stops at once and names what the demo accepts (it has no --resume).
+    again = run_cli("demo", "--out-dir", tmp_path, "--no-progress")
+    assert_user_error(again, f"{tmp_path} already holds a demo run", "--overwrite", "--out-dir")
+    assert "--resume" not in again.stderr
 
-def test_prepare_demo_writes_the_corpus_and_reports_bad_output(tmp_path):
+
+def test_stopped_demo_says_how_to_start_over(tmp_path):
+    out = tmp_path / "demo"
+    # Stopped once its first training stage has logged (step 10), long before that stage could finish. Before
+    # that the demo parses the standard library (about 5 CPU-seconds, minutes on a busy machine).
+    args = ["demo", "--out-dir", out, *TINY, "--latent-steps", "5000", "--eval-every", "1000", "--no-progress"]
+    process = start_cli_until(out / "latent", "*.metrics.jsonl", *args, stdout=subprocess.DEVNULL, timeout=900)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted: the demo stopped during JEPA pretraining" in stderr and "--overwrite" in stderr, stderr
+    assert "--resume" not in stderr and "Traceback" not in stderr, stderr
+
+
+def test_prepare_demo_writes_the_corpus_as_real_text_in_the_line_formats(tmp_path):
+    # The corpus is built once here (about 5 CPU-seconds of parsing the standard library), through the command.
     result = run_cli("prepare", "demo", "--out-dir", tmp_path / "demo")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "demo" / "stdlib_pairs.txt").stat().st_size > 100_000
-    assert "question -> answer pairs" in result.stdout
+    paragraphs_path, pairs_path = tmp_path / "demo" / "stdlib_paragraphs.txt", tmp_path / "demo" / "stdlib_pairs.txt"
+    assert pairs_path.stat().st_size > 100_000
+    counts = re.fullmatch(r"wrote (\d+) paragraphs to .*\nwrote (\d+) question -> answer pairs to .*\n", result.stdout)
+    assert counts, result.stdout
+    paragraph_count, pair_count = map(int, counts.groups())
+    assert paragraph_count > 1000 and pair_count > 1000
+    pairs = pairs_path.read_text(encoding="utf-8").splitlines()
+    assert len(pairs) == pair_count and all(line.count("\t") == 1 for line in pairs)
+    assert any(line.startswith("User: What does `json.dumps(") for line in pairs)
+    assert len(paragraphs_path.read_text(encoding="utf-8").splitlines()) == paragraph_count
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_user_error(run_cli("prepare", "demo", "--out-dir", blocker / "sub"), "cannot write")

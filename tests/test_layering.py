@@ -47,7 +47,8 @@ LAYERS = {
     "__main__": 5,
 }
 # config.py gathers the command configs; it nests the settings dataclasses declared beside their code.
-CONFIG_PARTS = ("objectives.jepa_loss", "objectives.world_loss", "objectives.regularizers", "data.contract")
+# The loss settings sit in objectives/configs.py, which imports no torch (nor do config.py's other parts).
+CONFIG_PARTS = ("objectives.configs", "data.contract")
 # Siblings in one layer that must not import each other in this direction.
 FORBIDDEN = {("eval", "train"), ("train", "serve"), ("eval", "serve"), ("train", "bridge"), ("eval", "bridge")}
 

@@ -25,7 +25,9 @@ from conftest import (
     run_cli,
 )
 
-pytestmark = pytest.mark.llm
+# One xdist group (scripts/test.sh: --dist loadgroup): the module-scoped LLM, world model and bridges are built once,
+# on one worker.
+pytestmark = [pytest.mark.llm, pytest.mark.xdist_group("test_llm")]
 
 pytest.importorskip("transformers", reason="pip install -e '.[llm]'")
 pytest.importorskip("gguf", reason="pip install -e '.[llm]'")

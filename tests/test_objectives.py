@@ -11,10 +11,11 @@ import torch
 from textjepa.config import LatentConfig, ModelConfig, TrainConfig, WorldConfig
 from textjepa.errors import TextJepaError
 from textjepa.models.heads import LatentModel, WorldModel
-from textjepa.objectives.jepa_loss import JepaLoss, JepaLossConfig
-from textjepa.objectives.regularizers import RegularizerConfig, regularizer_loss
+from textjepa.objectives.configs import JepaLossConfig, RegularizerConfig, WorldLossConfig
+from textjepa.objectives.jepa_loss import JepaLoss
+from textjepa.objectives.regularizers import regularizer_loss
 from textjepa.objectives.terms import alignment_loss, info_nce, similarity_structure_loss
-from textjepa.objectives.world_loss import WorldLoss, WorldLossConfig
+from textjepa.objectives.world_loss import WorldLoss
 
 TINY = ModelConfig(vocab_size=300, dim=32, layers=1, heads=4, max_seq=12, bridge_dim=16)
 

@@ -14,6 +14,11 @@ from textjepa.precision import native_cpu_bf16_flags, read_cpu_flags
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+# The tests that read bf16_latent share one xdist group (scripts/test.sh: --dist loadgroup), so that it is trained
+# once, on one worker.
+ON_BF16_LATENT = pytest.mark.xdist_group("bf16_latent")
+
+
 @pytest.fixture(scope="module")
 def bf16_latent(tmp_path_factory):
     return train_learning_latent(tmp_path_factory.mktemp("bf16"), "--precision", "bf16")
@@ -23,6 +28,7 @@ def test_config_choices_are_the_precision_module_requests():
     assert PRECISION_CHOICES == REQUESTS
 
 
+@ON_BF16_LATENT
 def test_bf16_run_states_its_precision_first_and_records_it(bf16_latent):
     first = bf16_latent["stdout"].splitlines()[0]
     assert first.startswith("precision: bf16 autocast, fp32 master weights"), first
@@ -37,6 +43,7 @@ def test_bf16_run_states_its_precision_first_and_records_it(bf16_latent):
     assert {str(dtype) for dtype in dtypes} == {"torch.float32"}
 
 
+@ON_BF16_LATENT
 def test_bf16_checkpoint_learns_and_evaluates_in_fp32(bf16_latent):
     report_path = bf16_latent["root"] / "eval_fp32.json"
     result = run_cli(
@@ -52,6 +59,7 @@ def test_bf16_checkpoint_learns_and_evaluates_in_fp32(bf16_latent):
     assert report["trained"]["cosine_mean"] > report["untrained_baseline"]["cosine_mean"]
 
 
+@ON_BF16_LATENT
 def test_eval_in_bf16_matches_fp32(bf16_latent):
     reports = {}
     for precision in ("fp32", "bf16"):
@@ -69,6 +77,7 @@ def test_eval_in_bf16_matches_fp32(bf16_latent):
         assert abs(fp32["retrieval_mrr"] - bf16["retrieval_mrr"]) < 0.05, (fp32, bf16)
 
 
+@ON_BF16_LATENT
 def test_auto_follows_the_cpu_flags_and_says_why(bf16_latent):
     native = native_cpu_bf16_flags(read_cpu_flags())
     report_path = bf16_latent["root"] / "eval_auto.json"

@@ -148,3 +148,21 @@ def test_quick_run_trains_and_scores_every_system_on_the_same_batches(tmp_path):
     assert systems["tfidf"]["mean"]["R@1"] > 2 / 64  # well above chance among 64 candidates
     assert "world R@1 beats TF-IDF" in " ".join(row["metric"] for row in report["table"])
     assert "chat:" in result.stdout and "| system | R@1 |" in result.stdout
+
+
+def test_fixed_steps_and_shape_replace_the_calibration_and_bad_values_are_usage_errors(tmp_path, capsys):
+    from quality import Shape, Trainer, parse_args
+
+    args = parse_args(["--fixed-steps", "30,45,60", "--shape", "64,1,2", "--jepa-data", "both"])
+    steps = tuple(int(part) for part in args.fixed_steps.split(","))
+    trainer = Trainer(tmp_path, Shape(), 1, False, {}, None, steps)
+    log, data = tmp_path / "log", tmp_path / "data.txt"
+    assert trainer.steps_for("latent", data, None, 60.0, log) == 30
+    assert trainer.steps_for("world", data, tmp_path / "jepa.safetensors", 120.0, log) == 45
+    assert trainer.steps_for("world", data, None, 180.0, log) == 60
+    assert not log.exists() and trainer.rates == {}  # no calibration run was started
+    for bad in (["--fixed-steps", "30,45"], ["--fixed-steps", "0,1,2"], ["--shape", "64,x,2"]):
+        with pytest.raises(SystemExit) as stopped:
+            parse_args(bad)
+        assert stopped.value.code == 2
+    assert "--shape takes three positive integers" in capsys.readouterr().err

@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +15,10 @@ from conftest import (
     TINY,
     assert_same_training_state,
     assert_user_error,
-    cli_env,
     main_checkpoint,
     pair_lines,
     run_cli,
+    start_cli_until,
     synthetic_lines,
 )
 
@@ -219,23 +216,15 @@ def uninterrupted(lines, tmp_path_factory) -> Path:
     return next(out.glob("*.state.pt"))
 
 
+# One xdist group (scripts/test.sh: --dist loadgroup): both signals compare with the one uninterrupted run.
+@pytest.mark.xdist_group("uninterrupted")
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_saves_the_step_and_resume_is_exact(lines, uninterrupted, tmp_path, stop_signal):
     from textjepa.checkpoint import load_training_state
 
     common = ["latent", lines["corpus"], *TINY, *INTERRUPTED, "--data-dir", lines["cache"]]
     out = tmp_path / "stopped"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "textjepa", *map(str, common), "--out-dir", out],
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*.metrics.jsonl")) and time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.01)
+    process = start_cli_until(out, "*.metrics.jsonl", *common, "--out-dir", out)
     process.send_signal(stop_signal)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr

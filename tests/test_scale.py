@@ -20,6 +20,7 @@ from conftest import (
     cli_env,
     main_checkpoint,
     run_cli,
+    start_cli_until,
     synthetic_lines,
 )
 
@@ -125,25 +126,20 @@ def test_two_processes_match_one_process_with_twice_the_batch(data):
         assert logged_ddp[step]["loss"] == pytest.approx(logged_one[step]["loss"], rel=0.02)
 
 
+# The killed run is stopped as soon as its first training state is written (step 10): 50 steps and five
+# validations are left for the kill to land in, and the resumed run has several validations to reproduce.
+KILL_RUN_STEPS = 60
+
+
 def test_kill9_then_resume_continues_exactly(data):
     root = data["root"]
-    args = ["--steps", "200", "--eval-every", "10", "--eval-batches", "2", "--batch", "16", "--seed", "1"]
+    args = ["--steps", KILL_RUN_STEPS, "--eval-every", "10", "--eval-batches", "2", "--batch", "16", "--seed", "1"]
     reference = run_cli(*latent_args(data, root / "ref", *args))
     assert reference.returncode == 0, reference.stderr
 
     out = root / "killed"
     debug = root / "dbg_killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "textjepa", *map(str, latent_args(data, out, *args))],
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not list(out.glob("model_latent_*.state.pt")) and time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()
-        time.sleep(0.01)
+    process = start_cli_until(out, "model_latent_*.state.pt", *latent_args(data, out, *args), stdout=subprocess.DEVNULL)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
@@ -152,7 +148,7 @@ def test_kill9_then_resume_continues_exactly(data):
     [state_file] = out.glob("model_latent_*.state.pt")
     state = load_training_state(state_file)
     saved_step = state["step"]
-    assert 10 <= saved_step < 200 and saved_step % 10 == 0
+    assert 10 <= saved_step < KILL_RUN_STEPS and saved_step % 10 == 0
     for path in out.glob("*.safetensors"):
         load_checkpoint(path)
     json.loads((out / "tokenizer.json").read_text())
@@ -166,17 +162,17 @@ def test_kill9_then_resume_continues_exactly(data):
     assert start["teacher_sha256"] == tensor_digest(state["teacher"].values())
     assert start["optimizer_sha256"] == optimizer_digest(state["optimizer"])
     steps = [r["step"] for r in read_jsonl(debug / "rank0.jsonl")[1:]]
-    assert steps == list(range(saved_step + 1, 201))
+    assert steps == list(range(saved_step + 1, KILL_RUN_STEPS + 1))
 
     # Data position, RNGs, masks, optimizer and teacher all continue: the result equals the uninterrupted run.
     final = load_training_state(state_file)
     expected = load_training_state(next((root / "ref").glob("*.state.pt")))
-    assert final["step"] == expected["step"] == 200
+    assert final["step"] == expected["step"] == KILL_RUN_STEPS
     assert_same_training_state(final, expected)
     assert optimizer_digest(final["optimizer"]) == optimizer_digest(expected["optimizer"])
     # The log has each step once, in order (records past the saved step of the killed run were dropped).
     logged = [r["step"] for r in read_jsonl(next(out.glob("*.metrics.jsonl"))) if r["split"] == "train"]
-    assert logged == sorted(set(logged)) and logged[-1] == 200
+    assert logged == sorted(set(logged)) and logged[-1] == KILL_RUN_STEPS
     assert not list(out.glob(".*.tmp-*")), "stale temporary files were left behind"
 
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from textjepa.errors import TextJepaError
-from textjepa.objectives.jepa_loss import JepaLossConfig
-from textjepa.objectives.world_loss import WorldLossConfig
+from textjepa.objectives.configs import JepaLossConfig, WorldLossConfig
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<mask>")
 PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
@@ -201,6 +200,12 @@ class LatentConfig:
     train: TrainConfig = setting(default_factory=TrainConfig, group="training")
     masking: MaskingConfig = setting(default_factory=MaskingConfig, group="span masking")
     loss: JepaLossConfig = setting(default_factory=JepaLossConfig, group="loss")
+
+    def validate(self) -> None:
+        self.train.validate()
+        self.loss.validate()
+        self.masking.validate()
+        self.model.validate()
 
 
 @dataclass

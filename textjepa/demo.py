@@ -4,24 +4,54 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from textjepa.agent import Agent
 from textjepa.config import DEMO_TRAIN_FIELDS, DataConfig, DemoConfig, EvalConfig, LatentConfig, WorldConfig
 from textjepa.data.local_corpus import build_demo_corpus
+from textjepa.errors import Interrupted, TextJepaError
 from textjepa.eval.jepa import evaluate_jepa
 from textjepa.eval.world import evaluate_world
+from textjepa.io import RunKind
 from textjepa.runtime import choose_precision, resolve_device
 from textjepa.train.latent import train_latent
+from textjepa.train.loop import earlier_run_files
 from textjepa.train.world import train_world
+
+# The demo has no --resume (it is one command over several runs): what it accepts instead.
+START_OVER = "run the demo again with --overwrite to start over, or choose another --out-dir"
+# Where the demo's two training runs go, under its --out-dir.
+STAGE_DIRS = {RunKind.LATENT: "latent", RunKind.WORLD: "world"}
 
 
 def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
+def refuse_earlier_demo(cfg: DemoConfig) -> None:
+    """A demo into an out-dir holding an earlier demo's runs stops before any work unless --overwrite is given
+    (otherwise its first training stage would refuse, naming --resume, which the demo does not have)."""
+    if cfg.train.overwrite:
+        return
+    for kind, stage_dir in STAGE_DIRS.items():
+        if existing := earlier_run_files(Path(cfg.out_dir) / stage_dir, kind):
+            raise TextJepaError(f"{cfg.out_dir} already holds a demo run ({existing[0]}); {START_OVER}")
+
+
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """A stopped training stage's message names what the demo accepts, not the training commands' --resume."""
+    try:
+        yield
+    except Interrupted:
+        raise Interrupted(f"the demo stopped during {name}; {START_OVER}") from None
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     started = time.perf_counter()
+    refuse_earlier_demo(cfg)
     out = Path(cfg.out_dir)
     data_dir = str(out / "cache")
 
@@ -31,13 +61,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"{corpus.pairs} question -> answer pairs -> {corpus.pairs_path}")
 
     _banner("2/5 JEPA pretraining of the encoder")
-    latent = train_latent(
-        LatentConfig(
-            data=DataConfig(path=str(corpus.paragraphs_path), data_dir=data_dir),
-            model=cfg.model,
-            train=dataclasses.replace(cfg.train, steps=cfg.latent_steps, out_dir=str(out / "latent")),
+    with _stage("JEPA pretraining"):
+        latent = train_latent(
+            LatentConfig(
+                data=DataConfig(path=str(corpus.paragraphs_path), data_dir=data_dir),
+                model=cfg.model,
+                train=dataclasses.replace(
+                    cfg.train, steps=cfg.latent_steps, out_dir=str(out / STAGE_DIRS[RunKind.LATENT])
+                ),
+            )
         )
-    )
 
     _banner("3/5 eval-jepa on the held-out paragraphs")
     jepa_report = evaluate_jepa(
@@ -49,15 +82,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     _banner("4/5 world model on question -> answer pairs (encoder from step 2)")
     # The world model's own training defaults (its faster teacher), with the demo's shared choices.
     shared = {name: getattr(cfg.train, name) for name in DEMO_TRAIN_FIELDS if name != "batch"}
-    world = train_world(
-        WorldConfig(
-            data=DataConfig(path=str(corpus.pairs_path), data_dir=data_dir, min_tokens=1),
-            train=dataclasses.replace(
-                WorldConfig().train, **shared, steps=cfg.world_steps, batch=cfg.world_batch, out_dir=str(out / "world")
-            ),
-            init_encoder=str(latent.best_path),
+    world_out = str(out / STAGE_DIRS[RunKind.WORLD])
+    with _stage("world-model training"):
+        world = train_world(
+            WorldConfig(
+                data=DataConfig(path=str(corpus.pairs_path), data_dir=data_dir, min_tokens=1),
+                train=dataclasses.replace(
+                    WorldConfig().train, **shared, steps=cfg.world_steps, batch=cfg.world_batch, out_dir=world_out
+                ),
+                init_encoder=str(latent.best_path),
+            )
         )
-    )
     world_report = evaluate_world(
         EvalConfig(
             model=str(world.best_path),

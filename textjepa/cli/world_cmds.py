@@ -73,11 +73,12 @@ def run_eval_world(cfg: EvalConfig, args: argparse.Namespace, settings: Settings
 
 
 def run_infer(cfg: InferConfig, args: argparse.Namespace, settings: Settings) -> int:
+    cfg = dataclasses.replace(cfg, shape_overrides=shape_checks(args))
+    cfg.validate()  # before the imports below: a bad option is reported without importing torch
+
     from textjepa.agent import Agent
     from textjepa.runtime import choose_precision, configure_threads, resolve_device
 
-    cfg = dataclasses.replace(cfg, shape_overrides=shape_checks(args))
-    cfg.validate()
     configure_threads(settings)
     device = resolve_device(cfg.device)
     precision = choose_precision(cfg.precision, device)

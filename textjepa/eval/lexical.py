@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
 from tokenizers import Tokenizer
 
 from textjepa.data.batches import is_validation
@@ -30,6 +29,10 @@ class TfidfScorer:
     """TF-IDF with sublinear term frequency over the contexts and replies of the training pairs."""
 
     def __init__(self, training_texts: Iterable[str]) -> None:
+        # Imported here: scikit-learn takes ~1.5 s to import, and eval-world needs it only once the baseline's
+        # training data is found (every command that imports this module but fits nothing skips it).
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         self.vectorizer = TfidfVectorizer(sublinear_tf=True)
         try:
             self.vectorizer.fit(training_texts)

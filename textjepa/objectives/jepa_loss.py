@@ -7,12 +7,12 @@ loss = alignment (2 - 2 cos, predicted vs teacher latent at each masked position
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
-from textjepa.objectives.regularizers import RegularizerConfig, regularizer_loss
+from textjepa.objectives.configs import JepaLossConfig
+from textjepa.objectives.regularizers import regularizer_loss
 from textjepa.objectives.terms import ModelLoss, alignment_loss
 
 if TYPE_CHECKING:  # config.py nests this file's config, and models/heads.py imports config.py
@@ -20,18 +20,6 @@ if TYPE_CHECKING:  # config.py nests this file's config, and models/heads.py imp
 
 # The regulariser's statistics are taken on at most this many token rows (sampled), which bounds its cost.
 MAX_REGULARIZER_ROWS = 1024
-
-
-@dataclass
-class JepaLossConfig:
-    """The JEPA loss's settings."""
-
-    regularization: RegularizerConfig = field(
-        default_factory=RegularizerConfig, metadata={"help": "the anti-collapse term (see RegularizerConfig)"}
-    )
-
-    def validate(self) -> None:
-        self.regularization.validate()
 
 
 class JepaLoss(ModelLoss):

@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from textjepa.errors import TextJepaError
+from textjepa.objectives.configs import RegularizerConfig
 from textjepa.precision import fp32_function
-
-REGULARIZERS = ("vicreg", "sigreg")
-
-
-@dataclass
-class RegularizerConfig:
-    """The anti-collapse term of a loss and its weights."""
-
-    regularizer: str = field(default="vicreg", metadata={"help": "anti-collapse term", "choices": REGULARIZERS})
-    var_weight: float = field(default=1.0, metadata={"help": "VICReg variance hinge weight"})
-    cov_weight: float = field(default=0.04, metadata={"help": "VICReg off-diagonal covariance weight"})
-    sigreg_weight: float = field(default=0.05, metadata={"help": "SIGReg statistic weight"})
-    sigreg_projections: int = field(default=64, metadata={"help": "random 1-D projections SIGReg tests"})
-
-    def validate(self) -> None:
-        if self.regularizer not in REGULARIZERS:
-            raise TextJepaError(f"regularizer must be vicreg or sigreg, got {self.regularizer!r}")
-        if self.sigreg_projections < 1:
-            raise TextJepaError(f"sigreg_projections must be at least 1, got {self.sigreg_projections}")
 
 
 def regularizer_loss(

@@ -1,6 +1,6 @@
-"""The world model's loss. A new term is added here (a weight in WorldLossConfig, its value in
-WorldLoss.forward) plus its test in tests/test_objectives.py: the CLI flag, the metrics log and the
-checkpoint's record of the loss settings follow from these two.
+"""The world model's loss. A new term is a weight in WorldLossConfig (textjepa/objectives/configs.py, torch-free so
+that the CLI reads its settings without importing torch), its value in WorldLoss.forward here, plus its test in
+tests/test_objectives.py: the CLI flag, the metrics log and the checkpoint's record of the loss settings follow.
 
 loss = alignment (2 - 2 cos to the teacher's next-turn latent)
      + infonce_weight * InfoNCE of the prediction among the batch's next-turn targets (and, with queue_size,
@@ -20,58 +20,17 @@ loop saves them in the training state and optimises the temperature, so a resume
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from textjepa.errors import TextJepaError
-from textjepa.objectives.regularizers import RegularizerConfig, regularizer_loss
+from textjepa.objectives.configs import WorldLossConfig
+from textjepa.objectives.regularizers import regularizer_loss
 from textjepa.objectives.terms import ModelLoss, alignment_loss, info_nce, similarity_structure_loss
 
 if TYPE_CHECKING:  # config.py nests this file's config, and models/heads.py imports config.py
     from textjepa.models.heads import WorldModel
-
-
-@dataclass
-class WorldLossConfig:
-    """The world loss's term weights."""
-
-    infonce_weight: float = field(default=1.0, metadata={"help": "in-batch next-turn contrast"})
-    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
-    bridge_weight: float = field(
-        default=1.0,
-        metadata={"help": "similarity-structure loss of the conditioning head (the vector the text fallback reads)"},
-    )
-    # InfoNCE of the prediction against the online encoder's own latent of the next turn, so the encoder
-    # (and through the EMA the teacher) learns to represent replies, not only contexts.
-    reply_contrast_weight: float = field(
-        default=1.0, metadata={"help": "InfoNCE against the online encoder's latent of the next turn"}
-    )
-    # A CPU batch of 64 holds 63 negatives; the queue adds thousands of recent teacher targets for the
-    # price of one [batch, queue] matrix product. An entry of the same reply text as a row's own is skipped.
-    queue_size: int = field(
-        default=0,
-        metadata={"help": "queue of this many recent teacher next-turn latents as extra InfoNCE negatives (0: off)"},
-    )
-    symmetric_infonce: bool = field(
-        default=False, metadata={"help": "InfoNCE both ways: each next turn also picks its own prediction"}
-    )
-    learn_temperature: bool = field(
-        default=False,
-        metadata={"help": "learn the InfoNCE temperature (log scale, kept within 0.01..1; starts at --temperature)"},
-    )
-    regularization: RegularizerConfig = field(
-        default_factory=RegularizerConfig, metadata={"help": "the anti-collapse term (see RegularizerConfig)"}
-    )
-
-    def validate(self) -> None:
-        if not self.temperature > 0:
-            raise TextJepaError(f"temperature must be positive, got {self.temperature}")
-        if self.queue_size < 0:
-            raise TextJepaError(f"queue size must be 0 (off) or positive, got {self.queue_size}")
-        self.regularization.validate()
 
 
 class WorldLoss(ModelLoss):
