@@ -187,6 +187,47 @@ def train_world_on(data: dict, latent: Path, out_dir: Path, *world_args: str) ->
     return {**data, "latent": latent, "world": main_checkpoint(out_dir, "world"), "stdout": world.stdout}
 
 
+TARGET_WIDTH = 32  # of the tiny sentence-transformers model below
+
+
+def build_sentence_transformer(folder: Path, extra_texts: tuple[str, ...] = ()) -> Path:
+    """A tiny random-weight sentence-transformers model saved in `folder` (its own tokenizer and config): a
+    one-layer BERT of width TARGET_WIDTH, a WordPiece vocabulary of the test texts (and `extra_texts`), mean
+    pooling. Saved as a downloaded model is, so it is loaded by the real code path."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    try:  # sentence-transformers >= 6 moved the modules; 3-5 have them here only
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
+
+    bert_dir = folder / "bert"
+    bert_dir.mkdir(parents=True)
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    texts = [" ".join(WORDS), *TOPICS.values(), *TOPICS, "user tell me about please number", *extra_texts]
+    wordpiece.train_from_iterator(texts * 3, vocab_size=300, min_frequency=1, show_progress=False)
+    wordpiece.save(str(folder / "wordpiece.json"))
+    tokenizer = BertTokenizerFast(tokenizer_file=str(folder / "wordpiece.json"))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=TARGET_WIDTH,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(bert_dir)
+    tokenizer.save_pretrained(bert_dir)
+    transformer = Transformer(str(bert_dir), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(TARGET_WIDTH, "mean")], device="cpu")
+    model.save(str(folder / "model"))
+    return folder / "model"
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory) -> Path:
     """A folder every pytest-xdist worker of this test run shares (the run's own base folder without xdist)."""

@@ -87,13 +87,13 @@ def test_a_long_context_gives_the_same_tokens_in_training_and_in_the_agent(long_
 
 def test_evaluation_and_the_bridge_read_records_by_the_same_rule(long_pair):
     store, batch = training_batch(long_pair)
-    checkpoint, _, teacher = load_world(long_pair["model"], torch.device("cpu"))
+    checkpoint, world, teacher = load_world(long_pair["model"], torch.device("cpu"))
     [evaluated] = list(iter_split_batches(store, 1, MAX_SEQ, "all", 0.0, 0))
     for name in ("context", "next"):
         assert np.array_equal(evaluated.ids[name][0], batch.ids[name][0])
     # The bridge's oracle latent is the teacher's latent of the reply exactly as the world model was trained.
     pairs, _ = read_pairs(long_pair["pairs"], checkpoint)
-    oracle = reply_latents(checkpoint, teacher, [pairs[0].reply], torch.device("cpu"))
+    oracle = reply_latents(checkpoint, world, teacher, [pairs[0].reply], torch.device("cpu"))
     ids, valid = torch.from_numpy(batch.ids["next"][:1]), torch.from_numpy(batch.valid["next"][:1])
     with torch.no_grad():
         expected = (teacher(ids, valid) * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)

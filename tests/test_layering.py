@@ -18,6 +18,8 @@ LAYERS = {
     "errors": 0,
     "config": 0,
     "models": 1,
+    # train-world --target-model's frozen sentence-transformers space (loaded lazily; an optional extra).
+    "models.frozen": 1,
     "objectives": 1,
     "data": 1,
     "checkpoint": 1,

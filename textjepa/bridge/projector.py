@@ -94,7 +94,7 @@ def world_identity(checkpoint) -> dict:
     encoder + transition weights (the bridge reads the transition's output)."""
     digest = hashlib.sha256()
     for key in sorted(checkpoint.tensors):
-        if key.startswith(("encoder.", "transition.")):
+        if key.startswith(("encoder.", "transition.", "target_head.")):  # what the predicted latent depends on
             tensor = checkpoint.tensors[key].detach().cpu().contiguous()
             digest.update(key.encode())
             digest.update(tensor.float().numpy().tobytes())

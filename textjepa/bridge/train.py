@@ -152,7 +152,9 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
 
     torch.manual_seed(cfg.train.seed)
     embed_scale = float(lm.model.get_input_embeddings().weight.detach().float().std())
-    projector = PrefixProjector(checkpoint.config.dim, lm.hidden_size, cfg.prefix_tokens, embed_scale=embed_scale)
+    projector = PrefixProjector(
+        checkpoint.config.predicted_dim, lm.hidden_size, cfg.prefix_tokens, embed_scale=embed_scale
+    )
     projector.to(device)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     # The training stages' schedule, with the cosine decay to 0.1 x lr starting right after the warmup.

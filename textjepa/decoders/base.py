@@ -13,7 +13,8 @@ import torch
 class Conditioning:
     """What the world model says about the next turn.
 
-    predicted: the transition's predicted next-turn latent; state: the context latent it came from;
+    predicted: the transition's predicted next-turn latent; state: the context latent it came from (with a frozen
+    target model, through the target head into the prediction's space);
     vector: the bridge's conditioning vector (zeros when ablated).
     """
 

@@ -1,8 +1,8 @@
-"""The offline default decoder: answer with the training reply whose teacher latent is nearest.
+"""The offline default decoder: answer with the training reply whose latent is nearest to the prediction.
 
-Its index is built at the end of world training from the best checkpoint's teacher: the latents of
-the training split's next turns (deduplicated), beside the reply texts, and the mean next latent
-(the "mean" baseline of eval-world).
+Its index is built at the end of world training from the best checkpoint: the latents of the training split's
+next turns (deduplicated) in its reply space (its teacher's, or the frozen target model's with --target-model),
+beside the reply texts, and the mean next latent (the "mean" baseline of eval-world).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -18,14 +18,13 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
-from textjepa.data.batches import iter_split_batches
+from textjepa.data.batches import Batch, iter_split_batches
 from textjepa.data.contract import DataContract
 from textjepa.data.lines import escape, unescape
 from textjepa.data.tokens import TokenStore
 from textjepa.decoders.base import Conditioning, Generation
 from textjepa.errors import TextJepaError
 from textjepa.io import RunFiles, atomic_write_text, write_safetensors
-from textjepa.models.encoder import Encoder
 
 INDEX_FORMAT = "textjepa-index"
 MAX_INDEX_ENTRIES = 200_000
@@ -34,25 +33,24 @@ MAX_INDEX_ENTRIES = 200_000
 @torch.no_grad()
 def build_retrieval_index(
     model_path: Path,
-    teacher: Encoder,
+    reply_latents: Callable[[Batch], torch.Tensor],
     store: TokenStore,
     tokenizer: Tokenizer,
     data: DataContract,
-    device: torch.device,
     batch: int = 128,
 ) -> Path:
+    """reply_latents: a batch's next turns in the checkpoint's reply space (the Python API's
+    `WorldModel.reply_latents`, which picks that space)."""
     files = RunFiles(model_path)
     index_file, replies_file = files.index, files.replies
     seen: dict[str, int] = {}
     latents: list[torch.Tensor] = []
-    total = torch.zeros(teacher.config.dim, dtype=torch.float64)
+    total: torch.Tensor | None = None
     count = 0
     # The training split of the checkpoint's own data contract, read the way the world model read it.
     for chunk in iter_split_batches(store, batch, data.max_seq, "train", data.val_fraction, data.seed, drop_last=False):
-        ids = torch.from_numpy(chunk.ids["next"]).to(device)
-        valid = torch.from_numpy(chunk.valid["next"]).to(device)
-        pooled = teacher.pooled(ids, valid).float().cpu()
-        total += pooled.double().sum(0)
+        pooled = reply_latents(chunk).float().cpu()
+        total = pooled.double().sum(0) + (total if total is not None else 0)
         count += len(pooled)
         for row, record in enumerate(chunk.index):
             if len(seen) >= MAX_INDEX_ENTRIES:
@@ -61,7 +59,7 @@ def build_retrieval_index(
             if text not in seen:
                 seen[text] = len(seen)
                 latents.append(pooled[row])
-    if not latents:
+    if not latents or total is None:
         raise TextJepaError("no training next turns to index")
     matrix = F.normalize(torch.stack(latents), dim=-1)
     mean = (total / max(1, count)).float()

@@ -1,7 +1,8 @@
 """eval-world: the transition's predictions against the true next turns, beside two baselines.
 
 Baselines computed in the same run on the same batches: "copy" (the context latent itself as the
-prediction), "mean" (the training set's mean next latent for every context) and "tf-idf" (a lexical
+prediction; for a world model trained with --target-model, the frozen model's embedding of the context, i.e. that
+model's zero-shot retrieval), "mean" (the training set's mean next latent for every context) and "tf-idf" (a lexical
 baseline fitted on the training split, ranking the same candidates by word overlap; eval/lexical.py).
 """
 
@@ -51,7 +52,10 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     mapping = action_mapping(store, checkpoint.config.actions, checkpoint.path.name)
     split = choose_split(cfg.split, store, checkpoint)
     contract = checkpoint.data
-    rows = {"world model": MetricAverager(), "copy baseline": MetricAverager(), "mean baseline": MetricAverager()}
+    # In a frozen target space "copy the context" is the frozen model's embedding of the context: its zero-shot
+    # retrieval, labelled so.
+    copy_row = f"copy ({model.target_model} zero-shot)" if model.target_model else "copy baseline"
+    rows = {"world model": MetricAverager(), copy_row: MetricAverager(), "mean baseline": MetricAverager()}
     tfidf, tfidf_note = tfidf_for_checkpoint(
         checkpoint.data, checkpoint.tokenizer, checkpoint.config.vocab_size, cfg.data_dir, path, store
     )
@@ -62,10 +66,10 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     ):
         tensors = batch_tensors(batch, mapping, device)
         state, prediction = model.transition(tensors["ids"], tensors["valid"], tensors["actions"])
-        target = model.reply_encoder.pool(tensors["next_ids"], tensors["next_valid"])
+        target = model.reply_latents(store, batch)
         n = len(target)
         rows["world model"].add(retrieval_metrics(prediction, target), n)
-        rows["copy baseline"].add(retrieval_metrics(state, target), n)
+        rows[copy_row].add(retrieval_metrics(model.copy_latents(store, batch, state), target), n)
         rows["mean baseline"].add(retrieval_metrics(mean_next.expand_as(target), target), n)
         if tfidf is not None:
             contexts = record_texts(store, checkpoint.tokenizer, "context", batch.index)
@@ -80,13 +84,14 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     print(tfidf_note)
     report = {
         "model": str(checkpoint.path),
+        "target_model": model.target_model or None,
         "data": str(path),
         "split": split,
         "pairs": pairs,
         "batch": cfg.batch,
         "precision": precision.precision,
         "world_model": results["world model"],
-        "baseline_copy": results["copy baseline"],
+        "baseline_copy": results[copy_row],
         "baseline_mean": results["mean baseline"],
     }
     if tfidf is not None:

@@ -61,7 +61,7 @@ class ConditioningHead(NormMLP):
     fallback of the LLM decoders reads; the prefix projector (textjepa/bridge/) reads the latent itself."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config.dim, config.bridge_dim, config.bridge_dim)
+        super().__init__(config.predicted_dim, config.bridge_dim, config.bridge_dim)
 
 
 class LatentModel(nn.Module):
@@ -74,7 +74,11 @@ class LatentModel(nn.Module):
 
 
 class WorldModel(nn.Module):
-    """Encoder + transition + conditioning head: context -> state -> predicted next latent -> conditioning."""
+    """Encoder + transition + conditioning head: context -> state -> predicted next latent -> conditioning.
+
+    With a frozen target space (config.target_dim, train-world --target-model) a linear target head maps the
+    transition's output to that space: the predicted next latent is then of width target_dim.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -82,6 +86,17 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(config)
         self.transition = WorldTransition(config)
         self.add_module(CONDITIONING_HEAD_KEY, ConditioningHead(config))
+        self.target_head = nn.Linear(config.dim, config.target_dim) if config.target_dim else None
+        if self.target_head is not None:
+            _init_weights(self.target_head)
+
+    def to_target_space(self, latent: torch.Tensor) -> torch.Tensor:
+        """A latent of the encoder's width in the space the predictions live in (itself without a target head)."""
+        return latent if self.target_head is None else self.target_head(latent)
+
+    def predict(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The predicted next latent of a state under an action."""
+        return self.to_target_space(self.transition(state, action))
 
     @property
     def conditioning_head(self) -> ConditioningHead:
@@ -91,4 +106,4 @@ class WorldModel(nn.Module):
         return self.encoder.pooled(ids, valid)
 
     def forward(self, ids: torch.Tensor, valid: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.transition(self.state(ids, valid), action)
+        return self.predict(self.state(ids, valid), action)

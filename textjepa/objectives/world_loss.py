@@ -45,7 +45,7 @@ class WorldLoss(ModelLoss):
     def __init__(self, model: WorldModel, config: WorldLossConfig, seed: int) -> None:
         super().__init__(model, config, seed)
         if config.queue_size > 0:
-            dim, max_seq = model.config.dim, model.config.max_seq
+            dim, max_seq = model.config.predicted_dim, model.config.max_seq
             self.register_buffer("queue", torch.zeros(config.queue_size, dim))
             # A hash of each queued reply's tokens, to skip the entries that are a row's own reply.
             self.register_buffer("queue_keys", torch.zeros(config.queue_size, dtype=torch.long))
@@ -98,13 +98,14 @@ class WorldLoss(ModelLoss):
         next_valid: torch.Tensor,
         frozen: bool,
     ) -> dict[str, torch.Tensor]:
-        """ids/valid: the contexts; target: the teacher's pooled next-turn latents; next_ids/next_valid: the
+        """ids/valid: the contexts; target: the teacher's pooled next-turn latents (or, with a target model, the
+        frozen model's embeddings of them); next_ids/next_valid: the
         next turns themselves; frozen: the encoder gets no gradient (the first freeze_encoder_steps)."""
         cfg, world = self.config, self.model
         state = world.state(ids, valid)
         if frozen:
             state = state.detach()
-        prediction = world.transition(state, actions)
+        prediction = world.predict(state, actions)
         align = alignment_loss(prediction, target)
         negatives = {}
         if cfg.queue_size > 0:
@@ -120,6 +121,8 @@ class WorldLoss(ModelLoss):
             reply_latent = world.state(next_ids, next_valid)
             if frozen:
                 reply_latent = reply_latent.detach()
+            # In a frozen target space the encoder's reply latent is compared through the same target head.
+            reply_latent = world.to_target_space(reply_latent)
             reply_contrast = self.contrast(prediction, reply_latent)
             total = total + cfg.reply_contrast_weight * reply_contrast
             parts["reply_contrast"] = reply_contrast.detach()

@@ -14,16 +14,19 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, load_teacher, load_with_teacher
+from textjepa.api import WorldModel as TrainedWorldModel
+from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, load_teacher
 from textjepa.config import ModelConfig, WorldConfig
 from textjepa.data.batches import Batch
 from textjepa.data.contract import is_validation
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, resolve_data
 from textjepa.data.tokens import TokenStore
 from textjepa.decoders.retrieval import build_retrieval_index
+from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import retrieval_metrics
 from textjepa.io import RunKind
 from textjepa.models.encoder import LEXICAL, pooling_weights
+from textjepa.models.frozen import TARGET_MODEL_INFO, FrozenEmbedder, record_targets
 from textjepa.models.heads import CONDITIONING_HEAD_KEY, WorldModel
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.objectives.world_loss import WorldLoss
@@ -46,9 +49,15 @@ class WorldStage:
         device: torch.device,
         init: Checkpoint | None,
         mapping: torch.Tensor,
+        embedder: FrozenEmbedder | None = None,
+        targets: torch.Tensor | None = None,
     ) -> None:
         self.config, self.tokenizer, self.store, self.cfg, self.device = config, tokenizer, store, cfg, device
         self.mapping = mapping
+        # --target-model: every record's next-turn embedding by the frozen model (record_targets), fixed; the
+        # EMA teacher is then kept only as the loop's (and the files') encoder copy, and computes no target.
+        self.embedder = embedder
+        self.targets = targets.to(device) if targets is not None else None
         self.lr_scales = {"encoder.": cfg.encoder_lr_scale}
         self.model = WorldModel(config)
         self.loss = WorldLoss(self.model, cfg.loss, cfg.train.seed)
@@ -71,20 +80,24 @@ class WorldStage:
         if init.kind == RunKind.WORLD:
             world.transition.load_state_dict(init.module_state("transition"))
             world.conditioning_head.load_state_dict(init.module_state(CONDITIONING_HEAD_KEY))
+            if world.target_head is not None:  # check_target_space made sure it has one of the same space
+                world.target_head.load_state_dict(init.module_state("target_head"))
         self.teacher.load_state_dict(load_teacher(init).module_state("encoder"))
 
-    def _target(self, tensors: dict) -> torch.Tensor:
+    def _target(self, tensors: dict, batch: Batch) -> torch.Tensor:
+        if self.targets is not None:
+            return self.targets[torch.from_numpy(batch.index).to(self.device)]
         with torch.no_grad():
             return self.teacher.pooled(tensors["next_ids"], tensors["next_valid"])
 
     def make_inputs(self, batch: Batch, step: int) -> dict:
         tensors = batch_tensors(batch, self.mapping, self.device)
-        return {**tensors, "target": self._target(tensors), "frozen": step < self.cfg.freeze_encoder_steps}
+        return {**tensors, "target": self._target(tensors, batch), "frozen": step < self.cfg.freeze_encoder_steps}
 
     def validation_metrics(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
         tensors = batch_tensors(batch, self.mapping, self.device)
         prediction = self.model(tensors["ids"], tensors["valid"], tensors["actions"])
-        metrics = retrieval_metrics(prediction, self._target(tensors))
+        metrics = retrieval_metrics(prediction, self._target(tensors, batch))
         return {f"val_{k}": metrics[k] for k in ("cosine_mean", "top1", "top5", "mrr")}
 
     def score(self, metrics: dict[str, float]) -> float:
@@ -96,20 +109,25 @@ class WorldStage:
         return online, teacher
 
     def checkpoint_info(self) -> dict:
-        return {
+        info = {
             "init_encoder": self.cfg.init_encoder,
             "regularizer": self.cfg.loss.regularization.regularizer,
             "infonce_weight": self.cfg.loss.infonce_weight,
             "temperature": self.cfg.loss.temperature,
             "loss": dataclasses.asdict(self.cfg.loss),
         }
+        if self.embedder is not None:
+            info[TARGET_MODEL_INFO] = self.embedder.info()
+        return info
 
     def finish(self, best_path: Path) -> None:
-        """The retrieval decoder's index: teacher latents of the training next turns, from the best checkpoint."""
-        best, best_teacher = load_with_teacher(best_path, expect_kind=RunKind.WORLD)
-        teacher = copy.deepcopy(self.teacher)
-        teacher.load_state_dict(best_teacher.module_state("encoder"))
-        index_path = build_retrieval_index(best_path, teacher, self.store, self.tokenizer, best.data, self.device)
+        """The retrieval decoder's index: the training next turns in the best checkpoint's reply space (its
+        teacher's latents, or the frozen target model's embeddings), picked as everywhere by the Python API."""
+        world = TrainedWorldModel.load(best_path, self.device, target_embedder=self.embedder)
+        best = world.checkpoint
+        index_path = build_retrieval_index(
+            best_path, lambda chunk: world.reply_latents(self.store, chunk), self.store, self.tokenizer, best.data
+        )
         print(f"retrieval index: {index_path}")
 
 
@@ -151,22 +169,47 @@ def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig
     return config, init.tokenizer, init
 
 
+def check_target_space(init: Checkpoint | None, embedder: FrozenEmbedder | None) -> None:
+    """A world checkpoint continues in the space it predicts in: --target-model must name the same frozen model
+    (or none for the teacher's space)."""
+    if init is None or init.kind != RunKind.WORLD:
+        return
+    recorded = init.info.get(TARGET_MODEL_INFO)
+    if recorded is None and embedder is not None:
+        raise TextJepaError(
+            f"{init.path.name} predicts in its teacher's space; --target-model starts from a latent checkpoint or none"
+        )
+    if recorded is not None and (embedder is None or embedder.digest != recorded.get("sha256")):
+        raise TextJepaError(
+            f"{init.path.name} predicts in the space of target model {recorded.get('name')}; pass "
+            f"--target-model {recorded.get('name')} to continue it"
+        )
+
+
 def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainResult:
     cfg.train.validate()
     cfg.loss.validate()
     with training_session(cfg.train, RunKind.WORLD) as (device, dist, out_dir, precision):
         config, tokenizer, init = resolve_world_config(cfg, shape_overrides or {})
         config.validate()
+        # --target-model: found and loaded (or refused) before any work on the data.
+        embedder = FrozenEmbedder(cfg.target_model, device) if cfg.target_model else None
+        check_target_space(init, embedder)
+        targets = None
         with local_main_first(dist):  # caches are built once per node, then shared
             path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.WORLD)
             tokenizer, store = load_corpus(
                 path, WORLD_RECORDS, cfg.data, tokenizer, config.vocab_size, cfg.train.progress
             )
+            if embedder is not None:  # every record's next-turn embedding, cached beside the token store
+                targets = record_targets(embedder, store, tokenizer, progress=cfg.train.progress)
         if init is None or init.kind == RunKind.LATENT:
             config = dataclasses.replace(
                 config, vocab_size=tokenizer.get_vocab_size(), actions=list(store.action_names)
             )
         mapping = action_mapping(store, config.actions, str(init.path) if init else "the model")
+        if embedder is not None:
+            config = dataclasses.replace(config, target_dim=embedder.dim)
         seed_everything(cfg.train.seed)
-        stage = WorldStage(config, tokenizer, store, cfg, device, init, mapping)
+        stage = WorldStage(config, tokenizer, store, cfg, device, init, mapping, embedder, targets)
         return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision)
