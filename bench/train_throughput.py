@@ -1,6 +1,7 @@
 """Training throughput of the real JEPA step in fp32 and bf16, against this machine's GEMM peaks of both dtypes.
 
-For the default shape (dim 368, max_seq 128, 4 layers, 8 heads, batch 32) and a small one, on real text of
+For the "default" shape (dim 368, max_seq 128, 4 layers, 8 heads, batch 32: the default until 2026-12-01 and the
+shape issue 12's goals are stated for) and a small one, on real text of
 varied length (standard-library docstring paragraphs), this times the real training step
 (`textjepa.train.loop.train_step`: LatentStage.make_inputs with the teacher forward, online forward,
 backward, clipping, AdamW, EMA) for
