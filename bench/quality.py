@@ -180,6 +180,10 @@ class Trainer:
         shutil.rmtree(out, ignore_errors=True)  # our own scratch folder: a fresh run each time
         return run_textjepa(self._command(kind, data, steps, seed, out, init), log, self.threads)
 
+    def _rate_key(self, kind: str, data: Path) -> str:
+        """Where a command's calibration on a data file is kept in `rates` (and the report)."""
+        return f"{self.label}{kind}|{data}"
+
     def steps_for(self, kind: str, data: Path, init: Path | None, cpu_seconds: float, log: Path) -> int:
         """Steps that fit `cpu_seconds` including start-up, from two short runs (their difference is the
         per-step cost, the rest the start-up: imports, token store, checkpoints)."""
@@ -188,7 +192,7 @@ class Trainer:
         if self.fixed_steps:  # JEPA, world after JEPA, world from scratch (told apart by init)
             jepa, world, scratch = self.fixed_steps
             return jepa if kind == "latent" else world if init else scratch
-        key = f"{self.label}{kind}|{data}"
+        key = self._rate_key(kind, data)
         if key not in self.rates:
             short, long = 3, 15
             folder = self.work / "calibration" / f"{self.label}{kind}-{data.parent.name}"
@@ -212,7 +216,7 @@ class Trainer:
         steps = self.steps_for(kind, data, init, cpu_seconds, log)
         used = self._run(kind, data, steps, seed, out, init, log)
         result = {"model": str(main_checkpoint(out, kind)), "steps": steps, "cpu_seconds": round(used, 1)}
-        warm_up = self.rates.get(f"{self.label}{kind}|{data}|warm-up CPU s")
+        warm_up = self.rates.get(f"{self._rate_key(kind, data)}|warm-up CPU s")
         if warm_up is not None:  # the one-off cache building (with a target model: its embeddings of the data)
             result["warm_up_cpu_seconds"] = warm_up
         write_report(out / "result.json", result)
