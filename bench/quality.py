@@ -52,6 +52,7 @@ from pathlib import Path
 from _common import CACHE_DIR, REPO_ROOT, goal_row
 from _pairsets import SET_NAMES, SetFiles, build_set, read_pairs
 
+from textjepa.config import LatentConfig, ModelConfig, WorldConfig
 from textjepa.errors import TextJepaError
 from textjepa.eval.lexical import TfidfScorer, ranking_metrics
 
@@ -74,17 +75,20 @@ LABELS = {  # also the order of the table rows
 }
 
 
+_MODEL, _LATENT, _WORLD = ModelConfig(), LatentConfig(), WorldConfig()
+
+
 @dataclass
 class Shape:
-    """The model shape and batch sizes of the trained world models (the demo's by default)."""
+    """The model shape and batch sizes of the trained world models: the defaults of `latent` and `train-world`."""
 
-    dim: int = 128
-    layers: int = 2
-    heads: int = 4
-    max_seq: int = 64
-    max_vocab: int = 4000
-    jepa_batch: int = 32
-    world_batch: int = 64
+    dim: int = _MODEL.dim
+    layers: int = _MODEL.layers
+    heads: int = _MODEL.heads
+    max_seq: int = _MODEL.max_seq
+    max_vocab: int = _MODEL.vocab_size
+    jepa_batch: int = _LATENT.train.batch
+    world_batch: int = _WORLD.train.batch
 
     def args(self) -> list[str]:
         return [
@@ -686,7 +690,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "set's own training contexts and replies (in-domain JEPA, one JEPA run per set)",
     )
     parser.add_argument(
-        "--shape", default="", metavar="DIM,LAYERS,HEADS", help="the trained models' shape (default 128,2,4)"
+        "--shape",
+        default="",
+        metavar="DIM,LAYERS,HEADS",
+        help=f"the trained models' shape (default: the commands' own, {_MODEL.dim},{_MODEL.layers},{_MODEL.heads})",
     )
     parser.add_argument(
         "--fixed-steps",
