@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import subprocess
+import sys
 
 import pytest
 from conftest import assert_user_error, run_cli
@@ -194,3 +195,27 @@ def test_settings_snapshot_parses_on_use_and_names_the_variable():
         _ = settings.num_threads
     with pytest.raises(KeyError, match="add it to settings.VARIABLES"):
         settings.get("SOME_NEW_VARIABLE")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train-bridge", "w.safetensors", "p.txt", "--prefix-tokens", "0"], "--prefix-tokens must be between 1"),
+        (["train-bridge", "w.safetensors", "p.txt", "--align-batch", "0"], "--align-batch must be at least 1"),
+        (["train-bridge", "w.safetensors", "p.txt", "--target-mix", "1.5"], "--target-mix must be between 0 and 1"),
+        (["eval-conditioning", "w.safetensors", "b.safetensors", "--max-pairs", "0"], "--max-pairs must be at least"),
+        (["latent", "x.txt", "--heads", "5"], "must divide dim"),
+        (["train-world", "x.txt", "--batch", "1"], "batch must be at least 2"),
+    ],
+)
+def test_a_bad_option_is_reported_before_torch_is_imported(argv, message):
+    # The check is the config's own validate(), run before the command's library (and torch) is imported, so a
+    # typo costs a fraction of a second; the files named need not exist.
+    code = (
+        "import sys; from textjepa.cli import main; code = main(sys.argv[1:]); "
+        "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout.strip() == "torch not imported"

@@ -244,6 +244,11 @@ class WorldConfig:
     )
     loss: WorldLossConfig = setting(default_factory=WorldLossConfig, group="world loss")
 
+    def validate(self) -> None:
+        self.train.validate()
+        self.loss.validate()
+        self.model.validate()
+
 
 VOCAB_HELP = "tokenizer.json or vocab file; must be the model's own"
 
@@ -382,6 +387,10 @@ BRIDGE_TRAIN_FIELDS = (
 )  # fmt: skip
 
 
+# The most soft-prompt vectors a bridge may put before the prompt.
+MAX_PREFIX_TOKENS = 64
+
+
 @dataclass
 class BridgeTrainConfig:
     """`textjepa train-bridge`: the prefix projector for a frozen LLM and a frozen world model."""
@@ -426,6 +435,38 @@ class BridgeTrainConfig:
     )
     data_dir: str = setting("data", help="hub caches")
 
+    def validate(self) -> None:
+        check_prefix_tokens(self.prefix_tokens)
+        counts = {
+            "batch": self.train.batch,
+            "max_reply_tokens": self.max_reply_tokens,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "eval_every": self.train.eval_every,
+            "align_batch": self.align_batch,
+        }
+        check_counts(counts)
+        if self.train.steps < 0 or self.align_steps < 0 or self.train.steps + self.align_steps < 1:
+            raise TextJepaError("--steps and --align-steps must be >= 0, and not both 0")
+        if not (self.train.lr > 0 and self.align_lr > 0):
+            raise TextJepaError(f"learning rates must be positive, got --lr {self.train.lr} --align-lr {self.align_lr}")
+        if self.val_pairs < 0:
+            raise TextJepaError(f"--val-pairs must be >= 0, got {self.val_pairs}")
+        for name in ("prompt_dropout", "target_mix"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise TextJepaError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+
+
+def check_prefix_tokens(k: int) -> None:
+    if not 1 <= k <= MAX_PREFIX_TOKENS:
+        raise TextJepaError(f"--prefix-tokens must be between 1 and {MAX_PREFIX_TOKENS}, got {k}")
+
+
+def check_counts(counts: dict[str, int]) -> None:
+    """Options that count something must be at least 1; named by their flag."""
+    for name, value in counts.items():
+        if value < 1:
+            raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
 
 @dataclass
 class ConditioningEvalConfig:
@@ -448,6 +489,10 @@ class ConditioningEvalConfig:
     json_path: str | None = setting(None, flag="json", metavar="PATH", help="write the report as JSON (- for stdout)")
     data_dir: str = setting("data", help="hub caches")
     progress: bool = setting(True, help="no progress lines")
+
+    def validate(self) -> None:
+        names = ("max_pairs", "batch", "max_reply_tokens", "max_prompt_tokens")
+        check_counts({name: getattr(self, name) for name in names})
 
 
 # The parts of TrainConfig that the demo sets for both of its training stages.

@@ -182,9 +182,7 @@ def summarize(sums: dict[str, np.ndarray], counts: np.ndarray, rows: ConditionRo
 
 
 def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
-    for name in ("max_pairs", "batch", "max_reply_tokens", "max_prompt_tokens"):
-        if getattr(cfg, name) < 1:
-            raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    cfg.validate()
     configure_threads()
     device = resolve_device(cfg.device)
     precision = choose_precision(cfg.precision, device)

@@ -20,22 +20,17 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from textjepa.config import check_prefix_tokens
 from textjepa.data.tokens import tokenizer_hash
 from textjepa.errors import TextJepaError
 from textjepa.io import write_safetensors
 
 BRIDGE_FORMAT = "textjepa-bridge"
 BRIDGE_VERSION = 1
-MAX_PREFIX_TOKENS = 64
 PROBE_ROWS = 16
 PROBE_COLS = 32
 # Quantisation (e.g. Q4_1 vs the float original) keeps the probe's cosine above ~0.99; unrelated models ~0.
 PROBE_MIN_COSINE = 0.9
-
-
-def check_prefix_tokens(k: int) -> None:
-    if not 1 <= k <= MAX_PREFIX_TOKENS:
-        raise TextJepaError(f"--prefix-tokens must be between 1 and {MAX_PREFIX_TOKENS}, got {k}")
 
 
 class PrefixProjector(nn.Module):

@@ -23,7 +23,6 @@ from textjepa.bridge.data import LMExample, conditioning_latents, derangement, l
 from textjepa.bridge.projector import (
     Bridge,
     PrefixProjector,
-    check_prefix_tokens,
     save_bridge,
     world_identity,
 )
@@ -39,29 +38,6 @@ from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device, seed_everything
 from textjepa.train.loop import MetricsLog, format_duration
 from textjepa.train.schedules import warmup_cosine
-
-
-def validate_config(cfg: BridgeTrainConfig) -> None:
-    check_prefix_tokens(cfg.prefix_tokens)
-    counts = {
-        "batch": cfg.train.batch,
-        "max_reply_tokens": cfg.max_reply_tokens,
-        "max_prompt_tokens": cfg.max_prompt_tokens,
-        "eval_every": cfg.train.eval_every,
-        "align_batch": cfg.align_batch,
-    }
-    for name, value in counts.items():
-        if value < 1:
-            raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if cfg.train.steps < 0 or cfg.align_steps < 0 or cfg.train.steps + cfg.align_steps < 1:
-        raise TextJepaError("--steps and --align-steps must be >= 0, and not both 0")
-    if not (cfg.train.lr > 0 and cfg.align_lr > 0):
-        raise TextJepaError(f"learning rates must be positive, got --lr {cfg.train.lr} --align-lr {cfg.align_lr}")
-    if cfg.val_pairs < 0:
-        raise TextJepaError(f"--val-pairs must be >= 0, got {cfg.val_pairs}")
-    for name in ("prompt_dropout", "target_mix"):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise TextJepaError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(cfg, name)}")
 
 
 def mean_nll(
@@ -91,7 +67,7 @@ def default_bridge_path(out_dir: Path, lm_name: str, world_file: str) -> Path:
 
 
 def train_bridge(cfg: BridgeTrainConfig) -> Path:
-    validate_config(cfg)
+    cfg.validate()  # the CLI has done so already, before importing torch; a library caller gets it here
     configure_threads()
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)

@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train_world(cfg: WorldConfig, args: argparse.Namespace, settings: Settings) -> int:
+    cfg.validate()  # before the imports below: a bad option is reported without importing torch
     from textjepa.checkpoint import pick_model_file
     from textjepa.train.world import train_world
 

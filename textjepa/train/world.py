@@ -187,8 +187,7 @@ def check_target_space(init: Checkpoint | None, embedder: FrozenEmbedder | None)
 
 
 def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainResult:
-    cfg.train.validate()
-    cfg.loss.validate()
+    cfg.validate()
     with training_session(cfg.train, RunKind.WORLD) as (device, dist, out_dir, precision):
         config, tokenizer, init = resolve_world_config(cfg, shape_overrides or {})
         config.validate()
