@@ -33,6 +33,7 @@ t-interval, the bf16 mean and each bf16 seed, and whether the bf16 mean lies wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -45,7 +46,7 @@ from pathlib import Path
 
 from _common import CACHE_DIR, REPO_ROOT, cpu_precision_paths, goal_row, native_note
 from _pairsets import SET_NAMES, SetFiles, build_set
-from quality import QUICK_SHAPE, Shape, main_checkpoint, quick_subset, write_report
+from quality import DEMO_SHAPE, QUICK_SHAPE, Shape, main_checkpoint, quick_subset, write_report
 
 from textjepa.errors import TextJepaError
 
@@ -328,7 +329,7 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(args.work_dir) / ("quick" if args.quick else "")
     work.mkdir(parents=True, exist_ok=True)
     json_path = Path(args.json) if args.json else work / "precision_quality.json"
-    shape = QUICK_SHAPE if args.quick else Shape(world_batch=args.world_batch)
+    shape = QUICK_SHAPE if args.quick else dataclasses.replace(DEMO_SHAPE, world_batch=args.world_batch)
     settings = {  # what must agree for --resume to continue a report
         "jepa_steps": args.jepa_steps,
         "world_steps": args.world_steps,

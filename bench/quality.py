@@ -52,7 +52,7 @@ from pathlib import Path
 from _common import CACHE_DIR, REPO_ROOT, goal_row
 from _pairsets import SET_NAMES, SetFiles, build_set, read_pairs
 
-from textjepa.config import LatentConfig, ModelConfig, WorldConfig
+from textjepa.config import DemoConfig, LatentConfig, ModelConfig, WorldConfig
 from textjepa.errors import TextJepaError
 from textjepa.eval.lexical import TfidfScorer, ranking_metrics
 
@@ -97,6 +97,17 @@ class Shape:
         ]  # fmt: skip
 
 
+_DEMO = DemoConfig()
+# The demo's shape: what the precision benchmark and the quality tables before the 384/1 default measured.
+DEMO_SHAPE = Shape(
+    dim=_DEMO.model.dim,
+    layers=_DEMO.model.layers,
+    heads=_DEMO.model.heads,
+    max_seq=_DEMO.model.max_seq,
+    max_vocab=_DEMO.model.vocab_size,
+    jepa_batch=_DEMO.train.batch,
+    world_batch=_DEMO.world_batch,
+)
 QUICK_SHAPE = Shape(dim=32, layers=1, heads=2, max_seq=32, max_vocab=400, jepa_batch=16, world_batch=32)
 
 
