@@ -11,6 +11,7 @@ import operator
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +19,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
+
+from textjepa.errors import TextJepaError  # noqa: E402
 
 CACHE_DIR = Path(os.environ.get("TEXTJEPA_BENCH_CACHE", REPO_ROOT / "bench" / ".cache"))
 
@@ -122,3 +125,13 @@ def goal_row(metric: str, value: float, goal: float | None, direction: str = ">=
     met = None if goal is None else bool(_COMPARE[direction](value, goal))
     shown_goal = None if goal is None else f"{direction} {goal}"
     return {"metric": metric, "value": value, "goal": shown_goal, "met": met, "note": note}
+
+
+def exit_code(work: Callable[[], object]) -> int:
+    """A benchmark's `main`: run `work`; a user mistake (TextJepaError) is one `error:` line and exit 1."""
+    try:
+        work()
+    except TextJepaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0

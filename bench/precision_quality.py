@@ -44,7 +44,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from _common import CACHE_DIR, REPO_ROOT, cpu_precision_paths, goal_row, native_note
+from _common import CACHE_DIR, REPO_ROOT, cpu_precision_paths, exit_code, goal_row, native_note
 from _pairsets import SET_NAMES, SetFiles, build_set
 from quality import DEMO_SHAPE, QUICK_SHAPE, Shape, main_checkpoint, quick_subset, write_report
 
@@ -445,18 +445,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.table_only:
-            path = Path(args.json or Path(args.work_dir) / "precision_quality.json")
-            if not path.is_file():
-                raise TextJepaError(f"no report at {path}")
-            print_tables(json.loads(path.read_text()))
-            return 0
+    return exit_code(lambda: work(args))
+
+
+def work(args: argparse.Namespace) -> None:
+    if args.table_only:
+        path = Path(args.json or Path(args.work_dir) / "precision_quality.json")
+        if not path.is_file():
+            raise TextJepaError(f"no report at {path}")
+        print_tables(json.loads(path.read_text()))
+    else:
         run(args)
-    except TextJepaError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

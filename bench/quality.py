@@ -49,7 +49,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import CACHE_DIR, REPO_ROOT, goal_row
+from _common import CACHE_DIR, REPO_ROOT, exit_code, goal_row
 from _pairsets import SET_NAMES, SetFiles, build_set, read_pairs
 
 from textjepa.config import DemoConfig, LatentConfig, ModelConfig, WorldConfig
@@ -747,21 +747,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.merge:
-            if not args.json:
-                raise TextJepaError("--merge needs --json, the merged report to write")
-            merge_reports([Path(p) for p in args.merge], Path(args.json))
-            print_tables(Path(args.json))
-            return 0
-        if args.table_only:
-            print_tables(Path(args.json or Path(args.work_dir) / "quality.json"))
-            return 0
+    return exit_code(lambda: work(args))
+
+
+def work(args: argparse.Namespace) -> None:
+    if args.merge:
+        if not args.json:
+            raise TextJepaError("--merge needs --json, the merged report to write")
+        merge_reports([Path(p) for p in args.merge], Path(args.json))
+        print_tables(Path(args.json))
+    elif args.table_only:
+        print_tables(Path(args.json or Path(args.work_dir) / "quality.json"))
+    else:
         run(args)
-    except TextJepaError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":
