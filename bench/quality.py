@@ -509,6 +509,15 @@ def in_domain_corpus(paragraphs: Path, train_pairs: Path, folder: Path) -> Path:
     return target
 
 
+def shape_of(args: argparse.Namespace) -> Shape:
+    """--shape: `demo`, or DIM,LAYERS,HEADS[,MAX_SEQ,MAX_VOCAB,JEPA_BATCH,WORLD_BATCH] laid over the default."""
+    shape = QUICK_SHAPE if args.quick else Shape()
+    if args.shape == "demo":
+        return DEMO_SHAPE
+    values = [int(part) for part in args.shape.split(",")] if args.shape else []
+    return Shape(**{**vars(shape), **dict(zip(vars(shape), values))})
+
+
 def run(args: argparse.Namespace) -> dict:
     began = time.perf_counter()
     work = Path(args.work_dir)
@@ -516,10 +525,7 @@ def run(args: argparse.Namespace) -> dict:
         work = work / "quick"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
-    shape = QUICK_SHAPE if args.quick else Shape()
-    if args.shape:
-        dim, layers, heads = (int(part) for part in args.shape.split(","))
-        shape = Shape(**{**vars(shape), "dim": dim, "layers": layers, "heads": heads})
+    shape = shape_of(args)
     budget_seconds = args.budget_minutes * 60
     json_path = Path(args.json) if args.json else work / "quality.json"
     import torch
@@ -703,8 +709,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shape",
         default="",
-        metavar="DIM,LAYERS,HEADS",
-        help=f"the trained models' shape (default: the commands' own, {_MODEL.dim},{_MODEL.layers},{_MODEL.heads})",
+        metavar="DIM,LAYERS,HEADS[,MAX_SEQ,MAX_VOCAB,JEPA_BATCH,WORLD_BATCH]",
+        help="the trained models' shape and batch sizes, or `demo` (the demo's: "
+        f"{','.join(str(v) for v in vars(DEMO_SHAPE).values())}); default: the commands' own "
+        f"({','.join(str(v) for v in vars(Shape()).values())})",
     )
     parser.add_argument(
         "--fixed-steps",
@@ -735,8 +743,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.candidates = min(args.candidates, 64)
     if not 0 < args.jepa_share < 1 and {"world", "world-minilm"} & set(args.systems):
         parser.error("--jepa-share must be between 0 and 1")
-    if args.shape and (len(args.shape.split(",")) != 3 or not all(p.isdigit() for p in args.shape.split(","))):
-        parser.error("--shape takes three positive integers: DIM,LAYERS,HEADS")
+    parts = args.shape.split(",") if args.shape and args.shape != "demo" else []
+    if parts and (len(parts) not in (3, 7) or not all(part.isdigit() and int(part) > 0 for part in parts)):
+        parser.error("--shape takes `demo`, or 3 or 7 positive integers: DIM,LAYERS,HEADS[,MAX_SEQ,MAX_VOCAB,...]")
     steps = args.fixed_steps.split(",") if args.fixed_steps else []
     if steps and (len(steps) != 3 or not all(part.isdigit() and int(part) > 0 for part in steps)):
         parser.error("--fixed-steps takes three positive integers: JEPA,WORLD,SCRATCH")

@@ -165,4 +165,27 @@ def test_fixed_steps_and_shape_replace_the_calibration_and_bad_values_are_usage_
         with pytest.raises(SystemExit) as stopped:
             parse_args(bad)
         assert stopped.value.code == 2
-    assert "--shape takes three positive integers" in capsys.readouterr().err
+    assert "--shape takes `demo`, or 3 or 7 positive integers" in capsys.readouterr().err
+
+
+def test_the_default_shape_is_the_commands_own_and_shape_overrides_it():
+    from quality import parse_args, shape_of
+
+    from textjepa.config import DemoConfig, ModelConfig, WorldConfig
+
+    model, world, demo = ModelConfig(), WorldConfig(), DemoConfig()
+    default = shape_of(parse_args([]))
+    assert (default.dim, default.layers, default.heads) == (model.dim, model.layers, model.heads)
+    assert (default.max_seq, default.max_vocab, default.world_batch) == (model.max_seq, model.vocab_size, 32)
+    assert default.world_batch == world.train.batch
+    three = shape_of(parse_args(["--shape", "64,2,2"]))
+    assert vars(three) == {**vars(default), "dim": 64, "layers": 2, "heads": 2}
+    seven = shape_of(parse_args(["--shape", "64,2,2,48,3000,16,24"]))
+    assert list(vars(seven).values()) == [64, 2, 2, 48, 3000, 16, 24]
+    demo_shape = shape_of(parse_args(["--shape", "demo"]))
+    assert (demo_shape.dim, demo_shape.max_seq, demo_shape.max_vocab, demo_shape.world_batch) == (
+        demo.model.dim,
+        demo.model.max_seq,
+        demo.model.vocab_size,
+        demo.world_batch,
+    )
