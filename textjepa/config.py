@@ -250,7 +250,8 @@ class WorldConfig:
     def validate(self) -> None:
         self.train.validate()
         self.loss.validate()
-        self.model.validate()
+        if not self.init_encoder:  # with it, the shape options are checks against the checkpoint's shape
+            self.model.validate()
 
 
 VOCAB_HELP = "tokenizer.json or vocab file; must be the model's own"
