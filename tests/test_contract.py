@@ -93,7 +93,7 @@ def test_evaluation_and_the_bridge_read_records_by_the_same_rule(long_pair):
         assert np.array_equal(evaluated.ids[name][0], batch.ids[name][0])
     # The bridge's oracle latent is the teacher's latent of the reply exactly as the world model was trained.
     pairs, _ = read_pairs(long_pair["pairs"], checkpoint)
-    oracle = reply_latents(checkpoint, world, teacher, [pairs[0].reply], torch.device("cpu"))
+    oracle = reply_latents(WorldModelApi(checkpoint, world, teacher, torch.device("cpu")), [pairs[0].reply])
     ids, valid = torch.from_numpy(batch.ids["next"][:1]), torch.from_numpy(batch.valid["next"][:1])
     with torch.no_grad():
         expected = (teacher(ids, valid) * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)

@@ -34,6 +34,7 @@ pytest.importorskip("transformers", reason="pip install -e '.[llm]'")
 pytest.importorskip("gguf", reason="pip install -e '.[llm]'")
 pytest.importorskip("accelerate", reason="pip install -e '.[llm]'")
 
+from textjepa.api import WorldModel  # noqa: E402
 from textjepa.decoders.models import find_smollm2  # noqa: E402
 
 SMOLLM2 = find_smollm2()
@@ -132,7 +133,6 @@ def strong_bridge(world, lm, loaded_world):
 
 def agent_for(loaded_world, decoder):
     from textjepa.agent import Agent
-    from textjepa.api import WorldModel
 
     checkpoint, model, teacher = loaded_world
     return Agent(WorldModel(checkpoint, model, teacher, torch.device("cpu")), decoder)
@@ -215,13 +215,14 @@ def test_read_pairs_numbers_records_like_the_token_store(world, loaded_world):
     from textjepa.data.batches import make_batch
 
     _, world_model, teacher = loaded_world
-    oracle = conditioning_latents(checkpoint, world_model, teacher, held_out[:6], torch.device("cpu"), oracle=True)
+    model = WorldModel(checkpoint, world_model, teacher, torch.device("cpu"))
+    oracle = conditioning_latents(model, held_out[:6], oracle=True)
     batch = make_batch(store, np.asarray([p.record for p in held_out[:6]]), checkpoint.config.max_seq)
     ids, valid = torch.from_numpy(batch.ids["next"]), torch.from_numpy(batch.valid["next"])
     with torch.no_grad():
         expected = teacher.pooled(ids, valid)  # the teacher's own pooling, as in training
     assert torch.allclose(oracle, expected, atol=1e-5)
-    predicted = conditioning_latents(checkpoint, world_model, teacher, held_out[:6], torch.device("cpu"))
+    predicted = conditioning_latents(model, held_out[:6])
     assert predicted.shape == oracle.shape and not torch.allclose(predicted, oracle)
 
 
@@ -368,7 +369,8 @@ def test_eval_conditioning_text_rag_and_oracle_rows(world, lm, loaded_world, str
     pairs, _ = read_pairs(unique, checkpoint)
     held_out = split_pairs(pairs, checkpoint, "val")[:4]
     cfg = ConditioningEvalConfig(max_pairs=4, batch=4, max_reply_tokens=12)
-    rows = build_rows(lm, checkpoint, world_model, teacher, held_out, cfg, cpu)
+    model = WorldModel(checkpoint, world_model, teacher, cpu)
+    rows = build_rows(lm, model, held_out, cfg)
     assert len(rows.examples) == 4
     from textjepa.decoders.retrieval import RetrievalIndex
 
@@ -383,7 +385,7 @@ def test_eval_conditioning_text_rag_and_oracle_rows(world, lm, loaded_world, str
     report = summarize(sums, counts, rows, cfg.seed)
     assert list(report["nll"]) == list(ROWS) and report["text_rag_retrieved_true_text"] == 0
     assert len(set(report["nll"].values())) == len(ROWS)  # six different conditions
-    oracle = conditioning_latents(checkpoint, world_model, teacher, rows.pairs, cpu, oracle=True)
+    oracle = conditioning_latents(model, rows.pairs, oracle=True)
     with torch.no_grad():
         oracle_sums, oracle_counts = reply_nll(
             lm, projector(oracle), [e.prompt_ids for e in rows.examples], [e.reply_ids for e in rows.examples]

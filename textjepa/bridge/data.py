@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from textjepa.data.lines import LineStats, iter_world_pairs, require_usable
 from textjepa.decoders.hf_model import CausalLM
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
+
+if TYPE_CHECKING:
+    from textjepa.api import WorldModel
 
 _CHUNK = 2048
 
@@ -86,40 +90,27 @@ def lm_examples(
 
 
 @torch.no_grad()
-def predicted_latents(
-    checkpoint: Checkpoint, world, teacher, contexts: Sequence[str], device: torch.device, batch: int = 256
-) -> torch.Tensor:
-    """The world model's predicted next latents [N, dim], through the Python API's (and the agent's) path."""
-    from textjepa.api import WorldModel
-
-    model = WorldModel(checkpoint, world, teacher, device)
+def predicted_latents(model: WorldModel, contexts: Sequence[str], batch: int = 256) -> torch.Tensor:
+    """The world model's predicted next latents [N, predicted dim], through the Python API's (and the agent's)
+    path."""
     return torch.from_numpy(model.predict_next(list(contexts), batch_size=batch))
 
 
 @torch.no_grad()
-def reply_latents(
-    checkpoint: Checkpoint, world, teacher, replies: Sequence[str], device: torch.device, batch: int = 256
-) -> torch.Tensor:
+def reply_latents(model: WorldModel, replies: Sequence[str], batch: int = 256) -> torch.Tensor:
     """The true replies in the world model's reply space [N, predicted dim] (the teacher's latents, encoded as
     replies under the data contract, or the frozen target model's embeddings), as the world model's targets: what
     a perfect world model would predict. eval-conditioning's oracle row; train-bridge's --oracle-latent and
     --target-mix."""
-    from textjepa.api import WorldModel
-
-    model = WorldModel(checkpoint, world, teacher, device)
     return torch.from_numpy(model.encode(list(replies), batch_size=batch, kind="reply"))
 
 
 @torch.no_grad()
-def retrieved_replies(
-    checkpoint: Checkpoint, world, teacher, contexts: Sequence[str], device: torch.device, batch: int = 64
-) -> list[str]:
+def retrieved_replies(model: WorldModel, contexts: Sequence[str], batch: int = 64) -> list[str]:
     """The retrieval decoder's answer to each context, as `infer --decoder retrieval` gives it: the training reply
-    (from the index train-world wrote beside the checkpoint) whose teacher latent is nearest the prediction."""
-    from textjepa.api import WorldModel
+    (from the index train-world wrote beside the checkpoint) whose latent is nearest the prediction."""
     from textjepa.decoders.retrieval import RetrievalDecoder
 
-    model = WorldModel(checkpoint, world, teacher, device)
     decoder = RetrievalDecoder(model.retrieval_index())
     answers: list[str] = []
     for start in range(0, len(contexts), batch):
@@ -148,13 +139,11 @@ def text_rag_prompt_ids(lm: CausalLM, context: str, retrieved: str, max_prompt_t
     return prompt
 
 
-def conditioning_latents(
-    checkpoint: Checkpoint, world, teacher, pairs: Sequence[PairRecord], device: torch.device, oracle: bool = False
-) -> torch.Tensor:
+def conditioning_latents(model: WorldModel, pairs: Sequence[PairRecord], oracle: bool = False) -> torch.Tensor:
     """The projector's inputs for these pairs: the world model's predictions, or (oracle) the true replies'."""
     if oracle:
-        return reply_latents(checkpoint, world, teacher, [p.reply for p in pairs], device)
-    return predicted_latents(checkpoint, world, teacher, [p.context for p in pairs], device)
+        return reply_latents(model, [p.reply for p in pairs])
+    return predicted_latents(model, [p.context for p in pairs])
 
 
 def derangement(n: int, seed: int) -> torch.Tensor:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from textjepa.agent import load_world
+from textjepa.api import WorldModel
 from textjepa.bridge.data import (
     LMExample,
     PairRecord,
@@ -38,7 +37,6 @@ from textjepa.bridge.data import (
 )
 from textjepa.bridge.projector import PrefixProjector, check_prefix_tokens, load_bridge
 from textjepa.bridge.scoring import reply_nll
-from textjepa.checkpoint import Checkpoint
 from textjepa.config import ConditioningEvalConfig
 from textjepa.data.sources import resolve_data
 from textjepa.decoders.hf_model import CausalLM, load_causal_lm
@@ -94,26 +92,21 @@ def normalized_text(text: str) -> str:
 
 
 def build_rows(
-    lm: CausalLM,
-    checkpoint: Checkpoint,
-    world,
-    teacher,
-    held_out: list[PairRecord],
-    cfg: ConditioningEvalConfig,
-    device: torch.device,
+    lm: CausalLM, model: WorldModel, held_out: list[PairRecord], cfg: ConditioningEvalConfig
 ) -> ConditionRows:
     examples = lm_examples(lm, held_out, cfg.max_prompt_tokens, cfg.max_reply_tokens)
     by_record = {p.record: p for p in held_out}
     pairs = [by_record[e.record] for e in examples]
-    predicted = conditioning_latents(checkpoint, world, teacher, pairs, device).to(device)
-    oracle = conditioning_latents(checkpoint, world, teacher, pairs, device, oracle=True).to(device)
+    device = model.device
+    predicted = conditioning_latents(model, pairs).to(device)
+    oracle = conditioning_latents(model, pairs, oracle=True).to(device)
     latents = {
         "zero": torch.zeros_like(predicted),
         "shuffled": predicted[derangement(len(examples), cfg.seed).to(device)],
         "matched": predicted,
         "oracle": oracle,
     }
-    retrieved = retrieved_replies(checkpoint, world, teacher, [p.context for p in pairs], device)
+    retrieved = retrieved_replies(model, [p.context for p in pairs])
     rag_prompts = [text_rag_prompt_ids(lm, p.context, r, cfg.max_prompt_tokens) for p, r in zip(pairs, retrieved)]
     return ConditionRows(pairs, examples, latents, retrieved, rag_prompts)
 
@@ -190,7 +183,8 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
     # model's latents (computed once, small) in fp32.
     scope = "; autocast covers the LM and the projector" if precision.precision == "bf16" else ""
     print(precision.describe() + scope, flush=True)
-    checkpoint, world, teacher = load_world(Path(cfg.world_model), device)
+    model = WorldModel.load(cfg.world_model, device)
+    checkpoint = model.checkpoint
     bridge = load_bridge(cfg.bridge)
     bridge.check_world(checkpoint)
     check_prefix_tokens(bridge.prefix_tokens)
@@ -209,7 +203,7 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
     lm = load_causal_lm(source, device)
     bridge.check_decoder(lm.fingerprint())
     projector = bridge.projector.to(device).eval()
-    rows = build_rows(lm, checkpoint, world, teacher, held_out, cfg, device)
+    rows = build_rows(lm, model, held_out, cfg)
     started = time.time()
     sums, counts = score_rows(lm, projector, rows, cfg.batch, precision.precision, cfg.progress)
     report = {

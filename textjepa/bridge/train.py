@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textjepa.agent import load_world
+from textjepa.api import WorldModel
 from textjepa.bridge.align import align_projector
 from textjepa.bridge.data import LMExample, conditioning_latents, derangement, lm_examples, read_pairs, split_pairs
 from textjepa.bridge.projector import (
@@ -77,7 +77,8 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     # model's latents (computed once, small) stay fp32.
     scope = "; autocast covers the LM and the projector, not alignment" if precision.precision == "bf16" else ""
     print(precision.describe() + scope, flush=True)
-    checkpoint, world, teacher = load_world(Path(cfg.world_model), device)
+    model = WorldModel.load(cfg.world_model, device)
+    checkpoint = model.checkpoint
     data_path = resolve_data(cfg.data, cfg.data_dir, RunKind.WORLD)
     pairs, stats = read_pairs(data_path, checkpoint)
     train_pairs = split_pairs(pairs, checkpoint, "train")
@@ -111,20 +112,14 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     fit = lm_examples(lm, fit_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens)
     val = lm_examples(lm, val_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens) if val_pairs else []
     by_record = {p.record: p for p in pairs}
-    fit_latents = conditioning_latents(
-        checkpoint, world, teacher, [by_record[e.record] for e in fit], device, cfg.oracle
-    )
+    fit_latents = conditioning_latents(model, [by_record[e.record] for e in fit], cfg.oracle)
     target_latents = None
     if cfg.target_mix > 0 and not cfg.oracle:
-        target_latents = conditioning_latents(
-            checkpoint, world, teacher, [by_record[e.record] for e in fit], device, oracle=True
-        ).to(device)
+        target_latents = conditioning_latents(model, [by_record[e.record] for e in fit], oracle=True).to(device)
     empty_prompt, _ = truncate_left(lm.prompt_ids(context_messages("")), cfg.max_prompt_tokens)
     val_latents = None
     if val:
-        val_latents = conditioning_latents(
-            checkpoint, world, teacher, [by_record[e.record] for e in val], device, cfg.oracle
-        )
+        val_latents = conditioning_latents(model, [by_record[e.record] for e in val], cfg.oracle)
 
     torch.manual_seed(cfg.train.seed)
     embed_scale = float(lm.model.get_input_embeddings().weight.detach().float().std())
