@@ -670,9 +670,8 @@ class ServeConfig:
             raise TextJepaError(f"port must be in 0..65535, got {self.port}")
         if not self.host:
             raise TextJepaError("the host to bind to is empty")
-        for name in ("max_concurrency", "max_batch", "max_body_bytes", "max_tokens_limit", "max_embedding_inputs"):
-            if getattr(self, name) < 1:
-                raise TextJepaError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        names = ("max_concurrency", "max_batch", "max_body_bytes", "max_tokens_limit", "max_embedding_inputs")
+        check_counts({name: getattr(self, name) for name in names})
         if self.max_queue < 0:
             raise TextJepaError(f"max-queue must be at least 0, got {self.max_queue}")
         if not self.queue_timeout > 0:
