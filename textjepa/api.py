@@ -268,7 +268,7 @@ class WorldModel:
         self.context_encoder = Encoder(checkpoint, network.encoder, Field.CONTEXT, device, precision)
         self.teacher_encoder = Encoder(checkpoint, teacher, Field.REPLY, device, precision)
         recorded = checkpoint.info.get(TARGET_MODEL_INFO)
-        if target_embedder is not None and (recorded is None or target_embedder.digest != recorded.get("sha256")):
+        if target_embedder is not None and not target_embedder.is_recorded_in(recorded):
             raise TextJepaError(f"target model {target_embedder.name} is not the one {checkpoint.path.name} records")
         self._target_embedder = target_embedder
         self._index: RetrievalIndex | None = None

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
@@ -101,11 +100,15 @@ class FrozenEmbedder:
             convert_to_numpy=True,
             show_progress_bar=progress,
         )
-        return F.normalize(torch.from_numpy(np.asarray(vectors, dtype=np.float32)), dim=-1)
+        return torch.from_numpy(np.asarray(vectors, dtype=np.float32))  # normalize_embeddings: unit length
 
     def info(self) -> dict:
         """What a checkpoint records of its target model."""
         return {"name": self.name, "path": str(self.path), "sha256": self.digest, "dim": self.dim}
+
+    def is_recorded_in(self, recorded: dict | None) -> bool:
+        """Whether a checkpoint's record of its target model (`info()` as saved) names this model's files."""
+        return recorded is not None and self.digest == recorded.get("sha256")
 
 
 def load_recorded_embedder(recorded: dict, source: Path, device: torch.device | str = "cpu") -> FrozenEmbedder:
@@ -116,7 +119,7 @@ def load_recorded_embedder(recorded: dict, source: Path, device: torch.device | 
         embedder = FrozenEmbedder(name, device)
     except TextJepaError as exc:
         raise TextJepaError(f"{source.name} predicts in the space of a target model that is missing: {exc}") from None
-    if recorded.get("sha256") and embedder.digest != recorded["sha256"]:
+    if recorded.get("sha256") and not embedder.is_recorded_in(recorded):
         raise TextJepaError(
             f"target model {name} ({embedder.path}) is not the one {source.name} was trained with (its files differ)"
         )

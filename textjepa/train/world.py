@@ -179,7 +179,7 @@ def check_target_space(init: Checkpoint | None, embedder: FrozenEmbedder | None)
         raise TextJepaError(
             f"{init.path.name} predicts in its teacher's space; --target-model starts from a latent checkpoint or none"
         )
-    if recorded is not None and (embedder is None or embedder.digest != recorded.get("sha256")):
+    if recorded is not None and (embedder is None or not embedder.is_recorded_in(recorded)):
         raise TextJepaError(
             f"{init.path.name} predicts in the space of target model {recorded.get('name')}; pass "
             f"--target-model {recorded.get('name')} to continue it"
