@@ -160,7 +160,7 @@ def test_invalid_utf8_line_among_good_ones_is_counted(tmp_path):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--max-vocab", "100"], "max_vocab 100 is too small"),
+        (["--max-vocab", "100"], "--max-vocab must be at least 259"),
         (["--heads", "3"], "heads (3) must divide dim (32)"),
         (["--steps", "0"], "steps"),
     ],

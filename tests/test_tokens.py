@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from conftest import synthetic_lines
 
-from textjepa.config import MASK_ID, PAD_ID, UNK_ID
 from textjepa.data.lines import LineStats, iter_latent_texts
 from textjepa.data.tokens import build_or_open_token_store, file_hash, train_tokenizer
+from textjepa.data.vocab import MASK_ID, PAD_ID, UNK_ID
 from textjepa.errors import TextJepaError
 
 

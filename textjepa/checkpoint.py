@@ -17,11 +17,11 @@ import torch
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
-from textjepa.config import ModelConfig
 from textjepa.data.contract import DataContract
 from textjepa.data.tokens import tokenizer_from_string, tokenizer_hash, write_vocab_txt
 from textjepa.errors import TextJepaError
 from textjepa.io import RunFiles, RunKind, atomic_write_bytes, atomic_write_text, write_safetensors
+from textjepa.models.config import ModelConfig
 
 FORMAT = "textjepa"
 STATE_MAGIC = b"TEXTJEPA-STATE-1\n"

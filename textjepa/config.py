@@ -1,28 +1,53 @@
-"""Configuration: one dataclass per command, every default and every help text in this file.
+"""Configuration: one dataclass per command, gathered here; every default, help text and bound is declared once,
+with its field.
 
-Each setting is declared once, as a field whose metadata carries its help (`setting(...)`, or
-`field(..., metadata={"help": ...})` in other modules' configs); the command-line parsers are generated from the
-fields (textjepa/cli/options.py describes the metadata that shapes an option). Nested configs are shared instead
+A setting is a field whose metadata carries its help, its bounds and how it appears on the command line
+(`setting(...)`, textjepa/fields.py; textjepa/cli/options.py generates the parsers). A config's `validate()` is
+generated from the bounds; what is written by hand here (`check()`) are the rules between fields. The settings of
+one part of the library sit beside its code (the model's shape in models/config.py, the data's and the prepare
+commands' in data/configs.py, the losses' and the masking's in objectives/configs.py) and are nested here instead
 of copied: a command's config holds a `TrainConfig` with its own defaults rather than re-declaring its fields.
-The library takes these objects as they are.
+None of them imports torch, so a command checks its options before it loads the library.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from textjepa.data.configs import (
+    DataConfig,
+    PrepareDemoConfig,
+    PrepareExpertConfig,
+    PrepareHubConfig,
+    PrepareJsonlConfig,
+    PrepareMixConfig,
+    PrepareUltrachatConfig,
+    world_data_defaults,
+)
+from textjepa.data.lines import DEFAULT_ACTION
 from textjepa.errors import TextJepaError
-from textjepa.objectives.configs import JepaLossConfig, WorldLossConfig
+from textjepa.fields import Checked, check_fields, check_value, setting
+from textjepa.models.config import ModelConfig
+from textjepa.objectives.configs import JepaLossConfig, MaskingConfig, WorldLossConfig
 
-SPECIAL_TOKENS = ("<pad>", "<unk>", "<mask>")
-PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
-# Byte-level BPE needs all 256 byte symbols so that no Unicode text is ever out of vocabulary.
-MIN_VOCAB = len(SPECIAL_TOKENS) + 256
-DEFAULT_ACTION = "reply"
-# ModelConfig.pooling; textjepa/models/encoder.py implements them.
-POOLINGS = ("mean", "lexical")
+# Re-exported: the commands' configs and the settings they nest are all importable from here.
+__all__ = [
+    "DEFAULT_ACTION",
+    "DataConfig",
+    "JepaLossConfig",
+    "MaskingConfig",
+    "ModelConfig",
+    "PrepareDemoConfig",
+    "PrepareExpertConfig",
+    "PrepareHubConfig",
+    "PrepareJsonlConfig",
+    "PrepareMixConfig",
+    "PrepareUltrachatConfig",
+    "WorldLossConfig",
+    "setting",
+]
+
 DEVICE_HELP = "auto, cpu or cuda"
 # The values of textjepa.precision.PrecisionRequest (config sits below that module, so they are spelled out here;
 # tests/test_precision.py checks that the two agree).
@@ -38,82 +63,6 @@ def precision_setting(**metadata: Any) -> Any:
     return setting("auto", choices=PRECISION_CHOICES, help=PRECISION_HELP, **metadata)
 
 
-def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **metadata: Any) -> Any:
-    """A config field with its help text (`help=`) and, optionally, how it appears on the command line
-    (`flag=`, `positional=`, `choices=`, ...; see textjepa/cli/options.py)."""
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-@dataclass
-class ModelConfig:
-    """Shape of the encoder and its heads; stored in every checkpoint's metadata."""
-
-    # 4000 rather than 8000: with JEPA on one corpus and the world model on a few thousand pairs of another, the
-    # smaller vocabulary's tokens are seen more often; held-out R@1 stdlib 0.138 vs 0.128, jargon 0.359 vs 0.355,
-    # chat 0.148 vs 0.154 (seed 0; docs/results.md, "Default settings").
-    vocab_size: int = setting(4000, flag="max-vocab", help="BPE vocabulary size")
-    # Wide and shallow, sized for a CPU: at an equal or smaller CPU budget dim 384 / 1 layer beat both 368 / 4 (the
-    # default before) and 128 / 2 on held-out next-turn retrieval (docs/results.md, "Model shape"): the lexical half
-    # of the pooled latent gains from width, and one layer leaves the steps for the transition.
-    dim: int = setting(384, help="latent width")
-    layers: int = setting(1, help="transformer blocks")
-    heads: int = setting(4, help="attention heads, must divide dim")
-    max_seq: int = setting(128, help="tokens per line kept")
-    mlp_ratio: int = setting(4, help="MLP width as a multiple of dim")
-    predictor_hidden: int = setting(0, help="predictor width; 0 means dim // 2 (a bottleneck)")
-    bridge_dim: int = setting(256, help="conditioning vector width")
-    actions: list[str] = setting(default_factory=lambda: [DEFAULT_ACTION], cli=False, help="world-model actions")
-    # JEPA predicts token latents and pools nothing; the world model's default is set in WorldConfig.
-    pooling: str = setting(
-        "mean",
-        choices=POOLINGS,
-        help="how a text's tokens become one latent: mean (of the final token latents) or lexical (IDF^2-weighted "
-        "mean of the final token latents plus of the normed token embeddings; weights from the training corpus)",
-    )
-    lexical_weight: float = setting(
-        2.0, help="lexical pooling: the weight of the token-embedding part against the contextual part"
-    )
-    # train-world --target-model: the world model predicts in a frozen model's embedding space of this width
-    # through a linear head (its name is in the checkpoint's info, "target_model"); 0: the encoder's own space.
-    target_dim: int = setting(0, cli=False, help="width of the frozen target space (0: the encoder's own latents)")
-
-    def validate(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise TextJepaError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        if not self.lexical_weight >= 0:
-            raise TextJepaError(f"lexical weight must be 0 or more, got {self.lexical_weight}")
-        for name in ("dim", "layers", "heads", "max_seq", "bridge_dim"):
-            if getattr(self, name) < 1:
-                raise TextJepaError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.dim % self.heads:
-            raise TextJepaError(f"heads ({self.heads}) must divide dim ({self.dim})")
-        if self.vocab_size < MIN_VOCAB:
-            raise TextJepaError(
-                f"max_vocab {self.vocab_size} is too small: the {len(SPECIAL_TOKENS)} special tokens "
-                f"{', '.join(SPECIAL_TOKENS)} and 256 byte symbols need at least {MIN_VOCAB}"
-            )
-
-    @property
-    def predicted_dim(self) -> int:
-        """The width of the world model's predicted next latent (what the retrieval index and the bridge read)."""
-        return self.target_dim or self.dim
-
-    @property
-    def predictor_width(self) -> int:
-        return self.predictor_hidden or max(1, self.dim // 2)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        # A checkpoint from before pooling was a setting pooled with the mean, whatever today's default.
-        return cls(**{"pooling": "mean", **{k: v for k, v in data.items() if k in known}})
-
-
 # The shape a training command takes from the command line (the rest has defaults or comes from the data).
 TRAINED_SHAPE = ("vocab_size", "dim", "layers", "heads", "max_seq")
 # The shape arguments that commands loading a checkpoint accept as checks (they must equal the checkpoint's).
@@ -121,38 +70,27 @@ CHECKED_SHAPE = ("dim", "max_seq", "layers", "heads", "bridge_dim")
 
 
 @dataclass
-class DataConfig:
-    """How a line file becomes training records."""
-
-    path: str = setting("", positional=True, metavar="DATA", help="line file or hub:<dataset_id>")
-    data_dir: str = setting("data", help="hub and token caches")
-    max_line_bytes: int = setting(1_000_000, help="longer lines are skipped")
-    min_tokens: int = setting(2, help="shorter records are skipped")
-    val_fraction: float = setting(0.05, help="held-out share of lines")
-    tokenizer_sample_lines: int = setting(200_000, help="tokenizer training reads at most this many lines")
-
-
-@dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """What every training stage shares: optimisation, schedules, output."""
 
-    steps: int = setting(1000, help="optimizer steps")
-    batch: int = setting(32, help="lines per batch (per process)")
+    steps: int = setting(1000, min=1, help="optimizer steps")
+    batch: int = setting(32, min=2, why="in-batch statistics need two rows", help="lines per batch (per process)")
     global_batch: int = setting(
         0,
+        min=0,
         metavar="N",
         show_default=False,
         help="lines per step over all processes; each of W torchrun processes takes N/W (overrides --batch)",
     )
-    lr: float = setting(5e-4, help="peak learning rate")
+    lr: float = setting(5e-4, above=0, help="peak learning rate")
     weight_decay: float = setting(0.05, help="AdamW weight decay")
     warmup_fraction: float = setting(0.05, help="share of steps with a linear warm-up")
     decay_fraction: float = setting(0.3, help="share of steps, at the end, that decay with a cosine")
     min_lr_ratio: float = setting(0.1, help="the learning rate at the end, as a share of --lr")
     grad_clip: float = setting(1.0, help="gradient norm clip")
-    ema_start: float = setting(0.996, help="teacher EMA momentum at step 0")
-    ema_end: float = setting(0.9999, help="teacher EMA momentum at the end")
-    eval_every: int = setting(100, help="validate and save every N steps")
+    ema_start: float = setting(0.996, min=0, help="teacher EMA momentum at step 0")
+    ema_end: float = setting(0.9999, below=1, help="teacher EMA momentum at the end")
+    eval_every: int = setting(100, min=1, help="validate and save every N steps")
     eval_batches: int = setting(8, help="validation batches")
     seed: int = setting(0, help="random seed")
     device: str = setting("auto", help=DEVICE_HELP)
@@ -167,38 +105,13 @@ class TrainConfig:
     bucket_by_length: bool = setting(True, flag="bucket", help="do not group batches by length (more padding)")
     progress: bool = setting(True, help="no progress bar")
 
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise TextJepaError(f"steps must be at least 1, got {self.steps}")
-        if self.batch < 2:
-            raise TextJepaError(f"batch must be at least 2 (in-batch statistics need two rows), got {self.batch}")
-        if self.global_batch < 0:
-            raise TextJepaError(f"global batch must be positive, got {self.global_batch}")
-        if not self.lr > 0:
-            raise TextJepaError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.ema_start <= self.ema_end < 1:
-            raise TextJepaError("EMA momenta must satisfy 0 <= start <= end < 1")
-        if self.eval_every < 1:
-            raise TextJepaError(f"eval_every must be at least 1, got {self.eval_every}")
+    def check(self) -> None:
+        if not self.ema_start <= self.ema_end:
+            raise TextJepaError(f"--ema-start ({self.ema_start}) must not exceed --ema-end ({self.ema_end})")
 
 
 @dataclass
-class MaskingConfig:
-    """Span masking of the JEPA objective."""
-
-    max_spans: int = setting(4, help="spans per line")
-    max_span_len: int = setting(8, help="tokens per span")
-    max_masked_ratio: float = setting(0.4, help="cap on masked share")
-
-    def validate(self) -> None:
-        if self.max_spans < 1 or self.max_span_len < 1:
-            raise TextJepaError("max_spans and max_span_len must be at least 1")
-        if not 0 < self.max_masked_ratio < 1:
-            raise TextJepaError(f"max_masked_ratio must be in (0, 1), got {self.max_masked_ratio}")
-
-
-@dataclass
-class LatentConfig:
+class LatentConfig(Checked):
     """`textjepa latent`: JEPA pretraining of the encoder."""
 
     data: DataConfig = setting(default_factory=DataConfig, group="data")
@@ -207,18 +120,12 @@ class LatentConfig:
     masking: MaskingConfig = setting(default_factory=MaskingConfig, group="span masking")
     loss: JepaLossConfig = setting(default_factory=JepaLossConfig, group="loss")
 
-    def validate(self) -> None:
-        self.train.validate()
-        self.loss.validate()
-        self.masking.validate()
-        self.model.validate()
-
 
 @dataclass
-class WorldConfig:
+class WorldConfig(Checked):
     """`textjepa train-world`: the next-turn transition and the decoder bridge."""
 
-    data: DataConfig = setting(default_factory=lambda: DataConfig(min_tokens=1), group="data")
+    data: DataConfig = setting(default_factory=world_data_defaults, group="data")
     model: ModelConfig = setting(
         default_factory=lambda: ModelConfig(pooling="lexical"),
         only=TRAINED_SHAPE + ("bridge_dim", "pooling", "lexical_weight"),
@@ -248,17 +155,15 @@ class WorldConfig:
     loss: WorldLossConfig = setting(default_factory=WorldLossConfig, group="world loss")
 
     def validate(self) -> None:
-        self.train.validate()
-        self.loss.validate()
-        if not self.init_encoder:  # with it, the shape options are checks against the checkpoint's shape
-            self.model.validate()
+        # With --init-encoder the shape options are checks against the checkpoint's shape, validated on loading.
+        check_fields(self, skip=("model",) if self.init_encoder else ())
 
 
 VOCAB_HELP = "tokenizer.json or vocab file; must be the model's own"
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Checked):
     """`textjepa eval-jepa` and `textjepa eval-world`."""
 
     model: str = setting("", positional=True, metavar="MODEL", help="the checkpoint")
@@ -294,17 +199,17 @@ DECODER_MODEL_HELP = (
 
 
 @dataclass
-class InferConfig:
+class InferConfig(Checked):
     """`textjepa infer`: prompt -> world model -> decoder -> text."""
 
     model: str = setting("", positional=True, metavar="MODEL", help="model_world_*.safetensors")
-    prompt: str = setting("", positional=True, metavar="PROMPT", help="the user's message")
+    prompt: str = setting("", positional=True, metavar="PROMPT", nonblank=True, help="the user's message")
     vocab: str | None = setting(None, help=VOCAB_HELP)
     decoder: str = setting("retrieval", show_default=False, help=DECODER_HELP)
     bridge: str | None = setting(None, help=BRIDGE_HELP)
     decoder_model: str | None = setting(None, help=DECODER_MODEL_HELP)
     ablate_conditioning: bool = setting(False, help="zero the conditioning vector")
-    max_new_tokens: int = setting(128, help="reply length cap")
+    max_new_tokens: int = setting(128, min=1, help="reply length cap")
     top_k: int = setting(1, show_default=False, help="also show the k best alternatives (retrieval)")
     # None: the decoder's own setting (JEPA_DECODER_TEMP, else DecoderSettings.temperature).
     temperature: float | None = setting(
@@ -315,18 +220,12 @@ class InferConfig:
     json: bool = setting(False, help="print the result as JSON")
     shape_overrides: dict = setting(default_factory=dict, help="shape arguments given on the command line")
 
-    def validate(self) -> None:
-        if not self.prompt.strip():
-            raise TextJepaError("the prompt is empty")
-        if self.max_new_tokens < 1:
-            raise TextJepaError("--max-new-tokens must be at least 1")
-
 
 EMBED_SUFFIXES = (".npy", ".parquet")
 
 
 @dataclass
-class EmbedConfig:
+class EmbedConfig(Checked):
     """`textjepa embed`: a vector for every line of a file, written to .npy or Parquet."""
 
     model: str = setting(
@@ -342,6 +241,7 @@ class EmbedConfig:
         "",
         required=True,
         metavar="FILE",
+        endswith=EMBED_SUFFIXES,
         help="FILE.npy (float32, a row a used line) or FILE.parquet (columns text and embedding)",
     )
     reply: bool = setting(
@@ -350,21 +250,15 @@ class EmbedConfig:
         "contexts (the state latent, as /v1/embeddings)",
     )
     normalize: bool = setting(False, help="scale every vector to unit length")
-    batch_size: int = setting(64, help="lines per encoder batch")
+    batch_size: int = setting(64, min=1, help="lines per encoder batch")
     overwrite: bool = setting(False, help="replace FILE when it exists")
     device: str = setting("auto", help=DEVICE_HELP)
     data_dir: str = setting("data", help="hub caches")
     progress: bool = setting(True, help="no progress bar")
 
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise TextJepaError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.out.endswith(EMBED_SUFFIXES):
-            raise TextJepaError(f"--out must end in .npy or .parquet, got {self.out!r}")
-
 
 @dataclass
-class DecoderSettings:
+class DecoderSettings(Checked):
     """LLM decoders (transformers, llamacpp): the original's JEPA_DECODER_* environment, with its defaults."""
 
     ctx: int = setting(4096, help="JEPA_DECODER_CTX: tokens of context (capped by the model's own)")
@@ -396,31 +290,33 @@ MAX_PREFIX_TOKENS = 64
 
 
 @dataclass
-class BridgeTrainConfig:
+class BridgeTrainConfig(Checked):
     """`textjepa train-bridge`: the prefix projector for a frozen LLM and a frozen world model."""
 
     world_model: str = setting("", positional=True, metavar="WORLD_MODEL", help="model_world_*.safetensors")
     data: str = setting("", positional=True, metavar="DATA", help="context<TAB>next_turn pairs (or hub:<id>)")
     decoder_model: str | None = setting(None, help=DECODER_MODEL_HELP)
-    prefix_tokens: int = setting(4, help="K soft tokens")
+    prefix_tokens: int = setting(4, min=1, max=MAX_PREFIX_TOKENS, help="K soft tokens")
     # FACTS: on a raw prefix AdamW at 1e-4 with gradient clipping 1.0 learns and 1e-3 blows it up. Our prefix
     # is embed_scale (SmolLM2: 0.136) x projector output, so 2e-3 here moves it like ~2.7e-4 would; measured on
     # the demo pairs, 2e-3 beat 1e-3 (slow to use the latent) and 4e-3 (lower NLL, smaller matched/shuffled gap).
     train: TrainConfig = setting(
         default_factory=lambda: TrainConfig(steps=800, batch=8, lr=2e-3, weight_decay=0.0, eval_every=100),
         only=BRIDGE_TRAIN_FIELDS,
+        # Stage 2 may be left out (--steps 0) when stage 1 runs; the LM loss needs no in-batch statistics.
+        bounds={"steps": {"min": 0}, "batch": {"min": 1}},
         group="training (stage 2: through the LM)",
     )
     # Stage 1 (no LM forward): align the prefix with the LM's token embeddings (bridge/align.py).
     align_steps: int = setting(
-        1000, help="stage 1 steps without the LM: prefix slot k learns to look like reply token k"
+        1000, min=0, help="stage 1 steps without the LM: prefix slot k learns to look like reply token k"
     )
-    align_batch: int = setting(64, help="stage 1 pairs per step")
-    align_lr: float = setting(1e-3, help="stage 1 learning rate")
-    max_reply_tokens: int = setting(48, help="reply tokens scored")
-    max_prompt_tokens: int = setting(256, help="prompt tokens kept, from the right")
+    align_batch: int = setting(64, min=1, help="stage 1 pairs per step")
+    align_lr: float = setting(1e-3, above=0, help="stage 1 learning rate")
+    max_reply_tokens: int = setting(48, min=1, help="reply tokens scored")
+    max_prompt_tokens: int = setting(256, min=1, help="prompt tokens kept, from the right")
     # Held out of the world model's *training* split.
-    val_pairs: int = setting(48, help="training-split pairs kept out to pick the best step")
+    val_pairs: int = setting(48, min=0, help="training-split pairs kept out to pick the best step")
     out: str | None = setting(None, help="the bridge file (default <out-dir>/bridge_<lm>_<world>.safetensors)")
     oracle: bool = setting(False, flag="oracle-latent", help=ORACLE_HELP)
     # With the prompt in view the LM can answer from the prompt alone, so the LM loss teaches the prefix a
@@ -429,51 +325,32 @@ class BridgeTrainConfig:
     # "paraphrase" stage), so the prefix learns to say what the latent says.
     prompt_dropout: float = setting(
         1.0,
+        min=0.0,
+        max=1.0,
         help="fraction of training rows whose prompt is replaced by an empty user turn, so the reply must come "
         "from the prefix; makes the prefix carry the latent's content",
     )
     # A clean "decode this latent" signal in the same space the world model predicts into.
     target_mix: float = setting(
         0.0,
+        min=0.0,
+        max=1.0,
         help="fraction of training rows conditioned on the teacher latent of the true reply instead of the prediction",
     )
     data_dir: str = setting("data", help="hub caches")
 
-    def validate(self) -> None:
-        check_prefix_tokens(self.prefix_tokens)
-        counts = {
-            "batch": self.train.batch,
-            "max_reply_tokens": self.max_reply_tokens,
-            "max_prompt_tokens": self.max_prompt_tokens,
-            "eval_every": self.train.eval_every,
-            "align_batch": self.align_batch,
-        }
-        check_counts(counts)
-        if self.train.steps < 0 or self.align_steps < 0 or self.train.steps + self.align_steps < 1:
-            raise TextJepaError("--steps and --align-steps must be >= 0, and not both 0")
-        if not (self.train.lr > 0 and self.align_lr > 0):
-            raise TextJepaError(f"learning rates must be positive, got --lr {self.train.lr} --align-lr {self.align_lr}")
-        if self.val_pairs < 0:
-            raise TextJepaError(f"--val-pairs must be >= 0, got {self.val_pairs}")
-        for name in ("prompt_dropout", "target_mix"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise TextJepaError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+    def check(self) -> None:
+        if self.train.steps + self.align_steps < 1:
+            raise TextJepaError("--steps and --align-steps must not both be 0")
 
 
 def check_prefix_tokens(k: int) -> None:
-    if not 1 <= k <= MAX_PREFIX_TOKENS:
-        raise TextJepaError(f"--prefix-tokens must be between 1 and {MAX_PREFIX_TOKENS}, got {k}")
-
-
-def check_counts(counts: dict[str, int]) -> None:
-    """Options that count something must be at least 1; named by their flag."""
-    for name, value in counts.items():
-        if value < 1:
-            raise TextJepaError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    """A bridge's prefix length, under the bound train-bridge declares (also for a bridge file read back)."""
+    check_value(BridgeTrainConfig, "prefix_tokens", k)
 
 
 @dataclass
-class ConditioningEvalConfig:
+class ConditioningEvalConfig(Checked):
     """`textjepa eval-conditioning`: reply NLL under no, zero, shuffled, matched, text-RAG and oracle conditioning."""
 
     world_model: str = setting("", positional=True, metavar="WORLD_MODEL", help="model_world_*.safetensors")
@@ -483,10 +360,10 @@ class ConditioningEvalConfig:
         None, positional="?", metavar="DATA", help="pairs (default: the world model's training data)"
     )
     decoder_model: str | None = setting(None, help=DECODER_MODEL_HELP + "; default also: the bridge's model")
-    max_pairs: int = setting(256, help="held-out pairs scored")
-    batch: int = setting(8, help="pairs per forward")
-    max_reply_tokens: int = setting(48, help="reply tokens scored")
-    max_prompt_tokens: int = setting(256, help="prompt tokens kept, from the right")
+    max_pairs: int = setting(256, min=1, help="held-out pairs scored")
+    batch: int = setting(8, min=1, help="pairs per forward")
+    max_reply_tokens: int = setting(48, min=1, help="reply tokens scored")
+    max_prompt_tokens: int = setting(256, min=1, help="prompt tokens kept, from the right")
     seed: int = setting(0, help="the shuffle's seed")
     device: str = setting("auto", help=DEVICE_HELP)
     precision: str = precision_setting()
@@ -494,17 +371,13 @@ class ConditioningEvalConfig:
     data_dir: str = setting("data", help="hub caches")
     progress: bool = setting(True, help="no progress lines")
 
-    def validate(self) -> None:
-        names = ("max_pairs", "batch", "max_reply_tokens", "max_prompt_tokens")
-        check_counts({name: getattr(self, name) for name in names})
-
 
 # The parts of TrainConfig that the demo sets for both of its training stages.
 DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "precision", "progress", "overwrite")
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Checked):
     """`textjepa demo`: the embedded default, sized to finish in minutes on 2 CPU cores."""
 
     out_dir: str = setting("runs/demo", help="where everything goes")
@@ -528,119 +401,15 @@ class DemoConfig:
     )
 
 
-def _check_positive(name: str, value: int | None, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value < 1:
-        raise TextJepaError(f"{name} must be a positive whole number, got {value}")
-
-
-PROGRESS_HELP = "no progress bar"
-
-
 @dataclass
-class PrepareHubConfig:
-    """`textjepa prepare hub`: download and cache a hub dataset now, as a training command would."""
-
-    dataset: str = setting("", positional=True, metavar="DATASET", help="hub:<org>/<name> (or just <org>/<name>)")
-    mode: str = setting("latent", choices=("latent", "world"), help="what it is for")
-    data_dir: str = setting("data", help="where cache files go")
-
-
-@dataclass
-class PrepareDemoConfig:
-    """`textjepa prepare demo`: the embedded default corpus from the local Python standard library."""
-
-    out_dir: str = setting("data/demo", help="where the two files go")
-
-
-@dataclass
-class PrepareUltrachatConfig:
-    """`textjepa prepare ultrachat`: chat turns -> context<TAB>next_turn (HuggingFaceH4/ultrachat_200k)."""
-
-    output: str = setting("data/ultrachat_pairs.txt", positional="?", metavar="OUTPUT", help="")
-    # Previous turns kept as the context of each assistant turn.
-    context_window: int = setting(6, help="previous turns kept")
-    min_tokens: int = setting(2, help="fewer whitespace words on either side: skipped")
-    max_rows: int | None = setting(None, help="read at most N conversations (default: all)")
-    split: str = setting("train_sft", help="dataset split")
-    progress: bool = setting(True, help=PROGRESS_HELP)
-
-    def validate(self) -> None:
-        _check_positive("--context-window", self.context_window, allow_none=False)
-        _check_positive("--max-rows", self.max_rows)
-        if self.min_tokens < 0:
-            raise TextJepaError(f"--min-tokens must not be negative, got {self.min_tokens}")
-
-
-@dataclass
-class PrepareExpertConfig:
-    """`textjepa prepare expert`: a Q&A dataset -> `User: question[\\nContext: ...]<TAB>answer`."""
-
-    dataset: str = setting("sciq", required=True, help="which dataset")
-    output: str | None = setting(None, help="output file (default data/<dataset>_pairs.txt)")
-    split: str | None = setting(None, help="dataset split (default: its training split)")
-    max_rows: int | None = setting(None, help="read at most N dataset rows (default: all)")
-    no_support: bool = setting(False, help="leave out the supporting paragraph (SciQ support, SQuAD context)")
-    min_answer_words: int = setting(1, help="shorter answers are skipped")
-    progress: bool = setting(True, help=PROGRESS_HELP)
-
-    def validate(self) -> None:
-        _check_positive("--max-rows", self.max_rows)
-        if self.min_answer_words < 0:
-            raise TextJepaError(f"--min-answer-words must not be negative, got {self.min_answer_words}")
-
-    @property
-    def output_path(self) -> str:
-        return self.output or f"data/{self.dataset}_pairs.txt"
-
-
-@dataclass
-class PrepareJsonlConfig:
-    """`textjepa prepare jsonl`: JSON Lines shards with context/response keys -> context<TAB>response."""
-
-    input_dir: str = setting("", required=True, aliases=("--input_dir",), help="folder of shards")
-    output: str = setting("data/expert_pairs.txt", help="output file")
-    # Bounds on the response, in whitespace words.
-    min_tokens: int = setting(1, aliases=("--min_tokens",), help="fewest words in a response")
-    max_tokens: int = setting(200, aliases=("--max_tokens",), help="most words in a response")
-    max_line_bytes: int = setting(16_000_000, help="longer lines are skipped")
-    progress: bool = setting(True, help=PROGRESS_HELP)
-
-    def validate(self) -> None:
-        if self.min_tokens < 0:
-            raise TextJepaError(f"--min-tokens must not be negative, got {self.min_tokens}")
-        if self.max_tokens < max(1, self.min_tokens):
-            raise TextJepaError(f"--max-tokens ({self.max_tokens}) must be at least --min-tokens and 1")
-
-
-@dataclass
-class PrepareMixConfig:
-    """`textjepa prepare mix`: concatenate line files, optionally shuffled (deterministic for a seed)."""
-
-    output: str = setting("", required=True, help="output file")
-    inputs: list[str] = setting(default_factory=list, positional="+", metavar="INPUT", help="line files")
-    shuffle: bool = setting(False, help="shuffle the lines")
-    seed: int = setting(0, help="shuffle seed")
-    bucket_bytes: int = setting(64 << 20, help="shuffle: input bytes per temporary bucket (each is shuffled in memory)")
-    max_line_bytes: int = setting(1_000_000, help="longer lines are skipped")
-    progress: bool = setting(True, help=PROGRESS_HELP)
-
-    def validate(self) -> None:
-        if not self.inputs:
-            raise TextJepaError("prepare mix needs at least one input file")
-        _check_positive("bucket_bytes", self.bucket_bytes, allow_none=False)
-
-
-@dataclass
-class ServeConfig:
+class ServeConfig(Checked):
     """`textjepa serve`: the OpenAI-compatible HTTP API over one loaded world model."""
 
     model: str = setting("", positional=True, metavar="MODEL", help="model_world_*.safetensors")
     vocab: str | None = setting(None, help=VOCAB_HELP)
     # Loopback by default: exposing the API is an explicit choice (--bind 0.0.0.0:PORT).
-    host: str = setting("127.0.0.1", group="network", help="address to listen on")
-    port: int = setting(8080, group="network", help="port (0 picks a free one)")
+    host: str = setting("127.0.0.1", group="network", nonblank=True, help="address to listen on")
+    port: int = setting(8080, group="network", min=0, max=65535, help="port (0 picks a free one)")
     decoder: str = setting("retrieval", group="decoder", show_default=False, help=DECODER_HELP)
     bridge: str | None = setting(None, group="decoder", help=BRIDGE_HELP)
     decoder_model: str | None = setting(None, group="decoder", help=DECODER_MODEL_HELP)
@@ -650,37 +419,29 @@ class ServeConfig:
     api_key: str | None = setting(
         None,
         group="network",
+        nonblank=True,
         help="require `Authorization: Bearer KEY` on /v1/* (or set TEXTJEPA_API_KEY, which keeps it out of `ps`)",
     )
-    model_id: str = setting("textjepa", group="network", help="the model name clients see")
+    model_id: str = setting("textjepa", group="network", nonblank=True, help="the model name clients see")
     # Generations and embedding requests in flight at once.
-    max_concurrency: int = setting(8, group="limits", help="requests doing model work at once; more wait in a queue")
-    max_queue: int = setting(256, group="limits", help="requests allowed to wait; beyond, 429")
-    queue_timeout: float = setting(30.0, group="limits", help="seconds a request waits for a slot before 429")
-    max_batch: int = setting(64, group="limits", help="texts per encoder batch on the model thread")
-    max_body_bytes: int = setting(4 * 1024 * 1024, group="limits", help="larger requests get 413")
-    default_max_tokens: int = setting(128, group="limits", help="reply length when a request gives no max_tokens")
-    max_tokens_limit: int = setting(4096, group="limits", help="largest max_tokens a request may ask for")
-    max_embedding_inputs: int = setting(2048, group="limits", help="texts one embeddings request may carry")
+    max_concurrency: int = setting(
+        8, group="limits", min=1, help="requests doing model work at once; more wait in a queue"
+    )
+    max_queue: int = setting(256, group="limits", min=0, help="requests allowed to wait; beyond, 429")
+    queue_timeout: float = setting(30.0, group="limits", above=0, help="seconds a request waits for a slot before 429")
+    max_batch: int = setting(64, group="limits", min=1, help="texts per encoder batch on the model thread")
+    max_body_bytes: int = setting(4 * 1024 * 1024, group="limits", min=1, help="larger requests get 413")
+    default_max_tokens: int = setting(
+        128, group="limits", min=1, help="reply length when a request gives no max_tokens"
+    )
+    max_tokens_limit: int = setting(4096, group="limits", min=1, help="largest max_tokens a request may ask for")
+    max_embedding_inputs: int = setting(2048, group="limits", min=1, help="texts one embeddings request may carry")
     debug: bool = setting(False, help="log every request and the server's internals")
     shape_overrides: dict = setting(default_factory=dict, help="shape arguments given on the command line")
 
-    def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise TextJepaError(f"port must be in 0..65535, got {self.port}")
-        if not self.host:
-            raise TextJepaError("the host to bind to is empty")
-        names = ("max_concurrency", "max_batch", "max_body_bytes", "max_tokens_limit", "max_embedding_inputs")
-        check_counts({name: getattr(self, name) for name in names})
-        if self.max_queue < 0:
-            raise TextJepaError(f"max-queue must be at least 0, got {self.max_queue}")
-        if not self.queue_timeout > 0:
-            raise TextJepaError(f"queue-timeout must be positive, got {self.queue_timeout}")
-        if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
+    def check(self) -> None:
+        if self.default_max_tokens > self.max_tokens_limit:
             raise TextJepaError(
-                f"default max tokens {self.default_max_tokens} must be in 1..{self.max_tokens_limit} (max-tokens-limit)"
+                f"--default-max-tokens ({self.default_max_tokens}) must not exceed --max-tokens-limit "
+                f"({self.max_tokens_limit})"
             )
-        if self.api_key is not None and not self.api_key.strip():
-            raise TextJepaError("the API key is empty")
-        if not self.model_id.strip():
-            raise TextJepaError("the model id is empty")

@@ -1,8 +1,9 @@
 """Command-line options generated from the config dataclasses, so that each setting is declared once: as a field.
 
-A field's metadata (see `textjepa.config.setting`) says how it appears on the command line:
+A field's metadata (see `textjepa.fields.setting`) says how it appears on the command line:
 
-- `help`: the help text; "(default X)" is appended from the command's defaults unless `show_default=False`.
+- `help`: the help text; "(default X)" is appended from the command's defaults unless `show_default=False`, after
+  the field's numeric bounds (`min`, `above`, ...; textjepa/fields.py).
 - `flag`: the option's name when it is not the field's (`vocab_size` -> `max-vocab`). A bool that defaults to
   True is switched off by `--no-<flag>`; one that defaults to False is switched on by `--<flag>`.
 - `aliases`: more spellings of the same option (`--input_dir`).
@@ -29,6 +30,8 @@ import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
+from textjepa.fields import describe_range, field_bounds
+
 ConfigT = TypeVar("ConfigT")
 
 
@@ -40,6 +43,7 @@ class Option:
     field: dataclasses.Field
     hint: Any  # the field's resolved type
     default: Any  # from the command's defaults
+    bounds: Mapping[str, Any]  # the field's bounds where this command uses it
 
     @property
     def meta(self) -> Mapping[str, Any]:
@@ -71,9 +75,14 @@ def _scalar(hint: Any) -> tuple[Any, bool]:
 
 
 def iter_options(
-    defaults: Any, prefix: str = "", only: typing.Iterable[str] | None = None, exclude: typing.Iterable[str] = ()
+    defaults: Any,
+    prefix: str = "",
+    only: typing.Iterable[str] | None = None,
+    exclude: typing.Iterable[str] = (),
+    bounds: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[Option]:
-    """Every command-line option of a config instance, nested configs flattened, in declaration order."""
+    """Every command-line option of a config instance, nested configs flattened, in declaration order; `bounds`:
+    the nesting field's replacements of bounds (textjepa/fields.py)."""
     hints = typing.get_type_hints(type(defaults))
     keep, skip = (set(only) if only is not None else None), set(exclude)
     for fld in dataclasses.fields(defaults):
@@ -82,13 +91,16 @@ def iter_options(
         value = getattr(defaults, fld.name)
         dest = f"{prefix}.{fld.name}" if prefix else fld.name
         if _is_config(value):
-            yield from iter_options(value, dest, fld.metadata.get("only"), fld.metadata.get("exclude", ()))
+            meta = fld.metadata
+            yield from iter_options(value, dest, meta.get("only"), meta.get("exclude", ()), meta.get("bounds"))
         elif typing.get_origin(hints[fld.name]) is not dict and hints[fld.name] is not dict:
-            yield Option(dest, fld, hints[fld.name], value)
+            yield Option(dest, fld, hints[fld.name], value, field_bounds(fld, bounds))
 
 
 def _help(option: Option, text: str) -> str:
     default = option.default
+    if limits := describe_range(option.bounds):
+        text = f"{text}, {limits}" if text else limits
     shown = option.meta.get("show_default", True) and default not in (None, "", [], ())
     if shown and not isinstance(default, bool) and option.meta.get("positional") in (None, "?"):
         rendered = " ".join(map(str, default)) if isinstance(default, list | tuple) else default

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from textjepa.config import PAD_ID
 from textjepa.data.contract import Field, is_validation, pad_rows
 from textjepa.data.tokens import TokenStore
+from textjepa.data.vocab import PAD_ID
 from textjepa.errors import TextJepaError
 
 

@@ -23,7 +23,8 @@ from typing import TypeVar
 import numpy as np
 from tokenizers import Tokenizer
 
-from textjepa.config import PAD_ID, DataConfig, LatentConfig, TrainConfig, WorldConfig
+from textjepa.data.configs import DataConfig, world_data_defaults
+from textjepa.data.vocab import PAD_ID
 from textjepa.io import RunKind
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -118,7 +119,7 @@ def is_validation(index: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 def _training_defaults(kind: RunKind) -> DataConfig:
     """The data settings a run of this kind trains with by default (what an old checkpoint that did not record
     a setting was trained with)."""
-    return WorldConfig().data if RunKind(kind) is RunKind.WORLD else LatentConfig().data
+    return world_data_defaults() if RunKind(kind) is RunKind.WORLD else DataConfig()
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ class DataContract:
             min_tokens=int(recorded.get("min_tokens", defaults.min_tokens)),
             max_line_bytes=int(recorded.get("max_line_bytes", defaults.max_line_bytes)),
             val_fraction=float(recorded.get("val_fraction", defaults.val_fraction)),
-            seed=int(recorded.get("seed", TrainConfig().seed)),
+            # Unrecorded: the training seed's default, 0 (config.TrainConfig.seed).
+            seed=int(recorded.get("seed", 0)),
             source=str(recorded.get("path") or ""),
             corpus_hash=str(recorded.get("corpus_hash") or ""),
         )

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from textjepa.config import DEFAULT_ACTION
 from textjepa.errors import TextJepaError
 
 TAB = "\t"
+# The action of a pair whose line names none (the world model's only action unless the data names others).
+DEFAULT_ACTION = "reply"
 PIPES = "|||"
 ESCAPED_NEWLINE = "\\n"
 _READ_CHUNK = 1 << 16

@@ -14,7 +14,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from textjepa.config import PrepareExpertConfig, PrepareJsonlConfig, PrepareMixConfig, PrepareUltrachatConfig
+from textjepa.data.configs import PrepareExpertConfig, PrepareJsonlConfig, PrepareMixConfig, PrepareUltrachatConfig
 from textjepa.data.hub import dataset_parquet_files, iter_rows, progress_bar
 from textjepa.data.lines import LineStats, iter_decoded_lines
 from textjepa.data.pairs import EXPERT_SOURCES, ULTRACHAT, PairOptions, PairSource, convert_rows, word_count

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from textjepa.config import DataConfig
+from textjepa.data.configs import DataConfig
 from textjepa.data.contract import DataContract, Field
 from textjepa.data.lines import LineStats, iter_latent_texts, iter_world_pairs, require_usable
 from textjepa.data.tokens import (

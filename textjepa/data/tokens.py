@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from textjepa.config import MIN_VOCAB, SPECIAL_TOKENS
 from textjepa.data.contract import Field, keep_tokens, token_ids
 from textjepa.data.lines import LineStats
+from textjepa.data.vocab import MIN_VOCAB, SPECIAL_TOKENS
 from textjepa.errors import TextJepaError
 from textjepa.io import atomic_directory, atomic_write_text
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from textjepa.config import ModelConfig
+from textjepa.models.config import ModelConfig
 
 
 class SelfAttention(nn.Module):

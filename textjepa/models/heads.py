@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from textjepa.config import ModelConfig
+from textjepa.models.config import ModelConfig
 from textjepa.models.encoder import Encoder, _init_weights
 
 # Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from textjepa.config import MASK_ID, MaskingConfig
+from textjepa.data.vocab import MASK_ID
+from textjepa.objectives.configs import MaskingConfig
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

@@ -1,0 +1,79 @@
+"""The model's shape (`ModelConfig`): what the encoder and its heads are built from, stored in every
+checkpoint's metadata. A plain dataclass that imports no torch, so that the command line reads and checks it
+first; textjepa/config.py nests it into the training commands' configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from textjepa.data.lines import DEFAULT_ACTION
+from textjepa.data.vocab import MIN_VOCAB, SPECIAL_TOKENS
+from textjepa.errors import TextJepaError
+from textjepa.fields import Checked, setting
+
+# ModelConfig.pooling; textjepa/models/encoder.py implements them.
+POOLINGS = ("mean", "lexical")
+
+
+@dataclass
+class ModelConfig(Checked):
+    """Shape of the encoder and its heads; stored in every checkpoint's metadata."""
+
+    # 4000 rather than 8000: with JEPA on one corpus and the world model on a few thousand pairs of another, the
+    # smaller vocabulary's tokens are seen more often; held-out R@1 stdlib 0.138 vs 0.128, jargon 0.359 vs 0.355,
+    # chat 0.148 vs 0.154 (seed 0; docs/results.md, "Default settings").
+    vocab_size: int = setting(
+        4000,
+        flag="max-vocab",
+        min=MIN_VOCAB,
+        why=f"the {len(SPECIAL_TOKENS)} special tokens {', '.join(SPECIAL_TOKENS)} and 256 byte symbols",
+        help="BPE vocabulary size",
+    )
+    # Wide and shallow, sized for a CPU: at an equal or smaller CPU budget dim 384 / 1 layer beat both 368 / 4 (the
+    # default before) and 128 / 2 on held-out next-turn retrieval (docs/results.md, "Model shape"): the lexical half
+    # of the pooled latent gains from width, and one layer leaves the steps for the transition.
+    dim: int = setting(384, min=1, help="latent width")
+    layers: int = setting(1, min=1, help="transformer blocks")
+    heads: int = setting(4, min=1, help="attention heads, must divide dim")
+    max_seq: int = setting(128, min=1, help="tokens per line kept")
+    mlp_ratio: int = setting(4, help="MLP width as a multiple of dim")
+    predictor_hidden: int = setting(0, help="predictor width; 0 means dim // 2 (a bottleneck)")
+    bridge_dim: int = setting(256, min=1, help="conditioning vector width")
+    actions: list[str] = setting(default_factory=lambda: [DEFAULT_ACTION], cli=False, help="world-model actions")
+    # JEPA predicts token latents and pools nothing; the world model's default is set in WorldConfig.
+    pooling: str = setting(
+        "mean",
+        choices=POOLINGS,
+        help="how a text's tokens become one latent: mean (of the final token latents) or lexical (IDF^2-weighted "
+        "mean of the final token latents plus of the normed token embeddings; weights from the training corpus)",
+    )
+    lexical_weight: float = setting(
+        2.0, min=0, help="lexical pooling: the weight of the token-embedding part against the contextual part"
+    )
+    # train-world --target-model: the world model predicts in a frozen model's embedding space of this width
+    # through a linear head (its name is in the checkpoint's info, "target_model"); 0: the encoder's own space.
+    target_dim: int = setting(0, cli=False, help="width of the frozen target space (0: the encoder's own latents)")
+
+    def check(self) -> None:
+        if self.dim % self.heads:
+            raise TextJepaError(f"heads ({self.heads}) must divide dim ({self.dim})")
+
+    @property
+    def predicted_dim(self) -> int:
+        """The width of the world model's predicted next latent (what the retrieval index and the bridge read)."""
+        return self.target_dim or self.dim
+
+    @property
+    def predictor_width(self) -> int:
+        return self.predictor_hidden or max(1, self.dim // 2)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        # A checkpoint from before pooling was a setting pooled with the mean, whatever today's default.
+        return cls(**{"pooling": "mean", **{k: v for k, v in data.items() if k in known}})
