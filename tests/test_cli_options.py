@@ -219,3 +219,46 @@ def test_a_bad_option_is_reported_before_torch_is_imported(argv, message):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr and "Traceback" not in result.stderr
     assert result.stdout.strip() == "torch not imported"
+
+
+def _just_outside(bounds: dict) -> list[float]:
+    """Values just outside each numeric bound (a float bound is left by a fraction, an int one by 1)."""
+    step = lambda bound: 0.5 if isinstance(bound, float) else 1  # noqa: E731
+    values = [bounds["min"] - step(bounds["min"])] if bounds.get("min") is not None else []
+    values += [bounds["max"] + step(bounds["max"])] if bounds.get("max") is not None else []
+    values += [bounds[key] for key in ("above", "below") if bounds.get(key) is not None]
+    return values + (["nan"] if bounds.get("above") is not None else [])
+
+
+def test_every_declared_bound_is_checked_and_the_error_names_the_flag():
+    # validate() is generated from the bounds declared with each field: every bounded option of every command,
+    # given a value just outside, fails in one line that names the flag as the user gives it; nested configs'
+    # bounds hold where they are used (train-bridge may run no LM steps: --steps 0 is in bounds there).
+    from textjepa.errors import TextJepaError
+
+    checked = 0
+    for command, parser in subcommands(build_parser()).items():
+        defaults = parser.get_default("config_defaults")
+        if defaults is None:
+            continue
+        base = command.split()
+        for action in parser._actions:
+            if not action.option_strings and action.dest not in ("help", "command") and action.nargs != 0:
+                base.append("x.txt")
+            elif action.required:
+                base += [action.option_strings[0], action.choices[0] if action.choices else "out.npy"]
+        config, _ = parse(*base)
+        config.validate()
+        for option in iter_options(defaults):
+            for bad in _just_outside(dict(option.bounds)) if not option.meta.get("positional") else ():
+                config, _ = parse(*base, f"--{option.flag}", str(bad))
+                with pytest.raises(TextJepaError) as failure:
+                    config.validate()
+                message = str(failure.value)
+                assert message.startswith(f"--{option.flag} must be ") and "\n" not in message, (command, message)
+                checked += 1
+    assert checked > 40
+    bridge, _ = parse("train-bridge", "w.safetensors", "p.txt", "--steps", "0")
+    bridge.validate()
+    help_text = " ".join(subcommands(build_parser())["train-bridge"].format_help().split())
+    assert "K soft tokens, between 1 and 64 (default 4)" in help_text and "at least 0 (default 800)" in help_text

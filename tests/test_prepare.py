@@ -156,7 +156,7 @@ def test_prepare_expert_bad_arguments(env, tmp_path):
     unknown = run_cli("prepare", "expert", "--dataset", "wikihow", "--output", tmp_path / "x.txt", env=env)
     assert_user_error(unknown, "invalid choice", "sciq")
     zero = run_cli("prepare", "expert", "--dataset", "sciq", "--max-rows", "0", env=env)
-    assert_user_error(zero, "positive whole number")
+    assert_user_error(zero, "--max-rows must be at least 1")
 
 
 def test_output_directory_is_created_or_refused(hub, env, tmp_path):

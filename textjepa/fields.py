@@ -114,9 +114,9 @@ def check_fields(
     """Raise a TextJepaError for the first field of `config` (nested configs included, except those in `skip`)
     out of its bounds, then run each config's own `check()` of the rules between its fields."""
     for fld in dataclasses.fields(config):
-        value = getattr(config, fld.name)
         if fld.name in skip:
             continue
+        value = getattr(config, fld.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             check_fields(value, fld.metadata.get("bounds"))
         else:

@@ -18,20 +18,6 @@ from textjepa.errors import TextJepaError
 from textjepa.settings import Settings
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
-# Checked while parsing, before any download starts.
-POSITIVE_ROWS = {"max_rows": {"type": _positive_int}}
-
-
 def _no_kind(cfg: None, args: argparse.Namespace, settings: Settings) -> int:
     raise TextJepaError("prepare needs a kind: ultrachat, expert, jsonl or mix (see: textjepa prepare --help)")
 
@@ -72,7 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "`User: ...` / `Assistant: ...` (joined with \\n), next_turn = the assistant turn. "
             "Seed form: textjepa --prepare-ultrachat [output] [context_window] [min_tokens] [max_rows]."
         ),
-        tweaks=POSITIVE_ROWS,
     )
     add_command(
         kinds,
@@ -87,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "answer's text (google-research-datasets/natural_questions). stackexchange: `User: <question>` "
             "-> highest-scored answer, HTML stripped (HuggingFaceH4/stack-exchange-preferences)."
         ),
-        tweaks={**POSITIVE_ROWS, "dataset": {"choices": tuple(EXPERT_SOURCES)}},
+        tweaks={"dataset": {"choices": tuple(EXPERT_SOURCES)}},
     )
     add_command(
         kinds,
