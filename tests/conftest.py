@@ -362,8 +362,10 @@ class ServerProcess:
         while True:
             try:
                 response = httpx.get(f"{self.base}/health", timeout=5)
-            except httpx.TimeoutException:
-                response = None  # a starved CPU (a busy machine) can hold one answer back: ask again until the deadline
+            except (httpx.TimeoutException, httpx.ConnectError):
+                # A starved CPU (a busy machine) can hold one answer back, or the listening socket's backlog can
+                # refuse a connection while the server is busy loading: ask again until the deadline.
+                response = None
             if response is not None:
                 seen.append((response.status_code, response.json(), response.headers.get("retry-after")))
                 if response.status_code == 200:
@@ -406,6 +408,9 @@ def shared_server(tiny_world, tmp_path_factory) -> Iterator[ServerProcess]:
             *("--api-key", SERVER_API_KEY, "--max-concurrency", SERVER_CONCURRENCY),
             *("--queue-timeout", SERVER_QUEUE_TIMEOUT, "--max-body-bytes", SERVER_MAX_BODY),
             *("--max-tokens-limit", 512),
+            # Pinned, like the `agent` fixture its answers are compared with: `auto` resolves to bf16 on CPUs with
+            # native bf16 (AMX, AVX512-BF16) and to fp32 elsewhere. tests/test_precision_paths.py runs bf16.
+            *("--precision", "fp32"),
         ],
         log,
         TEXTJEPA_TEST_HOOKS="1",
@@ -433,7 +438,7 @@ def agent(tiny_world):
     """The tiny world model as an Agent in this process: what the shared server's answers must equal."""
     from textjepa.agent import Agent
 
-    return Agent.load(tiny_world["world"])
+    return Agent.load(tiny_world["world"], precision="fp32")  # the shared server's precision
 
 
 @pytest.fixture(scope="module")

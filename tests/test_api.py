@@ -32,7 +32,12 @@ def trained(tiny_world) -> dict:
 
 @pytest.fixture(scope="module")
 def wm(trained) -> WorldModel:
-    return WorldModel.load(trained["world"], device="cpu")
+    return WorldModel.load(trained["world"], device="cpu", precision="fp32")  # as FP32 pins the CLI below
+
+
+# Results of the API are compared with the CLI's at 1e-5: both pinned to fp32 (`auto`, the default of both, is bf16
+# on CPUs with native bf16 and fp32 elsewhere; test_the_api_default_precision_is_the_clis covers the default).
+FP32 = ("--precision", "fp32")
 
 
 def reference_latent(network: torch.nn.Module, ids: list[int]) -> np.ndarray:
@@ -57,7 +62,7 @@ def test_encode_equals_what_the_agent_and_the_server_compute(trained, wm):
 
     vectors = wm.encode(TEXTS)
     assert vectors.shape == (3, wm.dim) and vectors.dtype == np.float32
-    agent = Agent.load(trained["world"])
+    agent = Agent.load(trained["world"], precision="fp32")
     np.testing.assert_allclose(vectors, agent.embed(TEXTS).numpy(), atol=1e-5)
 
     async def served() -> np.ndarray:
@@ -94,7 +99,7 @@ def test_encode_follows_the_data_contract(wm):
 def test_predict_next_is_the_agents_prediction(trained, wm):
     from textjepa.agent import Agent
 
-    conditioning, _ = Agent.load(trained["world"]).condition(TEXTS)
+    conditioning, _ = Agent.load(trained["world"], precision="fp32").condition(TEXTS)
     predicted = wm.predict_next(TEXTS)
     np.testing.assert_allclose(predicted, torch.stack([c.predicted for c in conditioning]).numpy(), atol=1e-5)
     np.testing.assert_allclose(wm.predict_next(TEXTS, batch_size=1), predicted, atol=1e-5)
@@ -107,7 +112,7 @@ def test_predict_next_is_the_agents_prediction(trained, wm):
 
 def test_nearest_replies_and_reply_match_infer(trained, wm):
     prompt = "tell me about cooking please"
-    result = run_cli("infer", trained["world"], prompt, "--json", "--top-k", "3")
+    result = run_cli("infer", trained["world"], prompt, "--json", "--top-k", "3", *FP32)
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     nearest = wm.nearest_replies([{"role": "user", "content": prompt}], k=3)
@@ -117,17 +122,18 @@ def test_nearest_replies_and_reply_match_infer(trained, wm):
     assert wm.nearest_replies(f"User: {prompt}", k=3) == nearest
     assert wm.reply([{"role": "user", "content": prompt}]) == shown["output"] == nearest[0][0]
     assert wm.reply(prompt) == shown["output"]
-    ablated = run_cli("infer", trained["world"], prompt, "--json", "--ablate-conditioning")
+    ablated = run_cli("infer", trained["world"], prompt, "--json", "--ablate-conditioning", *FP32)
     assert wm.reply(prompt, ablate=True) == json.loads(ablated.stdout)["output"]
 
 
 def test_encoder_load(trained, wm):
     # A world checkpoint's encoder reads contexts (= WorldModel.encode); its teacher reads replies.
-    np.testing.assert_allclose(Encoder.load(trained["world"], device="cpu").encode(TEXTS), wm.encode(TEXTS), atol=1e-5)
-    teacher = Encoder.load(trained["world"], teacher=True)
+    context_encoder = Encoder.load(trained["world"], device="cpu", precision="fp32")
+    np.testing.assert_allclose(context_encoder.encode(TEXTS), wm.encode(TEXTS), atol=1e-5)
+    teacher = Encoder.load(trained["world"], teacher=True, precision="fp32")
     np.testing.assert_allclose(teacher.encode(TEXTS), wm.encode(TEXTS, kind="reply"), atol=1e-5)
     # A latent checkpoint's encoder reads plain text lines: a long line keeps its FIRST max_seq tokens.
-    latent = Encoder.load(trained["latent"])
+    latent = Encoder.load(trained["latent"], precision="fp32")
     text = " ".join(synthetic_lines(12, seed=4))
     ids = latent.checkpoint.tokenizer.encode(text, add_special_tokens=False).ids
     assert len(ids) > latent.max_seq
@@ -163,7 +169,7 @@ def lines_file(tmp_path_factory) -> tuple[Path, list[str]]:
 def test_embed_npy_round_trip(trained, wm, lines_file, tmp_path):
     path, texts = lines_file
     out = tmp_path / "vectors.npy"
-    result = run_cli("embed", trained["world"], path, "--out", out, "--batch-size", "16", "--no-progress")
+    result = run_cli("embed", trained["world"], path, "--out", out, "--batch-size", "16", "--no-progress", *FP32)
     assert result.returncode == 0, result.stderr
     assert f"embedded {len(texts)} lines, skipped 2" in result.stderr
     vectors = np.load(out)
@@ -175,18 +181,19 @@ def test_embed_npy_round_trip(trained, wm, lines_file, tmp_path):
 def test_embed_parquet_round_trip(trained, wm, lines_file, tmp_path):
     path, texts = lines_file
     out = tmp_path / "vectors.parquet"
-    args = ("--out", out, "--normalize", "--batch-size", "32", "--no-progress")
+    args = ("--out", out, "--normalize", "--batch-size", "32", "--no-progress", *FP32)
     assert run_cli("embed", trained["world"], path, *args).returncode == 0
     table = pq.read_table(out)
     assert table.column_names == ["text", "embedding"] and table.column("text").to_pylist() == texts
     vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
     np.testing.assert_allclose(vectors, wm.encode(texts, normalize=True), atol=1e-5)
     replies = tmp_path / "replies.npy"
-    assert run_cli("embed", trained["world"], path, "--out", replies, "--reply", "--no-progress").returncode == 0
+    assert run_cli("embed", trained["world"], path, "--out", replies, "--reply", "--no-progress", *FP32).returncode == 0
     np.testing.assert_allclose(np.load(replies), wm.encode(texts, kind="reply"), atol=1e-5)
     latent_out = tmp_path / "latent.npy"
-    assert run_cli("embed", trained["latent"], path, "--out", latent_out, "--no-progress").returncode == 0
-    np.testing.assert_allclose(np.load(latent_out), Encoder.load(trained["latent"]).encode(texts), atol=1e-5)
+    assert run_cli("embed", trained["latent"], path, "--out", latent_out, "--no-progress", *FP32).returncode == 0
+    latent = Encoder.load(trained["latent"], precision="fp32")
+    np.testing.assert_allclose(np.load(latent_out), latent.encode(texts), atol=1e-5)
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
@@ -195,7 +202,7 @@ def test_embed_memory_is_flat_in_the_file_size(trained, tmp_path, suffix):
     (measured: about 0.15 MB for both; a writer that kept every vector until the end peaks at 2.7 MB here)."""
     from textjepa.embed import write_embeddings
 
-    encoder = Encoder.load(trained["world"], device="cpu")
+    encoder = Encoder.load(trained["world"], device="cpu", precision="fp32")
     small, large = tmp_path / "small.txt", tmp_path / "large.txt"
     lines = synthetic_lines(2000, seed=9)
     small.write_text("\n".join(lines) + "\n")
@@ -250,10 +257,27 @@ def test_embed_a_hub_dataset(trained, wm, hub, tmp_path):
     env = cli_env(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")
     env.pop("HF_TOKEN", None)
     out = tmp_path / "hub.parquet"
-    args = ("--out", out, "--data-dir", tmp_path / "data", "--no-progress")
+    args = ("--out", out, "--data-dir", tmp_path / "data", "--no-progress", *FP32)
     result = run_cli("embed", trained["world"], "hub:textjepa-tests/plain-text", *args, env=env)
     assert result.returncode == 0, result.stderr
     texts = pq.read_table(out).column("text").to_pylist()
     assert len(texts) == 12 and texts[0] == "Generic line 0\nwith a second line and a tab."
     vectors = np.array(pq.read_table(out).column("embedding").to_pylist(), dtype=np.float32)
     np.testing.assert_allclose(vectors, wm.encode(texts), atol=1e-5)
+
+
+def test_the_api_default_precision_is_the_clis(trained):
+    """WorldModel.load and Encoder.load default to --precision auto, resolved by the CLI's rule: on a CPU with
+    native bf16 both compute in bf16, elsewhere in fp32, so `infer` and the Python API agree on every CPU."""
+    from textjepa.runtime import choose_precision
+
+    expected = choose_precision("auto", torch.device("cpu")).precision
+    model = WorldModel.load(trained["world"], device="cpu")
+    assert model.precision == expected == Encoder.load(trained["latent"], device="cpu").precision
+    prompt = "tell me about cooking please"
+    shown = json.loads(run_cli("infer", trained["world"], prompt, "--json", "--top-k", "3").stdout)
+    nearest = model.nearest_replies([{"role": "user", "content": prompt}], k=3)
+    assert [text for text, _ in nearest] == [a["text"] for a in shown["alternatives"]]
+    np.testing.assert_allclose([s for _, s in nearest], [a["score"] for a in shown["alternatives"]], atol=1e-5)
+    with pytest.raises(TextJepaError, match="precision"):
+        WorldModel.load(trained["world"], device="cpu", precision="fp16")

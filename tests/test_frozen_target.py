@@ -104,7 +104,7 @@ def test_checkpoint_records_the_target_model_and_the_api_uses_its_space(frozen_w
     assert info[TARGET_MODEL_INFO]["dim"] == WIDTH and config["target_dim"] == WIDTH
     assert {"target_head.weight", "target_head.bias"} <= keys
 
-    model = WorldModel.load(frozen_world["world"], "cpu")
+    model = WorldModel.load(frozen_world["world"], "cpu", precision="fp32")
     assert model.target_model == str(frozen_world["target_model"])
     replies = ["rain falls from grey clouds", "boil the pasta in salted water"]
     reference = FrozenEmbedder(str(frozen_world["target_model"])).encode(replies).numpy()
@@ -170,14 +170,14 @@ def test_the_option_is_off_by_default(tiny_world):
         info = json.loads(handle.metadata()["info"])
         assert TARGET_MODEL_INFO not in info
         assert not any(key.startswith("target_head.") for key in handle.keys())
-    model = WorldModel.load(tiny_world["world"], "cpu")
+    model = WorldModel.load(tiny_world["world"], "cpu", precision="fp32")
     assert model.target_model == "" and model.predicted_dim == model.dim
     assert "--target-model" in run_cli("train-world", "--help").stdout
 
 
 def test_recorded_data_reads_the_same_store(frozen_world):
     """eval-world embeds the candidates of the checkpoint's own store: the training-time cache is reused."""
-    model = WorldModel.load(frozen_world["world"], "cpu")
+    model = WorldModel.load(frozen_world["world"], "cpu", precision="fp32")
     checkpoint = model.checkpoint
     path, data = recorded_data(None, checkpoint.data, checkpoint.kind, str(frozen_world["cache"]))
     _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)

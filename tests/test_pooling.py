@@ -132,7 +132,7 @@ def test_a_lexical_world_model_answers_through_the_api_and_the_cli(lexical_world
     from textjepa.api import WorldModel
     from textjepa.models.encoder import Encoder as EncoderNetwork
 
-    model = WorldModel.load(lexical_world["world"], device="cpu")
+    model = WorldModel.load(lexical_world["world"], device="cpu", precision="fp32")
     texts = ["User: tell me about cooking please", "the oven is hot and the soup is ready"]
     replies = model.encode(texts, kind="reply")
     # The API pools as training did: the teacher's own lexical pooling of the tokens, weights included.

@@ -46,7 +46,7 @@ class Agent:
         device: torch.device | None = None,
         vocab: str | None = None,
         shape_overrides: dict | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         **decoder_options,
     ) -> Agent:
         model = WorldModel.load(model_path, device or torch.device("cpu"), precision=precision)

@@ -53,7 +53,7 @@ from textjepa.models.frozen import (
 )
 from textjepa.models.heads import WorldModel as WorldNetwork
 from textjepa.precision import autocast
-from textjepa.runtime import resolve_device
+from textjepa.runtime import choose_precision, resolve_device
 
 if TYPE_CHECKING:
     from textjepa.data.batches import Batch
@@ -94,6 +94,11 @@ def as_device(device: DeviceLike) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return resolve_device(device or "auto")
+
+
+def resolve_api_precision(requested: str, device: torch.device) -> str:
+    """The compute precision ("fp32" or "bf16") of a model loaded through the Python API: the CLI's rule."""
+    return choose_precision(requested, device).precision
 
 
 @dataclass
@@ -150,9 +155,14 @@ class Encoder:
         self.precision = precision
 
     @classmethod
-    def load(cls, path: str | Path, device: DeviceLike = "auto", teacher: bool = False) -> Encoder:
-        """A checkpoint's encoder. teacher: the EMA teacher saved beside it (`_teacher.safetensors`) instead."""
+    def load(
+        cls, path: str | Path, device: DeviceLike = "auto", teacher: bool = False, precision: str = "auto"
+    ) -> Encoder:
+        """A checkpoint's encoder. teacher: the EMA teacher saved beside it (`_teacher.safetensors`) instead.
+        precision: as the CLI's --precision (auto, fp32 or bf16) and with the same default, so the Python API
+        and `textjepa embed` give the same vectors on the same machine."""
         device = as_device(device)
+        compute = resolve_api_precision(precision, device)
         checkpoint = load_checkpoint(path)
         source = load_teacher(checkpoint) if teacher else checkpoint
         network = EncoderNetwork(checkpoint.config)
@@ -161,7 +171,7 @@ class Encoder:
             role = Field.REPLY if teacher else Field.CONTEXT
         else:
             role = Field.TEXT
-        return cls(checkpoint, network.to(device).eval(), role, device)
+        return cls(checkpoint, network.to(device).eval(), role, device, compute)
 
     @property
     def dim(self) -> int:
@@ -280,17 +290,19 @@ class WorldModel:
         cls,
         path: str | Path,
         device: DeviceLike = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         target_embedder: FrozenEmbedder | None = None,
     ) -> WorldModel:
         """`model_world_*.safetensors`; its `_teacher` file must be beside it (training writes both).
-        precision: "fp32", or "bf16" to compute under autocast (the weights stay float32). target_embedder: the
-        checkpoint's frozen target model already loaded (otherwise loaded from its record when first needed)."""
-        if precision not in ("fp32", "bf16"):
-            raise TextJepaError(f"precision must be fp32 or bf16, got {precision!r}")
+        precision: "auto" (the default, as the CLI's --precision: bf16 autocast only where this device runs bf16
+        natively, else fp32), "fp32", or "bf16" (autocast; the weights stay float32). So the Python API, `infer`
+        and `serve` give the same vectors on the same machine; pass "fp32" for bit-stable results across CPUs.
+        target_embedder: the checkpoint's frozen target model already loaded (otherwise loaded from its record
+        when first needed)."""
         device = as_device(device)
+        compute = resolve_api_precision(precision, device)
         checkpoint, network, teacher = load_world(Path(path), device)
-        return cls(checkpoint, network, teacher, device, precision, target_embedder)
+        return cls(checkpoint, network, teacher, device, compute, target_embedder)
 
     @property
     def config(self) -> ModelConfig:

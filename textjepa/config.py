@@ -253,6 +253,7 @@ class EmbedConfig(Checked):
     batch_size: int = setting(64, min=1, help="lines per encoder batch")
     overwrite: bool = setting(False, help="replace FILE when it exists")
     device: str = setting("auto", help=DEVICE_HELP)
+    precision: str = precision_setting()
     data_dir: str = setting("data", help="hub caches")
     progress: bool = setting(True, help="no progress bar")
 

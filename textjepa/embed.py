@@ -117,9 +117,9 @@ def check_output(out: Path, overwrite: bool) -> None:
     ensure_writable_dir(out.parent)
 
 
-def load_encoder(model: str, reply: bool, device: str) -> Encoder:
+def load_encoder(model: str, reply: bool, device: str, precision: str = "auto") -> Encoder:
     """The checkpoint's encoder: a world model's context encoder (its teacher with reply), a latent model's."""
-    encoder = Encoder.load(model, as_device(device), teacher=reply)
+    encoder = Encoder.load(model, as_device(device), teacher=reply, precision=precision)
     if reply and encoder.checkpoint.kind is not RunKind.WORLD:
         raise TextJepaError(f"--reply needs a world checkpoint; {Path(model).name} is a {encoder.checkpoint.kind} one")
     return encoder
@@ -165,7 +165,7 @@ def embed_file(cfg: EmbedConfig) -> EmbedReport:
     cfg.validate()
     out = Path(cfg.out)
     check_output(out, cfg.overwrite)
-    encoder = load_encoder(cfg.model, cfg.reply, cfg.device)
+    encoder = load_encoder(cfg.model, cfg.reply, cfg.device, cfg.precision)
     path = resolve_data(cfg.data, cfg.data_dir, RunKind.LATENT)
     report = write_embeddings(encoder, path, out, cfg.batch_size, cfg.normalize, cfg.progress)
     what = "replies" if cfg.reply else ("contexts" if encoder.checkpoint.kind is RunKind.WORLD else "texts")
