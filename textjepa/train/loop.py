@@ -195,6 +195,8 @@ def run_training(
     forward_model = distributed_loss(stage, dist)
     if debug is not None:
         debug.started(start_step, stage.teacher, optimizer)
+    log_every = stage.log_every or max(1, min(train.eval_every, 10))
+    progress = Progress(str(stage.kind), train.steps, start_step, log_every, dist, checkpointer.log, train.progress)
 
     def validate_and_save(done: int) -> None:
         progress.check_finite()  # nothing computed after a non-finite loss is saved
@@ -208,8 +210,6 @@ def run_training(
             progress.validated(done, val)
         barrier(dist)
 
-    log_every = stage.log_every or max(1, min(train.eval_every, 10))
-    progress = Progress(str(stage.kind), train.steps, start_step, log_every, dist, checkpointer.log, train.progress)
     if start_step == 0:
         stage.begin(checkpointer.log)
         if stage.validate_first and validator is not None:
