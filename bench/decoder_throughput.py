@@ -132,13 +132,16 @@ def bench_transformers(world_path: Path, gguf: Path, tmp: Path, tokens: int, rou
     from textjepa.decoders.hf import TransformersDecoder
     from textjepa.decoders.hf_model import load_causal_lm
     from textjepa.decoders.models import ModelSource
-    from textjepa.decoders.settings import settings_from_env
+    from textjepa.decoders.settings import decoder_settings
+    from textjepa.settings import Settings
 
     device = torch.device("cpu")
     lm = load_causal_lm(ModelSource(gguf, "gguf"), device)
     bridge = load_bridge(untrained_bridge(tmp, world_path, lm.fingerprint()))
     checkpoint, world, teacher = load_world(world_path, device)
-    agent = Agent(checkpoint, world, teacher, TransformersDecoder(lm, bridge, settings_from_env()), device)
+    agent = Agent(
+        checkpoint, world, teacher, TransformersDecoder(lm, bridge, decoder_settings(Settings.from_env())), device
+    )
     ids = torch.tensor([lm.prompt_ids([{"role": "user", "content": PROMPT}])])
 
     def ours() -> int:

@@ -34,12 +34,12 @@ class DecoderFault(RuntimeError):
     """The failure the [[fail]] test hook raises."""
 
 
-def hooked_load(cfg: ServeConfig, device):
+def hooked_load(cfg: ServeConfig, device, settings: Settings):
     """The server's agent loader, with the hooks this process's environment asks for."""
     delay = float(os.environ.get(LOAD_DELAY_ENV) or 0)
     if delay:
         time.sleep(delay)  # runs on the loading thread: the server answers 503 meanwhile
-    agent = load_agent(cfg, device)
+    agent = load_agent(cfg, device, settings)
     if os.environ.get(HOOKS_ENV) == "1":
         agent.decoder = FaultInjectingDecoder(agent.decoder)
     return agent

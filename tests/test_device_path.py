@@ -21,7 +21,8 @@ from textjepa.errors import TextJepaError
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.runtime import host_to_device, uses_pinned_copies
 from textjepa.train.latent import LatentStage
-from textjepa.train.loop import MetricWindow, build_optimizer, train_step
+from textjepa.train.loop import build_optimizer, train_step
+from textjepa.train.progress import MetricWindow
 from textjepa.train.schedules import lr_factor
 from textjepa.train.world import WorldStage
 

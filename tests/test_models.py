@@ -122,12 +122,12 @@ def test_bridge_schedule_decays_from_the_end_of_warmup_to_a_tenth():
 def test_a_training_state_of_another_layout_is_a_clear_error(tmp_path):
     from textjepa.errors import TextJepaError
     from textjepa.models.heads import WorldModel
-    from textjepa.train.loop import _load_model_state
+    from textjepa.train.resume import load_model_state
 
     model = WorldModel(TINY)
     older = {f"world.{k}": v for k, v in model.state_dict().items()}  # how the states of older versions name them
     with pytest.raises(TextJepaError, match="laid out otherwise"):
-        _load_model_state(model, older, tmp_path / "old.state.pt")
+        load_model_state(model, older, tmp_path / "old.state.pt")
     changed = {k: v + 1 for k, v in model.state_dict().items()}
-    _load_model_state(model, changed, tmp_path / "new.state.pt")
+    load_model_state(model, changed, tmp_path / "new.state.pt")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in changed.items())

@@ -169,7 +169,8 @@ def test_symmetric_infonce_and_learned_temperature():
 
 
 def test_loss_state_round_trips_so_a_resumed_run_continues_exactly(tmp_path):
-    from textjepa.train.loop import _load_loss_state, build_optimizer, loss_own_state
+    from textjepa.train.loop import build_optimizer
+    from textjepa.train.resume import load_loss_state, loss_own_state
 
     config = WorldLossConfig(queue_size=16, learn_temperature=True)
     torch.manual_seed(0)
@@ -188,10 +189,10 @@ def test_loss_state_round_trips_so_a_resumed_run_continues_exactly(tmp_path):
 
     fresh = WorldLoss(WorldModel(TINY), config, seed=0)
     fresh.model.load_state_dict(loss.model.state_dict())
-    _load_loss_state(fresh, torch.load(tmp_path / "loss.pt"), tmp_path / "loss.pt")
+    load_loss_state(fresh, torch.load(tmp_path / "loss.pt"), tmp_path / "loss.pt")
     assert float(fresh(**batches[0])["loss"]) == float(loss(**batches[0])["loss"])
     other = WorldLoss(WorldModel(TINY), WorldLossConfig(queue_size=32), seed=0)
     with pytest.raises(TextJepaError, match="queue-size"):
-        _load_loss_state(other, state, tmp_path / "loss.pt")
+        load_loss_state(other, state, tmp_path / "loss.pt")
     with pytest.raises(TextJepaError, match="queue"):
         WorldLossConfig(queue_size=-1).validate()

@@ -25,7 +25,7 @@ from conftest import (
 )
 
 from textjepa.checkpoint import load_checkpoint, load_training_state
-from textjepa.train.loop import optimizer_digest, tensor_digest
+from textjepa.train.debug import optimizer_digest, tensor_digest
 
 
 def free_port() -> int:

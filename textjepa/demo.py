@@ -16,8 +16,9 @@ from textjepa.eval.jepa import evaluate_jepa
 from textjepa.eval.world import evaluate_world
 from textjepa.io import RunKind
 from textjepa.runtime import choose_precision, resolve_device
+from textjepa.settings import Settings
+from textjepa.train.checkpointer import earlier_run_files
 from textjepa.train.latent import train_latent
-from textjepa.train.loop import earlier_run_files
 from textjepa.train.world import train_world
 
 # The demo has no --resume (it is one command over several runs): what it accepts instead.
@@ -49,7 +50,7 @@ def _stage(name: str) -> Iterator[None]:
         raise Interrupted(f"the demo stopped during {name}; {START_OVER}") from None
 
 
-def run_demo(cfg: DemoConfig) -> dict:
+def run_demo(cfg: DemoConfig, settings: Settings | None = None) -> dict:
     started = time.perf_counter()
     refuse_earlier_demo(cfg)
     out = Path(cfg.out_dir)
@@ -69,14 +70,16 @@ def run_demo(cfg: DemoConfig) -> dict:
                 train=dataclasses.replace(
                     cfg.train, steps=cfg.latent_steps, out_dir=str(out / STAGE_DIRS[RunKind.LATENT])
                 ),
-            )
+            ),
+            settings=settings,
         )
 
     _banner("3/5 eval-jepa on the held-out paragraphs")
     jepa_report = evaluate_jepa(
         EvalConfig(
             model=str(latent.best_path), data_dir=data_dir, device=cfg.train.device, precision=cfg.train.precision
-        )
+        ),
+        settings,
     )
 
     _banner("4/5 world model on question -> answer pairs (encoder from step 2)")
@@ -91,7 +94,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                     WorldConfig().train, **shared, steps=cfg.world_steps, batch=cfg.world_batch, out_dir=world_out
                 ),
                 init_encoder=str(latent.best_path),
-            )
+            ),
+            settings=settings,
         )
     world_report = evaluate_world(
         EvalConfig(
@@ -100,7 +104,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             batch=cfg.world_batch,
             device=cfg.train.device,
             precision=cfg.train.precision,
-        )
+        ),
+        settings,
     )
 
     _banner("5/5 the agent answers (retrieval decoder)")

@@ -24,6 +24,7 @@ from textjepa.data.lines import LineStats, iter_latent_texts, require_usable
 from textjepa.data.sources import resolve_data
 from textjepa.errors import TextJepaError
 from textjepa.io import RunKind, atomic_write, ensure_writable_dir, remove_stale_temp_files
+from textjepa.settings import Settings
 
 # Rows per Parquet row group: large enough for efficient reading, small enough to keep memory flat.
 PARQUET_ROW_GROUP = 1024
@@ -160,13 +161,13 @@ def write_embeddings(
     return EmbedReport(out, stats.used, encoder.dim, stats, writer.buffered_rows_peak)
 
 
-def embed_file(cfg: EmbedConfig) -> EmbedReport:
+def embed_file(cfg: EmbedConfig, settings: Settings | None = None) -> EmbedReport:
     """`textjepa embed`: check the output, load the encoder, resolve the data, write, report on stderr."""
     cfg.validate()
     out = Path(cfg.out)
     check_output(out, cfg.overwrite)
     encoder = load_encoder(cfg.model, cfg.reply, cfg.device, cfg.precision)
-    path = resolve_data(cfg.data, cfg.data_dir, RunKind.LATENT)
+    path = resolve_data(cfg.data, cfg.data_dir, RunKind.LATENT, settings)
     report = write_embeddings(encoder, path, out, cfg.batch_size, cfg.normalize, cfg.progress)
     what = "replies" if cfg.reply else ("contexts" if encoder.checkpoint.kind is RunKind.WORLD else "texts")
     summary = report.stats.summary("embedded", "lines")

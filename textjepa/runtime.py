@@ -38,9 +38,10 @@ def choose_precision(requested: str, device: torch.device, cpuinfo: str | None =
 def configure_threads(settings: Settings | None = None) -> None:
     """One thread per process when several share the machine (torchrun), else all cores.
 
-    TEXTJEPA_NUM_THREADS overrides. Two processes with two threads each on two cores run 3-12x slower.
+    TEXTJEPA_NUM_THREADS (in `settings`, the environment the command was started with) overrides. Two processes
+    with two threads each on two cores run 3-12x slower.
     """
-    settings = settings or Settings.from_env()
+    settings = settings or Settings()
     requested = settings.num_threads
     if requested:
         threads = requested
@@ -117,9 +118,10 @@ def init_distributed(
     """Join the process group torchrun describes in the environment; a no-op for a single process.
 
     gloo on CPU, nccl on CUDA. A rendezvous that cannot be reached fails with a clear error after the
-    timeout instead of hanging.
+    timeout instead of hanging. `settings`: the environment torchrun started this process with (none given: a
+    single process).
     """
-    settings = settings or Settings.from_env()
+    settings = settings or Settings()
     world_size = settings.world_size
     if world_size <= 1:
         return Distributed()

@@ -1,9 +1,10 @@
 """The environment, read in one place: every variable textjepa looks at, with what it means.
 
 The command line builds one `Settings` at its entry (`Settings.from_env()`) and passes it down; library functions
-take a `Settings` argument and, when called without one (from Python), take a snapshot here. No other module
-reads `os.environ`. Values are parsed when asked for, so a malformed variable is an error only for the command
-that uses it (as before this object existed), and the error names the variable.
+take a `Settings` argument and, when called without one (from Python), behave as if no variable were set: a Python
+caller who wants the environment passes `Settings.from_env()`. No other module reads `os.environ`. Values are
+parsed when asked for, so a malformed variable is an error only for the command that uses it (as before this
+object existed), and the error names the variable.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class Settings:
     """A snapshot of the variables in `VARIABLES` (unset and empty ones left out), with typed accessors."""
 
     values: Mapping[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # a decoder is cached per (name, options), and the settings are one of its options
+        return hash(tuple(sorted(self.values.items())))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

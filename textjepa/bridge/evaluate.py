@@ -46,6 +46,7 @@ from textjepa.eval.metrics import write_json_report
 from textjepa.io import RunKind
 from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device
+from textjepa.settings import Settings
 
 ROWS = ("none", "zero", "shuffled", "matched", "text_rag", "oracle")
 LABELS = {"text_rag": "text-RAG"}
@@ -174,9 +175,9 @@ def summarize(sums: dict[str, np.ndarray], counts: np.ndarray, rows: ConditionRo
     }
 
 
-def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
+def evaluate_conditioning(cfg: ConditioningEvalConfig, settings: Settings | None = None) -> dict:
     cfg.validate()
-    configure_threads()
+    configure_threads(settings)
     device = resolve_device(cfg.device)
     precision = choose_precision(cfg.precision, device)
     # The LM's and the projector's forwards run in the chosen precision; the NLL is computed in fp32 and the world
@@ -191,7 +192,7 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
     data_arg = cfg.data or checkpoint.data.source
     if not data_arg:
         raise TextJepaError("no DATA given and the world checkpoint does not record its training data")
-    data_path = resolve_data(data_arg, cfg.data_dir, RunKind.WORLD)
+    data_path = resolve_data(data_arg, cfg.data_dir, RunKind.WORLD, settings)
     pairs, stats = read_pairs(data_path, checkpoint)
     held_out = split_pairs(pairs, checkpoint, "val")[: cfg.max_pairs]
     print(f"{data_path}: {stats.summary()}; evaluating {len(held_out)} held-out pairs (world model's val split)")
@@ -199,8 +200,8 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig) -> dict:
         raise TextJepaError(
             f"{len(held_out)} held-out pairs in {data_path} under the world model's split; need at least 2"
         )
-    source = resolve_decoder_model(cfg.decoder_model, bridge.decoder.path)
-    lm = load_causal_lm(source, device)
+    source = resolve_decoder_model(cfg.decoder_model, bridge.decoder.path, settings)
+    lm = load_causal_lm(source, device, settings=settings)
     bridge.check_decoder(lm.fingerprint())
     projector = bridge.projector.to(device).eval()
     rows = build_rows(lm, model, held_out, cfg)

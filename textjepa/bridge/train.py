@@ -1,4 +1,5 @@
-"""train-bridge: learn the prefix projector with the LLM and the world model frozen.
+"""train-bridge: learn the prefix projector with the LLM and the world model frozen, as a stage of the shared
+training loop (textjepa/train/loop.py).
 
 Loss: the LM's mean per-token NLL of the true next turn given (soft prefix from the world model's
 predicted next latent + the chat-templated context). Only the projector trains (AdamW, gradient
@@ -12,22 +13,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from textjepa.api import WorldModel
 from textjepa.bridge.align import align_projector
 from textjepa.bridge.data import LMExample, conditioning_latents, derangement, lm_examples, read_pairs, split_pairs
-from textjepa.bridge.projector import (
-    Bridge,
-    PrefixProjector,
-    save_bridge,
-    world_identity,
-)
+from textjepa.bridge.projector import Bridge, PrefixProjector, save_bridge, world_identity
 from textjepa.bridge.scoring import reply_nll
-from textjepa.config import BridgeTrainConfig
+from textjepa.config import BridgeTrainConfig, TrainConfig
 from textjepa.data.sources import resolve_data
 from textjepa.decoders.hf_model import CausalLM, load_causal_lm
 from textjepa.decoders.models import resolve_decoder_model
@@ -36,8 +35,11 @@ from textjepa.errors import TextJepaError
 from textjepa.io import RunFiles, RunKind, ensure_writable_dir
 from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device, seed_everything
-from textjepa.train.loop import MetricsLog, format_duration
+from textjepa.settings import Settings
+from textjepa.train.checkpointer import Checkpointer, MetricsLog
+from textjepa.train.loop import Stage, run_training
 from textjepa.train.schedules import warmup_cosine
+from textjepa.train.validator import Validator
 
 
 def mean_nll(
@@ -66,9 +68,178 @@ def default_bridge_path(out_dir: Path, lm_name: str, world_file: str) -> Path:
     return out_dir / f"bridge_{lm_stem}_{world_stem}.safetensors"
 
 
-def train_bridge(cfg: BridgeTrainConfig) -> Path:
+class BridgeLoss(nn.Module):
+    """The LM's mean per-token NLL of the true replies after the projector's prefix (the LM stays frozen)."""
+
+    def __init__(self, projector: PrefixProjector, lm: CausalLM) -> None:
+        super().__init__()
+        self.model = projector
+        self.lm = lm  # a plain object, not a submodule: its weights are neither trained nor saved
+
+    def forward(self, latents: torch.Tensor, prompts: list, replies: list) -> dict[str, torch.Tensor]:
+        sums, counts = reply_nll(self.lm, self.model(latents), prompts, replies)
+        return {"loss": sums.sum() / counts.sum()}
+
+
+@dataclass
+class BridgeBatch:
+    index: np.ndarray  # rows of the training examples, drawn with replacement
+    rows: list[LMExample]
+    use_target: np.ndarray | None  # rows conditioned on the true reply's latent instead (--target-mix)
+    drop_prompt: np.ndarray  # rows whose prompt is replaced by an empty user turn (--prompt-dropout)
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(len(row.prompt_ids) + len(row.reply_ids) for row in self.rows)
+
+
+class BridgeSampler:
+    """Batches drawn from one numpy generator, in the order train-bridge has always drawn them: the rows, then
+    which of them take the target latent (only with --target-mix), then which lose their prompt."""
+
+    def __init__(self, examples: list[LMExample], cfg: BridgeTrainConfig, rng: np.random.Generator, mix: bool) -> None:
+        self.examples, self.cfg, self.rng, self.mix = examples, cfg, rng, mix
+
+    def next_batch(self) -> BridgeBatch:
+        size = self.cfg.train.batch
+        index = self.rng.integers(0, len(self.examples), size=size)
+        use_target = self.rng.random(size) < self.cfg.target_mix if self.mix else None
+        drop = self.rng.random(size) < self.cfg.prompt_dropout
+        return BridgeBatch(index, [self.examples[i] for i in index], use_target, drop)
+
+
+@dataclass
+class BridgeData:
+    """The LM's view of the pairs (training and held-out examples) and the projector's inputs for them."""
+
+    fit: list[LMExample]
+    fit_latents: torch.Tensor
+    target_latents: torch.Tensor | None  # the true replies' latents, for --target-mix
+    val: list[LMExample]
+    val_latents: torch.Tensor | None
+    empty_prompt: list[int]
+
+
+class BridgeStage(Stage):
+    """The projector trained through the frozen LM: its own optimizer (AdamW over the projector, weight decay on
+    every parameter) and schedule (cosine to 0.1 x lr right after the warmup), a validation before the first step
+    (after the alignment stage, `begin`), a log record every step."""
+
+    kind = "bridge"
+    log_every = 1
+    validate_first = True
+
+    def __init__(
+        self, cfg: BridgeTrainConfig, lm: CausalLM, projector: PrefixProjector, data: BridgeData, precision: str
+    ) -> None:
+        self.cfg, self.lm, self.data, self.precision = cfg, lm, data, precision
+        self.model = projector
+        self.loss = BridgeLoss(projector, lm)
+        self.generators = {}
+        self.device = data.fit_latents.device
+        self.shuffle = derangement(len(data.val), cfg.train.seed) if len(data.val) >= 2 else None
+
+    def build_optimizer(self, train: TrainConfig) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+
+    def schedule(self, train: TrainConfig) -> Callable[[int], float]:
+        return lambda step: warmup_cosine(step, train.steps, train.warmup_fraction, None, 0.1)
+
+    def begin(self, log: MetricsLog) -> None:
+        """Stage 1 (bridge/align.py): the prefix put into the LM's token-embedding space, without the LM."""
+        cfg, lm = self.cfg, self.lm
+        if not cfg.align_steps:
+            return
+        started = time.time()
+        skip = set(lm.stop_ids) | {int(i) for i in getattr(lm.tokenizer, "all_special_ids", [])}
+        weight = lm.model.get_input_embeddings().weight
+        replies = [e.reply_ids for e in self.data.fit]
+        for record in align_projector(
+            self.model,
+            self.data.fit_latents,
+            replies,
+            weight,
+            skip,
+            cfg.align_steps,
+            cfg.align_batch,
+            cfg.align_lr,
+            cfg.train.seed,
+        ):
+            log.append(record)
+        print(
+            f"alignment: {cfg.align_steps} steps, slot loss {record['align_slot_loss']:.3f}, "
+            f"prefix length {record['prefix_norm']:.2f} ({time.time() - started:.0f}s)",
+            flush=True,
+        )
+
+    def make_inputs(self, batch: BridgeBatch, step: int) -> dict:
+        index = torch.from_numpy(batch.index).to(self.device)
+        latents = self.data.fit_latents[index]
+        if batch.use_target is not None:
+            use_target = torch.from_numpy(batch.use_target).to(self.device)
+            latents = torch.where(use_target[:, None], self.data.target_latents[index], latents)
+        prompts = [self.data.empty_prompt if drop else r.prompt_ids for r, drop in zip(batch.rows, batch.drop_prompt)]
+        return {"latents": latents, "prompts": prompts, "replies": [r.reply_ids for r in batch.rows]}
+
+    def validation_metrics(self, examples: list[LMExample], generator: torch.Generator) -> dict[str, float]:
+        """Over all held-out pairs at once (the loop's validation gets them as one batch): the NLL with each pair's
+        own latent, and with another pair's (a fixed derangement)."""
+        batch, latents, precision = self.cfg.train.batch, self.data.val_latents, self.precision
+        matched = mean_nll(self.lm, self.model, examples, latents, batch, precision)
+        shuffled = math.nan
+        if self.shuffle is not None:
+            shuffled = mean_nll(self.lm, self.model, examples, latents[self.shuffle], batch, precision)
+        return {"val_matched_nll": matched, "val_shuffled_nll": shuffled}
+
+    def score(self, metrics: dict[str, float]) -> float:
+        return -metrics["val_matched_nll"]
+
+
+class BridgeCheckpointer(Checkpointer):
+    """The bridge file of the best step (its info records that step's metrics) and the metrics log beside it; no
+    training state (train-bridge does not resume)."""
+
+    def __init__(self, out_path: Path, bridge: Bridge) -> None:
+        super().__init__(out_path)
+        self.bridge = bridge
+
+    def write_best(self, step: int, val: dict[str, float]) -> None:
+        best = {"step": step, **{k: v for k, v in val.items() if k != "score"}} if val else self.best_metrics
+        self.bridge.info["best"] = best
+        save_bridge(self.best_path, self.bridge)
+
+    def finish(self) -> None:
+        best = self.bridge.info.get("best", {}).get("val_matched_nll", math.nan)
+        print(f"bridge: {self.best_path} (best val matched NLL {best:.4f})")
+
+
+def bridge_data(
+    cfg: BridgeTrainConfig, model: WorldModel, lm: CausalLM, pairs: list, train_pairs: list, rng: np.random.Generator
+) -> BridgeData:
+    """--val-pairs of the training pairs held out (the first of a permutation by `rng`), the rest to train on."""
+    order = rng.permutation(len(train_pairs))
+    val_pairs = [train_pairs[i] for i in order[: cfg.val_pairs]]
+    fit_pairs = [train_pairs[i] for i in order[cfg.val_pairs :]]
+    fit = lm_examples(lm, fit_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens)
+    val = lm_examples(lm, val_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens) if val_pairs else []
+    by_record = {p.record: p for p in pairs}
+    fit_latents = conditioning_latents(model, [by_record[e.record] for e in fit], cfg.oracle)
+    target_latents = None
+    if cfg.target_mix > 0 and not cfg.oracle:
+        target_latents = conditioning_latents(model, [by_record[e.record] for e in fit], oracle=True).to(lm.device)
+    empty_prompt, _ = truncate_left(lm.prompt_ids(context_messages("")), cfg.max_prompt_tokens)
+    val_latents = None
+    if val:
+        val_latents = conditioning_latents(model, [by_record[e.record] for e in val], cfg.oracle).to(lm.device)
+    return BridgeData(fit, fit_latents.to(lm.device), target_latents, val, val_latents, empty_prompt)
+
+
+def train_bridge(cfg: BridgeTrainConfig, settings: Settings | None = None) -> Path:
+    """`textjepa train-bridge`. settings: the environment the command was started with (threads, the decoder model,
+    hub downloads); none given, none set."""
     cfg.validate()  # the CLI has done so already, before importing torch; a library caller gets it here
-    configure_threads()
+    settings = settings or Settings()
+    configure_threads(settings)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     precision = choose_precision(cfg.train.precision, device)
@@ -79,7 +250,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     print(precision.describe() + scope, flush=True)
     model = WorldModel.load(cfg.world_model, device)
     checkpoint = model.checkpoint
-    data_path = resolve_data(cfg.data, cfg.data_dir, RunKind.WORLD)
+    data_path = resolve_data(cfg.data, cfg.data_dir, RunKind.WORLD, settings)
     pairs, stats = read_pairs(data_path, checkpoint)
     train_pairs = split_pairs(pairs, checkpoint, "train")
     print(f"{data_path}: {stats.summary()}; {len(train_pairs)} in the world model's training split")
@@ -91,13 +262,13 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     out_path = Path(cfg.out) if cfg.out else None
     ensure_writable_dir(out_path.parent if out_path else Path(cfg.train.out_dir))
 
-    source = resolve_decoder_model(cfg.decoder_model)
+    source = resolve_decoder_model(cfg.decoder_model, settings=settings)
     out_path = out_path or default_bridge_path(Path(cfg.train.out_dir), source.name, checkpoint.path.name)
     if out_path.exists() and not cfg.train.overwrite:
         # A run never silently replaces another; checked before the decoder model is loaded.
         raise TextJepaError(f"{out_path} already exists; replace it with --overwrite, or choose another --out")
     started = time.time()
-    lm = load_causal_lm(source, device)
+    lm = load_causal_lm(source, device, settings=settings)
     print(f"decoder model: {source} ({lm.hidden_size} hidden, vocab {lm.vocab_size}; {time.time() - started:.0f}s)")
     if cfg.prefix_tokens + cfg.max_prompt_tokens + cfg.max_reply_tokens > lm.context_length:
         raise TextJepaError(
@@ -105,144 +276,28 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
             f"({lm.context_length})"
         )
 
-    rng = np.random.default_rng(cfg.train.seed)
-    order = rng.permutation(len(train_pairs))
-    val_pairs = [train_pairs[i] for i in order[: cfg.val_pairs]]
-    fit_pairs = [train_pairs[i] for i in order[cfg.val_pairs :]]
-    fit = lm_examples(lm, fit_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens)
-    val = lm_examples(lm, val_pairs, cfg.max_prompt_tokens, cfg.max_reply_tokens) if val_pairs else []
-    by_record = {p.record: p for p in pairs}
-    fit_latents = conditioning_latents(model, [by_record[e.record] for e in fit], cfg.oracle)
-    target_latents = None
-    if cfg.target_mix > 0 and not cfg.oracle:
-        target_latents = conditioning_latents(model, [by_record[e.record] for e in fit], oracle=True).to(device)
-    empty_prompt, _ = truncate_left(lm.prompt_ids(context_messages("")), cfg.max_prompt_tokens)
-    val_latents = None
-    if val:
-        val_latents = conditioning_latents(model, [by_record[e.record] for e in val], cfg.oracle)
-
+    rng = np.random.default_rng(cfg.train.seed)  # the held-out pairs, then every training batch
+    data = bridge_data(cfg, model, lm, pairs, train_pairs, rng)
     torch.manual_seed(cfg.train.seed)
     embed_scale = float(lm.model.get_input_embeddings().weight.detach().float().std())
     projector = PrefixProjector(
         checkpoint.config.predicted_dim, lm.hidden_size, cfg.prefix_tokens, embed_scale=embed_scale
-    )
-    projector.to(device)
-    optimizer = torch.optim.AdamW(projector.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    # The training stages' schedule, with the cosine decay to 0.1 x lr starting right after the warmup.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, cfg.train.steps, cfg.train.warmup_fraction, None, 0.1)
-    )
+    ).to(device)
+    stage = BridgeStage(cfg, lm, projector, data, precision.precision)
     bridge = Bridge(projector, lm.fingerprint(), world_identity(checkpoint))
-    # Like a training stage's checkpoint (train/loop.py describe_run): every setting of the run, as given.
+    # Like a training stage's checkpoint (train/session.py describe_run): every setting of the run, as given.
     bridge.info = {
         "train": {
             **dataclasses.asdict(cfg),
             "data": str(data_path),
             "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
-            "train_pairs": len(fit),
-            "val_pairs": len(val),
+            "train_pairs": len(data.fit),
+            "val_pairs": len(data.val),
         },
         "world_model": str(checkpoint.path),
         **precision.info(),
     }
-    metrics_log = MetricsLog.beside(out_path)
-    metrics_log.start()
-    shuffle = derangement(len(val), cfg.train.seed) if len(val) >= 2 else None
-    best = math.inf
-    fit_latents, val_latents = fit_latents.to(device), (val_latents.to(device) if val_latents is not None else None)
-
-    def evaluate(step: int) -> dict:
-        projector.eval()
-        compute = precision.precision
-        matched = mean_nll(lm, projector, val, val_latents, cfg.train.batch, compute)
-        shuffled = (
-            mean_nll(lm, projector, val, val_latents[shuffle], cfg.train.batch, compute)
-            if shuffle is not None
-            else math.nan
-        )
-        projector.train()
-        return {"step": step, "val_matched_nll": matched, "val_shuffled_nll": shuffled}
-
-    def save(record: dict) -> None:
-        bridge.info["best"] = record
-        save_bridge(out_path, bridge)
-
-    if cfg.align_steps:
-        started = time.time()
-        skip = set(lm.stop_ids) | {int(i) for i in getattr(lm.tokenizer, "all_special_ids", [])}
-        weight = lm.model.get_input_embeddings().weight
-        replies = [e.reply_ids for e in fit]
-        for record in align_projector(
-            projector,
-            fit_latents,
-            replies,
-            weight,
-            skip,
-            cfg.align_steps,
-            cfg.align_batch,
-            cfg.align_lr,
-            cfg.train.seed,
-        ):
-            metrics_log.append(record)
-        print(
-            f"alignment: {cfg.align_steps} steps, slot loss {record['align_slot_loss']:.3f}, "
-            f"prefix length {record['prefix_norm']:.2f} ({time.time() - started:.0f}s)",
-            flush=True,
-        )
-    if val:
-        record = evaluate(0)
-        metrics_log.append(record)
-        best = record["val_matched_nll"]
-        save(record)
-        print(f"step 0 val matched {best:.4f} shuffled {record['val_shuffled_nll']:.4f}", flush=True)
-    elif not cfg.train.steps:
-        save({"step": 0})
-
-    started = time.time()
-    window: list[float] = []
-    projector.train()
-    for step in range(cfg.train.steps):
-        index = rng.integers(0, len(fit), size=cfg.train.batch)
-        rows = [fit[i] for i in index]
-        index_t = torch.from_numpy(index).to(device)
-        inputs = fit_latents[index_t]
-        if target_latents is not None:
-            use_target = torch.from_numpy(rng.random(cfg.train.batch) < cfg.target_mix).to(device)
-            inputs = torch.where(use_target[:, None], target_latents[index_t], inputs)
-        drop = rng.random(cfg.train.batch) < cfg.prompt_dropout
-        prompts = [empty_prompt if dropped else r.prompt_ids for r, dropped in zip(rows, drop)]
-        with autocast(device, precision.precision):
-            sums, counts = reply_nll(lm, projector(inputs), prompts, [r.reply_ids for r in rows])
-        loss = sums.sum() / counts.sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(projector.parameters(), cfg.train.grad_clip))
-        optimizer.step()
-        window.append(loss.item())
-        record = {"step": step + 1, "loss": window[-1], "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
-        scheduler.step()
-        last = step + 1 == cfg.train.steps
-        if val and ((step + 1) % cfg.train.eval_every == 0 or last):
-            record.update(evaluate(step + 1))
-            if record["val_matched_nll"] < best:
-                best = record["val_matched_nll"]
-                save(record)
-        elif not val and last:
-            save(record)
-        metrics_log.append(record)
-        # Every validation prints its line even without progress output: a log shows the run alive and learning.
-        if (cfg.train.progress and ((step + 1) % 10 == 0 or last)) or "val_matched_nll" in record:
-            elapsed = time.time() - started
-            rate = elapsed / (step + 1)
-            extra = ""
-            if "val_matched_nll" in record:
-                extra = f" val matched {record['val_matched_nll']:.4f} shuffled {record['val_shuffled_nll']:.4f}"
-            eta = format_duration(rate * (cfg.train.steps - step - 1))
-            print(
-                f"step {step + 1}/{cfg.train.steps} loss {np.mean(window):.4f} ({rate:.2f}s/step){extra}, "
-                f"elapsed {format_duration(elapsed)}, eta {eta}",
-                flush=True,
-            )
-            window = []
-    print(f"bridge: {out_path} (best val matched NLL {bridge.info['best'].get('val_matched_nll', math.nan):.4f})")
+    sampler = BridgeSampler(data.fit, cfg, rng, mix=data.target_latents is not None)
+    validator = Validator(stage, lambda: [data.val], precision.precision) if data.val else None
+    run_training(stage, sampler, validator, BridgeCheckpointer(out_path, bridge), cfg.train, None, precision.precision)
     return out_path

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from textjepa.cli.common import add_command, library_call
+from textjepa.cli.common import add_command
 from textjepa.config import BridgeTrainConfig, ConditioningEvalConfig
+from textjepa.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "train-bridge",
         BridgeTrainConfig(),
-        library_call("textjepa.bridge.train:train_bridge"),
+        run_train_bridge,
         help="train the prefix projector that conditions an LLM on the world model",
         description=(
             "With the LLM and the world model frozen, train a projector (Linear -> GELU -> Linear) from the world "
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "eval-conditioning",
         ConditioningEvalConfig(),
-        library_call("textjepa.bridge.evaluate:evaluate_conditioning"),
+        run_eval_conditioning,
         help="reply NLL with no, zero, shuffled, matched, text-RAG and oracle conditioning",
         description=(
             "On the world model's held-out pairs, all in one run on the same reply tokens: the LLM's mean per-token "
@@ -38,3 +39,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "latent of the true reply (oracle: a perfect world model); each row's gain over shuffled and none."
         ),
     )
+
+
+def run_train_bridge(cfg: BridgeTrainConfig, args: argparse.Namespace, settings: Settings) -> int:
+    cfg.validate()  # before the import below: a bad option is reported without importing torch
+    from textjepa.bridge.train import train_bridge
+
+    train_bridge(cfg, settings)
+    return 0
+
+
+def run_eval_conditioning(cfg: ConditioningEvalConfig, args: argparse.Namespace, settings: Settings) -> int:
+    cfg.validate()  # before the import below: a bad option is reported without importing torch
+    from textjepa.bridge.evaluate import evaluate_conditioning
+
+    evaluate_conditioning(cfg, settings)
+    return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -35,21 +34,6 @@ def add_command(
     add_config_arguments(parser, defaults, tweaks=tweaks)
     parser.set_defaults(run=run, config_defaults=defaults)
     return parser
-
-
-def library_call(target: str) -> Runner:
-    """A command whose work is one library function taking its config: `"textjepa.train.latent:train_latent"`.
-    The module is imported only when the command runs, so that --help stays fast, and only once the config is
-    valid (where it has a validate()), so that a bad option is reported without importing torch first."""
-    module_name, function_name = target.split(":")
-
-    def run(cfg: Any, args: argparse.Namespace, settings: Settings) -> int:
-        if hasattr(cfg, "validate"):
-            cfg.validate()
-        getattr(importlib.import_module(module_name), function_name)(cfg)
-        return 0
-
-    return run
 
 
 def add_shape_checks(parser: argparse.ArgumentParser, with_bridge: bool) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from textjepa.cli.common import add_command, library_call
+from textjepa.cli.common import add_command
 from textjepa.config import DemoConfig
+from textjepa.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "demo",
         DemoConfig(),
-        library_call("textjepa.demo:run_demo"),
+        run_demo_command,
         help="the embedded default: train and run everything on local text, no downloads",
         description=(
             "Builds a corpus from the docstrings of the installed Python standard library, pretrains a small "
@@ -22,3 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "prompts through the retrieval decoder. A few minutes on 2 CPU cores."
         ),
     )
+
+
+def run_demo_command(cfg: DemoConfig, args: argparse.Namespace, settings: Settings) -> int:
+    from textjepa.demo import run_demo
+
+    run_demo(cfg, settings)
+    return 0

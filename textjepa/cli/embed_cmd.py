@@ -32,5 +32,5 @@ def run_embed(cfg: EmbedConfig, args: argparse.Namespace, settings: Settings) ->
     from textjepa.runtime import configure_threads
 
     configure_threads(settings)
-    embed_file(cfg)
+    embed_file(cfg, settings)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from textjepa.cli.common import add_command, add_shape_checks, library_call, shape_checks
+from textjepa.cli.common import add_command, add_shape_checks, shape_checks
 from textjepa.config import EvalConfig, LatentConfig
 from textjepa.settings import Settings
 
@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "latent",
         LatentConfig(),
-        library_call("textjepa.train.latent:train_latent"),
+        run_latent,
         help="pretrain the encoder with the JEPA objective",
         description=(
             "JEPA pretraining on a line file (or hub:<dataset_id>): `context<TAB>response`, "
@@ -39,8 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_shape_checks(evaluate, with_bridge=False)
 
 
+def run_latent(cfg: LatentConfig, args: argparse.Namespace, settings: Settings) -> int:
+    cfg.validate()  # before the import below: a bad option is reported without importing torch
+    from textjepa.train.latent import train_latent
+
+    train_latent(cfg, settings)
+    return 0
+
+
 def run_eval_jepa(cfg: EvalConfig, args: argparse.Namespace, settings: Settings) -> int:
     from textjepa.eval.jepa import evaluate_jepa
 
-    evaluate_jepa(dataclasses.replace(cfg, shape_overrides=shape_checks(args)))
+    evaluate_jepa(dataclasses.replace(cfg, shape_overrides=shape_checks(args)), settings)
     return 0

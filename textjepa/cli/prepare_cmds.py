@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from textjepa.cli.common import add_command, library_call
+from textjepa.cli.common import add_command
 from textjepa.config import (
     PrepareDemoConfig,
     PrepareExpertConfig,
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         kinds,
         "ultrachat",
         PrepareUltrachatConfig(),
-        library_call("textjepa.data.prepare:prepare_ultrachat"),
+        run_ultrachat,
         help="HuggingFaceH4/ultrachat_200k -> context<TAB>next_turn",
         description=(
             "For each assistant turn of HuggingFaceH4/ultrachat_200k: context = up to N previous turns as "
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         kinds,
         "expert",
         PrepareExpertConfig(),
-        library_call("textjepa.data.prepare:prepare_expert"),
+        run_expert,
         help="a Q&A dataset (SciQ, SQuAD v2, Natural Questions, Stack Exchange) -> context<TAB>answer",
         description=(
             "sciq: `User: <question>\\nContext: <support>` -> answer (allenai/sciq). "
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         kinds,
         "jsonl",
         PrepareJsonlConfig(),
-        library_call("textjepa.data.prepare:prepare_jsonl"),
+        run_jsonl,
         help="JSON Lines shards with context/response keys -> context<TAB>response",
         description=(
             'Every *.jsonl / *.json file under --input-dir, one JSON object per line with "context" '
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         kinds,
         "mix",
         PrepareMixConfig(),
-        library_call("textjepa.data.prepare:prepare_mix"),
+        run_mix,
         help="concatenate line files, optionally shuffled",
         description=(
             "Concatenate line files (e.g. chat and expert pairs, so the conditioning reflects both styles). "
@@ -130,5 +130,40 @@ def run_hub(cfg: PrepareHubConfig, args: argparse.Namespace, settings: Settings)
     from textjepa.data.sources import HUB_PREFIX, resolve_data
 
     dataset = cfg.dataset if cfg.dataset.startswith(HUB_PREFIX) else HUB_PREFIX + cfg.dataset
-    print(resolve_data(dataset, cfg.data_dir, cfg.mode))
+    print(resolve_data(dataset, cfg.data_dir, cfg.mode, settings))
+    return 0
+
+
+# Each config is checked before its module is imported: a bad option is reported without importing the data stack.
+
+
+def run_ultrachat(cfg: PrepareUltrachatConfig, args: argparse.Namespace, settings: Settings) -> int:
+    cfg.validate()
+    from textjepa.data.prepare import prepare_ultrachat
+
+    prepare_ultrachat(cfg, settings)
+    return 0
+
+
+def run_expert(cfg: PrepareExpertConfig, args: argparse.Namespace, settings: Settings) -> int:
+    cfg.validate()
+    from textjepa.data.prepare import prepare_expert
+
+    prepare_expert(cfg, settings)
+    return 0
+
+
+def run_jsonl(cfg: PrepareJsonlConfig, args: argparse.Namespace, settings: Settings) -> int:
+    cfg.validate()
+    from textjepa.data.prepare import prepare_jsonl
+
+    prepare_jsonl(cfg)
+    return 0
+
+
+def run_mix(cfg: PrepareMixConfig, args: argparse.Namespace, settings: Settings) -> int:
+    cfg.validate()
+    from textjepa.data.prepare import prepare_mix
+
+    prepare_mix(cfg)
     return 0

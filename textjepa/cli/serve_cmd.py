@@ -19,7 +19,7 @@ from textjepa.config import ServeConfig
 from textjepa.errors import TextJepaError
 from textjepa.settings import Settings
 
-AgentLoader = Callable[[ServeConfig, Any], Any]  # (config, device) -> Agent
+AgentLoader = Callable[[ServeConfig, Any, Settings], Any]  # (config, device, settings) -> Agent
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -95,7 +95,7 @@ def open_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_agent(cfg: ServeConfig, device):
+def load_agent(cfg: ServeConfig, device, settings: Settings):
     from textjepa.agent import Agent
     from textjepa.runtime import choose_precision
 
@@ -108,6 +108,7 @@ def load_agent(cfg: ServeConfig, device):
         shape_overrides=cfg.shape_overrides,
         bridge=cfg.bridge,
         decoder_model=cfg.decoder_model,
+        settings=settings,
     )
 
 
@@ -147,7 +148,7 @@ def _serve(cfg: ServeConfig, sock: socket.socket, settings: Settings, load: Agen
         failures.append(exc)
         server.should_exit = True  # nothing to serve: stop, and report the reason below
 
-    app = create_app(partial(load, cfg, device), cfg, on_load_error=on_load_error)
+    app = create_app(partial(load, cfg, device, settings), cfg, on_load_error=on_load_error)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

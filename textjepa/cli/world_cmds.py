@@ -62,14 +62,14 @@ def run_train_world(cfg: WorldConfig, args: argparse.Namespace, settings: Settin
         cfg = dataclasses.replace(cfg, init_encoder=pick_model_file(cfg.init_encoder))
     # The shape options given: with --init-encoder they are checks, else they set the new model's shape.
     shape = given_options(args, (option for option in iter_options(WorldConfig()) if option.dest.startswith("model.")))
-    train_world(cfg, shape)
+    train_world(cfg, shape, settings)
     return 0
 
 
 def run_eval_world(cfg: EvalConfig, args: argparse.Namespace, settings: Settings) -> int:
     from textjepa.eval.world import evaluate_world
 
-    evaluate_world(dataclasses.replace(cfg, shape_overrides=shape_checks(args)))
+    evaluate_world(dataclasses.replace(cfg, shape_overrides=shape_checks(args)), settings)
     return 0
 
 
@@ -93,6 +93,7 @@ def run_infer(cfg: InferConfig, args: argparse.Namespace, settings: Settings) ->
         shape_overrides=cfg.shape_overrides,
         bridge=cfg.bridge,
         decoder_model=cfg.decoder_model,
+        settings=settings,
     )
     reply = agent.respond(
         cfg.prompt,

@@ -73,9 +73,9 @@ def cache_file_name(repo_id: str, suffix: str = "") -> str:
     return "cached_" + repo_id.replace("/", "_") + suffix + ".txt"
 
 
-def wiki_max_files() -> int | None:
+def wiki_max_files(settings: Settings) -> int | None:
     """JEPA_WIKI_MAX_FILES: unset or empty means every file; otherwise a positive whole number."""
-    raw = Settings.from_env().wiki_max_files
+    raw = settings.wiki_max_files
     if not raw:
         return None
     try:
@@ -258,7 +258,7 @@ def progress_bar(desc: str, enabled: bool | None):
     return tqdm(desc=desc, unit=" rows", mininterval=1.0, disable=None if enabled is None else not enabled)
 
 
-def use_returning_arrow_pool() -> None:
+def use_returning_arrow_pool(settings: Settings) -> None:
     """Make pyarrow give freed memory back, so peak memory stays flat over many files.
 
     pyarrow's default pool (mimalloc) keeps the buffers of finished row groups: measured over 40
@@ -267,7 +267,7 @@ def use_returning_arrow_pool() -> None:
     """
     import pyarrow as pa
 
-    if Settings.from_env().arrow_pool_chosen or pa.default_memory_pool().backend_name != "mimalloc":
+    if settings.arrow_pool_chosen or pa.default_memory_pool().backend_name != "mimalloc":
         return
     for make_pool in (pa.jemalloc_memory_pool, pa.system_memory_pool):
         try:
@@ -282,6 +282,7 @@ def iter_parquet_batches(
     columns: Sequence[str],
     max_rows: int | None = None,
     bar=None,
+    settings: Settings | None = None,
 ):
     """Record batches of `columns` over (label, get local file) sources, at most max_rows rows.
 
@@ -290,7 +291,7 @@ def iter_parquet_batches(
     """
     import pyarrow as pa
 
-    use_returning_arrow_pool()
+    use_returning_arrow_pool(settings or Settings())
     remaining = max_rows
     for label, get_path in sources:
         parquet = open_parquet(get_path(), label)
@@ -316,10 +317,10 @@ def iter_parquet_batches(
             raise TextJepaError(f"{label}: cannot read columns {', '.join(columns)}: {_first_line(exc)}") from exc
 
 
-def iter_batches(files: ParquetFiles, columns: Sequence[str], max_rows: int | None = None, bar=None):
+def iter_batches(files: ParquetFiles, columns: Sequence[str], max_rows: int | None = None, bar=None, settings=None):
     """Batches of a hub dataset's files, each downloaded (or taken from the hub cache) when reached."""
     sources = ((f"hub:{files.repo_id} file {p}", partial(fetch_parquet, files, p)) for p in files.paths)
-    return iter_parquet_batches(sources, columns, max_rows, bar)
+    return iter_parquet_batches(sources, columns, max_rows, bar, settings)
 
 
 def iter_local_batches(paths: Iterable[str | Path], columns: Sequence[str], max_rows: int | None = None, bar=None):
@@ -327,8 +328,10 @@ def iter_local_batches(paths: Iterable[str | Path], columns: Sequence[str], max_
     return iter_parquet_batches(((str(p), partial(Path, p)) for p in paths), columns, max_rows, bar)
 
 
-def iter_rows(files: ParquetFiles, columns: Sequence[str], max_rows: int | None = None, bar=None) -> Iterator[dict]:
-    for batch in iter_batches(files, columns, max_rows, bar):
+def iter_rows(
+    files: ParquetFiles, columns: Sequence[str], max_rows: int | None = None, bar=None, settings: Settings | None = None
+) -> Iterator[dict]:
+    for batch in iter_batches(files, columns, max_rows, bar, settings):
         yield from batch.to_pylist()
 
 
@@ -412,7 +415,7 @@ def _pair_columns(schema) -> tuple[str, str] | None:
 Filler = Callable[[AtomicLineFile, LineStats, object], "str | None"]
 
 
-def _plan_generic(files: ParquetFiles, mode: RunKind) -> tuple[Filler, str]:
+def _plan_generic(files: ParquetFiles, mode: RunKind, settings: Settings) -> tuple[Filler, str]:
     """How a dataset we have no converter for becomes lines, decided from its first file's columns."""
     schema = first_schema(files)
     text = next((c for c in TEXT_COLUMNS if _column_type_is_text(schema, c)), None)
@@ -422,7 +425,7 @@ def _plan_generic(files: ParquetFiles, mode: RunKind) -> tuple[Filler, str]:
     if mode == RunKind.LATENT and text:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
-            for batch in iter_batches(files, [text], bar=bar):
+            for batch in iter_batches(files, [text], bar=bar, settings=settings):
                 lines = [single_line(t) for t in batch.column(0).to_pylist() if t and t.strip()]
                 stats.skip("empty", batch.num_rows - len(lines))
                 stats.used += len(lines)
@@ -432,7 +435,7 @@ def _plan_generic(files: ParquetFiles, mode: RunKind) -> tuple[Filler, str]:
     if mode == RunKind.LATENT and messages:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
-            for row in iter_rows(files, [messages], bar=bar):
+            for row in iter_rows(files, [messages], bar=bar, settings=settings):
                 lines = [line for line in (single_line(said) for _, said in chat_turns(row[messages])) if line]
                 stats.used += len(lines)
                 writer.write_clean_block(lines)
@@ -442,7 +445,7 @@ def _plan_generic(files: ParquetFiles, mode: RunKind) -> tuple[Filler, str]:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
             window = PairOptions().context_window
-            for row in iter_rows(files, [messages], bar=bar):
+            for row in iter_rows(files, [messages], bar=bar, settings=settings):
                 for context, reply in chat_pairs(row[messages], window, stats):
                     writer.write_record((context, reply), stats)
 
@@ -450,7 +453,7 @@ def _plan_generic(files: ParquetFiles, mode: RunKind) -> tuple[Filler, str]:
     if mode == RunKind.WORLD and pair:
 
         def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
-            for row in iter_rows(files, list(pair), bar=bar):
+            for row in iter_rows(files, list(pair), bar=bar, settings=settings):
                 writer.write_record((row[pair[0]] or "", row[pair[1]] or ""), stats)
 
         return fill, f"columns {pair[0]!r} -> {pair[1]!r}"
@@ -465,17 +468,18 @@ def _plan_generic(files: ParquetFiles, mode: RunKind) -> tuple[Filler, str]:
     )
 
 
-def _plan_pairs(files: ParquetFiles, source: PairSource) -> tuple[Filler, str]:
+def _plan_pairs(files: ParquetFiles, source: PairSource, settings: Settings) -> tuple[Filler, str]:
     def fill(writer: AtomicLineFile, stats: LineStats, bar) -> None:
-        for context, reply in convert_rows(iter_rows(files, source.columns, bar=bar), source, PairOptions(), stats):
+        rows = iter_rows(files, source.columns, bar=bar, settings=settings)
+        for context, reply in convert_rows(rows, source, PairOptions(), stats):
             writer.write_record((context, reply), stats)
 
     return fill, f"{source.name} context<TAB>next_turn pairs"
 
 
-def _plan_wikipedia(files: ParquetFiles) -> tuple[Filler, str]:
+def _plan_wikipedia(files: ParquetFiles, settings: Settings) -> tuple[Filler, str]:
     def fill(writer: AtomicLineFile, stats: LineStats, bar) -> str | None:
-        capped = write_wikipedia_lines(iter_batches(files, ["text"], bar=bar), writer, stats)
+        capped = write_wikipedia_lines(iter_batches(files, ["text"], bar=bar, settings=settings), writer, stats)
         return f"{capped} paragraphs longer than {WIKI_MAX_CHARS} chars were cut at a word" if capped else None
 
     return fill, "English Wikipedia, one paragraph per line"
@@ -509,12 +513,12 @@ def _convert(target: Path, label: str, plan: Callable[[], tuple[Filler, str]]) -
     return target
 
 
-def _cached_wikipedia(repo_id: str, data_dir: Path, mode: RunKind) -> Path:
+def _cached_wikipedia(repo_id: str, data_dir: Path, mode: RunKind, settings: Settings) -> Path:
     if mode != RunKind.LATENT:
         raise TextJepaError(
             f"hub:{repo_id} gives paragraphs, not context/next_turn pairs: use it for latent or eval-jepa"
         )
-    max_files = wiki_max_files()
+    max_files = wiki_max_files(settings)
     if max_files is not None and _reuse(data_dir / cache_file_name(WIKI_ID, f"_{max_files}"), repo_id):
         return data_dir / cache_file_name(WIKI_ID, f"_{max_files}")
     files = dataset_parquet_files(WIKI_ID, config=WIKI_CONFIG, split="train")
@@ -528,19 +532,21 @@ def _cached_wikipedia(repo_id: str, data_dir: Path, mode: RunKind) -> Path:
     target = data_dir / cache_file_name(WIKI_ID, f"_{len(used)}")
     if _reuse(target, repo_id):
         return target
-    return _convert(target, repo_id, lambda: _plan_wikipedia(files))
+    return _convert(target, repo_id, lambda: _plan_wikipedia(files, settings))
 
 
-def cached_hub_lines(dataset_id: str, data_dir: Path, mode: RunKind) -> Path:
+def cached_hub_lines(dataset_id: str, data_dir: Path, mode: RunKind, settings: Settings | None = None) -> Path:
     """The line file for `hub:<dataset_id>`: reused when cached, else downloaded and converted once.
 
-    mode is RunKind.LATENT (any text) or RunKind.WORLD (context<TAB>next_turn pairs).
+    mode is RunKind.LATENT (any text) or RunKind.WORLD (context<TAB>next_turn pairs). settings: the environment
+    the command was started with (JEPA_WIKI_MAX_FILES, ARROW_DEFAULT_MEMORY_POOL); none given, none set.
     """
+    settings = settings or Settings()
     mode = RunKind(mode)
     repo_id = check_dataset_id(dataset_id)
     data_dir = Path(data_dir)
     if repo_id.lower() == WIKI_ID:
-        return _cached_wikipedia(repo_id, data_dir, mode)
+        return _cached_wikipedia(repo_id, data_dir, mode, settings)
     source = source_for_repo(repo_id)
     target = data_dir / cache_file_name(repo_id, "_pairs" if source or mode == RunKind.WORLD else "")
     if _reuse(target, repo_id):
@@ -548,10 +554,10 @@ def cached_hub_lines(dataset_id: str, data_dir: Path, mode: RunKind) -> Path:
     if source is not None:
 
         def plan():
-            return _plan_pairs(dataset_parquet_files(repo_id, source.config, source.split), source)
+            return _plan_pairs(dataset_parquet_files(repo_id, source.config, source.split), source, settings)
     else:
 
         def plan():
-            return _plan_generic(dataset_parquet_files(repo_id), mode)
+            return _plan_generic(dataset_parquet_files(repo_id), mode, settings)
 
     return _convert(target, repo_id, plan)

@@ -20,6 +20,7 @@ from textjepa.data.lines import LineStats, iter_decoded_lines
 from textjepa.data.pairs import EXPERT_SOURCES, ULTRACHAT, PairOptions, PairSource, convert_rows, word_count
 from textjepa.data.writer import AtomicLineFile
 from textjepa.errors import TextJepaError
+from textjepa.settings import Settings
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 # Beyond this many buckets the shuffle lets buckets grow instead of opening more files at once.
@@ -37,6 +38,7 @@ def write_hub_pairs(
     split: str | None,
     max_rows: int | None,
     progress: bool,
+    settings: Settings | None = None,
 ) -> LineStats:
     """Stream a hub dataset's rows through its converter into `output`."""
     stats = LineStats()
@@ -45,7 +47,7 @@ def write_hub_pairs(
         print(f"{source.repo_id} ({files.config}/{files.split}): {len(files.paths)} parquet file(s)")
         bar = progress_bar(source.name, progress)
         try:
-            rows = iter_rows(files, source.columns, max_rows, bar)
+            rows = iter_rows(files, source.columns, max_rows, bar, settings)
             for context, reply in convert_rows(rows, source, options, stats):
                 writer.write_record((context, reply), stats)
         finally:
@@ -55,21 +57,21 @@ def write_hub_pairs(
     return stats
 
 
-def prepare_ultrachat(cfg: PrepareUltrachatConfig) -> LineStats:
+def prepare_ultrachat(cfg: PrepareUltrachatConfig, settings: Settings | None = None) -> LineStats:
     cfg.validate()
     options = PairOptions(
         context_window=cfg.context_window, min_context_words=cfg.min_tokens, min_reply_words=cfg.min_tokens
     )
-    return write_hub_pairs(ULTRACHAT, options, cfg.output, cfg.split, cfg.max_rows, cfg.progress)
+    return write_hub_pairs(ULTRACHAT, options, cfg.output, cfg.split, cfg.max_rows, cfg.progress, settings)
 
 
-def prepare_expert(cfg: PrepareExpertConfig) -> LineStats:
+def prepare_expert(cfg: PrepareExpertConfig, settings: Settings | None = None) -> LineStats:
     cfg.validate()
     source = EXPERT_SOURCES.get(cfg.dataset)
     if source is None:
         raise TextJepaError(f"unknown expert dataset {cfg.dataset!r} (choose from {', '.join(EXPERT_SOURCES)})")
     options = PairOptions(no_support=cfg.no_support, min_reply_words=cfg.min_answer_words)
-    return write_hub_pairs(source, options, cfg.output_path, cfg.split, cfg.max_rows, cfg.progress)
+    return write_hub_pairs(source, options, cfg.output_path, cfg.split, cfg.max_rows, cfg.progress, settings)
 
 
 # ---------------------------------------------------------------- JSONL shards

@@ -21,19 +21,21 @@ from textjepa.data.tokens import (
 )
 from textjepa.errors import TextJepaError
 from textjepa.io import RunKind, atomic_write_text, ensure_writable_dir
+from textjepa.settings import Settings
 
 HUB_PREFIX = "hub:"
 
 
-def resolve_data(argument: str, data_dir: str, mode: RunKind) -> Path:
-    """A local line file for `argument`; `hub:<id>` is downloaded once and cached under data_dir."""
+def resolve_data(argument: str, data_dir: str, mode: RunKind, settings: Settings | None = None) -> Path:
+    """A local line file for `argument`; `hub:<id>` is downloaded once and cached under data_dir (`settings`: the
+    environment the hub download reads, data/hub.py)."""
     # Token caches (and hub downloads) go to data_dir: a file or a read-only folder there is one clear error
     # now, not a traceback after the data was read.
     ensure_writable_dir(Path(data_dir), "data directory (--data-dir)")
     if argument.startswith(HUB_PREFIX):
         from textjepa.data.hub import cached_hub_lines
 
-        return cached_hub_lines(argument[len(HUB_PREFIX) :], Path(data_dir), mode)
+        return cached_hub_lines(argument[len(HUB_PREFIX) :], Path(data_dir), mode, settings)
     path = Path(argument)
     if not path.exists():
         raise TextJepaError(f"data file not found: {argument}")
@@ -42,7 +44,9 @@ def resolve_data(argument: str, data_dir: str, mode: RunKind) -> Path:
     return path
 
 
-def recorded_data(given: str | None, contract: DataContract, kind: RunKind, data_dir: str) -> tuple[Path, DataConfig]:
+def recorded_data(
+    given: str | None, contract: DataContract, kind: RunKind, data_dir: str, settings: Settings | None = None
+) -> tuple[Path, DataConfig]:
     """The data an evaluation reads: the one given, else the model's own training data, read under the model's
     data contract (so its validation split is the same)."""
     argument = given or contract.source
@@ -55,7 +59,7 @@ def recorded_data(given: str | None, contract: DataContract, kind: RunKind, data
             f"the training data recorded in the checkpoint, {argument}{relative}, is not there any more (moved or "
             "deleted); give the data file as DATA"
         )
-    path = resolve_data(argument, data_dir, kind)
+    path = resolve_data(argument, data_dir, kind, settings)
     return path, contract.data_config(str(path), data_dir)
 
 

@@ -23,7 +23,8 @@ from textjepa.decoders.hf_model import CausalLM, load_causal_lm
 from textjepa.decoders.models import resolve_decoder_model
 from textjepa.decoders.prompting import truncate_left, with_text_conditioning
 from textjepa.decoders.sampling import IncrementalText, next_token
-from textjepa.decoders.settings import settings_from_env, with_options
+from textjepa.decoders.settings import decoder_settings, with_options
+from textjepa.settings import Settings
 
 
 @dataclass
@@ -146,12 +147,16 @@ def load_bridge_for(bridge_path: str | None, world_checkpoint) -> Bridge | None:
 
 
 def load_transformers_decoder(
-    world_checkpoint, device: torch.device, bridge: str | None = None, decoder_model: str | None = None
+    world_checkpoint,
+    device: torch.device,
+    bridge: str | None = None,
+    decoder_model: str | None = None,
+    env: Settings | None = None,
 ) -> TransformersDecoder:
     loaded_bridge = load_bridge_for(bridge, world_checkpoint)
-    source = resolve_decoder_model(decoder_model, loaded_bridge.decoder.path if loaded_bridge else None)
-    settings = settings_from_env()
-    lm = load_causal_lm(source, device)
+    source = resolve_decoder_model(decoder_model, loaded_bridge.decoder.path if loaded_bridge else None, env)
+    settings = decoder_settings(env)
+    lm = load_causal_lm(source, device, settings=env)
     if loaded_bridge is not None:
         loaded_bridge.check_decoder(lm.fingerprint())
     return TransformersDecoder(lm, loaded_bridge, settings)

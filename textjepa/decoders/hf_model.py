@@ -96,8 +96,8 @@ class CausalLM:
         return out.logits[0, -1], new_cache
 
 
-def gguf_cache_root() -> Path | None:
-    setting = Settings.from_env().gguf_cache
+def gguf_cache_root(setting: str) -> Path | None:
+    """TEXTJEPA_GGUF_CACHE: a folder, 'off', or unset (the default folder)."""
     if setting.lower() in ("off", "0", "no", "false"):
         return None
     return Path(setting).expanduser() if setting else Path.home() / ".cache" / "textjepa" / "gguf"
@@ -140,10 +140,10 @@ def _save_converted(model, tokenizer, target: Path) -> None:
         print(f"note: could not cache the converted GGUF in {target.parent}: {exc}", file=sys.stderr)
 
 
-def _load_gguf(source: ModelSource, dtype: torch.dtype):
+def _load_gguf(source: ModelSource, dtype: torch.dtype, settings: Settings):
     import_optional("gguf", f"loading a GGUF through transformers needs gguf: {LLM_INSTALL}")
     import_optional("accelerate", f"loading a GGUF through transformers needs accelerate: {LLM_INSTALL}")
-    root = gguf_cache_root()
+    root = gguf_cache_root(settings.gguf_cache)
     cached = None
     if root is not None and source.path.stat().st_size <= GGUF_CACHE_MAX_BYTES:
         cached = root / gguf_cache_key(source.path)
@@ -159,13 +159,16 @@ def _load_gguf(source: ModelSource, dtype: torch.dtype):
     return model, tokenizer
 
 
-def load_causal_lm(source: ModelSource, device: torch.device, dtype: torch.dtype = torch.float32) -> CausalLM:
-    """Load and freeze an LM; a model that fails to load is a one-line error, not a traceback."""
+def load_causal_lm(
+    source: ModelSource, device: torch.device, dtype: torch.dtype = torch.float32, settings: Settings | None = None
+) -> CausalLM:
+    """Load and freeze an LM; a model that fails to load is a one-line error, not a traceback. `settings`: where a
+    GGUF converted for transformers is cached (TEXTJEPA_GGUF_CACHE; none given: the default folder)."""
     import_optional("transformers", f"the transformers decoder needs it: {LLM_INSTALL}")
     _quiet_transformers()
     try:
         if source.kind == "gguf":
-            model, tokenizer = _load_gguf(source, dtype)
+            model, tokenizer = _load_gguf(source, dtype, settings or Settings())
         else:
             model, tokenizer = _from_pretrained(str(source.path), None, dtype)
     except TextJepaError:

@@ -30,7 +30,7 @@ from textjepa.decoders.base import Conditioning, Generation, TokenStreamingDecod
 from textjepa.decoders.hf import PreparedPrompt, load_bridge_for, prepare_prompt
 from textjepa.decoders.models import ModelSource, import_optional, resolve_decoder_model
 from textjepa.decoders.prompting import with_text_conditioning
-from textjepa.decoders.settings import settings_from_env, with_options
+from textjepa.decoders.settings import decoder_settings, with_options
 from textjepa.errors import TextJepaError
 from textjepa.settings import Settings
 
@@ -304,15 +304,18 @@ class LlamaBinaryDecoder:
         yield self.generate(messages, conditioning, max_new_tokens, **options).text
 
 
-def load_llamacpp_decoder(world_checkpoint, bridge: str | None = None, decoder_model: str | None = None):
+def load_llamacpp_decoder(
+    world_checkpoint, bridge: str | None = None, decoder_model: str | None = None, env: Settings | None = None
+):
+    env = env or Settings()
     loaded_bridge = load_bridge_for(bridge, world_checkpoint)
-    source = resolve_decoder_model(decoder_model, loaded_bridge.decoder.path if loaded_bridge else None)
+    source = resolve_decoder_model(decoder_model, loaded_bridge.decoder.path if loaded_bridge else None, env)
     if source.kind != "gguf":
         raise TextJepaError(
             f"--decoder llamacpp needs a GGUF file, got the model folder {source.path} (use --decoder transformers)"
         )
-    settings = settings_from_env()
-    binary = Settings.from_env().decoder_bin
+    settings = decoder_settings(env)
+    binary = env.decoder_bin
     if binary and loaded_bridge is None:
         return LlamaBinaryDecoder(binary, source, settings)
     if binary:

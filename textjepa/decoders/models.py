@@ -86,13 +86,15 @@ def resolve_model_argument(argument: str) -> ModelSource:
     return check_model_path(Path(argument).expanduser(), argument)
 
 
-def resolve_decoder_model(argument: str | None, recorded: str | None = None) -> ModelSource:
-    """The decoder model to use (see the module docstring for the order)."""
+def resolve_decoder_model(
+    argument: str | None, recorded: str | None = None, settings: Settings | None = None
+) -> ModelSource:
+    """The decoder model to use (see the module docstring for the order; JEPA_DECODER_MODEL from `settings`)."""
     if argument:
         return resolve_model_argument(argument)
     if recorded and Path(recorded).exists():
         return resolve_model_argument(recorded)
-    env = Settings.from_env().decoder_model
+    env = (settings or Settings()).decoder_model
     if env:
         return resolve_model_argument(env)
     found = first_models_gguf()

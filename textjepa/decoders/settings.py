@@ -1,4 +1,5 @@
-"""The LLM decoders' settings: defaults, then the environment (JEPA_DECODER_*, as the original read them)."""
+"""The LLM decoders' settings: defaults, then the environment the command was started with (JEPA_DECODER_*, as
+the original read them), then explicit options."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from textjepa.errors import TextJepaError
 from textjepa.settings import Settings
 
 
-def settings_from_env(env: Settings | None = None, **overrides) -> DecoderSettings:
-    """Defaults from config.py, then the environment, then explicit overrides (None means not given)."""
-    values = (env or Settings.from_env()).decoder_overrides
+def decoder_settings(env: Settings | None = None, **overrides) -> DecoderSettings:
+    """Defaults from config.py, then `env` (none given: none set), then explicit overrides (None: not given)."""
+    values = (env or Settings()).decoder_overrides
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = dataclasses.replace(DecoderSettings(), **values)
     if settings.ctx < 16:

@@ -21,6 +21,7 @@ from textjepa.models.heads import LatentModel
 from textjepa.objectives.masking import masked_view, span_ids
 from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device
+from textjepa.settings import Settings
 
 JEPA_COLUMNS = ["cosine_mean", "l2_mean", "top1", "top5", "mrr", "mean_rank"]
 JSON_NAMES = {"top1": "retrieval_top1", "top5": "retrieval_top5", "mrr": "retrieval_mrr"}
@@ -80,8 +81,8 @@ def choose_split(requested: str, store: TokenStore, checkpoint: Checkpoint) -> s
     return "val" if store.corpus_hash == checkpoint.data.corpus_hash else "all"
 
 
-def evaluate_jepa(cfg: EvalConfig) -> dict:
-    configure_threads()
+def evaluate_jepa(cfg: EvalConfig, settings: Settings | None = None) -> dict:
+    configure_threads(settings)
     device = resolve_device(cfg.device)
     precision = choose_precision(cfg.precision, device)
     print(precision.describe())
@@ -89,7 +90,7 @@ def evaluate_jepa(cfg: EvalConfig) -> dict:
     check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
     if cfg.vocab:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
-    path, data = recorded_data(cfg.data, checkpoint.data, checkpoint.kind, cfg.data_dir)
+    path, data = recorded_data(cfg.data, checkpoint.data, checkpoint.kind, cfg.data_dir, settings)
     _, store = load_corpus(path, LATENT_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     split = choose_split(cfg.split, store, checkpoint)
     masking = MaskingConfig(**checkpoint.info.get("masking", {}))

@@ -25,6 +25,7 @@ from textjepa.eval.lexical import ranking_metrics, record_texts, tfidf_for_check
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.runtime import choose_precision, configure_threads, resolve_device
+from textjepa.settings import Settings
 
 WORLD_COLUMNS = ["transition_cos", "transition_l2", "R@1", "R@5", "MRR"]
 _NAMES = {"cosine_mean": "transition_cos", "l2_mean": "transition_l2", "top1": "R@1", "top5": "R@5", "mrr": "MRR"}
@@ -35,8 +36,8 @@ def _named(metrics: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate_world(cfg: EvalConfig) -> dict:
-    configure_threads()
+def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
+    configure_threads(settings)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     precision = choose_precision(cfg.precision, device)
@@ -47,7 +48,7 @@ def evaluate_world(cfg: EvalConfig) -> dict:
     if cfg.vocab:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
     mean_next = RetrievalIndex.load(checkpoint.path).mean_next_latent.to(device)
-    path, data = recorded_data(cfg.data, checkpoint.data, checkpoint.kind, cfg.data_dir)
+    path, data = recorded_data(cfg.data, checkpoint.data, checkpoint.kind, cfg.data_dir, settings)
     _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     mapping = action_mapping(store, checkpoint.config.actions, checkpoint.path.name)
     split = choose_split(cfg.split, store, checkpoint)

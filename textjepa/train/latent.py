@@ -26,10 +26,13 @@ from textjepa.runtime import (
     local_main_first,
     seed_everything,
 )
-from textjepa.train.loop import TrainResult, train_on_store, training_session
+from textjepa.settings import Settings
+from textjepa.train.debug import DebugOptions
+from textjepa.train.loop import Stage, TrainResult
+from textjepa.train.session import train_on_store, training_session
 
 
-class LatentStage:
+class LatentStage(Stage):
     kind = RunKind.LATENT
 
     def __init__(
@@ -91,15 +94,18 @@ class LatentStage:
         return None
 
 
-def train_latent(cfg: LatentConfig) -> TrainResult:
+def train_latent(cfg: LatentConfig, settings: Settings | None = None) -> TrainResult:
+    """`textjepa latent`. settings: the environment the command was started with (threads, torchrun, hub
+    downloads, the loop's testing aids); none given, none set."""
     cfg.validate()
-    with training_session(cfg.train, RunKind.LATENT) as (device, dist, out_dir, precision):
+    with training_session(cfg.train, RunKind.LATENT, settings) as (device, dist, out_dir, precision):
         with local_main_first(dist):  # caches are built once per node, then shared
-            path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.LATENT)
+            path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.LATENT, settings)
             tokenizer, store = load_corpus(
                 path, LATENT_RECORDS, cfg.data, None, cfg.model.vocab_size, cfg.train.progress
             )
         config = dataclasses.replace(cfg.model, vocab_size=tokenizer.get_vocab_size())
         seed_everything(cfg.train.seed)
         stage = LatentStage(config, tokenizer, store, cfg, device)
-        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision)
+        debug = DebugOptions.from_settings(settings or Settings())
+        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug)

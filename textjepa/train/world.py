@@ -34,10 +34,13 @@ from textjepa.runtime import (
     local_main_first,
     seed_everything,
 )
-from textjepa.train.loop import TrainResult, train_on_store, training_session
+from textjepa.settings import Settings
+from textjepa.train.debug import DebugOptions
+from textjepa.train.loop import Stage, TrainResult
+from textjepa.train.session import train_on_store, training_session
 
 
-class WorldStage:
+class WorldStage(Stage):
     kind = RunKind.WORLD
 
     def __init__(
@@ -186,9 +189,11 @@ def check_target_space(init: Checkpoint | None, embedder: FrozenEmbedder | None)
         )
 
 
-def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainResult:
+def train_world(cfg: WorldConfig, shape_overrides: dict | None = None, settings: Settings | None = None) -> TrainResult:
+    """`textjepa train-world`. settings: the environment the command was started with (threads, torchrun, hub
+    downloads, the loop's testing aids); none given, none set."""
     cfg.validate()
-    with training_session(cfg.train, RunKind.WORLD) as (device, dist, out_dir, precision):
+    with training_session(cfg.train, RunKind.WORLD, settings) as (device, dist, out_dir, precision):
         config, tokenizer, init = resolve_world_config(cfg, shape_overrides or {})
         config.validate()
         # --target-model: found and loaded (or refused) before any work on the data.
@@ -196,7 +201,7 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainR
         check_target_space(init, embedder)
         targets = None
         with local_main_first(dist):  # caches are built once per node, then shared
-            path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.WORLD)
+            path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.WORLD, settings)
             tokenizer, store = load_corpus(
                 path, WORLD_RECORDS, cfg.data, tokenizer, config.vocab_size, cfg.train.progress
             )
@@ -211,4 +216,5 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None) -> TrainR
             config = dataclasses.replace(config, target_dim=embedder.dim)
         seed_everything(cfg.train.seed)
         stage = WorldStage(config, tokenizer, store, cfg, device, init, mapping, embedder, targets)
-        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision)
+        debug = DebugOptions.from_settings(settings or Settings())
+        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug)

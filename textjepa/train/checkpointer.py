@@ -1,0 +1,178 @@
+"""What a training run keeps: its best checkpoint (by the validation score), the training state it can resume
+from, and its metrics log. Files are written whole (temp + rename, textjepa/io.py) or not at all.
+
+`Checkpointer` is the part every run shares (the training stages and train-bridge); `RunCheckpointer` writes a
+training stage's files (RunFiles: model, teacher, state, tokenizer, metrics, plot) and a run's life in an
+out-dir: a fresh run replaces an earlier one only with --overwrite, and every file carries the run's id.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textjepa.checkpoint import find_latest_state, save_checkpoint, save_tokenizer_files, save_training_state
+from textjepa.config import TrainConfig
+from textjepa.data.contract import DataContract
+from textjepa.errors import TextJepaError
+from textjepa.io import RunFiles, RunKind, atomic_write_text, remove_stale_temp_files
+from textjepa.models.encoder import count_parameters, format_size
+
+if TYPE_CHECKING:
+    from textjepa.train.loop import Stage
+
+
+class MetricsLog:
+    """A run's metrics, one JSON record a line (`*.metrics.jsonl` beside the model file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def beside(cls, model_file: Path) -> MetricsLog:
+        return cls(RunFiles(model_file).metrics)
+
+    def start(self) -> None:
+        """A fresh run starts a fresh log."""
+        if self.path.exists():
+            self.path.unlink()
+
+    def append(self, record: dict) -> None:
+        append_jsonl(self.path, record)
+
+    def keep_until(self, step: int) -> None:
+        """Drop records past the resumed step (a killed run may have logged beyond its last state)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+class Checkpointer:
+    """The best checkpoint by the validation score (higher is better), the training state, the metrics log.
+
+    Called on rank 0 only. A subclass says how the best checkpoint is written (`write_best`); a run without a
+    `state_path` cannot be resumed (train-bridge), and its interrupts are plain ones.
+    """
+
+    def __init__(self, best_path: Path, state_path: Path | None = None) -> None:
+        self.best_path, self.state_path = best_path, state_path
+        self.log = MetricsLog.beside(best_path)
+        self.best_score, self.best_metrics = -math.inf, {}
+        self.run_id = uuid.uuid4().hex  # every file of a run carries it, so a mixed set is refused
+
+    @property
+    def out_dir(self) -> Path:
+        """Where the run's files are (and --resume auto looks for its state)."""
+        return self.best_path.parent
+
+    @property
+    def can_resume(self) -> bool:
+        return self.state_path is not None
+
+    def start(self, resumed: dict | None) -> None:
+        """A fresh run starts a fresh log; a resumed one keeps its best so far and its log up to its step."""
+        if resumed is None:
+            self.log.start()
+            return
+        self.best_score, self.best_metrics = resumed["best_score"], resumed["best_metrics"]
+        self.run_id = resumed.get("run_id", self.run_id)
+        self.log.keep_until(resumed["step"])
+
+    def validated(self, step: int, val: dict[str, float]) -> None:
+        """A validation's record is logged; a better score than any before writes the best checkpoint."""
+        self.log.append({"step": step, "split": "val", **val})
+        if val["score"] > self.best_score:
+            self.best_score, self.best_metrics = val["score"], {"step": step, **val}
+            self.write_best(step, val)
+
+    def keep_last(self, step: int, record: dict) -> None:
+        """A run without validation: its last step is its best."""
+        self.best_metrics = {**record, "step": step}
+        self.write_best(step, {})
+
+    def save_state(self, state: dict) -> None:
+        if self.state_path is not None:
+            save_training_state(
+                self.state_path, {**state, "best_score": self.best_score, "best_metrics": self.best_metrics}
+            )
+
+    def write_best(self, step: int, val: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """After the last step (rank 0)."""
+
+
+class RunCheckpointer(Checkpointer):
+    """A training stage's files in its out-dir (RunFiles): model and teacher checkpoints of the best step, the
+    training state of the last validation, tokenizer files, metrics log and, at the end, the plot."""
+
+    def __init__(self, stage: Stage, out_dir: Path, train: TrainConfig, run_info: dict, data: DataContract) -> None:
+        self.files = RunFiles.create(out_dir, stage.kind, format_size(count_parameters(stage.model)))
+        super().__init__(self.files.model, self.files.state)
+        self.stage, self.train, self.run_info, self.data = stage, train, run_info, data
+
+    def start(self, resumed: dict | None) -> None:
+        remove_stale_temp_files(self.out_dir)
+        if resumed is None and self.train.overwrite:
+            remove_earlier_run(self.out_dir, self.stage.kind)
+        super().start(resumed)
+        save_tokenizer_files(self.files, self.stage.kind, self.stage.tokenizer)
+
+    def write_best(self, step: int, val: dict[str, float]) -> None:
+        stage, files = self.stage, self.files
+        online, teacher = stage.checkpoint_tensors()
+        info = {**stage.checkpoint_info(), **self.run_info, "run_id": self.run_id, "step": step, "val": val}
+        save_checkpoint(files.model, stage.kind, "online", stage.config, online, stage.tokenizer, info, self.data)
+        save_checkpoint(files.teacher, stage.kind, "teacher", stage.config, teacher, stage.tokenizer, info, self.data)
+
+    def finish(self) -> None:
+        from textjepa.plot import plot_metrics
+
+        plot_metrics(self.log.path, self.files.png)
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in self.best_metrics.items() if isinstance(v, float))
+        print(f"best checkpoint: {self.best_path} (step {self.best_metrics.get('step')}: {metrics})")
+
+
+def earlier_run_files(out_dir: Path, kind: RunKind) -> list[Path]:
+    """Every file of a run of this kind in out_dir (checkpoint, teacher, state, metrics, plot, index, replies)."""
+    return sorted(path for path in out_dir.glob(RunFiles.run_pattern(kind)) if path.is_file())
+
+
+def refuse_earlier_run(train: TrainConfig, out_dir: Path, kind: RunKind) -> None:
+    """A run never silently replaces another: an out-dir that already holds a run of this kind is continued
+    (--resume) or replaced (--overwrite), never trained into afresh. Checked before any work."""
+    if train.overwrite:
+        return
+    existing = earlier_run_files(out_dir, kind)
+    if not existing:
+        return
+    if train.resume and (train.resume != "auto" or find_latest_state(out_dir, kind) is not None):
+        return
+    raise TextJepaError(
+        f"{out_dir} already holds a {kind} run ({existing[0].name}); continue it with --resume auto, replace it "
+        "with --overwrite, or choose another --out-dir"
+    )
+
+
+def remove_earlier_run(out_dir: Path, kind: RunKind) -> None:
+    """--overwrite: the earlier run's files go before the new run writes its first one, so no file of it is
+    ever taken for the new run's (a killed run must not leave the old index beside the new model)."""
+    for path in earlier_run_files(out_dir, kind):
+        path.unlink(missing_ok=True)
