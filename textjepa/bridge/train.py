@@ -17,22 +17,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textjepa.api import WorldModel
 from textjepa.bridge.align import align_projector
 from textjepa.bridge.data import LMExample, conditioning_latents, derangement, lm_examples, read_pairs, split_pairs
-from textjepa.bridge.projector import (
-    Bridge,
-    PrefixProjector,
-    save_bridge,
-    world_identity,
-)
 from textjepa.bridge.scoring import reply_nll
 from textjepa.config import BridgeTrainConfig
 from textjepa.data.sources import resolve_data
 from textjepa.decoders.hf_model import CausalLM, load_causal_lm
 from textjepa.decoders.models import resolve_decoder_model
+from textjepa.decoders.prefix_bridge import (
+    Bridge,
+    PrefixProjector,
+    save_bridge,
+    world_identity,
+)
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
+from textjepa.inference.world import WorldInference
 from textjepa.io import RunFiles, RunKind, ensure_writable_dir
 from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device, seed_everything
@@ -77,7 +77,7 @@ def train_bridge(cfg: BridgeTrainConfig) -> Path:
     # model's latents (computed once, small) stay fp32.
     scope = "; autocast covers the LM and the projector, not alignment" if precision.precision == "bf16" else ""
     print(precision.describe() + scope, flush=True)
-    model = WorldModel.load(cfg.world_model, device)
+    model = WorldInference.load(cfg.world_model, device)
     checkpoint = model.checkpoint
     data_path = resolve_data(cfg.data, cfg.data_dir, RunKind.WORLD)
     pairs, stats = read_pairs(data_path, checkpoint)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from textjepa.api import WorldModel as TrainedWorldModel
 from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, load_teacher
 from textjepa.config import ModelConfig, WorldConfig
 from textjepa.data.batches import Batch
@@ -24,6 +23,7 @@ from textjepa.data.tokens import TokenStore
 from textjepa.decoders.retrieval import build_retrieval_index
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import retrieval_metrics
+from textjepa.inference.world import WorldInference
 from textjepa.io import RunKind
 from textjepa.models.encoder import LEXICAL, pooling_weights
 from textjepa.models.frozen import TARGET_MODEL_INFO, FrozenEmbedder, record_targets
@@ -122,8 +122,8 @@ class WorldStage:
 
     def finish(self, best_path: Path) -> None:
         """The retrieval decoder's index: the training next turns in the best checkpoint's reply space (its
-        teacher's latents, or the frozen target model's embeddings), picked as everywhere by the Python API."""
-        world = TrainedWorldModel.load(best_path, self.device, target_embedder=self.embedder)
+        teacher's latents, or the frozen target model's embeddings), picked as everywhere by the inference core."""
+        world = WorldInference.load(best_path, self.device, target_embedder=self.embedder)
         best = world.checkpoint
         index_path = build_retrieval_index(
             best_path, lambda chunk: world.reply_latents(self.store, chunk), self.store, self.tokenizer, best.data
