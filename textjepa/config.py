@@ -46,6 +46,11 @@ def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
     return field(default=default, metadata=metadata)
 
 
+# ModelConfig fields stored under another key: checkpoints of every version keep one metadata layout.
+CONFIG_KEYS_ON_DISK = {"cond_dim": "bridge_dim"}
+FIELDS_ON_DISK = {key: name for name, key in CONFIG_KEYS_ON_DISK.items()}
+
+
 @dataclass
 class ModelConfig:
     """Shape of the encoder and its heads; stored in every checkpoint's metadata."""
@@ -63,7 +68,11 @@ class ModelConfig:
     max_seq: int = setting(128, help="tokens per line kept")
     mlp_ratio: int = setting(4, help="MLP width as a multiple of dim")
     predictor_hidden: int = setting(0, help="predictor width; 0 means dim // 2 (a bottleneck)")
-    bridge_dim: int = setting(256, help="conditioning vector width")
+    # The conditioning head (models/heads.py), called the bridge before "bridge" came to mean only the LLM prefix
+    # projector: --bridge-dim stays an alias, and on disk the width keeps its old key (CONFIG_KEYS_ON_DISK).
+    cond_dim: int = setting(
+        256, aliases=("--bridge-dim",), help="conditioning head's vector width (--bridge-dim: its former name)"
+    )
     actions: list[str] = setting(default_factory=lambda: [DEFAULT_ACTION], cli=False, help="world-model actions")
     # JEPA predicts token latents and pools nothing; the world model's default is set in WorldConfig.
     pooling: str = setting(
@@ -84,7 +93,7 @@ class ModelConfig:
             raise TextJepaError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if not self.lexical_weight >= 0:
             raise TextJepaError(f"lexical weight must be 0 or more, got {self.lexical_weight}")
-        for name in ("dim", "layers", "heads", "max_seq", "bridge_dim"):
+        for name in ("dim", "layers", "heads", "max_seq", "cond_dim"):
             if getattr(self, name) < 1:
                 raise TextJepaError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.dim % self.heads:
@@ -105,19 +114,21 @@ class ModelConfig:
         return self.predictor_hidden or max(1, self.dim // 2)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """As stored in checkpoints, training states and bridge files (fields under their keys on disk)."""
+        return {CONFIG_KEYS_ON_DISK.get(k, k): v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        fields = {FIELDS_ON_DISK.get(k, k): v for k, v in data.items()}
         # A checkpoint from before pooling was a setting pooled with the mean, whatever today's default.
-        return cls(**{"pooling": "mean", **{k: v for k, v in data.items() if k in known}})
+        return cls(**{"pooling": "mean", **{k: v for k, v in fields.items() if k in known}})
 
 
 # The shape a training command takes from the command line (the rest has defaults or comes from the data).
 TRAINED_SHAPE = ("vocab_size", "dim", "layers", "heads", "max_seq")
 # The shape arguments that commands loading a checkpoint accept as checks (they must equal the checkpoint's).
-CHECKED_SHAPE = ("dim", "max_seq", "layers", "heads", "bridge_dim")
+CHECKED_SHAPE = ("dim", "max_seq", "layers", "heads", "cond_dim")
 
 
 @dataclass
@@ -216,12 +227,12 @@ class LatentConfig:
 
 @dataclass
 class WorldConfig:
-    """`textjepa train-world`: the next-turn transition and the decoder bridge."""
+    """`textjepa train-world`: the next-turn transition and the conditioning head."""
 
     data: DataConfig = setting(default_factory=lambda: DataConfig(min_tokens=1), group="data")
     model: ModelConfig = setting(
         default_factory=lambda: ModelConfig(pooling="lexical"),
-        only=TRAINED_SHAPE + ("bridge_dim", "pooling", "lexical_weight"),
+        only=TRAINED_SHAPE + ("cond_dim", "pooling", "lexical_weight"),
         group="model shape (taken from --init-encoder when given; then they must agree)",
     )
     # A faster teacher than for JEPA: 0.996 -> 0.9999 barely moves in a few hundred steps.

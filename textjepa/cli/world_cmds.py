@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         tweaks={"model": {"help": "model_world_*.safetensors"}},
     )
-    add_shape_checks(evaluate, with_bridge=True)
+    add_shape_checks(evaluate, with_cond_head=True)
     infer = add_command(
         subparsers,
         "infer",
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="answer a prompt: encode -> transition(reply) -> bridge -> decoder",
         description="Run the agent once on a prompt and print the model, action, conditioning ablation and output.",
     )
-    add_shape_checks(infer, with_bridge=True)
+    add_shape_checks(infer, with_cond_head=True)
 
 
 def run_train_world(cfg: WorldConfig, args: argparse.Namespace, settings: Settings) -> int:

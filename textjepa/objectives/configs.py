@@ -49,9 +49,13 @@ class WorldLossConfig:
 
     infonce_weight: float = field(default=1.0, metadata={"help": "in-batch next-turn contrast"})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature"})
-    bridge_weight: float = field(
+    cond_weight: float = field(
         default=1.0,
-        metadata={"help": "similarity-structure loss of the conditioning head (the vector the text fallback reads)"},
+        metadata={
+            "aliases": ("--bridge-weight",),
+            "help": "similarity-structure loss of the conditioning head (the vector the text fallback reads; "
+            "--bridge-weight: its former name)",
+        },
     )
     # InfoNCE of the prediction against the online encoder's own latent of the next turn, so the encoder
     # (and through the EMA the teacher) learns to represent replies, not only contexts.

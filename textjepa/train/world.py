@@ -158,11 +158,11 @@ def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig
     init = load_checkpoint(cfg.init_encoder)
     checked = {k: v for k, v in overrides.items() if v is not None}
     if init.kind == RunKind.LATENT:
-        bridge_dim = checked.pop("bridge_dim", cfg.model.bridge_dim)
+        cond_dim = checked.pop("cond_dim", cfg.model.cond_dim)
         # JEPA pools nothing: the world model chooses its pooling.
         pooling = {name: checked.pop(name, getattr(cfg.model, name)) for name in ("pooling", "lexical_weight")}
         check_shape_overrides(init.config, checked, init.path)
-        config = dataclasses.replace(init.config, bridge_dim=bridge_dim, **pooling, actions=list(cfg.model.actions))
+        config = dataclasses.replace(init.config, cond_dim=cond_dim, **pooling, actions=list(cfg.model.actions))
     else:
         check_shape_overrides(init.config, checked, init.path)
         config = init.config
