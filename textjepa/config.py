@@ -106,7 +106,7 @@ class ModelConfig:
 
     @property
     def predicted_dim(self) -> int:
-        """The width of the world model's predicted next latent (what the retrieval index and the bridge read)."""
+        """The width of the world model's predicted next latent (what the index and the prefix bridge read)."""
         return self.target_dim or self.dim
 
     @property

@@ -87,10 +87,8 @@ class WorldInference:
         precision: str = "auto",
         target_embedder: FrozenEmbedder | None = None,
     ) -> WorldInference:
-        """`model_world_*.safetensors`; its `_teacher` file must be beside it (training writes both).
-        precision: as --precision: "auto" (bf16 autocast only where this device runs bf16 natively, else fp32),
-        "fp32", or "bf16" (autocast; the weights stay float32). target_embedder: the checkpoint's frozen target
-        model already loaded (otherwise loaded from its record when first needed)."""
+        """A world checkpoint with its `_teacher` file beside it, computing at `precision` as --precision resolves
+        it (the arguments are the Python API's, documented at `textjepa.api.WorldModel.load`)."""
         device = as_device(device)
         compute = compute_precision(precision, device)
         checkpoint, network, teacher = load_world(Path(path), device)

@@ -8,8 +8,8 @@ from torch import nn
 from textjepa.config import ModelConfig
 from textjepa.models.encoder import Encoder, _init_weights
 
-# Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only
-# the LLM prefix projector (textjepa/decoders/prefix_bridge.py); the submodule keeps that name so that every checkpoint loads.
+# Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only the
+# LLM prefix projector (textjepa/decoders/prefix_bridge.py); the submodule keeps that name so every checkpoint loads.
 CONDITIONING_HEAD_KEY = "bridge"
 
 

@@ -1,4 +1,4 @@
-"""World-model work (encoder, transition, bridge) for all requests, batched on one thread off the event loop.
+"""World-model work (encoder, transition, conditioning head) for all requests, batched on one thread off the event loop.
 
 Requests put their texts on a queue and await a future. One task drains the queue: everything that arrived
 while the previous batch ran goes through the encoder together, so concurrent requests share forward passes
