@@ -77,6 +77,11 @@ class Encoder:
     def max_seq(self) -> int:
         return self.core.max_seq
 
+    @property
+    def precision(self) -> str:
+        """What it computes in: "fp32", or "bf16" (autocast over the fp32 weights)."""
+        return self.core.precision
+
     def encode(
         self,
         texts: str | Sequence[str],
@@ -118,6 +123,11 @@ class WorldModel:
     @property
     def config(self) -> ModelConfig:
         return self.core.config
+
+    @property
+    def precision(self) -> str:
+        """What it computes in: "fp32", or "bf16" (autocast over the fp32 weights)."""
+        return self.core.precision
 
     @property
     def dim(self) -> int:
