@@ -57,8 +57,8 @@ def untrained_world(directory: Path) -> Path:
 
 
 def untrained_bridge(directory: Path, world_path: Path, fingerprint) -> Path:
-    from textjepa.bridge.projector import Bridge, PrefixProjector, save_bridge, world_identity
     from textjepa.checkpoint import load_checkpoint
+    from textjepa.decoders.prefix_bridge import Bridge, PrefixProjector, save_bridge, world_identity
 
     checkpoint = load_checkpoint(world_path)
     torch.manual_seed(0)
@@ -127,21 +127,20 @@ def agent_tokens(agent, tokens: int) -> int:
 
 
 def bench_transformers(world_path: Path, gguf: Path, tmp: Path, tokens: int, rounds: int) -> dict:
-    from textjepa.agent import Agent, load_world
-    from textjepa.bridge.projector import load_bridge
+    from textjepa.agent import Agent
     from textjepa.decoders.hf import TransformersDecoder
     from textjepa.decoders.hf_model import load_causal_lm
     from textjepa.decoders.models import ModelSource
+    from textjepa.decoders.prefix_bridge import load_bridge
     from textjepa.decoders.settings import decoder_settings
+    from textjepa.inference.world import WorldInference
     from textjepa.settings import Settings
 
     device = torch.device("cpu")
     lm = load_causal_lm(ModelSource(gguf, "gguf"), device)
     bridge = load_bridge(untrained_bridge(tmp, world_path, lm.fingerprint()))
-    checkpoint, world, teacher = load_world(world_path, device)
-    agent = Agent(
-        checkpoint, world, teacher, TransformersDecoder(lm, bridge, decoder_settings(Settings.from_env())), device
-    )
+    decoder = TransformersDecoder(lm, bridge, decoder_settings(Settings.from_env()))
+    agent = Agent(WorldInference.load(world_path, device), decoder)
     ids = torch.tensor([lm.prompt_ids([{"role": "user", "content": PROMPT}])])
 
     def ours() -> int:

@@ -63,10 +63,10 @@ def test_encode_equals_what_the_agent_and_the_server_compute(trained, wm):
     vectors = wm.encode(TEXTS)
     assert vectors.shape == (3, wm.dim) and vectors.dtype == np.float32
     agent = Agent.load(trained["world"], precision="fp32")
-    np.testing.assert_allclose(vectors, agent.embed(TEXTS).numpy(), atol=1e-5)
+    np.testing.assert_allclose(vectors, agent.world.context_encoder.embed_texts(TEXTS, 32).vectors.numpy(), atol=1e-5)
 
     async def served() -> np.ndarray:
-        worker = ModelWorker(agent, max_batch=2)  # the server's model thread, batches of 2
+        worker = ModelWorker(agent.world, max_batch=2)  # the server's model thread, batches of 2
         worker.start()
         try:
             return (await worker.embed(TEXTS)).vectors.numpy()
@@ -89,17 +89,17 @@ def test_encode_follows_the_data_contract(wm):
     ids = wm.checkpoint.tokenizer.encode(text, add_special_tokens=False).ids
     limit = wm.config.max_seq
     assert len(ids) > 2 * limit
-    as_context = reference_latent(wm.network.encoder, ids[-limit:])
-    as_reply = reference_latent(wm.reply_encoder.network, ids[:limit])
+    as_context = reference_latent(wm.core.network.encoder, ids[-limit:])
+    as_reply = reference_latent(wm.core.teacher_encoder.network, ids[:limit])
     np.testing.assert_allclose(wm.encode([text])[0], as_context, atol=1e-5)
     np.testing.assert_allclose(wm.encode([text], kind="reply")[0], as_reply, atol=1e-5)
-    assert not np.allclose(as_context, reference_latent(wm.network.encoder, ids[:limit]), atol=1e-3)
+    assert not np.allclose(as_context, reference_latent(wm.core.network.encoder, ids[:limit]), atol=1e-3)
 
 
 def test_predict_next_is_the_agents_prediction(trained, wm):
     from textjepa.agent import Agent
 
-    conditioning, _ = Agent.load(trained["world"], precision="fp32").condition(TEXTS)
+    conditioning, _ = Agent.load(trained["world"], precision="fp32").world.condition(TEXTS)
     predicted = wm.predict_next(TEXTS)
     np.testing.assert_allclose(predicted, torch.stack([c.predicted for c in conditioning]).numpy(), atol=1e-5)
     np.testing.assert_allclose(wm.predict_next(TEXTS, batch_size=1), predicted, atol=1e-5)
@@ -138,7 +138,7 @@ def test_encoder_load(trained, wm):
     ids = latent.checkpoint.tokenizer.encode(text, add_special_tokens=False).ids
     assert len(ids) > latent.max_seq
     np.testing.assert_allclose(
-        latent.encode([text])[0], reference_latent(latent.network, ids[: latent.max_seq]), atol=1e-5
+        latent.encode([text])[0], reference_latent(latent.core.network, ids[: latent.max_seq]), atol=1e-5
     )
     with pytest.raises(TextJepaError, match="expected a world checkpoint"):
         WorldModel.load(trained["latent"])
@@ -200,9 +200,9 @@ def test_embed_parquet_round_trip(trained, wm, lines_file, tmp_path):
 def test_embed_memory_is_flat_in_the_file_size(trained, tmp_path, suffix):
     """A file 10x larger: the writer holds no more rows at once, and Python's peak memory does not grow with it
     (measured: about 0.15 MB for both; a writer that kept every vector until the end peaks at 2.7 MB here)."""
-    from textjepa.embed import write_embeddings
+    from textjepa.embed import load_encoder, write_embeddings
 
-    encoder = Encoder.load(trained["world"], device="cpu", precision="fp32")
+    encoder = load_encoder(str(trained["world"]), reply=False, device="cpu", precision="fp32")
     small, large = tmp_path / "small.txt", tmp_path / "large.txt"
     lines = synthetic_lines(2000, seed=9)
     small.write_text("\n".join(lines) + "\n")
@@ -224,7 +224,9 @@ def test_embed_memory_is_flat_in_the_file_size(trained, tmp_path, suffix):
     assert peaks["large"] < peaks["small"] + vector_bytes / 2, peaks
     written = np.load(tmp_path / "large.npy") if suffix == ".npy" else None
     if written is not None:
-        np.testing.assert_allclose(written[:5], encoder.encode(lines[:5]), atol=1e-5)
+        np.testing.assert_allclose(
+            written[:5], Encoder.load(trained["world"], precision="fp32").encode(lines[:5]), atol=1e-5
+        )
 
 
 def test_embed_user_errors(trained, lines_file, tmp_path):

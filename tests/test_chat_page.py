@@ -95,7 +95,7 @@ def test_inspect_gives_the_nearest_training_replies_with_their_cosines(client, a
     found = inspect(client, user(QUESTION))
     assert found["object"] == "textjepa.inspection" and found["action"] == "reply"
     assert found["decoder"] == "retrieval" and found["notes"] == []
-    [conditioning], encoded = agent.condition([f"User: {QUESTION}"])
+    [conditioning], encoded = agent.world.condition([f"User: {QUESTION}"])
     assert found["prompt_tokens"] == encoded.token_counts[0] > 0
     index = RetrievalIndex.load(world_model)
     for field, latent in (("nearest", conditioning.predicted), ("context_nearest", conditioning.state)):

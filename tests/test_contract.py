@@ -9,8 +9,6 @@ import torch
 from conftest import synthetic_lines
 from safetensors.torch import save_file
 
-from textjepa.agent import Agent, load_world
-from textjepa.api import WorldModel as WorldModelApi
 from textjepa.bridge.data import read_pairs, reply_latents
 from textjepa.checkpoint import load_checkpoint, save_checkpoint
 from textjepa.config import DataConfig, ModelConfig
@@ -18,6 +16,7 @@ from textjepa.data.batches import TrainSampler, iter_split_batches
 from textjepa.data.contract import DataContract, Field, encode_rows, keep_tokens, pad_rows
 from textjepa.data.sources import WORLD_RECORDS, load_corpus
 from textjepa.data.tokens import MAX_STORED_TOKENS, train_tokenizer
+from textjepa.inference.world import WorldInference, load_world
 from textjepa.io import RunFiles, RunKind
 from textjepa.models.heads import LatentModel, WorldModel
 
@@ -72,8 +71,8 @@ def test_a_long_context_gives_the_same_tokens_in_training_and_in_the_agent(long_
     trained_reply = batch.ids["next"][0][batch.valid["next"][0]].tolist()
 
     checkpoint, world, teacher = load_world(long_pair["model"], torch.device("cpu"))
-    agent = Agent(WorldModelApi(checkpoint, world, teacher, torch.device("cpu")), None)
-    served = agent.tokenize([long_pair["context"]])
+    inference = WorldInference(checkpoint, world, teacher, torch.device("cpu"))
+    served = inference.context_encoder.tokenize([long_pair["context"]])
     served_context = served.ids[0][served.valid[0]].tolist()
 
     # The latest turns, in both paths: a model is served what it was trained on.
@@ -81,7 +80,7 @@ def test_a_long_context_gives_the_same_tokens_in_training_and_in_the_agent(long_
     assert trained_reply == long_pair["ids"]["reply"][:MAX_SEQ]
     assert served.truncated == [True] and served.kept_counts == [MAX_SEQ]
     assert served.token_counts == [len(long_pair["ids"]["context"])]
-    notes = agent.prepare([{"role": "user", "content": long_pair["context"]}])[3]
+    notes = inference.prepare([{"role": "user", "content": long_pair["context"]}])[3]
     assert any(f"last {MAX_SEQ} tokens" in note for note in notes)
 
 
@@ -93,7 +92,7 @@ def test_evaluation_and_the_bridge_read_records_by_the_same_rule(long_pair):
         assert np.array_equal(evaluated.ids[name][0], batch.ids[name][0])
     # The bridge's oracle latent is the teacher's latent of the reply exactly as the world model was trained.
     pairs, _ = read_pairs(long_pair["pairs"], checkpoint)
-    oracle = reply_latents(WorldModelApi(checkpoint, world, teacher, torch.device("cpu")), [pairs[0].reply])
+    oracle = reply_latents(WorldInference(checkpoint, world, teacher, torch.device("cpu")), [pairs[0].reply])
     ids, valid = torch.from_numpy(batch.ids["next"][:1]), torch.from_numpy(batch.valid["next"][:1])
     with torch.no_grad():
         expected = (teacher(ids, valid) * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)

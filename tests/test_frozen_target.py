@@ -112,7 +112,7 @@ def test_checkpoint_records_the_target_model_and_the_api_uses_its_space(frozen_w
     predicted = model.predict_next(["User: tell me about weather please number 3"])
     assert predicted.shape == (1, WIDTH) and model.encode(["User: hi"]).shape == (1, model.dim)
     # The retrieval index holds the training replies' frozen embeddings: the index row of a reply is its embedding.
-    index = model.retrieval_index()
+    index = model.core.retrieval_index()
     row = index.replies.index(index.nearest(torch.from_numpy(predicted[0]), 1)[0][0])
     assert np.allclose(index.latents[row].numpy(), model.encode([index.replies[row]], kind="reply")[0], atol=1e-5)
     nearest = model.nearest_replies("User: tell me about weather please number 3", k=3)
@@ -181,4 +181,4 @@ def test_recorded_data_reads_the_same_store(frozen_world):
     checkpoint = model.checkpoint
     path, data = recorded_data(None, checkpoint.data, checkpoint.kind, str(frozen_world["cache"]))
     _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
-    assert targets_path(store, model.target_embedder(), "next").is_file()
+    assert targets_path(store, model.core.target_embedder(), "next").is_file()

@@ -34,8 +34,8 @@ pytest.importorskip("transformers", reason="pip install -e '.[llm]'")
 pytest.importorskip("gguf", reason="pip install -e '.[llm]'")
 pytest.importorskip("accelerate", reason="pip install -e '.[llm]'")
 
-from textjepa.api import WorldModel  # noqa: E402
 from textjepa.decoders.models import find_smollm2  # noqa: E402
+from textjepa.inference.world import WorldInference  # noqa: E402
 
 SMOLLM2 = find_smollm2()
 if SMOLLM2 is None:
@@ -111,14 +111,14 @@ def lm():
 
 @pytest.fixture(scope="module")
 def loaded_world(world):
-    from textjepa.agent import load_world
+    from textjepa.inference.world import load_world
 
     return load_world(world["model"], torch.device("cpu"))
 
 
 def write_bridge(path: Path, checkpoint, fingerprint, scale: float = 8.0, world: dict | None = None) -> Path:
     """An untrained projector with a large output scale: its prefix visibly steers the LM."""
-    from textjepa.bridge.projector import Bridge, PrefixProjector, save_bridge, world_identity
+    from textjepa.decoders.prefix_bridge import Bridge, PrefixProjector, save_bridge, world_identity
 
     torch.manual_seed(0)
     projector = PrefixProjector(checkpoint.config.dim, fingerprint.hidden_size, 4, embed_scale=scale)
@@ -135,7 +135,7 @@ def agent_for(loaded_world, decoder):
     from textjepa.agent import Agent
 
     checkpoint, model, teacher = loaded_world
-    return Agent(WorldModel(checkpoint, model, teacher, torch.device("cpu")), decoder)
+    return Agent(WorldInference(checkpoint, model, teacher, torch.device("cpu")), decoder)
 
 
 def test_reply_nll_matches_the_models_own_loss(lm):
@@ -153,9 +153,9 @@ def test_reply_nll_matches_the_models_own_loss(lm):
 
 
 def test_conditioning_steers_the_lm_and_ablation_changes_the_answer(lm, loaded_world, strong_bridge, capsys):
-    from textjepa.bridge.projector import load_bridge
     from textjepa.config import DecoderSettings
     from textjepa.decoders.hf import TransformersDecoder
+    from textjepa.decoders.prefix_bridge import load_bridge
 
     decoder = TransformersDecoder(lm, load_bridge(strong_bridge), DecoderSettings(temperature=0))
     agent = agent_for(loaded_world, decoder)
@@ -215,7 +215,7 @@ def test_read_pairs_numbers_records_like_the_token_store(world, loaded_world):
     from textjepa.data.batches import make_batch
 
     _, world_model, teacher = loaded_world
-    model = WorldModel(checkpoint, world_model, teacher, torch.device("cpu"))
+    model = WorldInference(checkpoint, world_model, teacher, torch.device("cpu"))
     oracle = conditioning_latents(model, held_out[:6], oracle=True)
     batch = make_batch(store, np.asarray([p.record for p in held_out[:6]]), checkpoint.config.max_seq)
     ids, valid = torch.from_numpy(batch.ids["next"]), torch.from_numpy(batch.valid["next"])
@@ -356,9 +356,9 @@ def test_eval_conditioning_text_rag_and_oracle_rows(world, lm, loaded_world, str
     the prefix from the teacher latent of the true reply on the same rows (what --oracle-latent's matched gave)."""
     from textjepa.bridge.data import conditioning_latents, read_pairs, split_pairs
     from textjepa.bridge.evaluate import ROWS, build_rows, score_rows, summarize
-    from textjepa.bridge.projector import load_bridge
     from textjepa.bridge.scoring import reply_nll
     from textjepa.config import ConditioningEvalConfig
+    from textjepa.decoders.prefix_bridge import load_bridge
 
     checkpoint, world_model, teacher = loaded_world
     cpu = torch.device("cpu")
@@ -369,7 +369,7 @@ def test_eval_conditioning_text_rag_and_oracle_rows(world, lm, loaded_world, str
     pairs, _ = read_pairs(unique, checkpoint)
     held_out = split_pairs(pairs, checkpoint, "val")[:4]
     cfg = ConditioningEvalConfig(max_pairs=4, batch=4, max_reply_tokens=12)
-    model = WorldModel(checkpoint, world_model, teacher, cpu)
+    model = WorldInference(checkpoint, world_model, teacher, cpu)
     rows = build_rows(lm, model, held_out, cfg)
     assert len(rows.examples) == 4
     from textjepa.decoders.retrieval import RetrievalIndex
@@ -421,7 +421,7 @@ def test_bad_decoder_inputs(world, lm, loaded_world, tmp_path):
 
     # Bridges for another world model / another LM.
     checkpoint = loaded_world[0]
-    from textjepa.bridge.projector import fingerprint_from_embeddings, world_identity
+    from textjepa.decoders.prefix_bridge import fingerprint_from_embeddings, world_identity
 
     other_world = dict(
         world_identity(checkpoint), weights_hash="0123456789abcdef", file="model_world_other.safetensors"
@@ -475,11 +475,11 @@ def test_llamacpp_prefix_matches_transformers(llama_cpp_module, lm, loaded_world
     Compared on the first reply token's logits, not on a few greedy tokens: greedy text can agree by
     chance (both conditions may start the same way), the logits cannot.
     """
-    from textjepa.bridge.projector import load_bridge
     from textjepa.config import DecoderSettings
     from textjepa.decoders.hf import TransformersDecoder
     from textjepa.decoders.llamacpp import LlamaCppDecoder, gguf_fingerprint
     from textjepa.decoders.models import ModelSource
+    from textjepa.decoders.prefix_bridge import load_bridge
 
     bridge = load_bridge(moderate_bridge)
     bridge.check_decoder(gguf_fingerprint(SMOLLM2))  # the GGUF's own probe equals the transformers one
@@ -492,7 +492,7 @@ def test_llamacpp_prefix_matches_transformers(llama_cpp_module, lm, loaded_world
     messages = [{"role": "user", "content": prompt}]
     assert ours.decoder.prompt_ids(messages) == lm.prompt_ids(messages)
 
-    (conditioning,), _ = ours.condition([prompt])
+    (conditioning,), _ = ours.world.condition([prompt])
     ablated = dataclasses.replace(conditioning, ablated=True)
     logits = {}
     for name, agent in (("cpp", ours), ("hf", reference)):

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from textjepa.bridge.data import derangement, text_rag_messages
-from textjepa.bridge.projector import (
+from textjepa.config import DecoderSettings, ModelConfig
+from textjepa.data.tokens import train_tokenizer
+from textjepa.decoders import models
+from textjepa.decoders.prefix_bridge import (
     Bridge,
     DecoderFingerprint,
     PrefixProjector,
@@ -17,9 +20,6 @@ from textjepa.bridge.projector import (
     save_bridge,
     world_identity,
 )
-from textjepa.config import DecoderSettings, ModelConfig
-from textjepa.data.tokens import train_tokenizer
-from textjepa.decoders import models
 from textjepa.decoders.prompting import (
     conditioning_text,
     context_messages,

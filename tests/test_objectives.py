@@ -17,7 +17,7 @@ from textjepa.objectives.regularizers import regularizer_loss
 from textjepa.objectives.terms import alignment_loss, info_nce, similarity_structure_loss
 from textjepa.objectives.world_loss import WorldLoss
 
-TINY = ModelConfig(vocab_size=300, dim=32, layers=1, heads=4, max_seq=12, bridge_dim=16)
+TINY = ModelConfig(vocab_size=300, dim=32, layers=1, heads=4, max_seq=12, cond_dim=16)
 
 
 def world_batch(rows: int = 6, width: int = 10) -> dict:
@@ -38,10 +38,10 @@ def world_batch(rows: int = 6, width: int = 10) -> dict:
 def test_world_loss_total_is_the_weighted_sum_of_its_named_terms():
     torch.manual_seed(0)
     model = WorldModel(TINY)
-    config = WorldLossConfig(infonce_weight=0.5, temperature=0.1, bridge_weight=2.0, reply_contrast_weight=0.25)
+    config = WorldLossConfig(infonce_weight=0.5, temperature=0.1, cond_weight=2.0, reply_contrast_weight=0.25)
     batch = world_batch()
     parts = WorldLoss(model, config, seed=0)(**batch)
-    assert set(parts) == {"loss", "alignment", "infonce", "bridge", "reply_contrast", "variance", "covariance"}
+    assert set(parts) == {"loss", "alignment", "infonce", "cond", "reply_contrast", "variance", "covariance"}
 
     # The same terms computed by hand from the model's own outputs.
     prediction = model(batch["ids"], batch["valid"], batch["actions"])

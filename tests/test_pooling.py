@@ -140,7 +140,7 @@ def test_a_lexical_world_model_answers_through_the_api_and_the_cli(lexical_world
     teacher = EncoderNetwork(model.checkpoint.config).eval()
     with safe_open(str(files.teacher), "pt") as handle:
         teacher.load_state_dict({k.removeprefix("encoder."): handle.get_tensor(k) for k in handle.keys()})
-    tokens = model.encoder("reply").tokenize(texts)
+    tokens = model.core.teacher_encoder.tokenize(texts)
     with torch.no_grad():
         assert np.allclose(replies, teacher.pooled(tokens.ids, tokens.valid).numpy(), atol=1e-5)
     assert len(model.nearest_replies(texts[0], k=3)) == 3

@@ -155,7 +155,11 @@ def test_serve_in_bf16_states_it_and_embeds_like_the_agent(tiny_world, tmp_path)
     finally:
         server.stop()
     served = np.array([row["embedding"] for row in body["data"]], dtype=np.float32)
-    np.testing.assert_allclose(served, Agent.load(world, precision="bf16").embed(texts).numpy(), atol=1e-5)
-    fp32 = Agent.load(world, precision="fp32").embed(texts).numpy()
+    np.testing.assert_allclose(
+        served,
+        Agent.load(world, precision="bf16").world.context_encoder.embed_texts(texts, 32).vectors.numpy(),
+        atol=1e-5,
+    )
+    fp32 = Agent.load(world, precision="fp32").world.context_encoder.embed_texts(texts, 32).vectors.numpy()
     assert not np.array_equal(served, fp32)  # computed in bf16 ...
     np.testing.assert_allclose(served, fp32, atol=0.1)  # ... and close to fp32

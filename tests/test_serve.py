@@ -122,7 +122,7 @@ def test_the_world_model_sees_the_conversation(client, agent):
         return response.json()["usage"]["prompt_tokens"]
 
     def tokens(text: str) -> int:
-        return len(agent.tokenizer.encode(text, add_special_tokens=False).ids)
+        return len(agent.world.checkpoint.tokenizer.encode(text, add_special_tokens=False).ids)
 
     system = {"role": "system", "content": "You are a helpful assistant."}
     assert prompt_tokens([system, *USER]) == prompt_tokens(USER) == tokens("User: tell me about cooking please")
@@ -133,7 +133,7 @@ def test_the_world_model_sees_the_conversation(client, agent):
     ]
     assert prompt_tokens(turns) == tokens("User: hi\nAssistant: hello\nUser: rain\nfalls")
     long_talk = [{"role": "user", "content": "cooking " * 300}]
-    assert prompt_tokens(long_talk) == agent.config.max_seq
+    assert prompt_tokens(long_talk) == agent.world.config.max_seq
 
 
 def test_max_tokens_caps_the_reply(client):
@@ -186,9 +186,9 @@ def test_embeddings_are_the_encoder_latents(client, server, agent):
     assert body["object"] == "list" and body["model"] == "textjepa"
     assert [d["index"] for d in body["data"]] == [0, 1, 2] and all(d["object"] == "embedding" for d in body["data"])
     vectors = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
-    assert vectors.shape == (3, agent.config.dim)
-    np.testing.assert_allclose(vectors, agent.embed(texts).numpy(), atol=1e-5)
-    counts = [len(agent.tokenizer.encode(t, add_special_tokens=False).ids) for t in texts]
+    assert vectors.shape == (3, agent.world.config.dim)
+    np.testing.assert_allclose(vectors, agent.world.context_encoder.embed_texts(texts, 32).vectors.numpy(), atol=1e-5)
+    counts = [len(agent.world.checkpoint.tokenizer.encode(t, add_special_tokens=False).ids) for t in texts]
     assert body["usage"] == {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}
     single = client.post("/v1/embeddings", json={"input": texts[1]}).json()
     np.testing.assert_allclose(single["data"][0]["embedding"], vectors[1], atol=1e-5)
@@ -371,7 +371,7 @@ def test_worker_batches_concurrent_requests_with_the_same_results(agent):
     contexts = [f"User: tell me about {t} please" for t in ("music", "garden", "code", "space", "weather")]
 
     async def run():
-        worker = ModelWorker(agent, max_batch=64)
+        worker = ModelWorker(agent.world, max_batch=64)
         worker.start()
         try:
             conditioned = await asyncio.gather(*(worker.condition(c) for c in contexts))
@@ -383,11 +383,13 @@ def test_worker_batches_concurrent_requests_with_the_same_results(agent):
     conditioned, embedded, stats = asyncio.run(run())
     assert stats.batches == 2 and stats.largest_batch == len(contexts)
     for context, result in zip(contexts, conditioned):
-        [alone], encoded = agent.condition([context])
+        [alone], encoded = agent.world.condition([context])
         np.testing.assert_allclose(result.conditioning.predicted, alone.predicted, atol=1e-5)
         assert result.prompt_tokens == encoded.token_counts[0]
     vectors = np.concatenate([e.vectors.numpy() for e in embedded])
-    np.testing.assert_allclose(vectors, agent.embed(contexts).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        vectors, agent.world.context_encoder.embed_texts(contexts, 32).vectors.numpy(), atol=1e-5
+    )
 
 
 def test_admission_gate_queue_timeout_and_hand_over():

@@ -1,6 +1,8 @@
-"""The agent: encode(prompt) -> transition(reply) -> bridge -> decoder -> text.
+"""The agent: a loaded world model answering conversations through a decoder.
 
-Loads a world checkpoint once; used by `infer` and by the HTTP server.
+conversation -> context text -> state latent -> (action `reply`) -> predicted next latent and the conditioning
+head's vector (textjepa/inference/world.py) -> decoder -> text. Used by `infer`, the demo, the HTTP server and the
+Python API's `WorldModel.reply`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,12 @@ from pathlib import Path
 
 import torch
 
-from textjepa.api import Encoded, WorldModel, as_messages, conversation_context, load_world
 from textjepa.checkpoint import check_shape_overrides
-from textjepa.config import DEFAULT_ACTION
 from textjepa.data.tokens import check_vocab_argument
 from textjepa.decoders.base import Conditioning, Decoder, Generation
-
-# Re-exported: the agent's callers read conversations and checkpoints through here.
-__all__ = ["Agent", "Encoded", "Reply", "as_messages", "conversation_context", "load_world"]
+from textjepa.decoders.registry import load_decoder
+from textjepa.inference.conversation import as_messages
+from textjepa.inference.world import WorldInference
 
 
 @dataclass
@@ -31,12 +31,18 @@ class Reply:
 
 
 class Agent:
-    """A world model (textjepa.api.WorldModel: encoding, prediction, conditioning) and a decoder."""
+    """A world model (`world`: encoding, prediction, conditioning) and the decoder that reads its conditioning."""
 
-    def __init__(self, model: WorldModel, decoder: Decoder | None) -> None:
-        self.model, self.decoder = model, decoder
-        self.checkpoint, self.config, self.tokenizer = model.checkpoint, model.config, model.checkpoint.tokenizer
-        self.device = model.device
+    def __init__(self, world: WorldInference, decoder: Decoder) -> None:
+        self.world, self.decoder = world, decoder
+
+    @classmethod
+    def with_decoder(cls, world: WorldInference, decoder: str = "retrieval", **decoder_options) -> Agent:
+        """`world` answering through a decoder by name: "retrieval" (offline, the nearest training reply),
+        "transformers" or "llamacpp" (`decoder_model=`, optionally `bridge=`, the prefix bridge's file)."""
+        checkpoint = world.checkpoint
+        options = {"world_checkpoint": checkpoint, "device": world.device, **decoder_options}
+        return cls(world, load_decoder(decoder, checkpoint.path, **options))
 
     @classmethod
     def load(
@@ -49,35 +55,16 @@ class Agent:
         precision: str = "auto",
         **decoder_options,
     ) -> Agent:
-        model = WorldModel.load(model_path, device or torch.device("cpu"), precision=precision)
-        check_shape_overrides(model.config, shape_overrides or {}, model.checkpoint.path)
+        """A world checkpoint and its decoder; `vocab` and `shape_overrides` (the seed's arguments) must match it."""
+        world = WorldInference.load(model_path, device or torch.device("cpu"), precision=precision)
+        check_shape_overrides(world.config, shape_overrides or {}, world.checkpoint.path)
         if vocab:
-            check_vocab_argument(vocab, model.checkpoint.tokenizer)
-        return cls(model, model.decoder(decoder, **decoder_options))
+            check_vocab_argument(vocab, world.checkpoint.tokenizer)
+        return cls.with_decoder(world, decoder, **decoder_options)
 
     @property
     def model_name(self) -> str:
-        return self.checkpoint.path.name
-
-    def tokenize(self, texts: Sequence[str]) -> Encoded:
-        """Model input for contexts under the checkpoint's data contract: a text longer than max_seq keeps its
-        last max_seq tokens (the latest turns), exactly as in training."""
-        return self.model.context_encoder.tokenize(texts)
-
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """Pooled encoder latents (the online encoder, as the world model's state)."""
-        return self.embed_encoded(self.tokenize(texts))
-
-    def embed_encoded(self, encoded: Encoded) -> torch.Tensor:
-        return self.model.context_encoder.embed(encoded)
-
-    def condition(
-        self, contexts: Sequence[str], ablate: bool = False, action: str = DEFAULT_ACTION
-    ) -> tuple[list[Conditioning], Encoded]:
-        return self.model.condition(contexts, ablate=ablate, action=action)
-
-    def prepare(self, messages: Sequence[dict], ablate: bool = False) -> tuple[str, Conditioning, int, list[str]]:
-        return self.model.prepare(messages, ablate)
+        return self.world.checkpoint.path.name
 
     def respond(
         self, prompt: str | Sequence[dict], ablate: bool = False, max_new_tokens: int = 128, **options
@@ -85,7 +72,7 @@ class Agent:
         """prompt: a string or OpenAI-style messages. The world model sees the conversation context; the
         decoder gets the messages (an LLM applies its chat template) and the conditioning."""
         messages = as_messages(prompt)
-        context, conditioning, prompt_tokens, notes = self.prepare(messages, ablate)
+        context, conditioning, prompt_tokens, notes = self.world.prepare(messages, ablate)
         generation = self.decoder.generate(messages, conditioning, max_new_tokens=max_new_tokens, **options)
         return Reply(generation, conditioning, context, prompt_tokens, notes + generation.notes)
 
@@ -93,5 +80,5 @@ class Agent:
         self, prompt: str | Sequence[dict], ablate: bool = False, max_new_tokens: int = 128, **options
     ) -> Iterator[str]:
         messages = as_messages(prompt)
-        _, conditioning, _, _ = self.prepare(messages, ablate)
+        _, conditioning, _, _ = self.world.prepare(messages, ablate)
         yield from self.decoder.stream(messages, conditioning, max_new_tokens=max_new_tokens, **options)

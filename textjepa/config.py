@@ -66,7 +66,7 @@ def precision_setting(**metadata: Any) -> Any:
 # The shape a training command takes from the command line (the rest has defaults or comes from the data).
 TRAINED_SHAPE = ("vocab_size", "dim", "layers", "heads", "max_seq")
 # The shape arguments that commands loading a checkpoint accept as checks (they must equal the checkpoint's).
-CHECKED_SHAPE = ("dim", "max_seq", "layers", "heads", "bridge_dim")
+CHECKED_SHAPE = ("dim", "max_seq", "layers", "heads", "cond_dim")
 
 
 @dataclass
@@ -123,12 +123,12 @@ class LatentConfig(Checked):
 
 @dataclass
 class WorldConfig(Checked):
-    """`textjepa train-world`: the next-turn transition and the decoder bridge."""
+    """`textjepa train-world`: the next-turn transition and the conditioning head."""
 
     data: DataConfig = setting(default_factory=world_data_defaults, group="data")
     model: ModelConfig = setting(
         default_factory=lambda: ModelConfig(pooling="lexical"),
-        only=TRAINED_SHAPE + ("bridge_dim", "pooling", "lexical_weight"),
+        only=TRAINED_SHAPE + ("cond_dim", "pooling", "lexical_weight"),
         group="model shape (taken from --init-encoder when given; then they must agree)",
     )
     # A faster teacher than for JEPA: 0.996 -> 0.9999 barely moves in a few hundred steps.

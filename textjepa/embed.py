@@ -18,11 +18,11 @@ from typing import Protocol
 
 import numpy as np
 
-from textjepa.api import Encoder, as_device
 from textjepa.config import EmbedConfig
 from textjepa.data.lines import LineStats, iter_latent_texts, require_usable
 from textjepa.data.sources import resolve_data
 from textjepa.errors import TextJepaError
+from textjepa.inference.encoding import TextEncoder, as_array
 from textjepa.io import RunKind, atomic_write, ensure_writable_dir, remove_stale_temp_files
 from textjepa.settings import Settings
 
@@ -118,16 +118,16 @@ def check_output(out: Path, overwrite: bool) -> None:
     ensure_writable_dir(out.parent)
 
 
-def load_encoder(model: str, reply: bool, device: str, precision: str = "auto") -> Encoder:
+def load_encoder(model: str, reply: bool, device: str, precision: str = "auto") -> TextEncoder:
     """The checkpoint's encoder: a world model's context encoder (its teacher with reply), a latent model's."""
-    encoder = Encoder.load(model, as_device(device), teacher=reply, precision=precision)
+    encoder = TextEncoder.load(model, device, teacher=reply, precision=precision)
     if reply and encoder.checkpoint.kind is not RunKind.WORLD:
         raise TextJepaError(f"--reply needs a world checkpoint; {Path(model).name} is a {encoder.checkpoint.kind} one")
     return encoder
 
 
 def write_embeddings(
-    encoder: Encoder,
+    encoder: TextEncoder,
     path: Path,
     out: Path,
     batch_size: int,
@@ -152,7 +152,7 @@ def write_embeddings(
         written = 0
         with tqdm(total=stats.used, desc="embed", unit=" lines", mininterval=0.5, disable=not progress) as bar:
             for texts in _batched(iter_latent_texts(path, max_line_bytes, LineStats()), batch_size):
-                writer.write(texts, encoder.encode(texts, batch_size=batch_size, normalize=normalize))
+                writer.write(texts, as_array(encoder.embed_texts(texts, batch_size).vectors, normalize))
                 written += len(texts)
                 bar.update(len(texts))
         if written != stats.used:  # the output would not match the file: keep nothing

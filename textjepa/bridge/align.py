@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from textjepa.bridge.projector import PrefixProjector
+from textjepa.decoders.prefix_bridge import PrefixProjector
 
 # Cosine logits need a sharpness; 1/0.05 lets a prefix vector single out one token.
 ALIGN_TEMPERATURE = 0.05

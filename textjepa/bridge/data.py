@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from textjepa.checkpoint import Checkpoint
+from textjepa.config import DEFAULT_ACTION
 from textjepa.data.contract import token_ids
 from textjepa.data.lines import LineStats, iter_world_pairs, require_usable
 from textjepa.decoders.hf_model import CausalLM
@@ -25,7 +26,7 @@ from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
 
 if TYPE_CHECKING:
-    from textjepa.api import WorldModel
+    from textjepa.inference.world import WorldInference
 
 _CHUNK = 2048
 
@@ -90,23 +91,22 @@ def lm_examples(
 
 
 @torch.no_grad()
-def predicted_latents(model: WorldModel, contexts: Sequence[str], batch: int = 256) -> torch.Tensor:
-    """The world model's predicted next latents [N, predicted dim], through the Python API's (and the agent's)
-    path."""
-    return torch.from_numpy(model.predict_next(list(contexts), batch_size=batch))
+def predicted_latents(model: WorldInference, contexts: Sequence[str], batch: int = 256) -> torch.Tensor:
+    """The world model's predicted next latents [N, predicted dim], as the Python API and the agent predict."""
+    return model.predict_texts(list(contexts), DEFAULT_ACTION, batch)
 
 
 @torch.no_grad()
-def reply_latents(model: WorldModel, replies: Sequence[str], batch: int = 256) -> torch.Tensor:
+def reply_latents(model: WorldInference, replies: Sequence[str], batch: int = 256) -> torch.Tensor:
     """The true replies in the world model's reply space [N, predicted dim] (the teacher's latents, encoded as
     replies under the data contract, or the frozen target model's embeddings), as the world model's targets: what
     a perfect world model would predict. eval-conditioning's oracle row; train-bridge's --oracle-latent and
     --target-mix."""
-    return torch.from_numpy(model.encode(list(replies), batch_size=batch, kind="reply"))
+    return model.embed_replies(list(replies), batch)
 
 
 @torch.no_grad()
-def retrieved_replies(model: WorldModel, contexts: Sequence[str], batch: int = 64) -> list[str]:
+def retrieved_replies(model: WorldInference, contexts: Sequence[str], batch: int = 64) -> list[str]:
     """The retrieval decoder's answer to each context, as `infer --decoder retrieval` gives it: the training reply
     (from the index train-world wrote beside the checkpoint) whose latent is nearest the prediction."""
     from textjepa.decoders.retrieval import RetrievalDecoder
@@ -139,7 +139,7 @@ def text_rag_prompt_ids(lm: CausalLM, context: str, retrieved: str, max_prompt_t
     return prompt
 
 
-def conditioning_latents(model: WorldModel, pairs: Sequence[PairRecord], oracle: bool = False) -> torch.Tensor:
+def conditioning_latents(model: WorldInference, pairs: Sequence[PairRecord], oracle: bool = False) -> torch.Tensor:
     """The projector's inputs for these pairs: the world model's predictions, or (oracle) the true replies'."""
     if oracle:
         return reply_latents(model, [p.reply for p in pairs])

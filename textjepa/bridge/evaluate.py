@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from textjepa.api import WorldModel
 from textjepa.bridge.data import (
     LMExample,
     PairRecord,
@@ -35,14 +34,15 @@ from textjepa.bridge.data import (
     split_pairs,
     text_rag_prompt_ids,
 )
-from textjepa.bridge.projector import PrefixProjector, check_prefix_tokens, load_bridge
 from textjepa.bridge.scoring import reply_nll
 from textjepa.config import ConditioningEvalConfig
 from textjepa.data.sources import resolve_data
 from textjepa.decoders.hf_model import CausalLM, load_causal_lm
 from textjepa.decoders.models import resolve_decoder_model
+from textjepa.decoders.prefix_bridge import PrefixProjector, check_prefix_tokens, load_bridge
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import write_json_report
+from textjepa.inference.world import WorldInference
 from textjepa.io import RunKind
 from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device
@@ -93,7 +93,7 @@ def normalized_text(text: str) -> str:
 
 
 def build_rows(
-    lm: CausalLM, model: WorldModel, held_out: list[PairRecord], cfg: ConditioningEvalConfig
+    lm: CausalLM, model: WorldInference, held_out: list[PairRecord], cfg: ConditioningEvalConfig
 ) -> ConditionRows:
     examples = lm_examples(lm, held_out, cfg.max_prompt_tokens, cfg.max_reply_tokens)
     by_record = {p.record: p for p in held_out}
@@ -184,7 +184,7 @@ def evaluate_conditioning(cfg: ConditioningEvalConfig, settings: Settings | None
     # model's latents (computed once, small) in fp32.
     scope = "; autocast covers the LM and the projector" if precision.precision == "bf16" else ""
     print(precision.describe() + scope, flush=True)
-    model = WorldModel.load(cfg.world_model, device)
+    model = WorldInference.load(cfg.world_model, device)
     checkpoint = model.checkpoint
     bridge = load_bridge(cfg.bridge)
     bridge.check_world(checkpoint)

@@ -21,17 +21,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from textjepa.api import WorldModel
 from textjepa.bridge.align import align_projector
 from textjepa.bridge.data import LMExample, conditioning_latents, derangement, lm_examples, read_pairs, split_pairs
-from textjepa.bridge.projector import Bridge, PrefixProjector, save_bridge, world_identity
 from textjepa.bridge.scoring import reply_nll
 from textjepa.config import BridgeTrainConfig, TrainConfig
 from textjepa.data.sources import resolve_data
 from textjepa.decoders.hf_model import CausalLM, load_causal_lm
 from textjepa.decoders.models import resolve_decoder_model
+from textjepa.decoders.prefix_bridge import (
+    Bridge,
+    PrefixProjector,
+    save_bridge,
+    world_identity,
+)
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
+from textjepa.inference.world import WorldInference
 from textjepa.io import RunFiles, RunKind, ensure_writable_dir
 from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device, seed_everything
@@ -214,7 +219,12 @@ class BridgeCheckpointer(Checkpointer):
 
 
 def bridge_data(
-    cfg: BridgeTrainConfig, model: WorldModel, lm: CausalLM, pairs: list, train_pairs: list, rng: np.random.Generator
+    cfg: BridgeTrainConfig,
+    model: WorldInference,
+    lm: CausalLM,
+    pairs: list,
+    train_pairs: list,
+    rng: np.random.Generator,
 ) -> BridgeData:
     """--val-pairs of the training pairs held out (the first of a permutation by `rng`), the rest to train on."""
     order = rng.permutation(len(train_pairs))
@@ -248,7 +258,7 @@ def train_bridge(cfg: BridgeTrainConfig, settings: Settings | None = None) -> Pa
     # model's latents (computed once, small) stay fp32.
     scope = "; autocast covers the LM and the projector, not alignment" if precision.precision == "bf16" else ""
     print(precision.describe() + scope, flush=True)
-    model = WorldModel.load(cfg.world_model, device)
+    model = WorldInference.load(cfg.world_model, device)
     checkpoint = model.checkpoint
     data_path = resolve_data(cfg.data, cfg.data_dir, RunKind.WORLD, settings)
     pairs, stats = read_pairs(data_path, checkpoint)

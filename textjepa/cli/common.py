@@ -36,9 +36,9 @@ def add_command(
     return parser
 
 
-def add_shape_checks(parser: argparse.ArgumentParser, with_bridge: bool) -> None:
+def add_shape_checks(parser: argparse.ArgumentParser, with_cond_head: bool) -> None:
     """For commands that load a checkpoint: shape options are optional and must agree with it (not in --help)."""
-    names = [name for name in CHECKED_SHAPE if with_bridge or name != "bridge_dim"]
+    names = [name for name in CHECKED_SHAPE if with_cond_head or name != "cond_dim"]
     flags = " ".join(f"--{option.flag}" for option in iter_options(ModelConfig(), only=names))
     group = parser.add_argument_group(
         "shape checks (optional; must match the checkpoint)", f"{flags}: if given, must equal the checkpoint's"

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         tweaks={"model": {"help": "model_latent_*.safetensors"}},
     )
-    add_shape_checks(evaluate, with_bridge=False)
+    add_shape_checks(evaluate, with_cond_head=False)
 
 
 def run_latent(cfg: LatentConfig, args: argparse.Namespace, settings: Settings) -> int:

@@ -32,19 +32,19 @@ SEED_FORMS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "--train-world": (
         "train-world",
         ("DATA",),
-        ("steps", "batch", "dim", "max-seq", "layers", "heads", "max-vocab", "bridge-dim"),
+        ("steps", "batch", "dim", "max-seq", "layers", "heads", "max-vocab", "cond-dim"),
     ),
     "--eval-world": (
         "eval-world",
         ("MODEL", "--vocab", "DATA"),
-        ("steps", "batch", "dim", "max-seq", "layers", "heads", "bridge-dim"),
+        ("steps", "batch", "dim", "max-seq", "layers", "heads", "cond-dim"),
     ),
     "--infer-agent": (
         "infer",
         ("MODEL", "--vocab", "PROMPT"),
-        ("dim", "max-seq", "layers", "heads", "bridge-dim", "max-new-tokens"),
+        ("dim", "max-seq", "layers", "heads", "cond-dim", "max-new-tokens"),
     ),
-    "--serve": ("serve", ("MODEL", "--vocab"), ("bind", "dim", "max-seq", "layers", "heads", "bridge-dim")),
+    "--serve": ("serve", ("MODEL", "--vocab"), ("bind", "dim", "max-seq", "layers", "heads", "cond-dim")),
     "--prepare-ultrachat": ("prepare", ("ultrachat",), ("OUTPUT", "context-window", "min-tokens", "max-rows")),
 }
 

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     # Not a setting of its own: the seed's way to give --host and --port in one.
     parser.add_argument("--bind", default=None, metavar="HOST:PORT", help="host and port in one (the seed's form)")
-    add_shape_checks(parser, with_bridge=True)
+    add_shape_checks(parser, with_cond_head=True)
 
 
 def parse_bind(text: str, default_host: str) -> tuple[str, int]:

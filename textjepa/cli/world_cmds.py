@@ -19,13 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train-world",
         WorldConfig(),
         run_train_world,
-        help="train the next-turn world model and its decoder bridge",
+        help="train the next-turn world model and its conditioning head",
         description=(
             "Learn context -> next_turn transitions from `context<TAB>next_turn` or `context|||next_turn` lines "
             "(an optional third column is the action; default reply). Writes model_world_<size>.safetensors "
             "(+ _teacher), its retrieval index, tokenizer.json, vocab_world.txt, metrics and curves. "
             "With --init-encoder the encoder (and its tokenizer) comes from a latent checkpoint, or encoder, "
-            "transition and bridge from a world checkpoint (fine-tuning)."
+            "transition and conditioning head from a world checkpoint (fine-tuning)."
         ),
     )
     evaluate = add_command(
@@ -41,16 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         tweaks={"model": {"help": "model_world_*.safetensors"}},
     )
-    add_shape_checks(evaluate, with_bridge=True)
+    add_shape_checks(evaluate, with_cond_head=True)
     infer = add_command(
         subparsers,
         "infer",
         InferConfig(),
         run_infer,
-        help="answer a prompt: encode -> transition(reply) -> bridge -> decoder",
+        help="answer a prompt: encode -> transition(reply) -> conditioning head -> decoder",
         description="Run the agent once on a prompt and print the model, action, conditioning ablation and output.",
     )
-    add_shape_checks(infer, with_bridge=True)
+    add_shape_checks(infer, with_cond_head=True)
 
 
 def run_train_world(cfg: WorldConfig, args: argparse.Namespace, settings: Settings) -> int:

@@ -15,7 +15,7 @@ class Conditioning:
 
     predicted: the transition's predicted next-turn latent; state: the context latent it came from (with a frozen
     target model, through the target head into the prediction's space);
-    vector: the bridge's conditioning vector (zeros when ablated).
+    vector: the conditioning head's vector (zeros when ablated).
     """
 
     predicted: torch.Tensor

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from textjepa.bridge.projector import Bridge, load_bridge
 from textjepa.config import DecoderSettings
 from textjepa.decoders.base import Conditioning, TokenStreamingDecoder
 from textjepa.decoders.hf_model import CausalLM, load_causal_lm
 from textjepa.decoders.models import resolve_decoder_model
+from textjepa.decoders.prefix_bridge import Bridge, load_bridge
 from textjepa.decoders.prompting import truncate_left, with_text_conditioning
 from textjepa.decoders.sampling import IncrementalText, next_token
 from textjepa.decoders.settings import decoder_settings, with_options

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from textjepa.bridge.projector import DecoderFingerprint, fingerprint_from_embeddings
 from textjepa.decoders.models import LLM_INSTALL, ModelSource, import_optional
+from textjepa.decoders.prefix_bridge import DecoderFingerprint, fingerprint_from_embeddings
 from textjepa.decoders.prompting import chat_prompt_text
 from textjepa.errors import TextJepaError
 from textjepa.io import atomic_directory

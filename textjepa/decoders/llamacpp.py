@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textjepa.bridge.projector import Bridge, DecoderFingerprint, fingerprint_from_embeddings
 from textjepa.config import DecoderSettings
 from textjepa.decoders.base import Conditioning, Generation, TokenStreamingDecoder
 from textjepa.decoders.hf import PreparedPrompt, load_bridge_for, prepare_prompt
 from textjepa.decoders.models import ModelSource, import_optional, resolve_decoder_model
+from textjepa.decoders.prefix_bridge import Bridge, DecoderFingerprint, fingerprint_from_embeddings
 from textjepa.decoders.prompting import with_text_conditioning
 from textjepa.decoders.settings import decoder_settings, with_options
 from textjepa.errors import TextJepaError
@@ -43,7 +43,7 @@ def gguf_fingerprint(path: Path) -> DecoderFingerprint:
     dequantized), so that it equals what transformers computes from the same file."""
     gguf = import_optional("gguf", f"checking a bridge against a GGUF needs the gguf package: {GGUF_INSTALL}")
 
-    from textjepa.bridge.projector import probe_rows
+    from textjepa.decoders.prefix_bridge import probe_rows
 
     reader = gguf.GGUFReader(str(path))
     tensors = [t for t in reader.tensors if t.name == "token_embd.weight"]

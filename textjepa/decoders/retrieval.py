@@ -39,8 +39,8 @@ def build_retrieval_index(
     data: DataContract,
     batch: int = 128,
 ) -> Path:
-    """reply_latents: a batch's next turns in the checkpoint's reply space (the Python API's
-    `WorldModel.reply_latents`, which picks that space)."""
+    """reply_latents: a batch's next turns in the checkpoint's reply space (the inference core's
+    `WorldInference.reply_latents`, which picks that space)."""
     files = RunFiles(model_path)
     index_file, replies_file = files.index, files.replies
     seen: dict[str, int] = {}

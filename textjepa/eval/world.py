@@ -12,17 +12,16 @@ from pathlib import Path
 
 import torch
 
-from textjepa.api import WorldModel
 from textjepa.checkpoint import check_shape_overrides
 from textjepa.config import EvalConfig
 from textjepa.data.batches import iter_split_batches
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, recorded_data
 from textjepa.data.tokens import check_vocab_argument
-from textjepa.decoders.retrieval import RetrievalIndex
 from textjepa.errors import TextJepaError
 from textjepa.eval.jepa import choose_split
 from textjepa.eval.lexical import ranking_metrics, record_texts, tfidf_for_checkpoint
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
+from textjepa.inference.world import WorldInference
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.runtime import choose_precision, configure_threads, resolve_device
 from textjepa.settings import Settings
@@ -42,12 +41,12 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     device = resolve_device(cfg.device)
     precision = choose_precision(cfg.precision, device)
     print(precision.describe())
-    model = WorldModel.load(Path(cfg.model), device, precision=precision.precision)
+    model = WorldInference.load(Path(cfg.model), device, precision=precision.precision)
     checkpoint = model.checkpoint
     check_shape_overrides(checkpoint.config, cfg.shape_overrides, checkpoint.path)
     if cfg.vocab:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
-    mean_next = RetrievalIndex.load(checkpoint.path).mean_next_latent.to(device)
+    mean_next = model.retrieval_index().mean_next_latent.to(device)
     path, data = recorded_data(cfg.data, checkpoint.data, checkpoint.kind, cfg.data_dir, settings)
     _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     mapping = action_mapping(store, checkpoint.config.actions, checkpoint.path.name)

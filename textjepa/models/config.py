@@ -15,6 +15,9 @@ from textjepa.fields import Checked, setting
 
 # ModelConfig.pooling; textjepa/models/encoder.py implements them.
 POOLINGS = ("mean", "lexical")
+# ModelConfig fields stored under another key: checkpoints of every version keep one metadata layout.
+CONFIG_KEYS_ON_DISK = {"cond_dim": "bridge_dim"}
+FIELDS_ON_DISK = {key: name for name, key in CONFIG_KEYS_ON_DISK.items()}
 
 
 @dataclass
@@ -40,7 +43,11 @@ class ModelConfig(Checked):
     max_seq: int = setting(128, min=1, help="tokens per line kept")
     mlp_ratio: int = setting(4, help="MLP width as a multiple of dim")
     predictor_hidden: int = setting(0, help="predictor width; 0 means dim // 2 (a bottleneck)")
-    bridge_dim: int = setting(256, min=1, help="conditioning vector width")
+    # The conditioning head (models/heads.py), called the bridge before "bridge" came to mean only the LLM prefix
+    # projector: --bridge-dim stays an alias, and on disk the width keeps its old key (CONFIG_KEYS_ON_DISK).
+    cond_dim: int = setting(
+        256, min=1, aliases=("--bridge-dim",), help="conditioning head's vector width (--bridge-dim: its former name)"
+    )
     actions: list[str] = setting(default_factory=lambda: [DEFAULT_ACTION], cli=False, help="world-model actions")
     # JEPA predicts token latents and pools nothing; the world model's default is set in WorldConfig.
     pooling: str = setting(
@@ -62,7 +69,7 @@ class ModelConfig(Checked):
 
     @property
     def predicted_dim(self) -> int:
-        """The width of the world model's predicted next latent (what the retrieval index and the bridge read)."""
+        """The width of the world model's predicted next latent (what the index and the prefix bridge read)."""
         return self.target_dim or self.dim
 
     @property
@@ -70,10 +77,12 @@ class ModelConfig(Checked):
         return self.predictor_hidden or max(1, self.dim // 2)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """As stored in checkpoints, training states and bridge files (fields under their keys on disk)."""
+        return {CONFIG_KEYS_ON_DISK.get(k, k): v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        fields = {FIELDS_ON_DISK.get(k, k): v for k, v in data.items()}
         # A checkpoint from before pooling was a setting pooled with the mean, whatever today's default.
-        return cls(**{"pooling": "mean", **{k: v for k, v in data.items() if k in known}})
+        return cls(**{"pooling": "mean", **{k: v for k, v in fields.items() if k in known}})

@@ -8,8 +8,8 @@ from torch import nn
 from textjepa.models.config import ModelConfig
 from textjepa.models.encoder import Encoder, _init_weights
 
-# Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only
-# the prefix projector (textjepa/bridge/); the submodule keeps that name so that every checkpoint loads.
+# Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only the
+# LLM prefix projector (textjepa/decoders/prefix_bridge.py); the submodule keeps that name so every checkpoint loads.
 CONDITIONING_HEAD_KEY = "bridge"
 
 
@@ -57,11 +57,11 @@ class WorldTransition(nn.Module):
 
 
 class ConditioningHead(NormMLP):
-    """Projects a predicted next latent to the conditioning vector (width bridge_dim) that the text
+    """Projects a predicted next latent to the conditioning vector (width cond_dim) that the text
     fallback of the LLM decoders reads; the prefix projector (textjepa/bridge/) reads the latent itself."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config.predicted_dim, config.bridge_dim, config.bridge_dim)
+        super().__init__(config.predicted_dim, config.cond_dim, config.cond_dim)
 
 
 class LatentModel(nn.Module):

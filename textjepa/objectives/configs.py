@@ -50,8 +50,11 @@ class WorldLossConfig(Checked):
 
     infonce_weight: float = setting(1.0, help="in-batch next-turn contrast")
     temperature: float = setting(0.05, above=0, help="InfoNCE temperature")
-    bridge_weight: float = setting(
-        1.0, help="similarity-structure loss of the conditioning head (the vector the text fallback reads)"
+    cond_weight: float = setting(
+        1.0,
+        aliases=("--bridge-weight",),
+        help="similarity-structure loss of the conditioning head (the vector the text fallback reads; "
+        "--bridge-weight: its former name)",
     )
     # InfoNCE of the prediction against the online encoder's own latent of the next turn, so the encoder
     # (and through the EMA the teacher) learns to represent replies, not only contexts.

@@ -6,7 +6,7 @@ loss = alignment (2 - 2 cos to the teacher's next-turn latent)
      + infonce_weight * InfoNCE of the prediction among the batch's next-turn targets (and, with queue_size,
        the queue of recent batches' targets as further negatives, MoCo-style)
      + regulariser on the predictions (so they do not collapse to the mean)
-     + bridge_weight * similarity-structure loss of the conditioning head
+     + cond_weight * similarity-structure loss of the conditioning head (metric "cond")
      + reply_contrast_weight * InfoNCE against the online encoder's own latents of the next turns.
 The conditioning head sees the prediction detached: it learns to keep the targets' similarity structure
 in the conditioning vector without pulling the transition towards itself. With symmetric_infonce both
@@ -115,7 +115,7 @@ class WorldLoss(ModelLoss):
         contrast = self.contrast(prediction, target, **negatives)
         reg, reg_parts = regularizer_loss(prediction, cfg.regularization, self.generator)
         structure = similarity_structure_loss(world.conditioning_head(prediction.detach()), target)
-        total = align + cfg.infonce_weight * contrast + reg + cfg.bridge_weight * structure
+        total = align + cfg.infonce_weight * contrast + reg + cfg.cond_weight * structure
         parts = {}
         if cfg.reply_contrast_weight > 0:
             reply_latent = world.state(next_ids, next_valid)
@@ -135,6 +135,6 @@ class WorldLoss(ModelLoss):
             **parts,
             "alignment": align.detach(),
             "infonce": contrast.detach(),
-            "bridge": structure.detach(),
+            "cond": structure.detach(),
             **reg_parts,
         }

@@ -23,17 +23,20 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Annotated
 
-import torch
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from textjepa.agent import Agent, conversation_context
+from textjepa.agent import Agent
 from textjepa.config import DEFAULT_ACTION, ServeConfig
-from textjepa.decoders.base import Conditioning, Generation
+from textjepa.decoders.base import Generation
 from textjepa.errors import TextJepaError
+from textjepa.inference.conversation import require_context
+from textjepa.inference.world import ablated
 from textjepa.serve.decoding import DecoderRunner
 from textjepa.serve.errors import ApiError, bad_request, dumps, error_body, json_response
 from textjepa.serve.inspect import MAX_TOP_K, ReplyIndex, neighbours
@@ -71,6 +74,7 @@ class ServerState:
     replies: ReplyIndex | None = None
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    page: ChatPage = field(default_factory=ChatPage.load)
 
     async def load(self, source: Callable[[], Agent], on_load_error: Callable[[BaseException], None] | None) -> None:
         started = time.perf_counter()
@@ -103,10 +107,10 @@ class ServerState:
         )
 
     def attach(self, agent: Agent) -> None:
-        worker = ModelWorker(agent, self.config.max_batch)
+        worker = ModelWorker(agent.world, self.config.max_batch)
         worker.start()
         self.decoder = DecoderRunner(agent.decoder, self.config.max_concurrency)
-        self.replies = ReplyIndex(agent.checkpoint.path, agent.decoder)
+        self.replies = ReplyIndex(agent.world.checkpoint.path, agent.decoder)
         self.worker, self.agent = worker, agent  # set last: a non-None agent means ready
 
     def close(self) -> None:
@@ -156,193 +160,209 @@ def create_app(
 ) -> FastAPI:
     """agent_or_loader: a loaded Agent, or a function that loads one (run on a thread after startup)."""
     state = ServerState(config, Admission(config.max_concurrency, config.max_queue, config.queue_timeout))
-    page = ChatPage.load()
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loading = None
-        if callable(agent_or_loader):
-            loading = asyncio.create_task(state.load(agent_or_loader, on_load_error), name="textjepa-load")
-        else:
-            state.attach(agent_or_loader)  # already loaded: ready as soon as the app starts
-        try:
-            yield
-        finally:
-            if loading is not None:
-                loading.cancel()
-            state.close()
-
+    lifespan = partial(lifetime, agent_or_loader, on_load_error)
     app = FastAPI(title="textjepa", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.textjepa = state
     if config.api_key:
         app.add_middleware(BearerAuth, api_key=config.api_key)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> Response:
-        return exc.response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return json_response(error_body(str(exc.detail), "invalid_request_error", code), exc.status_code, exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unexpected error")
-        return json_response(error_body(f"internal error: {type(exc).__name__}", "server_error", "internal_error"), 500)
-
-    @app.get("/")
-    async def chat_page() -> Response:
-        # Open like /health: the page holds no data, and asks for the API key itself when the server has one.
-        return page.response()
-
-    @app.get("/health")
-    async def health() -> Response:
-        if state.load_error is not None:
-            # Open to everyone: the reason (which names local paths) is in the server's log only.
-            return json_response({"status": "error", "error": "the model failed to load; see the server log"}, 503)
-        if state.agent is None or state.worker is None:
-            return json_response({"status": "loading"}, 503, {"Retry-After": "1"})
-        stats = state.worker.stats
-        return json_response(
-            {
-                "status": "ok",
-                "model": config.model_id,
-                "in_flight": state.gate.in_flight,
-                "waiting": state.gate.waiting,
-                "encoder_batches": stats.batches,
-                "largest_batch": stats.largest_batch,
-            }
-        )
-
-    @app.get("/v1/models")
-    async def list_models() -> Response:
-        state.require_ready()
-        return json_response({"object": "list", "data": [_model_card(state)]})
-
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> Response:
-        state.require_ready()
-        if model_id != config.model_id:
-            raise ApiError(
-                404, f"model {model_id!r} not found; this server serves {config.model_id!r}", "model_not_found"
-            )
-        return json_response(_model_card(state))
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        agent = state.require_ready()
-        chat = validate(ChatRequest, parse_json(await read_body(request, config.max_body_bytes)))
-        messages, context = conversation(chat.messages, agent)
-        max_tokens = _max_tokens(chat, config)
-        options = _decoder_options(chat)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        slot = await state.gate.acquire()
-        try:
-            conditioned = await _condition(state, context)
-            if chat.ablate_conditioning:
-                conditioned = replace(conditioned, conditioning=ablated(conditioned.conditioning))
-            if chat.stream:
-                include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-                events = _sse_events(
-                    state, slot, completion_id, messages, conditioned, max_tokens, options, include_usage
-                )
-                # Start the generator now: from here on its `finally` owns the slot, whatever the client does.
-                first = await events.__anext__()
-                slot = None
-                return StreamingResponse(
-                    _prepend(first, events),
-                    media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                )
-            generation = await _generate(state, messages, conditioned, max_tokens, options)
-        finally:
-            if slot is not None:
-                slot.release()
-        finish = "length" if generation.completion_tokens >= max_tokens else "stop"
-        usage = _usage(conditioned.prompt_tokens, generation.completion_tokens)
-        return json_response(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": config.model_id,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": generation.text},
-                        "logprobs": None,
-                        "finish_reason": finish,
-                    }
-                ],
-                "usage": usage,
-            }
-        )
-
-    @app.post("/v1/textjepa/inspect")
-    async def inspect(request: Request) -> Response:
-        agent = state.require_ready()
-        body = validate(InspectRequest, parse_json(await read_body(request, config.max_body_bytes)))
-        _, context = conversation(body.messages, agent)
-        if not 1 <= body.top_k <= MAX_TOP_K:
-            raise bad_request(f"top_k must be between 1 and {MAX_TOP_K}, got {body.top_k}", param="top_k")
-        slot = await state.gate.acquire()
-        try:
-            conditioned = await _condition(state, context)
-            index, missing = await state.replies.get()
-            found = (
-                await asyncio.to_thread(neighbours, index, conditioned.conditioning, body.top_k)
-                if index is not None
-                else {"nearest": [], "context_nearest": [], "prediction_context_cosine": None}
-            )
-        finally:
-            slot.release()
-        return json_response(
-            {
-                "object": "textjepa.inspection",
-                "model": config.model_id,
-                "decoder": agent.decoder.name,
-                "action": DEFAULT_ACTION,
-                "prompt_tokens": conditioned.prompt_tokens,
-                **found,
-                "notes": [missing] if missing else [],
-            }
-        )
-
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Response:
-        agent = state.require_ready()
-        body = validate(EmbeddingRequest, parse_json(await read_body(request, config.max_body_bytes)))
-        texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        _check_embedding_input(texts, config, agent.config.dim, body.dimensions)
-        cap = agent.config.max_seq * CHARS_PER_TOKEN_CAP
-        slot = await state.gate.acquire()
-        try:
-            embedded = await state.worker.embed([text[-cap:] for text in texts])
-        finally:
-            slot.release()
-        vectors = embedded.vectors.numpy().astype("<f4")
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": base64.b64encode(row.tobytes()).decode()
-                if body.encoding_format == "base64"
-                else row.tolist(),
-            }
-            for i, row in enumerate(vectors)
-        ]
-        tokens = sum(embedded.token_counts)
-        return json_response(
-            {
-                "object": "list",
-                "data": data,
-                "model": config.model_id,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
-        )
-
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+    for method, path, endpoint in ROUTES:
+        app.add_api_route(path, endpoint, methods=[method])
     return app
+
+
+@asynccontextmanager
+async def lifetime(
+    source: AgentSource, on_load_error: Callable[[BaseException], None] | None, app: FastAPI
+) -> AsyncIterator[None]:
+    """The model loads in the background once the app has started (or is attached at once when given loaded)."""
+    state: ServerState = app.state.textjepa
+    loading = None
+    if callable(source):
+        loading = asyncio.create_task(state.load(source, on_load_error), name="textjepa-load")
+    else:
+        state.attach(source)  # already loaded: ready as soon as the app starts
+    try:
+        yield
+    finally:
+        if loading is not None:
+            loading.cancel()
+        state.close()
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.textjepa
+
+
+State = Annotated[ServerState, Depends(server_state)]
+
+
+async def api_error(_: Request, exc: ApiError) -> Response:
+    return exc.response()
+
+
+async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return json_response(error_body(str(exc.detail), "invalid_request_error", code), exc.status_code, exc.headers)
+
+
+async def unexpected_error(_: Request, exc: Exception) -> Response:
+    log.exception("unexpected error")
+    return json_response(error_body(f"internal error: {type(exc).__name__}", "server_error", "internal_error"), 500)
+
+
+async def chat_page(state: State) -> Response:
+    # Open like /health: the page holds no data, and asks for the API key itself when the server has one.
+    return state.page.response()
+
+
+async def health(state: State) -> Response:
+    if state.load_error is not None:
+        # Open to everyone: the reason (which names local paths) is in the server's log only.
+        return json_response({"status": "error", "error": "the model failed to load; see the server log"}, 503)
+    if state.agent is None or state.worker is None:
+        return json_response({"status": "loading"}, 503, {"Retry-After": "1"})
+    stats = state.worker.stats
+    return json_response(
+        {
+            "status": "ok",
+            "model": state.config.model_id,
+            "in_flight": state.gate.in_flight,
+            "waiting": state.gate.waiting,
+            "encoder_batches": stats.batches,
+            "largest_batch": stats.largest_batch,
+        }
+    )
+
+
+async def list_models(state: State) -> Response:
+    state.require_ready()
+    return json_response({"object": "list", "data": [_model_card(state)]})
+
+
+async def get_model(model_id: str, state: State) -> Response:
+    state.require_ready()
+    served = state.config.model_id
+    if model_id != served:
+        raise ApiError(404, f"model {model_id!r} not found; this server serves {served!r}", "model_not_found")
+    return json_response(_model_card(state))
+
+
+async def chat_completions(request: Request, state: State) -> Response:
+    agent, config = state.require_ready(), state.config
+    chat = validate(ChatRequest, parse_json(await read_body(request, config.max_body_bytes)))
+    messages, context = conversation(chat.messages, agent)
+    max_tokens = _max_tokens(chat, config)
+    options = _decoder_options(chat)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    slot = await state.gate.acquire()
+    try:
+        conditioned = await _condition(state, context)
+        if chat.ablate_conditioning:
+            conditioned = replace(conditioned, conditioning=ablated(conditioned.conditioning))
+        if chat.stream:
+            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+            events = _sse_events(state, slot, completion_id, messages, conditioned, max_tokens, options, include_usage)
+            # Start the generator now: from here on its `finally` owns the slot, whatever the client does.
+            first = await events.__anext__()
+            slot = None
+            return StreamingResponse(
+                _prepend(first, events),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        generation = await _generate(state, messages, conditioned, max_tokens, options)
+    finally:
+        if slot is not None:
+            slot.release()
+    finish = "length" if generation.completion_tokens >= max_tokens else "stop"
+    message = {"role": "assistant", "content": generation.text}
+    return json_response(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": config.model_id,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": _usage(conditioned.prompt_tokens, generation.completion_tokens),
+        }
+    )
+
+
+async def inspect(request: Request, state: State) -> Response:
+    agent = state.require_ready()
+    body = validate(InspectRequest, parse_json(await read_body(request, state.config.max_body_bytes)))
+    _, context = conversation(body.messages, agent)
+    if not 1 <= body.top_k <= MAX_TOP_K:
+        raise bad_request(f"top_k must be between 1 and {MAX_TOP_K}, got {body.top_k}", param="top_k")
+    slot = await state.gate.acquire()
+    try:
+        conditioned = await _condition(state, context)
+        index, missing = await state.replies.get()
+        found = (
+            await asyncio.to_thread(neighbours, index, conditioned.conditioning, body.top_k)
+            if index is not None
+            else {"nearest": [], "context_nearest": [], "prediction_context_cosine": None}
+        )
+    finally:
+        slot.release()
+    return json_response(
+        {
+            "object": "textjepa.inspection",
+            "model": state.config.model_id,
+            "decoder": agent.decoder.name,
+            "action": DEFAULT_ACTION,
+            "prompt_tokens": conditioned.prompt_tokens,
+            **found,
+            "notes": [missing] if missing else [],
+        }
+    )
+
+
+async def embeddings(request: Request, state: State) -> Response:
+    agent, config = state.require_ready(), state.config
+    body = validate(EmbeddingRequest, parse_json(await read_body(request, config.max_body_bytes)))
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    _check_embedding_input(texts, config, agent.world.config.dim, body.dimensions)
+    cap = agent.world.config.max_seq * CHARS_PER_TOKEN_CAP
+    slot = await state.gate.acquire()
+    try:
+        embedded = await state.worker.embed([text[-cap:] for text in texts])
+    finally:
+        slot.release()
+    vectors = embedded.vectors.numpy().astype("<f4")
+    base64_rows = body.encoding_format == "base64"
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(row.tobytes()).decode() if base64_rows else row.tolist(),
+        }
+        for i, row in enumerate(vectors)
+    ]
+    tokens = sum(embedded.token_counts)
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": config.model_id,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+# (method, path, endpoint) of every route the app serves.
+ROUTES = (
+    ("GET", "/", chat_page),
+    ("GET", "/health", health),
+    ("GET", "/v1/models", list_models),
+    ("GET", "/v1/models/{model_id:path}", get_model),
+    ("POST", "/v1/chat/completions", chat_completions),
+    ("POST", "/v1/textjepa/inspect", inspect),
+    ("POST", "/v1/embeddings", embeddings),
+)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -369,16 +389,11 @@ def conversation(raw: list[ChatMessage], agent: Agent) -> tuple[list[dict], str]
     messages = normalize_messages(raw)
     if not any(m["role"] == "user" for m in messages):
         raise bad_request("messages must contain at least one user message", param="messages")
-    context = conversation_context(messages)
-    if not context.strip():
-        raise bad_request("the conversation has no text", param="messages")
-    return messages, context[-agent.config.max_seq * CHARS_PER_TOKEN_CAP :]
-
-
-def ablated(conditioning: Conditioning) -> Conditioning:
-    """The conditioning with its vector zeroed, as Agent.condition(ablate=True) makes it; decoders see
-    `ablated` and drop it (an LLM gets a zero prefix, retrieval answers from the context latent)."""
-    return replace(conditioning, vector=torch.zeros_like(conditioning.vector), ablated=True)
+    try:
+        context = require_context(messages)
+    except TextJepaError:
+        raise bad_request("the conversation has no text", param="messages") from None
+    return messages, context[-agent.world.config.max_seq * CHARS_PER_TOKEN_CAP :]
 
 
 def normalize_messages(messages: list[ChatMessage]) -> list[dict]:

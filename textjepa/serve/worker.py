@@ -1,4 +1,4 @@
-"""World-model work (encoder, transition, bridge) for all requests, batched on one thread off the event loop.
+"""World-model work (encoder, transition, conditioning head) for all requests, batched on one thread off the event loop.
 
 Requests put their texts on a queue and await a future. One task drains the queue: everything that arrived
 while the previous batch ran goes through the encoder together, so concurrent requests share forward passes
@@ -13,22 +13,15 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
-
-from textjepa.agent import Agent
 from textjepa.decoders.base import Conditioning
+from textjepa.inference.encoding import Embedded
+from textjepa.inference.world import WorldInference
 
 
 @dataclass
 class Conditioned:
     conditioning: Conditioning
     prompt_tokens: int  # tokens the world model saw (at most max_seq)
-
-
-@dataclass
-class Embedded:
-    vectors: torch.Tensor  # [N, dim] float32
-    token_counts: list[int]
 
 
 @dataclass
@@ -46,8 +39,8 @@ class WorkerStats:
 
 
 class ModelWorker:
-    def __init__(self, agent: Agent, max_batch: int) -> None:
-        self.agent, self.max_batch = agent, max_batch
+    def __init__(self, world: WorldInference, max_batch: int) -> None:
+        self.world, self.max_batch = world, max_batch
         self.stats = WorkerStats()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="textjepa-model")
         self._queue: deque[_Job] = deque()
@@ -130,18 +123,12 @@ class ModelWorker:
         return [results.get(id(job)) for job in jobs]
 
     def _condition_texts(self, texts: list[str]) -> list[Conditioned]:
-        conditionings, encoded = self.agent.condition(texts)
+        conditionings, encoded = self.world.condition(texts)
         return [Conditioned(c, n) for c, n in zip(conditionings, encoded.kept_counts)]
 
     def _embed_texts(self, texts: list[str]) -> Embedded:
-        """The context encoder's latents, as `WorldModel.encode` computes them (textjepa/api.py)."""
-        encoder = self.agent.model.context_encoder
-        vectors, counts = [], []
-        for start in range(0, len(texts), self.max_batch):
-            encoded = encoder.tokenize(texts[start : start + self.max_batch])
-            vectors.append(encoder.embed(encoded))
-            counts += encoded.kept_counts
-        return Embedded(torch.cat(vectors), counts)
+        """The context encoder's latents, as the Python API's `WorldModel.encode` computes them."""
+        return self.world.context_encoder.embed_texts(texts, self.max_batch)
 
 
 def _slice(kind: str, outputs, start: int, end: int):

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from textjepa.api import WorldModel as TrainedWorldModel
 from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, load_teacher
 from textjepa.config import ModelConfig, WorldConfig
 from textjepa.data.batches import Batch
@@ -24,6 +23,7 @@ from textjepa.data.tokens import TokenStore
 from textjepa.decoders.retrieval import build_retrieval_index
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import retrieval_metrics
+from textjepa.inference.world import WorldInference
 from textjepa.io import RunKind
 from textjepa.models.encoder import LEXICAL, pooling_weights
 from textjepa.models.frozen import TARGET_MODEL_INFO, FrozenEmbedder, record_targets
@@ -125,8 +125,8 @@ class WorldStage(Stage):
 
     def finish(self, best_path: Path) -> None:
         """The retrieval decoder's index: the training next turns in the best checkpoint's reply space (its
-        teacher's latents, or the frozen target model's embeddings), picked as everywhere by the Python API."""
-        world = TrainedWorldModel.load(best_path, self.device, target_embedder=self.embedder)
+        teacher's latents, or the frozen target model's embeddings), picked as everywhere by the inference core."""
+        world = WorldInference.load(best_path, self.device, target_embedder=self.embedder)
         best = world.checkpoint
         index_path = build_retrieval_index(
             best_path, lambda chunk: world.reply_latents(self.store, chunk), self.store, self.tokenizer, best.data
@@ -161,11 +161,11 @@ def resolve_world_config(cfg: WorldConfig, overrides: dict) -> tuple[ModelConfig
     init = load_checkpoint(cfg.init_encoder)
     checked = {k: v for k, v in overrides.items() if v is not None}
     if init.kind == RunKind.LATENT:
-        bridge_dim = checked.pop("bridge_dim", cfg.model.bridge_dim)
+        cond_dim = checked.pop("cond_dim", cfg.model.cond_dim)
         # JEPA pools nothing: the world model chooses its pooling.
         pooling = {name: checked.pop(name, getattr(cfg.model, name)) for name in ("pooling", "lexical_weight")}
         check_shape_overrides(init.config, checked, init.path)
-        config = dataclasses.replace(init.config, bridge_dim=bridge_dim, **pooling, actions=list(cfg.model.actions))
+        config = dataclasses.replace(init.config, cond_dim=cond_dim, **pooling, actions=list(cfg.model.actions))
     else:
         check_shape_overrides(init.config, checked, init.path)
         config = init.config

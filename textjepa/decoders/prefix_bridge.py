@@ -1,5 +1,6 @@
 """The prefix bridge: a projector from the world model's predicted next latent to K soft-prompt
-embeddings of an LLM, and its checkpoint.
+embeddings of an LLM, and its checkpoint (the `--bridge` file the transformers and llama.cpp decoders read;
+train-bridge, in textjepa/bridge/, trains it).
 
 The checkpoint is its own safetensors file. Its metadata names the decoder model (path, hidden size,
 vocabulary size, and a probe of its token-embedding matrix) and the world model (file name, tokenizer
