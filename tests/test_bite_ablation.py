@@ -61,7 +61,9 @@ def lm(world):
     )
     torch.manual_seed(1)
     model = LlamaForCausalLM(config).eval().requires_grad_(False)
-    return CausalLM(ModelSource(world.checkpoint.path.parent / "tiny-llama", "hf"), model, tokenizer, torch.device("cpu"))
+    return CausalLM(
+        ModelSource(world.checkpoint.path.parent / "tiny-llama", "hf"), model, tokenizer, torch.device("cpu")
+    )
 
 
 def test_condition_with_ablate_returns_an_all_zero_vector(world):
@@ -109,4 +111,6 @@ def test_an_llm_decoder_without_a_bridge_reads_the_zero_vector(world, lm):
     zero_prompt = lm.prompt_ids(with_text_conditioning(MESSAGES, torch.zeros_like(plain.vector), settings.cond_format))
     assert decoder.prepare(MESSAGES, ablated, 4).ids == zero_prompt
     assert decoder.prepare(MESSAGES, plain, 4).ids != zero_prompt
-    assert decoder.prepare(MESSAGES, dataclasses.replace(plain, ablated=True), 4).ids != zero_prompt  # the vector counts
+    # The text form comes from the vector itself: the flag alone does not zero it.
+    flagged_only = dataclasses.replace(plain, ablated=True)
+    assert decoder.prepare(MESSAGES, flagged_only, 4).ids != zero_prompt

@@ -52,22 +52,26 @@ def loading_server(tmp_path_factory):
     server.log.close()
 
 
-@pytest.fixture(params=["loading", "loaded"])
-def keyed_server(request) -> tuple[ServerProcess, int]:
-    """(a server with the API key KEY, the status the exact key gets on a route that exists)."""
-    if request.param == "loading":
-        return request.getfixturevalue("loading_server"), 503
-    return request.getfixturevalue("shared_server"), 200
-
-
 def call(server: ServerProcess, method: str, path: str, body: dict | None, authorization: str | None):
     headers = {} if authorization is None else {"Authorization": authorization}
     return httpx.request(method, server.base + path, json=body, headers=headers, timeout=60)
 
 
-@pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
-def test_only_the_exact_key_passes(keyed_server, method, path, body):
-    server, admitted = keyed_server
+ROUTE_IDS = [f"{m} {p}" for m, p, _ in ROUTES]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=ROUTE_IDS)
+def test_only_the_exact_key_passes_while_loading(loading_server, method, path, body):
+    only_the_exact_key_passes(loading_server, method, path, body, admitted=503)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=ROUTE_IDS)
+def test_only_the_exact_key_passes_when_loaded(shared_server, method, path, body):
+    only_the_exact_key_passes(shared_server, method, path, body, admitted=200)
+
+
+def only_the_exact_key_passes(server: ServerProcess, method: str, path: str, body: dict | None, admitted: int) -> None:
+    """admitted: the status the exact key gets on a route that exists."""
     for name, key in NEAR_MISSES.items():
         response = call(server, method, path, body, f"Bearer {key}")
         assert response.status_code == 401, f"{name} {key!r}: {response.status_code} {response.text[:200]}"

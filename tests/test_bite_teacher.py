@@ -28,7 +28,9 @@ def run(tmp_path):
 
 def save_teacher(run, role="teacher", config=None, tokenizer=None, info=INFO) -> None:
     files, run_config, run_tokenizer, model = run
-    tensors = model.state_dict() if role == "online" else {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    tensors = (
+        model.state_dict() if role == "online" else {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+    )
     save_checkpoint(
         files.teacher, RunKind.LATENT, role, config or run_config, tensors, tokenizer or run_tokenizer, info
     )
