@@ -169,11 +169,18 @@ def measure_shape(
     step_counter = [0]
 
     def run(variant: str, mode: str, n: int) -> dict:
-        totals = {"seconds": 0.0, "real_tokens": 0, "computed_tokens": 0, "model_flops": 0.0, "all_flops": 0.0}
+        totals = {
+            "seconds": 0.0,
+            "cpu_seconds": 0.0,
+            "real_tokens": 0,
+            "computed_tokens": 0,
+            "model_flops": 0.0,
+            "all_flops": 0.0,
+        }
         precision, forward_model, teacher = forwards[variant]
         stage.make_inputs, stage.teacher = recording_make_inputs, teacher
         for _ in range(n):
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             stage.model.train()
             batch = sampler.next_batch()
             if mode == "fixed":
@@ -182,6 +189,7 @@ def measure_shape(
                 batch = pad_to_multiple(batch, COMPILE_WIDTH_MULTIPLE, config.max_seq)
             train_step(stage, optimizer, scheduler, cfg.train, batch, step_counter[0], forward_model, precision)
             totals["seconds"] += time.perf_counter() - began
+            totals["cpu_seconds"] += time.process_time() - began_cpu
             step_counter[0] += 1
             rows, width = batch.ids["text"].shape
             model, everything = step_flops(config, rows, width, seen["masked"], min(batch.real_tokens, 1024))
@@ -221,6 +229,8 @@ def measure_shape(
                 t = run(variant, mode, variant_steps)
                 rates = {
                     "real_tokens_per_s": t["real_tokens"] / t["seconds"],
+                    # Per CPU-second of this process: what the step costs when other work shares the cores.
+                    "real_tokens_per_cpu_s": t["real_tokens"] / t["cpu_seconds"],
                     "computed_tokens_per_s": t["computed_tokens"] / t["seconds"],
                     "model_flops_per_s": t["model_flops"] / t["seconds"],
                     "all_flops_per_s": t["all_flops"] / t["seconds"],
@@ -250,6 +260,11 @@ def measure_shape(
         shape["bf16_over_fp32_real_tokens_per_s"] = {
             mode: results["bf16"]["modes"][mode]["real_tokens_per_s"]
             / results["fp32"]["modes"][mode]["real_tokens_per_s"]
+            for mode in ("bucketed", "fixed")
+        }
+        shape["bf16_over_fp32_real_tokens_per_cpu_s"] = {
+            mode: results["bf16"]["modes"][mode]["real_tokens_per_cpu_s"]
+            / results["fp32"]["modes"][mode]["real_tokens_per_cpu_s"]
             for mode in ("bucketed", "fixed")
         }
     if compile_seconds is not None:
@@ -356,6 +371,15 @@ def shape_rows(name: str, shape: dict, threads: int, paths: dict) -> list[dict]:
                 ratios["bucketed"],
                 goal,
                 note=f"fixed batch {ratios['fixed']:.2f}; {native_note(paths)}",
+            )
+        )
+        per_cpu = shape["bf16_over_fp32_real_tokens_per_cpu_s"]
+        rows.append(
+            goal_row(
+                f"{name}: real tokens per CPU-second bf16 / fp32, bucketed",
+                per_cpu["bucketed"],
+                None,
+                note=f"fixed batch {per_cpu['fixed']:.2f}; process CPU time: less sensitive to other work on the cores",
             )
         )
         rows.append(

@@ -271,9 +271,11 @@ def test_the_api_default_precision_is_the_clis(trained):
     native bf16 both compute in bf16, elsewhere in fp32, so `infer` and the Python API agree on every CPU."""
     from textjepa.runtime import choose_precision
 
-    expected = choose_precision("auto", torch.device("cpu")).precision
+    serving, encoding = (
+        choose_precision("auto", torch.device("cpu"), work=w).precision for w in ("serving", "encoding")
+    )
     model = WorldModel.load(trained["world"], device="cpu")
-    assert model.precision == expected == Encoder.load(trained["latent"], device="cpu").precision
+    assert (model.precision, Encoder.load(trained["latent"], device="cpu").precision) == (serving, encoding)
     prompt = "tell me about cooking please"
     shown = json.loads(run_cli("infer", trained["world"], prompt, "--json", "--top-k", "3").stdout)
     nearest = model.nearest_replies([{"role": "user", "content": prompt}], k=3)

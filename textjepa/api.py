@@ -96,9 +96,10 @@ def as_device(device: DeviceLike) -> torch.device:
     return resolve_device(device or "auto")
 
 
-def resolve_api_precision(requested: str, device: torch.device) -> str:
-    """The compute precision ("fp32" or "bf16") of a model loaded through the Python API: the CLI's rule."""
-    return choose_precision(requested, device).precision
+def resolve_api_precision(requested: str, device: torch.device, work: str) -> str:
+    """The compute precision ("fp32" or "bf16") of a model loaded through the Python API: the CLI's rule for the
+    same work (an Encoder encodes as `embed` does, a WorldModel answers as `infer` and `serve` do)."""
+    return choose_precision(requested, device, work=work).precision
 
 
 @dataclass
@@ -162,7 +163,7 @@ class Encoder:
         precision: as the CLI's --precision (auto, fp32 or bf16) and with the same default, so the Python API
         and `textjepa embed` give the same vectors on the same machine."""
         device = as_device(device)
-        compute = resolve_api_precision(precision, device)
+        compute = resolve_api_precision(precision, device, "encoding")
         checkpoint = load_checkpoint(path)
         source = load_teacher(checkpoint) if teacher else checkpoint
         network = EncoderNetwork(checkpoint.config)
@@ -294,13 +295,14 @@ class WorldModel:
         target_embedder: FrozenEmbedder | None = None,
     ) -> WorldModel:
         """`model_world_*.safetensors`; its `_teacher` file must be beside it (training writes both).
-        precision: "auto" (the default, as the CLI's --precision: bf16 autocast only where this device runs bf16
-        natively, else fp32), "fp32", or "bf16" (autocast; the weights stay float32). So the Python API, `infer`
-        and `serve` give the same vectors on the same machine; pass "fp32" for bit-stable results across CPUs.
+        precision: "auto" (the default, as the CLI's --precision for serving: bf16 autocast only where it measured
+        faster than fp32 on this kind of device, else fp32), "fp32", or "bf16" (autocast; the weights stay
+        float32). So the Python API, `infer` and `serve` give the same vectors on the same machine; pass "fp32" for
+        bit-stable results across CPUs.
         target_embedder: the checkpoint's frozen target model already loaded (otherwise loaded from its record
         when first needed)."""
         device = as_device(device)
-        compute = resolve_api_precision(precision, device)
+        compute = resolve_api_precision(precision, device, "serving")
         checkpoint, network, teacher = load_world(Path(path), device)
         return cls(checkpoint, network, teacher, device, compute, target_embedder)
 
