@@ -1,6 +1,6 @@
 """Decoder throughput: our LLM backends (the whole agent pipeline) against the plain libraries.
 
-    python bench/decoder_throughput.py [--json PATH] [--world MODEL] [--tokens 64] [--rounds 3]
+    python bench/decoder_throughput.py [--json PATH] [--world MODEL] [--tokens 64] [--rounds 3] [--quick]
 
 - llamacpp: tokens/s of `Agent.stream` with the llamacpp backend and a prefix bridge (encode the prompt
   with the world model, transition, projector, prefix embeddings through `llama_batch.embd`, the
@@ -91,7 +91,7 @@ def bench_llamacpp(world_path: Path, gguf: Path, tmp: Path, tokens: int, rounds:
 
     llama_cpp = import_llama_cpp()
     bridge = untrained_bridge(tmp, world_path, gguf_fingerprint(gguf))
-    agent = Agent.load(world_path, decoder="llamacpp", bridge=str(bridge), decoder_model=str(gguf))
+    agent = Agent.load(world_path, decoder="llamacpp", precision="fp32", bridge=str(bridge), decoder_model=str(gguf))
     decoder = agent.decoder
     plain = llama_cpp.Llama(
         model_path=str(gguf),
@@ -127,7 +127,8 @@ def agent_tokens(agent, tokens: int) -> int:
 
 
 def bench_transformers(world_path: Path, gguf: Path, tmp: Path, tokens: int, rounds: int) -> dict:
-    from textjepa.agent import Agent, load_world
+    from textjepa.agent import Agent
+    from textjepa.api import WorldModel
     from textjepa.bridge.projector import load_bridge
     from textjepa.decoders.hf import TransformersDecoder
     from textjepa.decoders.hf_model import load_causal_lm
@@ -137,8 +138,8 @@ def bench_transformers(world_path: Path, gguf: Path, tmp: Path, tokens: int, rou
     device = torch.device("cpu")
     lm = load_causal_lm(ModelSource(gguf, "gguf"), device)
     bridge = load_bridge(untrained_bridge(tmp, world_path, lm.fingerprint()))
-    checkpoint, world, teacher = load_world(world_path, device)
-    agent = Agent(checkpoint, world, teacher, TransformersDecoder(lm, bridge, settings_from_env()), device)
+    world = WorldModel.load(world_path, device, precision="fp32")  # the plain side runs the LM in fp32 too
+    agent = Agent(world, TransformersDecoder(lm, bridge, settings_from_env()))
     ids = torch.tensor([lm.prompt_ids([{"role": "user", "content": PROMPT}])])
 
     def ours() -> int:
@@ -174,7 +175,10 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per round")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side")
     parser.add_argument("--only", choices=("llamacpp", "transformers"), default=None)
+    parser.add_argument("--quick", action="store_true", help="the smallest run (seconds): 4 tokens, 1 round")
     args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.rounds = 4, 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from textjepa.decoders.models import find_smollm2
