@@ -168,7 +168,7 @@ def measure_shape(
             forwards[variant] = (variant.removesuffix(COMPILED), _call(compiled_model), compiled_teacher)
     step_counter = [0]
 
-    def run(variant: str, mode: str, n: int) -> dict:
+    def run(variant: str, mode: str, batches: list[Batch]) -> dict:
         totals = {
             "seconds": 0.0,
             "cpu_seconds": 0.0,
@@ -179,10 +179,9 @@ def measure_shape(
         }
         precision, forward_model, teacher = forwards[variant]
         stage.make_inputs, stage.teacher = recording_make_inputs, teacher
-        for _ in range(n):
+        for batch in batches:
             began, began_cpu = time.perf_counter(), time.process_time()
             stage.model.train()
-            batch = sampler.next_batch()
             if mode == "fixed":
                 batch = pad_to(batch, config.max_seq)
             elif variant.endswith(COMPILED):
@@ -202,17 +201,23 @@ def measure_shape(
 
     # Emulated bf16 runs its matmuls ~25x slower than fp32: one short round shows that without taking minutes.
     plan = {v: (1, 1) if v in emulated else (rounds, steps) for v in variants}  # (rounds, steps per mode)
+
+    def draw(n: int) -> list[Batch]:
+        return [sampler.next_batch() for _ in range(n)]
+
     for variant in variants:  # warm-up: allocator, MKL/oneDNN kernels, first-touch of the token store
-        run(variant, "bucketed", 1 if variant in emulated else 2)
+        run(variant, "bucketed", draw(1 if variant in emulated else 2))
         if variant not in emulated:
-            run(variant, "fixed", 1)
+            run(variant, "fixed", draw(1))
         if variant.endswith(COMPILED):
             # The compile happens in the warm-up (and recompiles for new widths while they come).
-            run(variant, "bucketed", 8)
+            run(variant, "bucketed", draw(8))
             compile_seconds = time.perf_counter() - began
     best: dict[str, dict[str, dict]] = {variant: {} for variant in variants}
     peaks: dict[str, list[float]] = {precision: [] for precision in DTYPES if precision in variants}
     for round_index in range(rounds):
+        # Every variant steps through the same batches in a round: bucketed batches differ a lot in width.
+        batches = draw(steps)
         for precision in peaks:
             if precision in emulated:
                 if round_index == 0:
@@ -226,7 +231,7 @@ def measure_shape(
             if round_index >= variant_rounds:
                 continue
             for mode in ("bucketed", "fixed"):
-                t = run(variant, mode, variant_steps)
+                t = run(variant, mode, batches[:variant_steps])
                 rates = {
                     "real_tokens_per_s": t["real_tokens"] / t["seconds"],
                     # Per CPU-second of this process: what the step costs when other work shares the cores.
@@ -280,8 +285,9 @@ def measure_shape(
             if variant.endswith(COMPILED) and variant.removesuffix(COMPILED) in results
         }
     if profile_steps:
+        profile_batches = draw(profile_steps)
         shape["profile"] = {
-            precision: profile_ops(lambda p=precision: run(p, "bucketed", profile_steps), profile_steps)
+            precision: profile_ops(lambda p=precision: run(p, "bucketed", profile_batches), profile_steps)
             for precision in DTYPES
             if precision in variants and precision not in emulated
         }
