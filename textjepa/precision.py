@@ -41,6 +41,9 @@ WORKS: tuple[str, ...] = get_args(Work)
 # a training step ~1.9x at the default shape; encoding batches of 32 faster too. Serving computes a few short
 # texts per request, where the casts and bf16 kernels' fixed costs outweigh the faster GEMMs: p99 slower in bf16.
 CPU_BF16_FASTER_FOR: frozenset[str] = frozenset({"training", "encoding"})
+# ... and only for models at least this wide: at dim 128 (2 layers, max_seq 64) a bf16 training step was slower
+# than fp32 there (0.75-0.9x; dim 368 and 384: ~1.7x), its GEMMs too small for the casts to pay.
+CPU_BF16_MIN_DIM = 256
 
 # CPU flags (as Linux spells them in /proc/cpuinfo) under which oneDNN runs bf16 matmuls natively:
 # AVX512-BF16 dot products, or AMX tiles. avx512f alone only converts, which is no faster than fp32.
@@ -117,12 +120,13 @@ def resolve_precision(
     cpuinfo: str,
     cuda_bf16: bool | None = None,
     work: str = "training",
+    dim: int | None = None,
 ) -> PrecisionChoice:
     """The precision a run uses on `device`, for --precision `requested` (auto, fp32 or bf16).
 
     cpuinfo: the text of /proc/cpuinfo (see read_cpu_flags). cuda_bf16: whether the CUDA device runs bf16
-    natively; None asks torch (only consulted for a CUDA device). work: what the run does (see `Work`), which
-    decides `auto` on a CPU with native bf16.
+    natively; None asks torch (only consulted for a CUDA device). work: what the run does (see `Work`) and dim:
+    the model's width where known, which decide `auto` on a CPU with native bf16.
     """
     if requested not in PRECISION_CHOICES:
         raise TextJepaError(f"unknown precision {requested!r} (use {', '.join(PRECISION_CHOICES)})")
@@ -148,6 +152,9 @@ def resolve_precision(
     if requested == "auto":
         if native and device_type == "cpu" and work not in CPU_BF16_FASTER_FOR:
             slower = f"{hardware}, but bf16 measured slower than fp32 for {work} on such CPUs"
+            return PrecisionChoice("fp32", requested, device_type, native, slower)
+        if native and device_type == "cpu" and dim is not None and dim < CPU_BF16_MIN_DIM:
+            slower = f"{hardware}, but bf16 measured slower than fp32 below dim {CPU_BF16_MIN_DIM} on such CPUs"
             return PrecisionChoice("fp32", requested, device_type, native, slower)
         return PrecisionChoice("bf16" if native else "fp32", requested, device_type, native, hardware)
     # bf16 asked for explicitly

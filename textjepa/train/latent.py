@@ -93,7 +93,7 @@ class LatentStage:
 
 def train_latent(cfg: LatentConfig) -> TrainResult:
     cfg.validate()
-    with training_session(cfg.train, RunKind.LATENT) as (device, dist, out_dir, precision):
+    with training_session(cfg.train, RunKind.LATENT, cfg.model.dim) as (device, dist, out_dir, precision):
         with local_main_first(dist):  # caches are built once per node, then shared
             path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.LATENT)
             tokenizer, store = load_corpus(

@@ -734,14 +734,14 @@ def describe_run(train: TrainConfig) -> dict:
 
 @contextmanager
 def training_session(
-    train: TrainConfig, kind: RunKind
+    train: TrainConfig, kind: RunKind, dim: int | None = None
 ) -> Iterator[tuple[torch.device, Distributed, Path, PrecisionChoice]]:
     """What every training command does first: threads, device, precision (stated on the run's first line),
     process group (torchrun), this rank's batch, a writable output directory that holds no earlier run of
     this kind (unless resumed or --overwrite); the process group is shut down however the run ends."""
     configure_threads()
     device = resolve_device(train.device)
-    precision = choose_precision(train.precision, device)
+    precision = choose_precision(train.precision, device, dim=dim)  # dim: the model's width where known
     dist = init_distributed(device)
     try:
         train.batch = per_rank_batch(train.batch, train.global_batch, dist.world_size)
