@@ -30,14 +30,15 @@ from textjepa.config import ModelConfig
 def attention(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
     """Multi-head attention of one fused projection qkv [B, T, 3 * D] -> [B, T, D].
 
-    Under a CPU bf16 autocast it runs in fp32 (one cast of qkv up; the next Linear casts the output down): measured
-    on an AMX CPU (docs/results.md), torch's bf16 flash-attention backward took a third of a bf16 training step,
-    slower than the same kernel in fp32, and the bf16 math kernel was slower than this too. The softmax stays fp32
-    either way. On CUDA bf16 attention is fast and stays under autocast.
+    Where a backward will follow, under a CPU bf16 autocast it runs in fp32 (one cast of qkv up; the next Linear
+    casts the output down): measured on an AMX CPU (docs/results.md), torch's bf16 flash-attention backward took a
+    third of a bf16 training step, slower than the same kernel in fp32, and the bf16 math kernel was slower than
+    this too. Without a backward (encoding, serving, the teacher's targets) the bf16 kernel is the faster one. The
+    softmax is fp32 either way (the CPU kernel accumulates bf16 in fp32). On CUDA attention stays under autocast.
     """
     batch, length, width = qkv.shape
     dim = width // 3
-    if qkv.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    if qkv.requires_grad and qkv.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return attention(qkv.float(), heads, attn_mask)
     q, k, v = qkv.view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
