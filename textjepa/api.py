@@ -96,10 +96,10 @@ def as_device(device: DeviceLike) -> torch.device:
     return resolve_device(device or "auto")
 
 
-def resolve_api_precision(requested: str, device: torch.device, work: str) -> str:
+def resolve_api_precision(requested: str, device: torch.device, work: str, dim: int | None = None) -> str:
     """The compute precision ("fp32" or "bf16") of a model loaded through the Python API: the CLI's rule for the
     same work (an Encoder encodes as `embed` does, a WorldModel answers as `infer` and `serve` do)."""
-    return choose_precision(requested, device, work=work).precision
+    return choose_precision(requested, device, work=work, dim=dim).precision
 
 
 @dataclass
@@ -163,8 +163,8 @@ class Encoder:
         precision: as the CLI's --precision (auto, fp32 or bf16) and with the same default, so the Python API
         and `textjepa embed` give the same vectors on the same machine."""
         device = as_device(device)
-        compute = resolve_api_precision(precision, device, "encoding")
         checkpoint = load_checkpoint(path)
+        compute = resolve_api_precision(precision, device, "encoding", checkpoint.config.dim)
         source = load_teacher(checkpoint) if teacher else checkpoint
         network = EncoderNetwork(checkpoint.config)
         network.load_state_dict(source.module_state("encoder"))
