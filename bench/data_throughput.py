@@ -265,8 +265,11 @@ def main() -> int:
     parser.add_argument(
         "--lines-only", action="store_true", help="step 1 only (parquet -> lines): no 10x corpus, tokens or RSS"
     )
+    parser.add_argument("--quick", action="store_true", help="the smallest run (seconds): 0.5 MB, 2 files, 1 repeat")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.base_mb, args.files, args.repeats, args.vocab = 0.5, 2, 1, 1000
     if args.child:
         child(args.child)
         return 0

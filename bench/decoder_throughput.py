@@ -1,6 +1,6 @@
 """Decoder throughput: our LLM backends (the whole agent pipeline) against the plain libraries.
 
-    python bench/decoder_throughput.py [--json PATH] [--world MODEL] [--tokens 64] [--rounds 3]
+    python bench/decoder_throughput.py [--json PATH] [--world MODEL] [--tokens 64] [--rounds 3] [--quick]
 
 - llamacpp: tokens/s of `Agent.stream` with the llamacpp backend and a prefix bridge (encode the prompt
   with the world model, transition, projector, prefix embeddings through `llama_batch.embd`, the
@@ -91,7 +91,7 @@ def bench_llamacpp(world_path: Path, gguf: Path, tmp: Path, tokens: int, rounds:
 
     llama_cpp = import_llama_cpp()
     bridge = untrained_bridge(tmp, world_path, gguf_fingerprint(gguf))
-    agent = Agent.load(world_path, decoder="llamacpp", bridge=str(bridge), decoder_model=str(gguf))
+    agent = Agent.load(world_path, decoder="llamacpp", precision="fp32", bridge=str(bridge), decoder_model=str(gguf))
     decoder = agent.decoder
     plain = llama_cpp.Llama(
         model_path=str(gguf),
@@ -140,7 +140,8 @@ def bench_transformers(world_path: Path, gguf: Path, tmp: Path, tokens: int, rou
     lm = load_causal_lm(ModelSource(gguf, "gguf"), device)
     bridge = load_bridge(untrained_bridge(tmp, world_path, lm.fingerprint()))
     decoder = TransformersDecoder(lm, bridge, decoder_settings(Settings.from_env()))
-    agent = Agent(WorldInference.load(world_path, device), decoder)
+    # fp32: the plain side runs the LM in fp32 too
+    agent = Agent(WorldInference.load(world_path, device, precision="fp32"), decoder)
     ids = torch.tensor([lm.prompt_ids([{"role": "user", "content": PROMPT}])])
 
     def ours() -> int:
@@ -176,7 +177,10 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per round")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side")
     parser.add_argument("--only", choices=("llamacpp", "transformers"), default=None)
+    parser.add_argument("--quick", action="store_true", help="the smallest run (seconds): 4 tokens, 1 round")
     args = parser.parse_args()
+    if args.quick:
+        args.tokens, args.rounds = 4, 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from textjepa.decoders.models import find_smollm2

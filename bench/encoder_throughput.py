@@ -96,7 +96,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="batch size of both sides (ST's default)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (best is kept)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all, or 1 on a busy machine)")
+    parser.add_argument("--quick", action="store_true", help="the smallest run (seconds): 64 paragraphs, one round")
     args = parser.parse_args()
+    if args.quick:
+        args.sentences, args.rounds = 64, 1
     load = os.getloadavg()[0]
     threads = bench_threads(args.threads)
     paths = cpu_precision_paths()
@@ -121,6 +124,10 @@ def main() -> None:
     # The size issue 12's goals are stated for (the default until 2026-12-01): dim 368, 4 layers, 8 heads.
     config = ModelConfig(vocab_size=tokenizer.get_vocab_size(), dim=368, layers=4, heads=8, max_seq=128)
     ours = Ours(tokenizer, config)
+    # The commands' default shape (dim 384, 1 layer, 4 heads): its bf16 / fp32 speed is what `--precision auto`
+    # decides encoding by (textjepa/precision.py, docs/results.md).
+    default_config = ModelConfig(vocab_size=tokenizer.get_vocab_size())
+    ours_default = Ours(tokenizer, default_config)
     # Emulated bf16 runs its matmuls ~25x slower than fp32: a shorter sample and one round show that.
     native = paths["bf16_native"]
     samples = {"fp32": texts, "bf16": texts if native else texts[: min(len(texts), 200)]}
@@ -132,8 +139,10 @@ def main() -> None:
 
     for precision in PRECISIONS:  # warm up every side
         ours.encode(texts[:64], args.batch, precision)
+        ours_default.encode(texts[:64], args.batch, precision)
         encode_minilm(texts[:64], precision)
     best = {(side, precision): float("inf") for side in ("ours", "minilm") for precision in PRECISIONS}
+    best_default = {precision: float("inf") for precision in PRECISIONS}
     flops: dict[tuple[str, str], float] = {}
     for round_index in range(args.rounds):
         for precision in PRECISIONS:
@@ -147,6 +156,9 @@ def main() -> None:
             encode_minilm(sample, precision)
             best["minilm", precision] = min(best["minilm", precision], time.perf_counter() - began)
             flops["minilm", precision] = minilm_flops(minilm, sample, args.batch)
+            began = time.perf_counter()
+            ours_default.encode(sample, args.batch, precision)
+            best_default[precision] = min(best_default[precision], time.perf_counter() - began)
 
     ours_tokens = sum(min(len(e.ids), config.max_seq) for e in tokenizer.encode_batch(texts, add_special_tokens=False))
     their_tokens = sum(
@@ -179,6 +191,8 @@ def main() -> None:
     speed = {precision: rate("ours", precision) / rate("minilm", precision) for precision in PRECISIONS}
     efficiency = sides["ours_fp32"]["flops_per_s"] / sides["minilm_fp32"]["flops_per_s"]
     bf16_gain = {side: rate(side, "bf16") / rate(side, "fp32") for side in ("ours", "minilm")}
+    default_rates = {precision: len(samples[precision]) / best_default[precision] for precision in PRECISIONS}
+    bf16_gain["ours_default_shape"] = default_rates["bf16"] / default_rates["fp32"]
     note_bf16 = native_note(paths)
     result.update(
         sentences=n,
@@ -212,7 +226,14 @@ def main() -> None:
                 "encoder: sentences/s bf16 / fp32, ours",
                 bf16_gain["ours"],
                 None,
-                note=f"MiniLM {bf16_gain['minilm']:.2f}; {note_bf16}",
+                note=f"dim {config.dim}, {config.layers} layers; MiniLM {bf16_gain['minilm']:.2f}; {note_bf16}",
+            ),
+            goal_row(
+                f"encoder: sentences/s bf16 / fp32, ours at the commands' default shape "
+                f"({default_config.dim}/{default_config.layers}/{default_config.heads})",
+                bf16_gain["ours_default_shape"],
+                None,
+                note=f"{default_rates['bf16']:.0f} vs {default_rates['fp32']:.0f}/s, batch {args.batch}; {note_bf16}",
             ),
         ],
     )

@@ -104,7 +104,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per precision")
     parser.add_argument("--batch", type=int, default=32, help="rows per batch (fixed max_seq 128)")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--quick", action="store_true", help="the smallest run: 2 steps per precision")
     args = parser.parse_args()
+    if args.quick:
+        args.steps = 2
     result: dict = {"benchmark": "gpu_step", "load_average_at_start": os.getloadavg()[0]}
     if not torch.cuda.is_available():
         result["skipped"] = "no CUDA device"

@@ -50,7 +50,10 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--steps", type=int, default=20, help="training steps of each run")
     parser.add_argument("--factor", type=int, default=10, help="how many times larger the big corpus is")
+    parser.add_argument("--quick", action="store_true", help="the smallest run (seconds): 2 steps, a 2x corpus")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.factor = 2, 2
     base = demo_paragraphs()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -316,21 +316,36 @@ def print_result(title: str, result: dict) -> None:
 
 
 def precision_comparison(by_precision: dict[str, dict], bf16_native: bool) -> dict[str, dict]:
-    """p99 of fp32 and bf16 side by side with their ratio, per mode measured under both."""
-    if not {"fp32", "bf16"} <= set(by_precision):
+    """p99 of fp32 and of each other precision measured (bf16, auto) side by side with their ratio, per mode.
+    Keys: "non-stream" (bf16 against fp32, as earlier reports had it), "auto non-stream", ..."""
+    if "fp32" not in by_precision:
         return {}
     rows = {}
-    for title in ("non-stream", "stream"):
-        if title in by_precision["fp32"] and title in by_precision["bf16"]:
-            fp32 = by_precision["fp32"][title]["latency_ms"]["p99"]
-            bf16 = by_precision["bf16"][title]["latency_ms"]["p99"]
-            rows[title] = {
-                "fp32": fp32,
-                "bf16": bf16,
-                "ratio": round(bf16 / fp32, 3) if fp32 else None,
-                "bf16_kind": "native bf16" if bf16_native else "bf16 emulated on this CPU",
-            }
+    for other in ("bf16", "auto"):
+        if other not in by_precision:
+            continue
+        for title in ("non-stream", "stream"):
+            if title in by_precision["fp32"] and title in by_precision[other]:
+                fp32 = by_precision["fp32"][title]["latency_ms"]["p99"]
+                theirs = by_precision[other][title]["latency_ms"]["p99"]
+                kind = "native bf16" if bf16_native else "bf16 emulated on this CPU"
+                if other == "auto":
+                    kind = "auto resolved to " + by_precision[other].get("resolved", "?")
+                rows[title if other == "bf16" else f"{other} {title}"] = {
+                    "precision": other,
+                    "fp32": fp32,
+                    other: theirs,
+                    "ratio": round(theirs / fp32, 3) if fp32 else None,
+                    "kind": kind,
+                }
     return rows
+
+
+def resolved_precision(first_line: str | None) -> str:
+    """What the server computes in, from its first line ("... precision: bf16 autocast ..." or "precision: fp32")."""
+    if first_line and "precision: bf16" in first_line:
+        return "bf16"
+    return "fp32" if first_line and "precision: fp32" in first_line else "unknown"
 
 
 # --- llamacpp comparison -----------------------------------------------------------------------------------
@@ -439,10 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "bf16"),
-        default=["fp32", "bf16"],
+        choices=("fp32", "bf16", "auto"),
+        default=["fp32", "bf16", "auto"],
         help="the server's --precision, each measured on its own server in turn; p99s printed side by side "
-        "(default: fp32 bf16; not with --url)",
+        "(default: fp32 bf16 auto; not with --url)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="the smallest run: fp32 and auto, 2 clients x 4 requests, no llamacpp"
     )
     parser.add_argument("--gguf", default=None, help="GGUF for the llamacpp comparison")
     parser.add_argument("--llm-clients", type=int, default=4, help="clients in the llamacpp comparison")
@@ -459,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", dest="json_path", default=None, help="write the results here")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.requests, args.warmup, args.train_steps = 2, 4, 2, 4
+        args.precisions, args.no_llamacpp = ["fp32", "auto"], True
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="serve_load_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -510,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_result(label, result)
             if proc is not None:
                 side["server_health"] = httpx.get(url + "/health", timeout=5).json()
+                side["resolved"] = resolved_precision(first_line)
         finally:
             if proc is not None:
                 proc.stop()
@@ -526,9 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     if comparison:
         report["p99_by_precision"] = comparison
         for title, row in comparison.items():
+            other = row["precision"]
             print(
-                f"p99 latency ms, {title}: fp32 {row['fp32']}, bf16 {row['bf16']}, bf16 / fp32 {row['ratio']} "
-                f"({row['bf16_kind']})"
+                f"p99 latency ms, {title}: fp32 {row['fp32']}, {other} {row[other]}, {other} / fp32 {row['ratio']} "
+                f"({row['kind']})"
             )
     report["load_average_after"] = list(os.getloadavg())
     report["llamacpp"] = (
@@ -557,12 +580,14 @@ def main(argv: list[str] | None = None) -> int:
         goal_row("non-stream errors", main_result["errors"], GOAL["errors"], "=="),
     ]
     for title, row in (comparison or {}).items():
+        other = row["precision"]
         report["table"].append(
             goal_row(
-                f"{title} p99 latency bf16 / fp32 ({row['bf16_kind']}), {args.clients} clients",
+                f"{title.removeprefix(other + ' ')} p99 latency {other} / fp32 ({row['kind']}), {args.clients} clients",
                 row["ratio"],
-                None,
-                note=f"fp32 {row['fp32']} ms, bf16 {row['bf16']} ms",
+                1.0 if other == "auto" else None,
+                direction="<=",
+                note=f"fp32 {row['fp32']} ms, {other} {row[other]} ms; servers one after the other",
             )
         )
     report["goal_met"] = all(row["met"] for row in report["table"] if row["met"] is not None)

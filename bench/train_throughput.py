@@ -1,17 +1,17 @@
 """Training throughput of the real JEPA step in fp32 and bf16, against this machine's GEMM peaks of both dtypes.
 
-For the "default" shape (dim 368, max_seq 128, 4 layers, 8 heads, batch 32: the default until 2026-12-01 and the
-shape issue 12's goals are stated for) and a small one, on real text of
-varied length (standard-library docstring paragraphs), this times the real training step
+For the "default" shape (the commands' default: dim 384, 1 layer, 4 heads, max_seq 128, batch 32), the old default
+"368x4" (dim 368, 4 layers, 8 heads: the default until 2026-12-01, the shape issue 12's goals were stated for) and
+a small one, on real text of varied length (standard-library docstring paragraphs), this times the real training step
 (`textjepa.train.loop.train_step`: LatentStage.make_inputs with the teacher forward, online forward,
 backward, clipping, AdamW, EMA) for
 
 - `bucketed`: the training sampler as it runs by default (batches grouped by length, padded to their longest);
 - `fixed`: the same step on batches padded to max_seq (a padded fixed-length batch of the same shape);
 
-in each precision of `--precisions`: `fp32`, and `bf16` = the teacher forward and the online forward + loss
-under `torch.autocast(dtype=torch.bfloat16)` with fp32 master weights, optimizer and teacher (where phase 2
-of issue 12 puts autocast in train_step). Interleaved with the steps, the best `matmul` FLOP/s of each dtype
+in each precision of `--precisions`: `fp32`, and `bf16` = train_step's own bf16 path (the teacher forward and
+the online forward + loss under `torch.autocast(dtype=torch.bfloat16)` with fp32 master weights, optimizer and
+teacher). Interleaved with the steps, the best `matmul` FLOP/s of each dtype
 is measured: that dtype's peak. FLOPs are counted analytically from the shapes each step really computes:
 
 - model FLOPs (MFU numerator): online encoder + predictor + regulariser, forward and backward (3x forward);
@@ -20,8 +20,13 @@ is measured: that dtype's peak. FLOPs are counted analytically from the shapes e
 Reported per precision: MFU and all-FLOPs utilisation against the same-run GEMM peak of the precision used,
 useful throughput (real tokens, padding excluded) of `bucketed` over `fixed`, and real tokens/s of bf16 over
 fp32. The CPU's flags say whether bf16 is native (AVX512-BF16 / AMX) or emulated; on an emulating CPU the
-bf16 goals do not apply and the rows say so. `--compile` adds a `compiled` variant: the same fp32 step with
-the online model (forward + backward through AOTAutograd) and the teacher wrapped in `torch.compile`.
+bf16 goals do not apply and the rows say so. `--compile` adds a `+compile` variant of each precision: the same
+step with the online model (forward + backward through AOTAutograd) and the teacher wrapped in `torch.compile`, on
+bucketed widths padded up to a multiple of 16 (few distinct shapes, so few recompiles).
+
+`--profile` then profiles a few bucketed steps of each precision and prints their top operators by self CPU time
+(and puts them in the JSON): the bf16 goal is no single non-GEMM operator above 15% of the step. `--quick` is the
+smallest run (small shape, one round of one step): seconds, for tests/test_bench_quick.py.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ from textjepa.train.loop import build_optimizer, train_step  # noqa: E402
 from textjepa.train.schedules import lr_factor  # noqa: E402
 
 SHAPES = {
-    "default": {"dim": 368, "layers": 4, "heads": 8, "max_seq": 128, "batch": 32},
+    "default": {"dim": 384, "layers": 1, "heads": 4, "max_seq": 128, "batch": 32},
+    "368x4": {"dim": 368, "layers": 4, "heads": 8, "max_seq": 128, "batch": 32},
     "small": {"dim": 128, "layers": 2, "heads": 4, "max_seq": 64, "batch": 32},
 }
 
@@ -77,6 +83,16 @@ def step_flops(config: ModelConfig, batch: int, width: int, masked: int, reg_row
     regulariser = 2 * reg_rows * config.dim * config.dim  # covariance matrix
     model = 3 * (encoder + predictor + regulariser)
     return model, model + encoder  # + the teacher's forward
+
+
+def pad_to_multiple(batch: Batch, multiple: int, limit: int) -> Batch:
+    """A bucketed batch padded up to the next multiple of `multiple` (at most `limit`): few distinct widths."""
+    width = batch.ids["text"].shape[1]
+    return pad_to(batch, min(limit, -(-width // multiple) * multiple))
+
+
+COMPILE_WIDTH_MULTIPLE = 16
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul")
 
 
 def pad_to(batch: Batch, width: int) -> Batch:
@@ -102,8 +118,19 @@ def under_autocast(function, precision: str):
     return call
 
 
+COMPILED = "+compile"
+
+
 def measure_shape(
-    name: str, spec: dict, data: Path, cache: Path, rounds: int, steps: int, variants: list[str], bf16_native: bool
+    spec: dict,
+    data: Path,
+    cache: Path,
+    rounds: int,
+    steps: int,
+    variants: list[str],
+    bf16_native: bool,
+    profile_steps: int = 0,
+    peak_seconds: float = 0.3,
 ) -> dict:
     config = ModelConfig(dim=spec["dim"], layers=spec["layers"], heads=spec["heads"], max_seq=spec["max_seq"])
     cfg = LatentConfig(
@@ -122,39 +149,46 @@ def measure_shape(
     seen = {}
     make_inputs = stage.make_inputs
     eager_teacher = stage.teacher
+    emulated = {"bf16", "bf16" + COMPILED} if not bf16_native else set()
 
     def recording_make_inputs(batch: Batch, step: int) -> dict:
         inputs = make_inputs(batch, step)
         seen["masked"] = int(inputs["mask"].sum())
         return inputs
 
-    # Per variant: how make_inputs (teacher forward) and the model's forward + loss (the stage's loss module, which
-    # holds the model) run. bf16 puts autocast around exactly these two; backward, clipping, AdamW and the EMA stay
-    # outside, in fp32.
-    forwards = {
-        "fp32": (recording_make_inputs, stage.loss, eager_teacher),
-        "bf16": (under_autocast(recording_make_inputs, "bf16"), under_autocast(stage.loss, "bf16"), eager_teacher),
-    }
+    # Per variant: its precision (train_step's own autocast) and what runs the forward: the stage's loss module and
+    # teacher, or their torch.compile'd versions.
+    forwards = {precision: (precision, None, eager_teacher) for precision in DTYPES if precision in variants}
     compile_seconds = None
-    if "compiled" in variants:
-        began = time.perf_counter()
-        compiled_model, compiled_teacher = torch.compile(stage.loss), torch.compile(eager_teacher)
-        # A plain function: train_step tests `forward_model or model`, and a compiled module has no truth value.
-        forwards["compiled"] = (recording_make_inputs, lambda **inputs: compiled_model(**inputs), compiled_teacher)
+    began = time.perf_counter()
+    for variant in variants:
+        if variant.endswith(COMPILED):
+            compiled_model, compiled_teacher = torch.compile(stage.loss), torch.compile(eager_teacher)
+            # A plain function: train_step tests `forward_model or model`, and a compiled module has no truth value.
+            forwards[variant] = (variant.removesuffix(COMPILED), _call(compiled_model), compiled_teacher)
     step_counter = [0]
 
-    def run(variant: str, mode: str, n: int) -> dict:
-        totals = {"seconds": 0.0, "real_tokens": 0, "computed_tokens": 0, "model_flops": 0.0, "all_flops": 0.0}
-        inputs_fn, forward_model, teacher = forwards[variant]
-        stage.make_inputs, stage.teacher = inputs_fn, teacher
-        for _ in range(n):
-            began = time.perf_counter()
+    def run(variant: str, mode: str, batches: list[Batch]) -> dict:
+        totals = {
+            "seconds": 0.0,
+            "cpu_seconds": 0.0,
+            "real_tokens": 0,
+            "computed_tokens": 0,
+            "model_flops": 0.0,
+            "all_flops": 0.0,
+        }
+        precision, forward_model, teacher = forwards[variant]
+        stage.make_inputs, stage.teacher = recording_make_inputs, teacher
+        for batch in batches:
+            began, began_cpu = time.perf_counter(), time.process_time()
             stage.model.train()
-            batch = sampler.next_batch()
             if mode == "fixed":
                 batch = pad_to(batch, config.max_seq)
-            train_step(stage, optimizer, scheduler, cfg.train, batch, step_counter[0], forward_model)
+            elif variant.endswith(COMPILED):
+                batch = pad_to_multiple(batch, COMPILE_WIDTH_MULTIPLE, config.max_seq)
+            train_step(stage, optimizer, scheduler, cfg.train, batch, step_counter[0], forward_model, precision)
             totals["seconds"] += time.perf_counter() - began
+            totals["cpu_seconds"] += time.process_time() - began_cpu
             step_counter[0] += 1
             rows, width = batch.ids["text"].shape
             model, everything = step_flops(config, rows, width, seen["masked"], min(batch.real_tokens, 1024))
@@ -166,19 +200,24 @@ def measure_shape(
         return totals
 
     # Emulated bf16 runs its matmuls ~25x slower than fp32: one short round shows that without taking minutes.
-    emulated = {"bf16"} if not bf16_native else set()
     plan = {v: (1, 1) if v in emulated else (rounds, steps) for v in variants}  # (rounds, steps per mode)
+
+    def draw(n: int) -> list[Batch]:
+        return [sampler.next_batch() for _ in range(n)]
+
     for variant in variants:  # warm-up: allocator, MKL/oneDNN kernels, first-touch of the token store
-        run(variant, "bucketed", 1 if variant in emulated else 2)
+        run(variant, "bucketed", draw(1 if variant in emulated else 2))
         if variant not in emulated:
-            run(variant, "fixed", 1)
-        if variant == "compiled":
+            run(variant, "fixed", draw(1))
+        if variant.endswith(COMPILED):
             # The compile happens in the warm-up (and recompiles for new widths while they come).
-            run(variant, "fixed", 2)
+            run(variant, "bucketed", draw(8))
             compile_seconds = time.perf_counter() - began
     best: dict[str, dict[str, dict]] = {variant: {} for variant in variants}
     peaks: dict[str, list[float]] = {precision: [] for precision in DTYPES if precision in variants}
     for round_index in range(rounds):
+        # Every variant steps through the same batches in a round: bucketed batches differ a lot in width.
+        batches = draw(steps)
         for precision in peaks:
             if precision in emulated:
                 if round_index == 0:
@@ -186,15 +225,17 @@ def measure_shape(
                         gemm_peak_flops(0.1, DTYPES[precision], shapes=EMULATED_GEMM_SHAPES)["best"]
                     )
             else:
-                peaks[precision].append(gemm_peak_flops(0.3, DTYPES[precision])["best"])
+                peaks[precision].append(gemm_peak_flops(peak_seconds, DTYPES[precision])["best"])
         for variant in variants:
             variant_rounds, variant_steps = plan[variant]
             if round_index >= variant_rounds:
                 continue
             for mode in ("bucketed", "fixed"):
-                t = run(variant, mode, variant_steps)
+                t = run(variant, mode, batches[:variant_steps])
                 rates = {
                     "real_tokens_per_s": t["real_tokens"] / t["seconds"],
+                    # Per CPU-second of this process: what the step costs when other work shares the cores.
+                    "real_tokens_per_cpu_s": t["real_tokens"] / t["cpu_seconds"],
                     "computed_tokens_per_s": t["computed_tokens"] / t["seconds"],
                     "model_flops_per_s": t["model_flops"] / t["seconds"],
                     "all_flops_per_s": t["all_flops"] / t["seconds"],
@@ -207,7 +248,7 @@ def measure_shape(
     peak = {precision: max(values) for precision, values in peaks.items()}
     results = {}
     for variant, modes in best.items():
-        precision = "fp32" if variant == "compiled" else variant
+        precision = variant.removesuffix(COMPILED)
         for rates in modes.values():
             rates["mfu"] = rates["model_flops_per_s"] / peak[precision]
             rates["all_flops_utilisation"] = rates["all_flops_per_s"] / peak[precision]
@@ -226,15 +267,68 @@ def measure_shape(
             / results["fp32"]["modes"][mode]["real_tokens_per_s"]
             for mode in ("bucketed", "fixed")
         }
-    if compile_seconds is not None:
-        shape["compile_seconds"] = compile_seconds
-        # FLOP/s, not real tokens/s: the two variants draw different batches (different padding shares).
-        shape["compiled_over_eager_all_flops_per_s"] = {
-            mode: results["compiled"]["modes"][mode]["all_flops_per_s"]
-            / results["fp32"]["modes"][mode]["all_flops_per_s"]
+        shape["bf16_over_fp32_real_tokens_per_cpu_s"] = {
+            mode: results["bf16"]["modes"][mode]["real_tokens_per_cpu_s"]
+            / results["fp32"]["modes"][mode]["real_tokens_per_cpu_s"]
             for mode in ("bucketed", "fixed")
         }
+    if compile_seconds is not None:
+        shape["compile_seconds"] = compile_seconds
+        # Real tokens/s: what training gets out of it (the compiled variant computes its own padding).
+        shape["compiled_over_eager_real_tokens_per_s"] = {
+            variant: {
+                mode: results[variant]["modes"][mode]["real_tokens_per_s"]
+                / results[variant.removesuffix(COMPILED)]["modes"][mode]["real_tokens_per_s"]
+                for mode in ("bucketed", "fixed")
+            }
+            for variant in results
+            if variant.endswith(COMPILED) and variant.removesuffix(COMPILED) in results
+        }
+    if profile_steps:
+        profile_batches = draw(profile_steps)
+        shape["profile"] = {
+            precision: profile_ops(lambda p=precision: run(p, "bucketed", profile_batches), profile_steps)
+            for precision in DTYPES
+            if precision in variants and precision not in emulated
+        }
     return shape
+
+
+def _call(module):
+    return lambda **inputs: module(**inputs)
+
+
+def profile_ops(work, steps: int, top: int = 12) -> dict:
+    """The top operators of `work` (some training steps) by self CPU time, with their share of the whole."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        work()
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    ops = [
+        {
+            "op": e.key,
+            "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+            "share": e.self_cpu_time_total / total,
+            "calls_per_step": e.count / steps,
+            "gemm": e.key in GEMM_OPS,
+        }
+        for e in events[:top]
+    ]
+    return {"steps": steps, "ms_per_step": total / 1e3 / steps, "top_ops": ops}
+
+
+def print_profile(name: str, shape: dict) -> None:
+    """Each precision's top operators, side by side in one listing (stderr: stdout carries the JSON)."""
+    for precision, profiled in shape.get("profile", {}).items():
+        print(
+            f"{name} {precision}: {profiled['ms_per_step']:.1f} ms/step (profiled), top ops by self CPU",
+            file=sys.stderr,
+        )
+        for op in profiled["top_ops"]:
+            line = f"  {op['op'][:58]:58s} {op['self_ms_per_step']:8.2f} ms {op['share']:6.1%}"
+            print(f"{line} {op['calls_per_step']:7.1f} calls", file=sys.stderr)
 
 
 def shape_rows(name: str, shape: dict, threads: int, paths: dict) -> list[dict]:
@@ -244,13 +338,13 @@ def shape_rows(name: str, shape: dict, threads: int, paths: dict) -> list[dict]:
     bf16_native = paths["bf16_native"]
     for variant, result in shape["variants"].items():
         fixed, bucketed = result["modes"]["fixed"], result["modes"]["bucketed"]
-        native = variant != "bf16" or bf16_native
+        native = result["precision"] != "bf16" or bf16_native
         # The utilisation goal is for the default shape in the precision a run would use (native paths only).
         goal = 0.9 if default and native else None
         peak_note = (
             f"{result['precision']} GEMM peak {result['gemm_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, {threads} thread(s)"
         )
-        if variant == "bf16":
+        if result["precision"] == "bf16":
             peak_note += "; " + native_note(paths)
         label = f"{name} {variant}"
         if not native:
@@ -285,6 +379,15 @@ def shape_rows(name: str, shape: dict, threads: int, paths: dict) -> list[dict]:
                 note=f"fixed batch {ratios['fixed']:.2f}; {native_note(paths)}",
             )
         )
+        per_cpu = shape["bf16_over_fp32_real_tokens_per_cpu_s"]
+        rows.append(
+            goal_row(
+                f"{name}: real tokens per CPU-second bf16 / fp32, bucketed",
+                per_cpu["bucketed"],
+                None,
+                note=f"fixed batch {per_cpu['fixed']:.2f}; process CPU time: less sensitive to other work on the cores",
+            )
+        )
         rows.append(
             goal_row(
                 f"{name}: GEMM peak bf16 / fp32",
@@ -293,16 +396,29 @@ def shape_rows(name: str, shape: dict, threads: int, paths: dict) -> list[dict]:
                 note=native_note(paths),
             )
         )
-    if "compiled_over_eager_all_flops_per_s" in shape:
-        ratios = shape["compiled_over_eager_all_flops_per_s"]
+    for variant, ratios in shape.get("compiled_over_eager_real_tokens_per_s", {}).items():
         rows.append(
             goal_row(
-                f"{name}: all-FLOP/s torch.compile / eager, fp32 fixed batch",
-                ratios["fixed"],
+                f"{name}: real tokens/s torch.compile / eager, {variant.removesuffix(COMPILED)} bucketed",
+                ratios["bucketed"],
                 None,
-                note=f"bucketed {ratios['bucketed']:.2f}; compile + warm-up {shape['compile_seconds']:.0f} s",
+                note=f"widths padded to a multiple of {COMPILE_WIDTH_MULTIPLE}; fixed batch {ratios['fixed']:.2f}; "
+                f"compile + warm-up {shape['compile_seconds']:.0f} s",
             )
         )
+    profiled = shape.get("profile", {}).get("bf16")
+    if profiled:
+        top = max((op for op in profiled["top_ops"] if not op["gemm"]), key=lambda op: op["share"], default=None)
+        if top is not None:
+            rows.append(
+                goal_row(
+                    f"{name} bf16: largest non-GEMM operator, share of the step",
+                    top["share"],
+                    0.15 if default and bf16_native else None,
+                    direction="<=",
+                    note=f"{top['op']}, {top['self_ms_per_step']:.1f} ms of {profiled['ms_per_step']:.0f} ms per step",
+                )
+            )
     return rows
 
 
@@ -311,11 +427,15 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds (best is kept)")
     parser.add_argument("--steps", type=int, default=4, help="steps per mode per round (default shape)")
-    parser.add_argument("--shapes", default="default,small", help="comma-separated: default, small")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated: {', '.join(SHAPES)}")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
-    parser.add_argument("--compile", action="store_true", help="also time the fp32 step under torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also time each precision's step under torch.compile")
+    parser.add_argument("--profile", type=int, nargs="?", const=6, default=0, help="profile this many steps (6)")
+    parser.add_argument("--quick", action="store_true", help="the smallest run (seconds): small shape, one step")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all, or 1 on a busy machine)")
     args = parser.parse_args()
+    if args.quick:
+        args.shapes, args.rounds, args.steps, args.profile = "small", 1, 1, min(args.profile, 1)
     load = os.getloadavg()[0]
     threads = bench_threads(args.threads)
     paths = cpu_precision_paths()
@@ -323,8 +443,11 @@ def main() -> None:
     unknown = [p for p in variants if p not in DTYPES]
     if unknown or not variants:
         parser.error(f"--precisions takes fp32 and/or bf16, not {','.join(unknown) or 'nothing'}")
+    shapes = [name for name in args.shapes.split(",") if name]
+    if not shapes or any(name not in SHAPES for name in shapes):
+        parser.error(f"--shapes takes {', '.join(SHAPES)}, not {args.shapes!r}")
     if args.compile:
-        variants = list(dict.fromkeys(["fp32", *variants, "compiled"]))
+        variants += [variant + COMPILED for variant in variants]
     data = demo_paragraphs()
     result: dict = {
         "benchmark": "train_throughput",
@@ -334,11 +457,21 @@ def main() -> None:
         "shapes": {},
     }
     with tempfile.TemporaryDirectory() as cache:
-        for name in args.shapes.split(","):
-            steps = args.steps if name == "default" else args.steps * 4
+        for name in shapes:
+            steps = args.steps if name == "default" or args.quick else args.steps * 2
             result["shapes"][name] = measure_shape(
-                name, SHAPES[name], data, Path(cache), args.rounds, steps, variants, paths["bf16_native"]
+                SHAPES[name],
+                data,
+                Path(cache),
+                args.rounds,
+                steps,
+                variants,
+                paths["bf16_native"],
+                profile_steps=args.profile,
+                peak_seconds=0.05 if args.quick else 0.3,
             )
+            print_profile(name, result["shapes"][name])
+    result["load_average_at_end"] = os.getloadavg()[0]
     result["table"] = [
         row for name, shape in result["shapes"].items() for row in shape_rows(name, shape, threads, paths)
     ]

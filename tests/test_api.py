@@ -269,13 +269,17 @@ def test_embed_a_hub_dataset(trained, wm, hub, tmp_path):
 
 
 def test_the_api_default_precision_is_the_clis(trained):
-    """WorldModel.load and Encoder.load default to --precision auto, resolved by the CLI's rule: on a CPU with
-    native bf16 both compute in bf16, elsewhere in fp32, so `infer` and the Python API agree on every CPU."""
+    """WorldModel.load and Encoder.load default to --precision auto, resolved by the CLI's rule for the same work
+    (a WorldModel serves as `infer` and `serve` do, an Encoder encodes as `embed` does), so `infer` and the
+    Python API agree on every CPU."""
     from textjepa.runtime import choose_precision
 
-    expected = choose_precision("auto", torch.device("cpu")).precision
-    model = WorldModel.load(trained["world"], device="cpu")
-    assert model.precision == expected == Encoder.load(trained["latent"], device="cpu").precision
+    model, encoder = WorldModel.load(trained["world"], device="cpu"), Encoder.load(trained["latent"], device="cpu")
+    serving = choose_precision("auto", torch.device("cpu"), work="serving").precision
+    encoding = choose_precision(
+        "auto", torch.device("cpu"), work="encoding", dim=encoder.checkpoint.config.dim
+    ).precision
+    assert (model.precision, encoder.precision) == (serving, encoding)
     prompt = "tell me about cooking please"
     shown = json.loads(run_cli("infer", trained["world"], prompt, "--json", "--top-k", "3").stdout)
     nearest = model.nearest_replies([{"role": "user", "content": prompt}], k=3)

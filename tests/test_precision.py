@@ -9,6 +9,7 @@ from textjepa.config import ModelConfig
 from textjepa.errors import TextJepaError
 from textjepa.models.encoder import Encoder, masked_mean
 from textjepa.precision import (
+    WORKS,
     autocast,
     cpu_flag_set,
     fp32_function,
@@ -107,6 +108,29 @@ def test_auto_on_a_cpu_with_native_bf16_is_bf16(cpuinfo, flag):
     assert (choice.precision, choice.native_bf16, choice.compute_dtype) == ("bf16", True, torch.bfloat16)
     assert flag in choice.reason and flag in choice.describe()
     assert choice.info()["precision"] == "bf16" and choice.info()["weights_dtype"] == "float32"
+
+
+@pytest.mark.parametrize("cpuinfo", [ZEN4_AVX512_BF16, SAPPHIRE_RAPIDS_AMX])
+def test_auto_picks_bf16_only_for_the_work_where_it_measured_faster(cpuinfo):
+    """On a native-bf16 CPU: bf16 for training and encoding batches, fp32 for serving (bf16's p99 was slower)."""
+    picked = {work: resolve_precision("auto", "cpu", cpuinfo, work=work) for work in WORKS}
+    assert {work: choice.precision for work, choice in picked.items()} == {
+        "training": "bf16",
+        "encoding": "bf16",
+        "serving": "fp32",
+    }
+    assert picked["serving"].native_bf16 and "measured slower than fp32 for serving" in picked["serving"].describe()
+    # Asked for explicitly, bf16 serves; without native bf16 every work is fp32; a bf16 GPU is bf16 for all.
+    assert resolve_precision("bf16", "cpu", cpuinfo, work="serving").precision == "bf16"
+    assert {resolve_precision("auto", "cpu", AVX2_ONLY, work=work).precision for work in WORKS} == {"fp32"}
+    assert {resolve_precision("auto", "cuda", AVX2_ONLY, True, work=work).precision for work in WORKS} == {"bf16"}
+    # Narrow models train slower in bf16 there: auto keeps them in fp32 (dim unknown: the default shapes' rule).
+    narrow = resolve_precision("auto", "cpu", cpuinfo, work="training", dim=128)
+    assert narrow.precision == "fp32" and "below dim 256" in narrow.reason
+    assert resolve_precision("auto", "cpu", cpuinfo, work="training", dim=384).precision == "bf16"
+    assert resolve_precision("auto", "cpu", AVX2_ONLY, work="training", dim=384).precision == "fp32"
+    with pytest.raises(ValueError, match="unknown work 'chatting'"):
+        resolve_precision("auto", "cpu", cpuinfo, work="chatting")
 
 
 def test_explicit_requests_are_honoured_on_cpu():

@@ -109,9 +109,10 @@ class WorldModel:
         target_embedder: FrozenEmbedder | None = None,
     ) -> WorldModel:
         """`model_world_*.safetensors`; its `_teacher` file must be beside it (training writes both).
-        precision: "auto" (the default, as the CLI's --precision: bf16 autocast only where this device runs bf16
-        natively, else fp32), "fp32", or "bf16" (autocast; the weights stay float32). So the Python API, `infer`
-        and `serve` give the same vectors on the same machine; pass "fp32" for bit-stable results across CPUs.
+        precision: "auto" (the default, as the CLI's --precision for serving: bf16 autocast only where it measured
+        faster than fp32 on this kind of device, else fp32), "fp32", or "bf16" (autocast; the weights stay
+        float32). So the Python API, `infer` and `serve` give the same vectors on the same machine; pass "fp32" for
+        bit-stable results across CPUs.
         target_embedder: the checkpoint's frozen target model already loaded (otherwise loaded from its record
         when first needed)."""
         return cls(WorldInference.load(path, device, precision, target_embedder))

@@ -7,9 +7,11 @@ sensitive reductions (normalisation, InfoNCE logits and softmax, SIGReg's charac
 covariance, cosine targets) are computed in fp32 inside `fp32_function`: a `.float()` alone is not enough,
 because autocast casts a matmul's fp32 inputs back to bf16.
 
-`auto` picks bf16 only where the hardware runs it fast: a CUDA device with bf16 support, or a CPU that
-reports AVX512-BF16 or AMX (read from the CPU flags). Elsewhere bf16 still runs when asked for, but is
-emulated (converted to fp32 inside the kernels) and slower than fp32, which is what `auto` then picks.
+`auto` picks bf16 only where it measured faster than fp32 for the kind of work at hand (`Work`: training,
+encoding batches, serving requests): on a CUDA device with bf16 support, and on a CPU that reports
+AVX512-BF16 or AMX (read from the CPU flags) for the work in CPU_BF16_FASTER_FOR (docs/results.md, "bf16 per
+path"). Elsewhere bf16 still runs when asked for; on a CPU without those flags it is emulated (converted to fp32
+inside the kernels) and slower than fp32.
 
 The caller reads /proc/cpuinfo (`read_cpu_flags`) at the edge and hands the text in, so the choice is a
 pure function of its inputs.
@@ -31,6 +33,17 @@ from textjepa.errors import TextJepaError
 Precision = Literal["fp32", "bf16"]
 PrecisionRequest = Literal["auto", "fp32", "bf16"]
 PRECISION_CHOICES: tuple[str, ...] = get_args(PrecisionRequest)
+# What a run does with the model, for `auto`: train it, encode batches of texts (embed, evaluation), or answer
+# requests one by one as they come (serve, infer, the world model's Python API).
+Work = Literal["training", "encoding", "serving"]
+WORKS: tuple[str, ...] = get_args(Work)
+# The work for which bf16 measured faster than fp32 on a CPU with native bf16 (AMX, 1 thread; docs/results.md):
+# a training step ~1.9x at the default shape; encoding batches of 32 faster too. Serving computes a few short
+# texts per request, where the casts and bf16 kernels' fixed costs outweigh the faster GEMMs: p99 slower in bf16.
+CPU_BF16_FASTER_FOR: frozenset[str] = frozenset({"training", "encoding"})
+# ... and only for models at least this wide: at dim 128 (2 layers, max_seq 64) a bf16 training step was slower
+# than fp32 there (0.75-0.9x; dim 368 and 384: ~1.7x), its GEMMs too small for the casts to pay.
+CPU_BF16_MIN_DIM = 256
 
 # CPU flags (as Linux spells them in /proc/cpuinfo) under which oneDNN runs bf16 matmuls natively:
 # AVX512-BF16 dot products, or AMX tiles. avx512f alone only converts, which is no faster than fp32.
@@ -106,14 +119,19 @@ def resolve_precision(
     device: torch.device | str,
     cpuinfo: str,
     cuda_bf16: bool | None = None,
+    work: str = "training",
+    dim: int | None = None,
 ) -> PrecisionChoice:
     """The precision a run uses on `device`, for --precision `requested` (auto, fp32 or bf16).
 
     cpuinfo: the text of /proc/cpuinfo (see read_cpu_flags). cuda_bf16: whether the CUDA device runs bf16
-    natively; None asks torch (only consulted for a CUDA device).
+    natively; None asks torch (only consulted for a CUDA device). work: what the run does (see `Work`) and dim:
+    the model's width where known, which decide `auto` on a CPU with native bf16.
     """
     if requested not in PRECISION_CHOICES:
         raise TextJepaError(f"unknown precision {requested!r} (use {', '.join(PRECISION_CHOICES)})")
+    if work not in WORKS:
+        raise ValueError(f"unknown work {work!r} (one of {', '.join(WORKS)})")
     device_type = torch.device(device).type
     if device_type == "cuda":
         native = cuda_bf16_supported() if cuda_bf16 is None else cuda_bf16
@@ -132,6 +150,12 @@ def resolve_precision(
     if requested == "fp32":
         return PrecisionChoice("fp32", requested, device_type, native, "asked for")
     if requested == "auto":
+        if native and device_type == "cpu" and work not in CPU_BF16_FASTER_FOR:
+            slower = f"{hardware}, but bf16 measured slower than fp32 for {work} on such CPUs"
+            return PrecisionChoice("fp32", requested, device_type, native, slower)
+        if native and device_type == "cpu" and dim is not None and dim < CPU_BF16_MIN_DIM:
+            slower = f"{hardware}, but bf16 measured slower than fp32 below dim {CPU_BF16_MIN_DIM} on such CPUs"
+            return PrecisionChoice("fp32", requested, device_type, native, slower)
         return PrecisionChoice("bf16" if native else "fp32", requested, device_type, native, hardware)
     # bf16 asked for explicitly
     if device_type == "cuda" and not native:

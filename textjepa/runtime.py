@@ -28,9 +28,12 @@ def resolve_device(name: str) -> torch.device:
         raise TextJepaError(f"unknown device {name!r} (use auto, cpu or cuda)") from exc
 
 
-def choose_precision(requested: str, device: torch.device, cpuinfo: str | None = None) -> PrecisionChoice:
-    """--precision for a run on `device`: the edge where the CPU flags are read (/proc/cpuinfo unless given)."""
-    choice = resolve_precision(requested, device, read_cpu_flags() if cpuinfo is None else cpuinfo)
+def choose_precision(
+    requested: str, device: torch.device, cpuinfo: str | None = None, work: str = "training", dim: int | None = None
+) -> PrecisionChoice:
+    """--precision for a run on `device` doing `work` (training, encoding or serving: see precision.Work): the
+    edge where the CPU flags are read (/proc/cpuinfo unless given). dim: the model's width, where known."""
+    choice = resolve_precision(requested, device, read_cpu_flags() if cpuinfo is None else cpuinfo, work=work, dim=dim)
     configure_fp32_matmul(choice)
     return choice
 

@@ -103,7 +103,7 @@ def load_agent(cfg: ServeConfig, device, settings: Settings):
         cfg.model,
         decoder=cfg.decoder,
         device=device,
-        precision=choose_precision(cfg.precision, device).precision,
+        precision=choose_precision(cfg.precision, device, work="serving").precision,
         vocab=cfg.vocab,
         shape_overrides=cfg.shape_overrides,
         bridge=cfg.bridge,
@@ -137,7 +137,7 @@ def _serve(cfg: ServeConfig, sock: socket.socket, settings: Settings, load: Agen
 
     configure_threads(settings)
     device = resolve_device(cfg.device)
-    precision = choose_precision(cfg.precision, device)
+    precision = choose_precision(cfg.precision, device, work="serving")
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     _configure_logging(cfg.debug)

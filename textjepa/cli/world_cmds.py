@@ -82,7 +82,7 @@ def run_infer(cfg: InferConfig, args: argparse.Namespace, settings: Settings) ->
 
     configure_threads(settings)
     device = resolve_device(cfg.device)
-    precision = choose_precision(cfg.precision, device)
+    precision = choose_precision(cfg.precision, device, work="serving")
     print(precision.describe(), file=sys.stderr)  # stdout carries the answer (or its JSON) alone
     agent = Agent.load(
         cfg.model,

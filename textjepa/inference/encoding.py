@@ -32,10 +32,11 @@ def as_device(device: DeviceLike) -> torch.device:
     return resolve_device(device or "auto")
 
 
-def compute_precision(requested: str, device: torch.device) -> str:
+def compute_precision(requested: str, device: torch.device, work: str, dim: int | None = None) -> str:
     """The compute precision ("fp32" or "bf16") of a loaded model from --precision's values (auto, fp32, bf16):
-    the CLI's rule, so the Python API, `infer`, `serve` and `embed` give the same vectors on the same machine."""
-    return choose_precision(requested, device).precision
+    the CLI's rule for the same work (an encoder encodes as `embed` does, a world model answers as `infer` and
+    `serve` do), so the Python API and the commands give the same vectors on the same machine."""
+    return choose_precision(requested, device, work=work, dim=dim).precision
 
 
 def as_texts(texts: str | Sequence[str]) -> list[str]:
@@ -102,8 +103,8 @@ class TextEncoder:
         teacher: the EMA teacher saved beside it (`_teacher.safetensors`; a world model's reads replies).
         precision: as --precision (auto, fp32 or bf16; see `compute_precision`)."""
         device = as_device(device)
-        compute = compute_precision(precision, device)
         checkpoint = load_checkpoint(path)
+        compute = compute_precision(precision, device, "encoding", checkpoint.config.dim)
         source = load_teacher(checkpoint) if teacher else checkpoint
         network = EncoderNetwork(checkpoint.config)
         network.load_state_dict(source.module_state("encoder"))

@@ -90,7 +90,7 @@ class WorldInference:
         """A world checkpoint with its `_teacher` file beside it, computing at `precision` as --precision resolves
         it (the arguments are the Python API's, documented at `textjepa.api.WorldModel.load`)."""
         device = as_device(device)
-        compute = compute_precision(precision, device)
+        compute = compute_precision(precision, device, "serving")
         checkpoint, network, teacher = load_world(Path(path), device)
         return cls(checkpoint, network, teacher, device, compute, target_embedder)
 

@@ -1,7 +1,7 @@
 """The transformer encoder: token + position embeddings, pre-norm blocks, final LayerNorm.
 
 Attention goes through scaled_dot_product_attention with a padding mask, so padding never takes
-part in attention and padded outputs are zeroed.
+part in attention and padded outputs are zeroed; under a CPU bf16 autocast it runs in fp32 (see `attention`).
 
 `Encoder.pooled` is the one way a text becomes one latent (the world model's state, the teacher's next-turn
 targets, the retrieval index, the Python API, evaluation). `ModelConfig.pooling` chooses how:
@@ -27,18 +27,34 @@ from torch import nn
 from textjepa.models.config import ModelConfig
 
 
+def attention(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention of one fused projection qkv [B, T, 3 * D] -> [B, T, D].
+
+    Where a backward will follow, under a CPU bf16 autocast it runs in fp32 (one cast of qkv up; the next Linear
+    casts the output down): measured on an AMX CPU (docs/results.md), torch's bf16 flash-attention backward took a
+    third of a bf16 training step, slower than the same kernel in fp32, and the bf16 math kernel was slower than
+    this too. Without a backward (encoding, serving, the teacher's targets) the bf16 kernel is the faster one. The
+    softmax is fp32 either way (the CPU kernel accumulates bf16 in fp32). On CUDA attention stays under autocast.
+    """
+    batch, length, width = qkv.shape
+    dim = width // 3
+    if qkv.requires_grad and qkv.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return attention(qkv.float(), heads, attn_mask)
+    q, k, v = qkv.view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return out.transpose(1, 2).reshape(batch, length, dim)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim)  # one GEMM for queries, keys and values
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+        return self.proj(attention(self.qkv(x), self.heads, attn_mask))
 
 
 class Block(nn.Module):

@@ -98,7 +98,7 @@ def train_latent(cfg: LatentConfig, settings: Settings | None = None) -> TrainRe
     """`textjepa latent`. settings: the environment the command was started with (threads, torchrun, hub
     downloads, the loop's testing aids); none given, none set."""
     cfg.validate()
-    with training_session(cfg.train, RunKind.LATENT, settings) as (device, dist, out_dir, precision):
+    with training_session(cfg.train, RunKind.LATENT, settings, cfg.model.dim) as (device, dist, out_dir, precision):
         with local_main_first(dist):  # caches are built once per node, then shared
             path = resolve_data(cfg.data.path, cfg.data.data_dir, RunKind.LATENT, settings)
             tokenizer, store = load_corpus(

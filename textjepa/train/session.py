@@ -39,16 +39,16 @@ def describe_run(train: TrainConfig) -> dict:
 
 @contextmanager
 def training_session(
-    train: TrainConfig, kind: RunKind, settings: Settings | None = None
+    train: TrainConfig, kind: RunKind, settings: Settings | None = None, dim: int | None = None
 ) -> Iterator[tuple[torch.device, Distributed, Path, PrecisionChoice]]:
     """What every training command does first: threads, device, precision (stated on the run's first line),
     process group (torchrun, described by `settings`), this rank's batch, a writable output directory that holds
     no earlier run of this kind (unless resumed or --overwrite); the process group is shut down however the run
-    ends."""
+    ends. dim: the model's width where known (auto's training rule depends on it)."""
     settings = settings or Settings()
     configure_threads(settings)
     device = resolve_device(train.device)
-    precision = choose_precision(train.precision, device)
+    precision = choose_precision(train.precision, device, dim=dim)
     dist = init_distributed(device, settings=settings)
     try:
         train.batch = per_rank_batch(train.batch, train.global_batch, dist.world_size)
