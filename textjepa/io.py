@@ -197,6 +197,7 @@ class RunFiles:
         self.state = sibling(".state.pt")  # the resumable training state
         self.metrics = sibling(".metrics.jsonl")  # the metrics log, one JSON record a line
         self.png = sibling(".metrics.png")  # the plot of the metrics log
+        self.card = sibling(".README.md")  # the model card (train/model_card.py)
         # The retrieval decoder's latents and its reply texts (one escaped line per latent); the index is not
         # *.safetensors, so a shell glob model_world_*.safetensors still names only the checkpoints.
         self.index = sibling(".index")

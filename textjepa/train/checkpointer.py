@@ -20,6 +20,7 @@ from textjepa.data.contract import DataContract
 from textjepa.errors import TextJepaError
 from textjepa.io import RunFiles, RunKind, atomic_write_text, remove_stale_temp_files
 from textjepa.models.encoder import count_parameters, format_size
+from textjepa.train.model_card import write_model_card
 
 if TYPE_CHECKING:
     from textjepa.train.loop import Stage
@@ -141,6 +142,7 @@ class RunCheckpointer(Checkpointer):
         info = {**stage.checkpoint_info(), **self.run_info, "run_id": self.run_id, "step": step, "val": val}
         save_checkpoint(files.model, stage.kind, "online", stage.config, online, stage.tokenizer, info, self.data)
         save_checkpoint(files.teacher, stage.kind, "teacher", stage.config, teacher, stage.tokenizer, info, self.data)
+        write_model_card(files.model, stage.kind, stage.config, info, self.data, count_parameters(stage.model))
 
     def finish(self) -> None:
         from textjepa.plot import plot_metrics

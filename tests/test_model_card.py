@@ -1,0 +1,99 @@
+"""The model card (`model_<kind>_<size>.README.md`) a training run writes beside its checkpoint, read off the
+session's real tiny runs: it states what its checkpoint records, and its load instructions run as written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli_env
+
+from textjepa.checkpoint import load_checkpoint
+from textjepa.io import TEMP_MARK, RunFiles
+
+
+def front_matter(card: str) -> dict[str, str]:
+    block = card.split("---\n")[1]
+    return dict(line.split(": ", 1) for line in block.splitlines())
+
+
+def code_blocks(card: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", card, re.DOTALL)
+
+
+def table_value(card: str, key: str) -> str:
+    match = re.search(rf"^\| {re.escape(key)} \| (.*) \|$", card, re.MULTILINE)
+    assert match, f"no row {key!r} in the card"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module", params=["world", "latent"])
+def run(request, tiny_world) -> dict:
+    model = Path(tiny_world[request.param])
+    return {"model": model, "card": RunFiles(model).card.read_text(), "checkpoint": load_checkpoint(model)}
+
+
+def test_the_card_is_the_runs_and_names_its_checkpoint(run):
+    model, card, checkpoint = run["model"], run["card"], run["checkpoint"]
+    assert RunFiles(model).card.name == model.name.replace(".safetensors", ".README.md")
+    meta = front_matter(card)
+    assert meta["textjepa_run_id"] == checkpoint.info["run_id"] and len(meta["textjepa_run_id"]) == 32
+    assert meta["textjepa_checkpoint"] == model.name and meta["textjepa_kind"] == str(checkpoint.kind)
+    assert int(meta["textjepa_step"]) == checkpoint.info["step"]
+    assert f"# {model.name.removesuffix('.safetensors')}" in card and RunFiles(model).teacher.name in card
+    assert not list(model.parent.glob(f".*{TEMP_MARK}*")), "a temporary file was left beside the card"
+
+
+def test_the_card_states_shape_data_and_settings(run):
+    card, checkpoint = run["card"], run["checkpoint"]
+    config = checkpoint.config
+    for field in ("dim", "layers", "heads", "max_seq", "vocab_size"):
+        assert table_value(card, field) == json.dumps(getattr(config, field))
+    assert f"{config.layers} layers, width {config.dim}" in card  # the scratch backbone, described
+    data = checkpoint.data
+    assert table_value(card, "training file") == data.source
+    assert table_value(card, "file size") == f"{Path(data.source).stat().st_size:,} bytes"
+    assert table_value(card, "corpus hash") == data.corpus_hash
+    assert table_value(card, "splits").startswith(f"{data.val_fraction:g} of the records held out")
+    train = checkpoint.info["train"]
+    for key in ("steps", "batch", "lr", "eval_every", "seed"):
+        assert table_value(card, key) == json.dumps(train[key])
+
+
+def test_the_card_holds_the_validation_of_the_kept_step(run):
+    model, card, checkpoint = run["model"], run["card"], run["checkpoint"]
+    val = checkpoint.info["val"]
+    assert val, "the tiny run validated"
+    for key, value in val.items():
+        assert table_value(card, key) == f"{value:.4f}"
+    # The kept step is the best validation of the metrics log.
+    records = [json.loads(line) for line in RunFiles(model).metrics.read_text().splitlines()]
+    best = max((r for r in records if r.get("split") == "val"), key=lambda r: r["score"])
+    assert best["step"] == checkpoint.info["step"] and table_value(card, "score") == f"{best['score']:.4f}"
+
+
+def test_the_cards_load_instructions_run_as_written(run, tmp_path):
+    """Its Python block and its first command, run in the checkpoint's folder (the names are relative to it); an
+    `embed` reads and writes in the test's own folder, never beside the shared run."""
+    model, card = run["model"], run["card"]
+    (python,) = code_blocks(card, "python")
+    result = subprocess.run(
+        [sys.executable, "-c", python], cwd=model.parent, env=cli_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    (bash,) = code_blocks(card, "bash")
+    args = [word.strip('"') for word in bash.splitlines()[0].split("#")[0].split()]
+    assert args[0] == "textjepa" and args[2] == model.name
+    if args[1] == "embed":
+        (tmp_path / "texts.txt").write_text("some text\nmore text\n")
+        args[3] = str(tmp_path / "texts.txt")
+        args[args.index("--out") + 1] = str(tmp_path / "vectors.parquet")
+    result = subprocess.run(
+        [sys.executable, "-m", "textjepa", *args[1:]], cwd=model.parent, env=cli_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() or (tmp_path / "vectors.parquet").is_file()

@@ -1,0 +1,179 @@
+"""The model card: a README beside a run's checkpoint (`model_<kind>_<size>.README.md`), in the Hugging Face
+convention (YAML front matter, then Markdown), saying what the checkpoint is and how to use it.
+
+It is written from exactly what the checkpoint records (its config, info and data contract) each time the best
+checkpoint is written, atomically, and carries the run's id like the checkpoint, its teacher and its state, so a
+card of another run is told apart. One card per run: a latent and a world run may share an out-dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from textjepa.data.contract import DataContract
+from textjepa.io import RunFiles, RunKind, atomic_write_text
+from textjepa.models.config import ModelConfig
+
+WHAT_IT_IS = {
+    RunKind.LATENT: (
+        "a JEPA-pretrained text encoder: a transformer whose pooled latents embed text, trained by predicting "
+        "the EMA teacher's latents of masked spans from their context"
+    ),
+    RunKind.WORLD: (
+        "a next-turn world model of conversation: the encoder pools a context into a state latent, the "
+        "transition predicts the latent of the next turn under the action `reply`, and the conditioning head "
+        "projects that prediction to the vector a decoder is conditioned on"
+    ),
+}
+
+
+def card_path(model_file: Path) -> Path:
+    """The card of the run whose checkpoint is `model_file`."""
+    return RunFiles(model_file).card
+
+
+def write_model_card(
+    model_file: Path, kind: RunKind, config: ModelConfig, info: dict, data: DataContract, parameters: int
+) -> Path:
+    """Writes (atomically) and returns the card of the checkpoint just saved at `model_file`."""
+    path = card_path(model_file)
+    atomic_write_text(path, render_model_card(model_file, kind, config, info, data, parameters))
+    return path
+
+
+def render_model_card(
+    model_file: Path, kind: RunKind, config: ModelConfig, info: dict, data: DataContract, parameters: int
+) -> str:
+    kind = RunKind(kind)
+    files = RunFiles(model_file)
+    name = files.model.name
+    train = info.get("train", {})
+    val = info.get("val") or {}
+    front = [
+        "---",
+        "library_name: textjepa",
+        f"tags: [textjepa, jepa, {kind}]",
+        f"textjepa_kind: {kind}",
+        f"textjepa_run_id: {info.get('run_id', '')}",
+        f"textjepa_checkpoint: {name}",
+        f"textjepa_step: {info.get('step', '')}",
+        "---",
+    ]
+    lines = [
+        *front,
+        "",
+        f"# {files.stem}",
+        "",
+        f"`{name}` is {WHAT_IT_IS[kind]}. It was trained by textjepa (`textjepa {command(kind)}`); its EMA "
+        f"teacher is `{files.teacher.name}` beside it (loading needs both).",
+        "",
+        "## Backbone and shape",
+        "",
+        f"- backbone: {describe_backbone(config, info)}",
+        f"- parameters: {parameters:,} (online model)",
+        "",
+        *table(["setting", "value"], [(field, value) for field, value in dataclasses.asdict(config).items()]),
+        "",
+        "## Data contract",
+        "",
+        "How a record becomes model input; serving and evaluation apply the same rule.",
+        "",
+        *table(["", ""], data_rows(data)),
+        "",
+        "## Training settings",
+        "",
+        *table(["setting", "value"], training_rows(train, info)),
+        "",
+        f"Precision: {info.get('precision', 'fp32')} ({info.get('precision_reason', 'as requested')}); the weights "
+        f"are {info.get('weights_dtype', 'float32')}.",
+        "",
+        "## Validation of the kept step",
+        "",
+        f"Step {info.get('step', '?')} of {train.get('steps', '?')}, on the held-out split"
+        + (" (the best score of the run's validations):" if val else ": (no validation was run)"),
+        "",
+        *(table(["metric", "value"], [(key, f"{value:.4f}") for key, value in val.items()]) if val else []),
+        "",
+        "## How to load it",
+        "",
+        *how_to_load(kind, name),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def training_rows(train: dict, info: dict) -> list[tuple[str, object]]:
+    """The loop's settings (not where the files went), then the stage's own: its start and its loss."""
+    rows = [(key, value) for key, value in train.items() if key != "out_dir"]
+    stage = [(key, info[key]) for key in ("init_encoder", "masking", "loss") if info.get(key) is not None]
+    return rows + stage
+
+
+def command(kind: RunKind) -> str:
+    return {RunKind.LATENT: "latent", RunKind.WORLD: "train-world"}[kind]
+
+
+def describe_backbone(config: ModelConfig, info: dict) -> str:
+    """The encoder's backbone: the checkpoint's pretrained one where it names one, else textjepa's own."""
+    pretrained = getattr(config, "backbone", None) or info.get("backbone")
+    if pretrained:
+        return f"pretrained `{pretrained}`"
+    return (
+        f"textjepa's transformer encoder trained from scratch ({config.layers} layers, width {config.dim}, "
+        f"{config.heads} heads, {config.max_seq} tokens, a byte-level BPE tokenizer of {config.vocab_size} tokens)"
+    )
+
+
+def data_rows(data: DataContract) -> list[tuple[str, object]]:
+    source = Path(data.source) if data.source else None
+    size = f"{source.stat().st_size:,} bytes" if source is not None and source.is_file() else "unknown"
+    return [
+        ("training file", data.source or "none"),
+        ("file size", size),
+        ("corpus hash", data.corpus_hash or "none"),
+        ("splits", f"{data.val_fraction:g} of the records held out for validation (seeded hash, seed {data.seed})"),
+        ("max_seq", f"{data.max_seq} tokens (a context keeps its last, a reply its first)"),
+        ("min_tokens", data.min_tokens),
+        ("max_line_bytes", data.max_line_bytes),
+    ]
+
+
+def how_to_load(kind: RunKind, name: str) -> list[str]:
+    if kind == RunKind.WORLD:
+        cli = [
+            f'textjepa infer {name} "hello"            # one reply through the retrieval decoder',
+            f"textjepa serve {name}                     # the OpenAI-compatible server and its chat page",
+            f"textjepa eval-world {name}                # next-turn retrieval beside its baselines",
+        ]
+        python = [
+            "from textjepa import WorldModel",
+            "",
+            f'model = WorldModel.load("{name}")',
+            'latents = model.encode(["User: hello"])      # the context (state) latents',
+            'print(model.reply("hello"))                  # the user\'s message -> a reply',
+        ]
+    else:
+        cli = [
+            f"textjepa embed {name} texts.txt --out vectors.parquet",
+            f"textjepa eval-jepa {name}",
+        ]
+        python = [
+            "from textjepa import Encoder",
+            "",
+            f'encoder = Encoder.load("{name}")',
+            'vectors = encoder.encode(["some text"])',
+        ]
+    return ["Command line:", "", "```bash", *cli, "```", "", "Python:", "", "```python", *python, "```"]
+
+
+def table(header: list[str], rows: list[tuple[str, object]]) -> list[str]:
+    def cell(value: object) -> str:
+        text = value if isinstance(value, str) else json.dumps(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    return [
+        f"| {' | '.join(header)} |",
+        f"|{'---|' * len(header)}",
+        *(f"| {cell(key)} | {cell(value)} |" for key, value in rows),
+    ]
