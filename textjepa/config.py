@@ -12,6 +12,7 @@ None of them imports torch, so a command checks its options before it loads the 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,8 @@ def precision_setting(**metadata: Any) -> Any:
     return setting("auto", choices=PRECISION_CHOICES, help=PRECISION_HELP, **metadata)
 
 
+TENSORBOARD_INSTALL_HINT = "--tensorboard needs the tensorboard package: pip install 'textjepa[tensorboard]'"
+
 # The shape a training command takes from the command line (the rest has defaults or comes from the data).
 TRAINED_SHAPE = ("vocab_size", "dim", "layers", "heads", "max_seq")
 # The shape arguments that commands loading a checkpoint accept as checks (they must equal the checkpoint's).
@@ -104,10 +107,17 @@ class TrainConfig(Checked):
     )
     bucket_by_length: bool = setting(True, flag="bucket", help="do not group batches by length (more padding)")
     progress: bool = setting(True, help="no progress bar")
+    tensorboard: str | None = setting(
+        None,
+        metavar="DIR",
+        help="also write the metrics log as TensorBoard scalars under DIR/<kind> (the extra textjepa[tensorboard])",
+    )
 
     def check(self) -> None:
         if not self.ema_start <= self.ema_end:
             raise TextJepaError(f"--ema-start ({self.ema_start}) must not exceed --ema-end ({self.ema_end})")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise TextJepaError(TENSORBOARD_INSTALL_HINT)
 
 
 @dataclass
@@ -282,7 +292,7 @@ ORACLE_HELP = (
 # The parts of TrainConfig that the bridge trainer uses.
 BRIDGE_TRAIN_FIELDS = (
     "steps", "batch", "lr", "weight_decay", "grad_clip", "warmup_fraction", "eval_every", "seed", "device",
-    "precision", "out_dir", "progress", "overwrite",
+    "precision", "out_dir", "progress", "overwrite", "tensorboard",
 )  # fmt: skip
 
 
@@ -374,7 +384,7 @@ class ConditioningEvalConfig(Checked):
 
 
 # The parts of TrainConfig that the demo sets for both of its training stages.
-DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "precision", "progress", "overwrite")
+DEMO_TRAIN_FIELDS = ("batch", "eval_every", "seed", "device", "precision", "progress", "overwrite", "tensorboard")
 
 
 @dataclass

@@ -44,6 +44,7 @@ from textjepa.settings import Settings
 from textjepa.train.checkpointer import Checkpointer, MetricsLog
 from textjepa.train.loop import Stage, run_training
 from textjepa.train.schedules import warmup_cosine
+from textjepa.train.tensorboard import tensorboard_log
 from textjepa.train.validator import Validator
 
 
@@ -214,6 +215,7 @@ class BridgeCheckpointer(Checkpointer):
         save_bridge(self.best_path, self.bridge)
 
     def finish(self) -> None:
+        self.log.close()
         best = self.bridge.info.get("best", {}).get("val_matched_nll", math.nan)
         print(f"bridge: {self.best_path} (best val matched NLL {best:.4f})")
 
@@ -309,5 +311,7 @@ def train_bridge(cfg: BridgeTrainConfig, settings: Settings | None = None) -> Pa
     }
     sampler = BridgeSampler(data.fit, cfg, rng, mix=data.target_latents is not None)
     validator = Validator(stage, lambda: [data.val], precision.precision) if data.val else None
-    run_training(stage, sampler, validator, BridgeCheckpointer(out_path, bridge), cfg.train, None, precision.precision)
+    checkpointer = BridgeCheckpointer(out_path, bridge)
+    checkpointer.log.mirror = tensorboard_log(cfg.train.tensorboard, "bridge")
+    run_training(stage, sampler, validator, checkpointer, cfg.train, None, precision.precision)
     return out_path

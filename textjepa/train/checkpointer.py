@@ -21,9 +21,11 @@ from textjepa.errors import TextJepaError
 from textjepa.io import RunFiles, RunKind, atomic_write_text, remove_stale_temp_files
 from textjepa.models.encoder import count_parameters, format_size
 from textjepa.train.model_card import write_model_card
+from textjepa.train.tensorboard import tensorboard_log
 
 if TYPE_CHECKING:
     from textjepa.train.loop import Stage
+    from textjepa.train.tensorboard import TensorBoardLog
 
 
 class MetricsLog:
@@ -31,6 +33,11 @@ class MetricsLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.mirror: TensorBoardLog | None = None  # --tensorboard: every record also as TensorBoard scalars
+
+    def close(self) -> None:
+        if self.mirror is not None:
+            self.mirror.close()
 
     @classmethod
     def beside(cls, model_file: Path) -> MetricsLog:
@@ -38,14 +45,20 @@ class MetricsLog:
 
     def start(self) -> None:
         """A fresh run starts a fresh log."""
+        if self.mirror is not None:
+            self.mirror.begin(0)
         if self.path.exists():
             self.path.unlink()
 
     def append(self, record: dict) -> None:
         append_jsonl(self.path, record)
+        if self.mirror is not None:
+            self.mirror.write(record)
 
     def keep_until(self, step: int) -> None:
         """Drop records past the resumed step (a killed run may have logged beyond its last state)."""
+        if self.mirror is not None:
+            self.mirror.begin(step + 1)
         if not self.path.exists():
             return
         kept = []
@@ -128,6 +141,7 @@ class RunCheckpointer(Checkpointer):
         self.files = RunFiles.create(out_dir, stage.kind, format_size(count_parameters(stage.model)))
         super().__init__(self.files.model, self.files.state)
         self.stage, self.train, self.run_info, self.data = stage, train, run_info, data
+        self.log.mirror = tensorboard_log(train.tensorboard, stage.kind)
 
     def start(self, resumed: dict | None) -> None:
         remove_stale_temp_files(self.out_dir)
@@ -147,6 +161,7 @@ class RunCheckpointer(Checkpointer):
     def finish(self) -> None:
         from textjepa.plot import plot_metrics
 
+        self.log.close()
         plot_metrics(self.log.path, self.files.png)
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in self.best_metrics.items() if isinstance(v, float))
         print(f"best checkpoint: {self.best_path} (step {self.best_metrics.get('step')}: {metrics})")
