@@ -29,8 +29,8 @@ TIERS = (
     ("inference",),
     # the inference core answering through a decoder
     ("agent",),
-    # the commands' work: training, evaluation, the prefix bridge's training, the server, embed, the demo
-    ("train", "eval", "bridge", "serve", "embed", "demo"),
+    # the commands' work: training, evaluation, the prefix bridge's training, the server, embed, the demo, export
+    ("train", "eval", "bridge", "serve", "embed", "demo", "export"),
     # the public Python API, a facade over the inference core (nothing inside the package goes through it)
     ("api", ROOT),
     # the command line

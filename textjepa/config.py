@@ -231,6 +231,27 @@ class InferConfig(Checked):
     shape_overrides: dict = setting(default_factory=dict, help="shape arguments given on the command line")
 
 
+EXPORT_FORMATS = ("sentence-transformers",)
+
+
+@dataclass
+class ExportConfig(Checked):
+    """`textjepa export`: a checkpoint as a folder another library loads."""
+
+    model: str = setting(
+        "", positional=True, metavar="MODEL", help="model_world_*.safetensors or model_latent_*.safetensors"
+    )
+    format: str = setting("sentence-transformers", choices=EXPORT_FORMATS, help="what to export to")
+    out: str = setting("", required=True, metavar="DIR", help="the folder to write (refused if it exists)")
+    kind: str = setting(
+        "context",
+        choices=("context", "reply"),
+        help="which side: context (the online encoder, as WorldModel.encode) or reply (the EMA teacher, as "
+        "encode(kind='reply'))",
+    )
+    overwrite: bool = setting(False, help="replace an existing DIR")
+
+
 EMBED_SUFFIXES = (".npy", ".parquet")
 
 

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "textjepa.cli.serve_cmd",
     "textjepa.cli.bridge_cmds",
     "textjepa.cli.embed_cmd",
+    "textjepa.cli.export_cmd",
 )
 
 EXIT_USER_ERROR = 2

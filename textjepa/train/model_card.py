@@ -164,7 +164,12 @@ def how_to_load(kind: RunKind, name: str) -> list[str]:
             f'encoder = Encoder.load("{name}")',
             'vectors = encoder.encode(["some text"])',
         ]
-    return ["Command line:", "", "```bash", *cli, "```", "", "Python:", "", "```python", *python, "```"]
+    export = [
+        "",
+        f"sentence-transformers: `textjepa export {name} --format sentence-transformers --out DIR`, then",
+        "`SentenceTransformer(DIR, trust_remote_code=True).encode(texts)` gives the same vectors (textjepa installed).",
+    ]
+    return ["Command line:", "", "```bash", *cli, "```", "", "Python:", "", "```python", *python, "```", *export]
 
 
 def table(header: list[str], rows: list[tuple[str, object]]) -> list[str]:

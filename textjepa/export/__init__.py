@@ -1,0 +1,1 @@
+"""`textjepa export`: a checkpoint as a folder other libraries load (sentence-transformers)."""
