@@ -29,12 +29,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import CACHE_DIR, exit_code
-from _pairsets import SET_NAMES, build_set, read_pairs
-from quality import finetune_minilm, held_out_batches, load_minilm, mean_ranking, write_report
-
 import torch
 import torch.nn.functional as F
+from _common import CACHE_DIR, exit_code
+from _pairsets import SET_NAMES, build_set, read_pairs
+from quality import held_out_batches, load_minilm, mean_ranking, write_report
 from torch import nn
 
 CANDIDATES = 256
@@ -161,9 +160,7 @@ class Residual(nn.Module):
     def __init__(self, hidden: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
         if hidden:
-            self.body = nn.Sequential(
-                nn.Linear(DIM, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, DIM)
-            )
+            self.body = nn.Sequential(nn.Linear(DIM, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, DIM))
         else:
             self.body = nn.Sequential(nn.Dropout(dropout), nn.Linear(DIM, DIM))
         nn.init.zeros_(self.body[-1].weight)
@@ -461,6 +458,121 @@ def train_lever(lever: Lever, train: Split, val: Split, seed: int, cpu_budget: f
     return model, cost
 
 
+# ---------------------------------------------------------------- fine-tuned mode
+
+
+@dataclass
+class FineTune:
+    """MiniLM fine-tuned within the CPU budget (the minilm-ft row's 180 CPU-s), context side with or without the
+    transition head; the reply side the same tower (MNRL-like, gradients through both) or the frozen cached
+    zero-shot latents. Optionally a frozen residual linear transition is fitted afterwards on the fine-tuned
+    model's latents of the training split (re-encoded: its CPU seconds are reported)."""
+
+    name: str
+    head: bool = True
+    reply_side: str = "shared"  # shared | frozen
+    batch: int = 32
+    lr: float = 2e-5
+    head_lr: float = 1e-3
+    max_len: int = 256  # WordPiece tokens per text while training (evaluation always reads 256)
+    temperature: float = 0.05  # MNRL's scale 20
+    then_linear: bool = False
+    note: str = ""
+
+
+FINETUNES = {
+    ft.name: ft
+    for ft in [
+        FineTune("ft-mnrl", head=False, note="minilm-ft's recipe in this harness (train minus validation tenth)"),
+        FineTune("ft-world", note="MNRL-like + residual linear transition head on the context side"),
+        FineTune("ft-world-len64", max_len=64),
+        FineTune("ft-world-len128", max_len=128),
+        FineTune("ft-ctx-frozenreply", reply_side="frozen", batch=64, lr=3e-5),
+        FineTune("ft-mnrl-then-linear", head=False, then_linear=True),
+        FineTune("ft-world-len128-then-linear", max_len=128, then_linear=True),
+    ]
+}
+
+
+def pooled_latents(bert, features) -> torch.Tensor:
+    out = bert(
+        input_ids=features["input_ids"],
+        attention_mask=features["attention_mask"],
+        token_type_ids=features.get("token_type_ids"),
+    ).last_hidden_state
+    return F.normalize(masked_mean(out, features["attention_mask"].float()), dim=-1)
+
+
+def encode_with(model, bert, texts: list[str], max_len: int = 256) -> torch.Tensor:
+    model.max_seq_length = max_len
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.zeros(len(texts), DIM)
+    with torch.no_grad():
+        for start in range(0, len(order), 64):
+            chunk = order[start : start + 64]
+            out[chunk] = pooled_latents(bert, model.tokenize([texts[i] for i in chunk]))
+    return out
+
+
+def run_finetune(ft: FineTune, train: Split, val: Split, test: Split, seed: int, cpu_budget: float) -> tuple:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = load_minilm()
+    bert = model[0].auto_model
+    head = Residual()
+    groups = [{"params": bert.parameters(), "lr": ft.lr}]
+    if ft.head:
+        groups.append({"params": head.parameters(), "lr": ft.head_lr})
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
+    scale = 1 / ft.temperature
+    bert.train()
+    order: list[int] = []
+    steps, began = 0, time.process_time()
+    while time.process_time() - began < cpu_budget:
+        index = sample_batch(rng, order, ft.batch, train, 0.0, None)
+        model.max_seq_length = ft.max_len
+        ctx = pooled_latents(bert, model.tokenize([train.texts[i][0] for i in index]))
+        if ft.head:
+            ctx = F.normalize(head(ctx), dim=-1)
+        if ft.reply_side == "shared":
+            rep = pooled_latents(bert, model.tokenize([train.texts[i][1] for i in index]))
+        else:
+            rep = train.rep[index]
+        loss = info_nce(ctx, rep, train.reply_ids[index], torch.tensor(scale), False)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(bert.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps += 1
+    train_cpu = time.process_time() - began
+    bert.eval()
+    head.eval()
+    cost = {"steps_run": steps, "train_cpu_s": round(train_cpu, 1), "steps_per_cpu_s": round(steps / train_cpu, 3)}
+
+    def latents(split: Split) -> Split:
+        ctx = encode_with(model, bert, [c for c, _ in split.texts])
+        with torch.no_grad():
+            ctx = F.normalize(head(ctx), dim=-1) if ft.head else ctx
+        rep = encode_with(model, bert, [r for _, r in split.texts]) if ft.reply_side == "shared" else split.rep
+        return Split(split.texts, ctx, rep, split.reply_ids)
+
+    t0 = time.process_time()
+    test_latents = latents(test)
+    cost["test_encode_cpu_s"] = round(time.process_time() - t0, 1)
+    copy_model = WorldModel(Lever("copy"), None)
+    result = {"finetuned": evaluate(copy_model, test_latents)}
+    if ft.then_linear:
+        t0 = time.process_time()
+        train_latents, val_latents = latents(train), latents(val)
+        cost["train_val_reencode_cpu_s"] = round(time.process_time() - t0, 1)
+        linear, linear_cost = train_lever(LEVERS["linear"], train_latents, val_latents, seed, 60.0, None)
+        cost["then_linear"] = linear_cost
+        result["then_linear"] = evaluate(linear, test_latents)
+    return result, cost
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -484,6 +596,19 @@ def run(args: argparse.Namespace) -> dict:
         copy_row = evaluate(WorldModel(Lever("copy"), minilm_getter), test)
         entry["copy"] = copy_row
         print(f"{name}: copy (MiniLM zero-shot) R@1={copy_row['R@1']:.3f}  encode {encode_cost}", flush=True)
+        for ft_name in args.finetunes:
+            for seed in args.seeds:
+                if str(seed) in entry["levers"].get(ft_name, {}) and not args.redo:
+                    continue
+                result, cost = run_finetune(FINETUNES[ft_name], train, val, test, seed, args.cpu_budget)
+                entry["levers"].setdefault(ft_name, {})[str(seed)] = {**result["finetuned"], **cost}
+                if "then_linear" in result:
+                    entry["levers"].setdefault(ft_name + "+linear", {})[str(seed)] = result["then_linear"]
+                write_report(json_path, report)
+                shown = "  ".join(
+                    f"{k}: R@1={v['R@1']:.3f} R@5={v['R@5']:.3f} MRR={v['MRR']:.3f}" for k, v in result.items()
+                )
+                print(f"{name:7s} {ft_name:16s} seed={seed} {shown} | {cost}", flush=True)
         for lever_name in args.levers:
             lever = LEVERS[lever_name]
             for seed in args.seeds:
@@ -509,7 +634,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=list(SET_NAMES), choices=SET_NAMES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--levers", nargs="+", default=["linear"], choices=sorted(LEVERS))
+    parser.add_argument("--levers", nargs="+", default=[], choices=sorted(LEVERS), help="frozen-mode levers")
+    parser.add_argument("--finetunes", nargs="+", default=[], choices=sorted(FINETUNES), help="fine-tuned levers")
     parser.add_argument("--cpu-budget", type=float, default=180.0, help="CPU seconds of training per lever")
     parser.add_argument("--cache-dir", default=str(CACHE_DIR / "backbone"))
     parser.add_argument("--json", default=str(CACHE_DIR / "backbone" / "levers.json"))
