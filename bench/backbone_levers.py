@@ -486,6 +486,8 @@ FINETUNES = {
         FineTune("ft-mnrl", head=False, note="minilm-ft's recipe in this harness (train minus validation tenth)"),
         FineTune("ft-world", note="MNRL-like + residual linear transition head on the context side"),
         FineTune("ft-world-len64", max_len=64),
+        FineTune("ft-world-lr5e-5", lr=5e-5),
+        FineTune("ft-world-lr1e-4", lr=1e-4),
         FineTune("ft-world-len128", max_len=128),
         FineTune("ft-ctx-frozenreply", reply_side="frozen", batch=64, lr=3e-5),
         FineTune("ft-mnrl-then-linear", head=False, then_linear=True),
