@@ -28,7 +28,7 @@ from textjepa.data.configs import (
 from textjepa.data.lines import DEFAULT_ACTION
 from textjepa.errors import TextJepaError
 from textjepa.fields import Checked, check_fields, check_value, setting
-from textjepa.models.config import ModelConfig
+from textjepa.models.config import TRANSITIONS, ModelConfig
 from textjepa.objectives.configs import JepaLossConfig, MaskingConfig, WorldLossConfig
 
 # Re-exported: the commands' configs and the settings they nest are all importable from here.
@@ -404,8 +404,12 @@ class DemoConfig(Checked):
     train: TrainConfig = setting(
         default_factory=lambda: TrainConfig(batch=32, eval_every=200), only=DEMO_TRAIN_FIELDS, group="training"
     )
-    latent_steps: int = setting(600, help="JEPA steps")
+    latent_steps: int = setting(
+        600, min=0, help="JEPA steps (0: no JEPA stage, the world model starts from --backbone)"
+    )
     world_steps: int = setting(1000, help="world-model steps")
+    backbone_mode: str = setting("finetune", choices=BACKBONE_MODES, help="train-world's --backbone-mode")
+    transition: str = setting("mlp", choices=TRANSITIONS, help="train-world's --transition")
     world_batch: int = setting(64, help="pairs per world-model batch")
     prompts: tuple[str, ...] = setting(
         ("What does `json.dumps(obj)` do?", "What does `shutil.copyfile(src, dst)` do?"),

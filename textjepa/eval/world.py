@@ -2,8 +2,9 @@
 
 Baselines computed in the same run on the same batches: "copy" (the context latent itself as the
 prediction; for a world model trained with --target-model, the frozen model's embedding of the context, i.e. that
-model's zero-shot retrieval; likewise for one trained on a frozen backbone, --backbone-mode frozen), "mean" (the training set's mean next latent for every context) and "tf-idf" (a lexical
-baseline fitted on the training split, ranking the same candidates by word overlap; eval/lexical.py).
+model's zero-shot retrieval; likewise for one trained on a frozen backbone, --backbone-mode frozen), "mean" (the
+training set's mean next latent for every context) and "tf-idf" (a lexical baseline fitted on the training split,
+ranking the same candidates by word overlap; eval/lexical.py).
 """
 
 from __future__ import annotations
