@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -123,9 +124,11 @@ def measure_command(args: argparse.Namespace, work: Path) -> dict:
         "--overwrite", *args.command_args,
     ]  # fmt: skip
     env = {**os.environ, "TEXTJEPA_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO_ROOT)}
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     if result.returncode != 0:
         raise SystemExit(f"train-world failed:\n{result.stderr[-2000:]}")
     return {
@@ -133,6 +136,10 @@ def measure_command(args: argparse.Namespace, work: Path) -> dict:
         "threads": args.threads,
         "command": " ".join(command[2:]),
         "wall_minutes": wall / 60,
+        # On a machine shared with other work the wall clock measures the others too; the command's CPU time
+        # does not (with --threads 2 on 2 idle cores the wall time is at most this and at least half of it).
+        "cpu_minutes": cpu / 60,
+        "load_average_1min_at_end": os.getloadavg()[0],
         "last_lines": result.stdout.strip().splitlines()[-3:],
     }
 
@@ -175,7 +182,8 @@ def main() -> int:
                         command["wall_minutes"],
                         WALL_GOAL_MINUTES,
                         "<=",
-                        note=f"{args.threads} threads, latents encoded (cache removed first)",
+                        note=f"{args.threads} threads, latents encoded (cache removed first); "
+                        f"CPU {command['cpu_minutes']:.1f} min, load {command['load_average_1min_at_end']:.1f}",
                     )
                 )
             write_json(args.json, result)
