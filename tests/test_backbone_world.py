@@ -340,3 +340,19 @@ def test_minilm_frozen_world_model_end_to_end(tmp_path):
     # Held-out pairs (a record split, not a module split): the transition beats MiniLM's own zero-shot retrieval of
     # the next turn (measured: R@1 0.750 against 0.536 among 64, TF-IDF 0.381).
     assert report["world_model"]["R@1"] > report["baseline_copy"]["R@1"] + 0.05, report
+
+
+def test_demo_on_a_frozen_backbone_without_a_jepa_stage(backbone, tmp_path):
+    result = run_cli(
+        "demo", "--out-dir", tmp_path, "--backbone", backbone["folder"], "--latent-steps", "0",
+        "--backbone-mode", "frozen", "--transition", "linear", "--world-steps", "20", "--eval-every", "20",
+        "--no-progress", "--prompt", "What does `os.path.join` do?",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "no JEPA stage (--latent-steps 0)" in out and "untrained baseline" not in out
+    assert f"copy ({backbone['folder']} zero-shot)" in out and "demo finished" in out
+    assert "prompt: What does `os.path.join` do?" in out
+    assert not (tmp_path / "latent").exists()
+    config = json.loads(metadata_of(main_checkpoint(tmp_path / "world", "world"))["config"])
+    assert (config["backbone"], config["transition"]) == (str(backbone["folder"]), "linear")
