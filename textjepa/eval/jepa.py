@@ -47,7 +47,7 @@ def jepa_metrics(
     ):
         ids = torch.from_numpy(batch.ids["text"]).to(device)
         valid = torch.from_numpy(batch.valid["text"]).to(device)
-        masked_ids, mask = masked_view(ids, valid, masking, generator)
+        masked_ids, mask = masked_view(ids, valid, masking, generator, mask_id=model.encoder.mask_id)
         # Pooled in fp32: the forwards may run under bf16 autocast (--precision bf16).
         prediction = model.predictor(model.encoder(masked_ids, valid)[mask]).float()
         target = teacher(ids, valid)[mask].float()

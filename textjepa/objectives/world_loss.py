@@ -97,12 +97,17 @@ class WorldLoss(ModelLoss):
         next_ids: torch.Tensor,
         next_valid: torch.Tensor,
         frozen: bool,
+        state: torch.Tensor | None = None,
+        reply_state: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """ids/valid: the contexts; target: the teacher's pooled next-turn latents (or, with a target model, the
         frozen model's embeddings of them); next_ids/next_valid: the
-        next turns themselves; frozen: the encoder gets no gradient (the first freeze_encoder_steps)."""
+        next turns themselves; frozen: the encoder gets no gradient (the first freeze_encoder_steps).
+        state / reply_state: the contexts' and next turns' pooled latents when they are already known (a frozen
+        encoder's, cached: train-world --backbone-mode frozen); the encoder then runs no forward pass."""
         cfg, world = self.config, self.model
-        state = world.state(ids, valid)
+        if state is None:
+            state = world.state(ids, valid)
         if frozen:
             state = state.detach()
         prediction = world.predict(state, actions)
@@ -118,7 +123,7 @@ class WorldLoss(ModelLoss):
         total = align + cfg.infonce_weight * contrast + reg + cfg.cond_weight * structure
         parts = {}
         if cfg.reply_contrast_weight > 0:
-            reply_latent = world.state(next_ids, next_valid)
+            reply_latent = world.state(next_ids, next_valid) if reply_state is None else reply_state
             if frozen:
                 reply_latent = reply_latent.detach()
             # In a frozen target space the encoder's reply latent is compared through the same target head.

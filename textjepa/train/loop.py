@@ -193,8 +193,10 @@ def run_training(
     if dist.is_main:
         checkpointer.start(loaded[0] if loaded else None)
     forward_model = distributed_loss(stage, dist)
+    # What the testing aids digest: the EMA teacher, or the encoder of a stage without one (its own teacher).
+    teacher = stage.teacher if stage.teacher is not None else model
     if debug is not None:
-        debug.started(start_step, stage.teacher, optimizer)
+        debug.started(start_step, teacher, optimizer)
     log_every = stage.log_every or max(1, min(train.eval_every, 10))
     progress = Progress(str(stage.kind), train.steps, start_step, log_every, dist, checkpointer.log, train.progress)
 
@@ -226,7 +228,7 @@ def run_training(
             metrics = train_step(stage, optimizer, scheduler, train, batch, step, forward_model, precision)
             done = step + 1
             if debug is not None:
-                debug.stepped(done, batch.index.tolist(), float(metrics["loss"]), stage.teacher)
+                debug.stepped(done, batch.index.tolist(), float(metrics["loss"]), teacher)
             record = progress.step_done(done, metrics, batch.real_tokens, scheduler.get_last_lr()[0]) or record
             if validator is not None and (done % train.eval_every == 0 or done == train.steps):
                 validate_and_save(done)
@@ -266,7 +268,8 @@ def distributed_loss(stage: Stage, dist: Distributed) -> nn.Module:
     device_ids = [dist.local_rank] if next(stage.model.parameters()).is_cuda else None
     # find_unused_parameters: a world run with a frozen encoder leaves the encoder without gradients.
     wrapped = DistributedDataParallel(stage.loss, device_ids=device_ids, find_unused_parameters=True)
-    broadcast_module(stage.teacher)  # DDP broadcast rank 0's model; the teacher must start identical too
+    if stage.teacher is not None:
+        broadcast_module(stage.teacher)  # DDP broadcast rank 0's model; the teacher must start identical too
     return wrapped
 
 

@@ -49,7 +49,8 @@ def training_state(
         "tokenizer_hash": tokenizer_hash(stage.tokenizer),
         "step": step,
         "model": stage.model.state_dict(),
-        "teacher": stage.teacher.state_dict(),
+        # None: the stage has no EMA teacher (train-world's frozen mode, whose encoder is its own teacher).
+        "teacher": stage.teacher.state_dict() if stage.teacher is not None else None,
         "loss": loss_own_state(stage.loss),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -99,7 +100,13 @@ def restore(
 ) -> int:
     """Puts a training state back; returns the step it was saved at."""
     load_model_state(stage.model, state["model"], source)
-    stage.teacher.load_state_dict(state["teacher"])
+    if (stage.teacher is None) != (state["teacher"] is None):
+        raise TextJepaError(
+            f"cannot resume from {source}: it was saved {'without' if state['teacher'] is None else 'with'} an EMA "
+            "teacher (another --backbone-mode)"
+        )
+    if stage.teacher is not None:
+        stage.teacher.load_state_dict(state["teacher"])
     load_loss_state(stage.loss, state.get("loss", {}), source)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
