@@ -116,9 +116,8 @@ def command(kind: RunKind) -> str:
 
 def describe_backbone(config: ModelConfig, info: dict) -> str:
     """The encoder's backbone: the checkpoint's pretrained one where it names one, else textjepa's own."""
-    pretrained = getattr(config, "backbone", None) or info.get("backbone")
-    if pretrained:
-        return f"pretrained `{pretrained}`"
+    if not config.is_scratch:
+        return f"pretrained `{config.backbone}` ({config.layers} layers, width {config.dim}, its own tokenizer)"
     return (
         f"textjepa's transformer encoder trained from scratch ({config.layers} layers, width {config.dim}, "
         f"{config.heads} heads, {config.max_seq} tokens, a byte-level BPE tokenizer of {config.vocab_size} tokens)"
