@@ -340,6 +340,15 @@ def test_minilm_frozen_world_model_end_to_end(tmp_path):
     # Held-out pairs (a record split, not a module split): the transition beats MiniLM's own zero-shot retrieval of
     # the next turn (measured: R@1 0.750 against 0.536 among 64, TF-IDF 0.381).
     assert report["world_model"]["R@1"] > report["baseline_copy"]["R@1"] + 0.05, report
+    # The retrieval decoder answers with the replies as the file wrote them: MiniLM's uncased WordPiece would
+    # give back lowercased text with spaces around punctuation if they were decoded from its token ids.
+    from textjepa.data.lines import LineStats, iter_world_pairs
+    from textjepa.decoders.retrieval import RetrievalIndex
+
+    written = {pair.next_turn for pair in iter_world_pairs(pairs, 1 << 20, LineStats())}
+    replies = RetrievalIndex.load(main_checkpoint(out, "world")).replies
+    assert replies and set(replies) <= written
+    assert any(reply != reply.lower() for reply in replies)
 
 
 def test_demo_on_a_frozen_backbone_without_a_jepa_stage(backbone, tmp_path):

@@ -229,9 +229,7 @@ def _write_store_files(
         offsets_handle.write(np.zeros(1, dtype=np.int64).tobytes())
     bar = _progress_bar(progress, "tokenising")
     try:
-        while chunk := list(islice(records, _ENCODE_CHUNK)):
-            encoded = [token_ids(tokenizer, [row[j] for row in chunk]) for j in range(len(field_names))]
-            keep = [all(len(encoded[j][r]) >= min_tokens for j in range(len(field_names))) for r in range(len(chunk))]
+        for chunk, encoded, keep in _encoded_chunks(records, len(field_names), tokenizer, min_tokens):
             kept = sum(keep)
             stats.skip("too few tokens", len(chunk) - kept)
             stats.used += kept
@@ -265,6 +263,32 @@ def _write_store_files(
         if bar is not None:
             bar.close()
     return positions, action_names
+
+
+def _encoded_chunks(
+    records: Iterator[tuple], field_count: int, tokenizer: Tokenizer, min_tokens: int
+) -> Iterator[tuple[list[tuple], list[list[list[int]]], list[bool]]]:
+    """Records in chunks, with each field's token ids and whether the record is kept: the one rule by which a
+    record enters the token store (every field at least `min_tokens` tokens)."""
+    while chunk := list(islice(records, _ENCODE_CHUNK)):
+        encoded = [token_ids(tokenizer, [row[j] for row in chunk]) for j in range(field_count)]
+        keep = [all(len(encoded[j][r]) >= min_tokens for j in range(field_count)) for r in range(len(chunk))]
+        yield chunk, encoded, keep
+
+
+def stored_record_texts(
+    records: Iterator[tuple], field_names: Sequence[str], field: str, tokenizer: Tokenizer, min_tokens: int
+) -> list[str]:
+    """The original text of `field` of every record the token store keeps, in store order (record i of the store
+    is the i-th kept record of its file). A tokenizer that does not decode to the text it read (an uncased
+    WordPiece lowercases and splits punctuation) cannot give it back from the ids; the file can."""
+    column = list(field_names).index(field)
+    return [
+        row[column]
+        for chunk, _, keep in _encoded_chunks(records, len(field_names), tokenizer, min_tokens)
+        for row, kept in zip(chunk, keep)
+        if kept
+    ]
 
 
 def release_freed_memory() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -38,9 +38,11 @@ def build_retrieval_index(
     tokenizer: Tokenizer,
     data: DataContract,
     batch: int = 128,
+    reply_texts: Sequence[str] | None = None,
 ) -> Path:
     """reply_latents: a batch's next turns in the checkpoint's reply space (the inference core's
-    `WorldInference.reply_latents`, which picks that space)."""
+    `WorldInference.reply_latents`, which picks that space). reply_texts: every record's next turn as the file
+    wrote it, in store order, where the tokenizer cannot give it back (else the stored ids are decoded)."""
     files = RunFiles(model_path)
     index_file, replies_file = files.index, files.replies
     seen: dict[str, int] = {}
@@ -55,7 +57,10 @@ def build_retrieval_index(
         for row, record in enumerate(chunk.index):
             if len(seen) >= MAX_INDEX_ENTRIES:
                 break
-            text = tokenizer.decode(store.fields["next"].record(int(record)).tolist(), skip_special_tokens=True)
+            if reply_texts is not None:
+                text = reply_texts[int(record)]
+            else:
+                text = tokenizer.decode(store.fields["next"].record(int(record)).tolist(), skip_special_tokens=True)
             if text not in seen:
                 seen[text] = len(seen)
                 latents.append(pooled[row])

@@ -17,9 +17,10 @@ from tokenizers import Tokenizer
 from textjepa.checkpoint import Checkpoint, check_shape_overrides, load_checkpoint, load_teacher
 from textjepa.config import FROZEN, ModelConfig, WorldConfig
 from textjepa.data.batches import Batch
-from textjepa.data.contract import is_validation
+from textjepa.data.contract import DataContract, Field, is_validation
+from textjepa.data.lines import LineStats
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, resolve_data
-from textjepa.data.tokens import TokenStore
+from textjepa.data.tokens import TokenStore, file_hash, stored_record_texts
 from textjepa.decoders.retrieval import build_retrieval_index
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import retrieval_metrics
@@ -185,8 +186,21 @@ class WorldStage(Stage):
             def reply_latents(chunk: Batch) -> torch.Tensor:
                 return world.reply_latents(self.store, chunk)
 
-        index_path = build_retrieval_index(best_path, reply_latents, self.store, self.tokenizer, best.data)
+        index_path = build_retrieval_index(
+            best_path, reply_latents, self.store, self.tokenizer, best.data, reply_texts=self._reply_texts(best.data)
+        )
         print(f"retrieval index: {index_path}")
+
+    def _reply_texts(self, data: DataContract) -> list[str] | None:
+        """A pretrained backbone's tokenizer (an uncased WordPiece) does not decode to the text it read, so the
+        retrieval decoder's replies are read back from the training file, as written; the scratch encoder's
+        byte-level BPE decodes to the exact text. None where the file is gone or changed (the ids are decoded)."""
+        source = Path(data.source)
+        if self.config.is_scratch or not source.is_file() or file_hash(source) != self.store.corpus_hash:
+            return None
+        records = WORLD_RECORDS.reader(source, data.max_line_bytes, LineStats())
+        texts = stored_record_texts(records, WORLD_RECORDS.fields, Field.REPLY, self.tokenizer, data.min_tokens)
+        return texts if len(texts) == len(self.store) else None
 
 
 def corpus_pooling_weights(store: TokenStore, val_fraction: float, seed: int, vocab_size: int) -> torch.Tensor:
