@@ -153,7 +153,12 @@ def load_loss_state(loss: nn.Module, saved: dict[str, torch.Tensor], source: Pat
             f"cannot resume from {source}: it was saved with other loss state ({sorted(saved) or 'none'}, this run "
             f"has {sorted(expected) or 'none'}); use the loss settings it was trained with (e.g. --queue-size)"
         )
-    loss.load_state_dict(saved, strict=False)  # its model's tensors are loaded with the model
+    # Copied tensor by tensor, not by loss.load_state_dict(strict=False): that would also walk the model inside
+    # the loss, whose encoder fills the pooling tensors a state lacks with their defaults (for a JEPA checkpoint),
+    # so a world model's pooling weights would be reset to uniform on every resume.
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            tensor.copy_(saved[name])
 
 
 def _restore_rank_state(state: dict, sampler, stage: Stage, dist: Distributed, step: int) -> str:
