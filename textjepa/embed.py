@@ -23,7 +23,7 @@ from textjepa.data.lines import LineStats, iter_latent_texts, require_usable
 from textjepa.data.sources import resolve_data
 from textjepa.errors import TextJepaError
 from textjepa.inference.encoding import TextEncoder, as_array
-from textjepa.io import RunKind, atomic_write, ensure_writable_dir, remove_stale_temp_files
+from textjepa.io import RunKind, atomic_write, ensure_writable_dir, own_output_file, remove_stale_temp_files
 from textjepa.settings import Settings
 
 # Rows per Parquet row group: large enough for efficient reading, small enough to keep memory flat.
@@ -166,9 +166,11 @@ def embed_file(cfg: EmbedConfig, settings: Settings | None = None) -> EmbedRepor
     cfg.validate()
     out = Path(cfg.out)
     check_output(out, cfg.overwrite)
-    encoder = load_encoder(cfg.model, cfg.reply, cfg.device, cfg.precision)
-    path = resolve_data(cfg.data, cfg.data_dir, RunKind.LATENT, settings)
-    report = write_embeddings(encoder, path, out, cfg.batch_size, cfg.normalize, cfg.progress)
+    with own_output_file(out):  # no second embed writes it meanwhile
+        check_output(out, cfg.overwrite)  # one that ended just before us may have written it
+        encoder = load_encoder(cfg.model, cfg.reply, cfg.device, cfg.precision)
+        path = resolve_data(cfg.data, cfg.data_dir, RunKind.LATENT, settings)
+        report = write_embeddings(encoder, path, out, cfg.batch_size, cfg.normalize, cfg.progress)
     what = "replies" if cfg.reply else ("contexts" if encoder.checkpoint.kind is RunKind.WORLD else "texts")
     summary = report.stats.summary("embedded", "lines")
     print(f"{summary} of {path} as {what} -> {out} ({report.dim} dims)", file=sys.stderr)

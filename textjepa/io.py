@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -165,6 +166,11 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 
 def ensure_writable_dir(directory: Path, what: str = "output directory") -> None:
     """`directory` exists (made if need be) and a file can be written in it; else one clear error."""
+    if directory.is_symlink() and not directory.exists():
+        raise TextJepaError(
+            f"{what} {directory} is a symbolic link to {os.readlink(directory)}, which does not exist; "
+            "create its target or choose another directory"
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -175,6 +181,97 @@ def ensure_writable_dir(directory: Path, what: str = "output directory") -> None
         probe.unlink()
     except OSError as exc:
         raise TextJepaError(f"{what} {directory} is not writable: {exc.strerror}") from exc
+
+
+# ---------------------------------------------------------------- a run owns its folder
+
+RUN_LOCK = ".textjepa.lock"  # in a run's out-dir, while the run lives
+
+
+def hold_lock(lock_path: Path, what: str) -> int:
+    """An exclusive lock (flock) on `lock_path`, holding this process's id and command line; returns its
+    descriptor (`drop_lock`). The kernel drops it with the process, however it ends (kill -9 too). Another live
+    holder: one error naming its process id, at once (no waiting: the other run may take hours).
+
+    A lock file is removed by its holder when done, so the lock taken is checked to be on the file still at the
+    path (a file removed in between is a lock nobody else would see)."""
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 4096).decode("utf-8", "replace").strip() or "not yet written"
+            os.close(descriptor)
+            raise TextJepaError(
+                f"{what} is in use by another running textjepa (PID {holder}); wait for it to end, stop it, or "
+                "choose another"
+            ) from None
+        try:
+            same_file = os.fstat(descriptor).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(descriptor)
+    os.ftruncate(descriptor, 0)
+    command = " ".join(["textjepa", *sys.argv[1:]])
+    os.write(descriptor, f"{os.getpid()}: {command[:200]}\n".encode("utf-8", "replace"))
+    return descriptor
+
+
+def drop_lock(lock_path: Path, descriptor: int) -> None:
+    """The holder removes its lock file, then lets the lock go."""
+    with contextlib.suppress(OSError):
+        lock_path.unlink()
+    release_writer(descriptor)
+
+
+def missing_directories(directory: Path) -> list[Path]:
+    """`directory` and its ancestors that do not exist yet, deepest first: what a run would create."""
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
+@contextmanager
+def own_directory(directory: Path, what: str = "output directory") -> Iterator[Path]:
+    """A run's folder for the life of the run: made if need be and writable (`ensure_writable_dir`), and held
+    under an exclusive lock (`RUN_LOCK`), so no second run, --overwrite included, writes into it meanwhile.
+    A folder the run made and left empty (it failed before writing anything) is removed again."""
+    made = missing_directories(directory.absolute())
+    ensure_writable_dir(directory, what)
+    lock_path = directory / RUN_LOCK
+    try:
+        lock = hold_lock(lock_path, f"{what} {directory}")
+    except OSError as exc:
+        raise TextJepaError(f"cannot lock {what} {directory}: {exc.strerror}") from exc
+    try:
+        yield directory
+    finally:
+        drop_lock(lock_path, lock)
+        for path in made:  # deepest first; one that holds anything stays, and so do its parents
+            try:
+                path.rmdir()
+            except OSError:
+                break
+
+
+@contextmanager
+def own_output_file(path: Path) -> Iterator[Path]:
+    """One output file for the life of the command that writes it (`embed --out`): a lock beside it, as a run's
+    folder has (`own_directory`)."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        lock = hold_lock(lock_path, f"output {path}")
+    except OSError as exc:
+        raise TextJepaError(f"cannot lock output {path}: {exc.strerror}") from exc
+    try:
+        yield path
+    finally:
+        drop_lock(lock_path, lock)
 
 
 # ---------------------------------------------------------------- the files of one run

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -14,10 +14,12 @@ from textjepa.config import DataConfig, TrainConfig
 from textjepa.data.batches import Batch, TrainSampler, iter_split_batches
 from textjepa.data.contract import DataContract
 from textjepa.data.tokens import TokenStore
-from textjepa.io import RunKind, ensure_writable_dir
+from textjepa.errors import TextJepaError
+from textjepa.io import RunKind, ensure_writable_dir, own_directory
 from textjepa.precision import PrecisionChoice
 from textjepa.runtime import (
     Distributed,
+    broadcast_object,
     choose_precision,
     configure_threads,
     init_distributed,
@@ -43,8 +45,8 @@ def training_session(
 ) -> Iterator[tuple[torch.device, Distributed, Path, PrecisionChoice]]:
     """What every training command does first: threads, device, precision (stated on the run's first line),
     process group (torchrun, described by `settings`), this rank's batch, a writable output directory that holds
-    no earlier run of this kind (unless resumed or --overwrite); the process group is shut down however the run
-    ends."""
+    no earlier run of this kind (unless resumed or --overwrite) and that this run owns until it ends (no other run
+    writes into it meanwhile: io.own_directory); the process group is shut down however the run ends."""
     settings = settings or Settings()
     configure_threads(settings)
     device = resolve_device(train.device)
@@ -55,11 +57,22 @@ def training_session(
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
         out_dir = Path(train.out_dir)
-        ensure_writable_dir(out_dir)
-        refuse_earlier_run(train, out_dir, kind)
-        if dist.is_main:
-            print(precision.describe(), flush=True)
-        yield device, dist, out_dir, precision
+        with ExitStack() as owned:
+            # Rank 0 owns the folder (the others write nothing in it); its refusal stops every rank.
+            refusal = None
+            if dist.is_main:
+                try:
+                    owned.enter_context(own_directory(out_dir))
+                except TextJepaError as exc:
+                    refusal = str(exc)
+            refusal = broadcast_object(refusal, dist)
+            if refusal is not None:
+                raise TextJepaError(refusal)
+            ensure_writable_dir(out_dir)
+            refuse_earlier_run(train, out_dir, kind)
+            if dist.is_main:
+                print(precision.describe(), flush=True)
+            yield device, dist, out_dir, precision
     finally:
         shutdown_distributed(dist)
 

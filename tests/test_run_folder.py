@@ -1,0 +1,94 @@
+"""Issue 24: a run owns its folder (D1, D2), its disk errors are errors (T5, T6), its messages are true.
+
+Every case goes through the real command in a subprocess.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+from conftest import (
+    TINY,
+    assert_user_error,
+    main_checkpoint,
+    pair_lines,
+    run_cli,
+    start_cli_until,
+    synthetic_lines,
+)
+
+QUICK = [*TINY, "--steps", "4", "--batch", "8", "--eval-every", "2", "--eval-batches", "1", "--no-progress"]
+# Long enough that it is still training whenever the test looks; it is always stopped by the test.
+LONG = [*TINY, "--steps", "100000", "--batch", "8", "--eval-every", "5", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("runfolder")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(synthetic_lines(200)) + "\n")
+    pairs = root / "pairs.txt"
+    pairs.write_text("\n".join(pair_lines(200)) + "\n")
+    other_pairs = root / "pairs2.txt"
+    other_pairs.write_text("\n".join(pair_lines(200, seed=1)) + "\n")
+    return {"root": root, "corpus": corpus, "pairs": pairs, "pairs2": other_pairs, "cache": root / "cache"}
+
+
+def stop(process: subprocess.Popen, how: signal.Signals = signal.SIGKILL) -> None:
+    if process.poll() is None:
+        process.send_signal(how)
+    process.communicate(timeout=60)
+
+
+def test_a_live_run_owns_its_folder_until_it_dies(lines, tmp_path):
+    out = tmp_path / "two"
+    live = start_cli_until(
+        out, "*.metrics.jsonl", "train-world", lines["pairs"], *LONG, "--data-dir", lines["cache"], "--out-dir", out
+    )
+    try:
+        common = ["--data-dir", lines["cache"], "--out-dir", out]
+        # D1: a second run into the folder; D2: --overwrite; a run of another kind; a resume: all stop at once.
+        for attempt in (
+            ["train-world", lines["pairs2"], *QUICK, *common],
+            ["train-world", lines["pairs2"], *QUICK, *common, "--overwrite"],
+            ["train-world", lines["pairs2"], *QUICK, *common, "--resume", "auto"],
+            ["latent", lines["corpus"], *QUICK, *common, "--overwrite"],
+        ):
+            assert_user_error(run_cli(*attempt, timeout=120), "in use", f"PID {live.pid}", str(out))
+        assert live.poll() is None, "the live run was disturbed"
+        metrics = next(out.glob("*.metrics.jsonl")).read_text()
+    finally:
+        stop(live)  # kill -9: the kernel drops the lock with the process
+    assert live.returncode == -signal.SIGKILL
+    assert "train-world" not in metrics and all(line.startswith("{") for line in metrics.splitlines())
+
+    replaced = run_cli("train-world", lines["pairs2"], *QUICK, *common, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert main_checkpoint(out, "world").is_file()
+    assert not (out / ".textjepa.lock").exists()  # a run that ends removes its lock
+
+
+def test_a_live_embed_owns_its_output(lines, tmp_path, tiny_latent):
+    big = tmp_path / "big.txt"
+    big.write_text("\n".join(synthetic_lines(40000)) + "\n")
+    out = tmp_path / "vectors.npy"
+    first = start_cli_until(tmp_path, ".vectors.npy.lock", "embed", tiny_latent["model"], big, "--out", out)
+    try:
+        second = run_cli("embed", tiny_latent["model"], lines["corpus"], "--out", out, "--overwrite")
+        assert_user_error(second, "in use", f"PID {first.pid}", str(out))
+    finally:
+        stop(first)
+    again = run_cli("embed", tiny_latent["model"], lines["corpus"], "--out", out, "--overwrite")
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_live_demo_owns_its_folder(tmp_path):
+    out = tmp_path / "demo"
+    first = start_cli_until(out, ".textjepa.lock", "demo", "--out-dir", out, *TINY[:6])
+    try:
+        second = run_cli("demo", "--out-dir", out, "--overwrite", timeout=120)
+        assert_user_error(second, "in use", f"PID {first.pid}", str(out))
+    finally:
+        stop(first)
