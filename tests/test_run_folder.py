@@ -92,3 +92,66 @@ def test_a_live_demo_owns_its_folder(tmp_path):
         assert_user_error(second, "in use", f"PID {first.pid}", str(out))
     finally:
         stop(first)
+
+
+# --- the messages (issue 24, "Messages") ----------------------------------------------------------------------
+
+
+def test_a_truncated_state_with_resume_auto_says_so(lines, tmp_path):
+    out = tmp_path / "run"
+    common = ["train-world", lines["pairs"], *QUICK, "--data-dir", lines["cache"], "--out-dir", out]
+    assert run_cli(*common).returncode == 0
+    [state] = out.glob("*.state.pt")
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a crash or a full disk mid-write
+    result = run_cli(*common, "--resume", "auto")
+    assert_user_error(result, "cannot be continued", state.name, "corrupt or truncated", "--overwrite")
+    assert "continue it with --resume auto" not in result.stderr
+
+
+def test_a_folder_given_as_a_checkpoint_is_named_as_a_folder(lines, tmp_path):
+    out = tmp_path / "run"
+    common = ["train-world", lines["pairs"], *QUICK, "--data-dir", lines["cache"], "--out-dir", out]
+    assert run_cli(*common).returncode == 0
+    model = main_checkpoint(out, "world")
+    for attempt in (["eval-world", out], ["infer", out, "hello"], ["serve", out, "--port", "0"]):
+        assert_user_error(run_cli(*attempt, timeout=120), f"{out} is a folder", model.name)
+    assert_user_error(run_cli(*common, "--resume", out), f"{out} is a folder", ".state.pt")
+
+
+def test_a_dangling_symlink_out_dir_is_named(lines, tmp_path):
+    out = tmp_path / "link"
+    out.symlink_to(tmp_path / "gone")
+    result = run_cli("train-world", lines["pairs"], *QUICK, "--data-dir", lines["cache"], "--out-dir", out)
+    assert_user_error(result, str(out), "symbolic link", str(tmp_path / "gone"), "does not exist")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["train-world", "PAIRS", "--lr", "inf"], ["--lr", "finite", "inf"]),
+        (["latent", "CORPUS", "--lr=-inf"], ["--lr", "positive"]),
+        (["latent", "CORPUS", "--max-seq", "1"], ["--max-seq", "at least 2"]),
+        (["--latent", "CORPUS", "10", "8", "--max-seq", "1"], ["--max-seq", "at least 2"]),
+    ],
+)
+def test_values_that_would_end_in_nan_are_refused_up_front(lines, tmp_path, args, needles):
+    out = tmp_path / "new"
+    data = {"PAIRS": str(lines["pairs"]), "CORPUS": str(lines["corpus"])}
+    result = run_cli(*[data.get(arg, arg) for arg in args], "--out-dir", out, "--data-dir", lines["cache"])
+    assert_user_error(result, *needles)
+    assert not out.exists()
+
+
+def test_a_failed_run_leaves_no_folder_it_made(lines, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    out = tmp_path / "new" / "deeper"
+    for command, data in (("train-world", empty), ("latent", empty)):
+        result = run_cli(command, data, *QUICK, "--data-dir", lines["cache"], "--out-dir", out)
+        assert_user_error(result, "no usable")
+        assert not (tmp_path / "new").exists()
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    result = run_cli("train-world", empty, *QUICK, "--data-dir", lines["cache"], "--out-dir", existing)
+    assert_user_error(result, "no usable")
+    assert existing.is_dir() and not list(existing.iterdir())  # not made by the run: kept, and left clean

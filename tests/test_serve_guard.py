@@ -166,3 +166,27 @@ def test_listening_on_every_address_accepts_ip_hosts_but_not_names():
     assert not everywhere.host_allowed("evil.example")
     loopback = BrowserGuard(None, "127.0.0.1")
     assert not loopback.host_allowed("192.168.1.20")
+
+
+def test_a_client_that_leaves_mid_body_is_one_log_line(server):
+    import socket
+    import time
+
+    host, port = "127.0.0.1", port_of(server)
+    before = server.logs()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+    )
+    clients = 20
+    for _ in range(clients):
+        with socket.create_connection((host, port), timeout=10) as raw:
+            raw.sendall(head.encode() + b'{"messages": [{"role": "user", "content": "')
+    deadline = time.monotonic() + 30
+    while server.logs().count("disconnected", len(before)) < clients and time.monotonic() < deadline:
+        time.sleep(0.1)
+    new = server.logs()[len(before) :]
+    assert new.count("a client disconnected") == clients, new
+    assert "Traceback" not in new and "ERROR" not in new, new
+    health = httpx.get(f"{server.base}/health").json()
+    assert health["status"] == "ok" and health["in_flight"] == 0

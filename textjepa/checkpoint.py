@@ -20,7 +20,14 @@ from tokenizers import Tokenizer
 from textjepa.data.contract import DataContract
 from textjepa.data.tokens import tokenizer_from_string, tokenizer_hash, write_vocab_txt
 from textjepa.errors import TextJepaError
-from textjepa.io import RunFiles, RunKind, atomic_write_bytes, atomic_write_text, write_safetensors
+from textjepa.io import (
+    RunFiles,
+    RunKind,
+    atomic_write_bytes,
+    atomic_write_text,
+    folder_given_as_file,
+    write_safetensors,
+)
 from textjepa.models.config import ModelConfig
 
 FORMAT = "textjepa"
@@ -96,6 +103,8 @@ def save_tokenizer_files(files: RunFiles, kind: RunKind, tokenizer: Tokenizer) -
 
 def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Checkpoint:
     path = Path(path)
+    if path.is_dir():
+        raise TextJepaError(folder_given_as_file(path, "a checkpoint"))
     if not path.is_file():
         raise TextJepaError(f"checkpoint not found: {path}")
     try:
@@ -229,6 +238,9 @@ def save_training_state(path: Path, state: dict) -> None:
 
 
 def load_training_state(path: Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        raise TextJepaError(folder_given_as_file(path, "a training state") + " (or --resume auto)")
     if not path.is_file():
         raise TextJepaError(f"training state not found: {path}")
     data = path.read_bytes()

@@ -115,7 +115,13 @@ class LatentConfig(Checked):
     """`textjepa latent`: JEPA pretraining of the encoder."""
 
     data: DataConfig = setting(default_factory=DataConfig, group="data")
-    model: ModelConfig = setting(default_factory=ModelConfig, only=TRAINED_SHAPE, group="model shape")
+    model: ModelConfig = setting(
+        default_factory=ModelConfig,
+        only=TRAINED_SHAPE,
+        group="model shape",
+        # A masked span is predicted from the rest of its line: a line of one token has no rest (the loss is NaN).
+        bounds={"max_seq": {"min": 2, "why": "JEPA predicts masked spans from the rest of the line"}},
+    )
     train: TrainConfig = setting(default_factory=TrainConfig, group="training")
     masking: MaskingConfig = setting(default_factory=MaskingConfig, group="span masking")
     loss: JepaLossConfig = setting(default_factory=JepaLossConfig, group="loss")

@@ -321,3 +321,18 @@ class RunFiles:
     def state_pattern(kind: RunKind) -> str:
         """A glob for the training states of this kind in an output directory."""
         return f"model_{RunKind(kind)}_*.state.pt"
+
+
+def folder_given_as_file(folder: Path, expected: str) -> str:
+    """The message for a run's folder given where one of its files was expected: the files to give instead."""
+    found = sorted(
+        path.name
+        for path in folder.glob("model_*")
+        if path.name.endswith((CHECKPOINT_SUFFIX, ".state.pt")) and not RunFiles.is_teacher(path)
+    )
+    hint = (
+        ("give a file in it, e.g. " + ", ".join(str(folder / name) for name in found[:3]))
+        if found
+        else ("it holds no model_*.safetensors or training state")
+    )
+    return f"{folder} is a folder, not {expected}; {hint}"

@@ -29,6 +29,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -388,12 +389,17 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit * DRAIN_FACTOR:
-            break
-        if size <= limit:
-            chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit * DRAIN_FACTOR:
+                break
+            if size <= limit:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        # Routine on a network (a closed tab, a timeout): one line, not a traceback; the answer goes nowhere.
+        log.info("a client disconnected after %d bytes of its request body to %s", size, request.url.path)
+        raise ApiError(400, "the client disconnected before its request body was complete", "client_gone") from None
     if size > limit:
         raise too_large
     return b"".join(chunks)

@@ -165,6 +165,17 @@ def refuse_earlier_run(train: TrainConfig, out_dir: Path, kind: RunKind) -> None
         return
     if train.resume and (train.resume != "auto" or find_latest_state(out_dir, kind) is not None):
         return
+    if train.resume == "auto":  # asked to continue, but nothing there can be continued: say why
+        states = sorted(out_dir.glob(RunFiles.state_pattern(kind)))
+        why = (
+            f"its training state {states[0].name} is corrupt or truncated (checksum mismatch)"
+            if states
+            else "it has no training state (it stopped before its first validation)"
+        )
+        raise TextJepaError(
+            f"--resume auto: {out_dir} holds a {kind} run ({existing[0].name}) that cannot be continued: {why}; "
+            "replace it with --overwrite, or choose another --out-dir"
+        )
     raise TextJepaError(
         f"{out_dir} already holds a {kind} run ({existing[0].name}); continue it with --resume auto, replace it "
         "with --overwrite, or choose another --out-dir"
