@@ -79,6 +79,19 @@ def save_checkpoint(
     data: DataContract | None = None,
 ) -> None:
     """data: the run's data contract, recorded as info["data"] (None for a checkpoint not trained on data)."""
+    write_safetensors(path, *checkpoint_contents(kind, role, config, tensors, tokenizer, info, data))
+
+
+def checkpoint_contents(
+    kind: RunKind,
+    role: str,
+    config: ModelConfig,
+    tensors: dict[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    info: dict,
+    data: DataContract | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A checkpoint file's tensors (on the CPU) and metadata (save_checkpoint's arguments)."""
     info = {k: v for k, v in info.items() if k != "data"}
     if data is not None:
         info["data"] = data.to_info()
@@ -92,8 +105,7 @@ def save_checkpoint(
         "tokenizer": tokenizer.to_str(),
         "info": json.dumps(info),
     }
-    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    write_safetensors(path, plain, metadata)
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata
 
 
 def save_tokenizer_files(files: RunFiles, kind: RunKind, tokenizer: Tokenizer) -> None:

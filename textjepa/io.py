@@ -10,13 +10,14 @@ which repeats in containers (every restart is PID 1).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,25 @@ class RunKind(StrEnum):
 
     LATENT = "latent"  # JEPA pretraining of the encoder (+ predictor)
     WORLD = "world"  # the world model: encoder + transition + conditioning head
+
+
+# ---------------------------------------------------------------- a disk that cannot take a write
+
+# A full disk, a quota, a read-only file system: the user's to fix, said in one line (never a traceback).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+class DiskError(TextJepaError):
+    """A write the disk refused; the message names the path, why, and what was kept."""
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
+def disk_error(exc: OSError, path: Path, kept: str) -> DiskError:
+    """`exc` (one of DISK_ERRNOS) while writing `path`, as one line that also says what is still there."""
+    return DiskError(f"cannot write {path}: {exc.strerror}; {kept}")
 
 
 # ---------------------------------------------------------------- temporary files and writer liveness
@@ -110,11 +130,21 @@ def atomic_write(path: Path, shared: bool = False) -> Iterator[Path]:
     """Yields the temporary path to write `path` under; a block that ends normally puts it in place
     (`commit_temp`), one that raises removes it and leaves any earlier `path` untouched."""
     tmp = temp_path(path)
-    tmp.write_bytes(b"")
+    kept = f"the earlier {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+    try:
+        tmp.write_bytes(b"")
+    except OSError as exc:
+        if is_disk_error(exc):
+            raise disk_error(exc, path, kept) from None
+        raise
     lock = lock_writer(tmp)
     try:
         yield tmp
         commit_temp(tmp, path, shared)
+    except OSError as exc:
+        if is_disk_error(exc):  # the half-written temporary file goes below; what was there stays
+            raise disk_error(exc, path, kept + " (its partial temporary file was removed)") from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -138,6 +168,18 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def write_safetensors_together(files: list[tuple[Path, dict[str, torch.Tensor], dict[str, str]]]) -> None:
+    """Safetensors files that belong together (a model and its teacher, of one step): every one is written whole
+    under its temporary name before any is put in place, so a failed write (a full disk) leaves the earlier set
+    as it was, never a model of one step beside a teacher of another."""
+    from safetensors.torch import save_file
+
+    with ExitStack() as written:
+        for path, tensors, metadata in files:
+            tmp = written.enter_context(atomic_write(path, shared=True))
+            save_file(tensors, str(tmp), metadata=metadata)
+
+
 @contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yields an empty temporary directory (`NAME.tmp-PID`) that becomes `target` when the block ends normally.
@@ -153,12 +195,21 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     tmp = target.with_name(f"{target.name}{TEMP_MARK}{os.getpid()}")
     if tmp.exists():  # our process id, but another live writer (another container sharing the folder)
         tmp = target.with_name(f"{target.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        if is_disk_error(exc):
+            raise disk_error(exc, target, "nothing of it was written") from None
+        raise
     lock = lock_writer(tmp)
     try:
         yield tmp
         if tmp.exists() and not target.exists():
             os.replace(tmp, target)
+    except OSError as exc:
+        if is_disk_error(exc):
+            raise disk_error(exc, target, "its partial temporary folder was removed") from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         release_writer(lock)

@@ -311,5 +311,6 @@ def train_bridge(cfg: BridgeTrainConfig, settings: Settings | None = None) -> Pa
         sampler = BridgeSampler(data.fit, cfg, rng, mix=data.target_latents is not None)
         validator = Validator(stage, lambda: [data.val], precision.precision) if data.val else None
         checkpointer = BridgeCheckpointer(out_path, bridge)
-        run_training(stage, sampler, validator, checkpointer, cfg.train, None, precision.precision)
+        with checkpointer.disk_errors_say_what_is_kept():
+            run_training(stage, sampler, validator, checkpointer, cfg.train, None, precision.precision)
     return out_path

@@ -11,14 +11,25 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from textjepa.checkpoint import find_latest_state, save_checkpoint, save_tokenizer_files, save_training_state
+from textjepa.checkpoint import checkpoint_contents, find_latest_state, save_tokenizer_files, save_training_state
 from textjepa.config import TrainConfig
 from textjepa.data.contract import DataContract
 from textjepa.errors import TextJepaError
-from textjepa.io import RunFiles, RunKind, atomic_write_text, remove_stale_temp_files
+from textjepa.io import (
+    DiskError,
+    RunFiles,
+    RunKind,
+    atomic_write_text,
+    disk_error,
+    is_disk_error,
+    remove_stale_temp_files,
+    write_safetensors_together,
+)
 from textjepa.models.encoder import count_parameters, format_size
 
 if TYPE_CHECKING:
@@ -75,6 +86,7 @@ class Checkpointer:
         self.log = MetricsLog.beside(best_path)
         self.best_score, self.best_metrics = -math.inf, {}
         self.run_id = uuid.uuid4().hex  # every file of a run carries it, so a mixed set is refused
+        self.state_step: int | None = None  # the step of the last training state written (or resumed from)
 
     @property
     def out_dir(self) -> Path:
@@ -92,6 +104,7 @@ class Checkpointer:
             return
         self.best_score, self.best_metrics = resumed["best_score"], resumed["best_metrics"]
         self.run_id = resumed.get("run_id", self.run_id)
+        self.state_step = resumed["step"]
         self.log.keep_until(resumed["step"])
 
     def validated(self, step: int, val: dict[str, float]) -> None:
@@ -111,6 +124,32 @@ class Checkpointer:
             save_training_state(
                 self.state_path, {**state, "best_score": self.best_score, "best_metrics": self.best_metrics}
             )
+            self.state_step = state["step"]
+
+    def kept(self) -> str:
+        """What of the run is whole on disk (said when a write fails): the best checkpoint and the last state."""
+        parts = []
+        if self.best_metrics and self.best_path.is_file():
+            parts.append(f"the best checkpoint {self.best_path} (step {self.best_metrics.get('step')})")
+        if self.state_step is not None:
+            parts.append(f"the training state {self.state_path} (step {self.state_step})")
+        if not parts:
+            return "nothing of this run had been kept yet"
+        again = "; make room, then continue with --resume auto" if self.state_step is not None else ""
+        return "kept and valid: " + " and ".join(parts) + again
+
+    @contextmanager
+    def disk_errors_say_what_is_kept(self) -> Iterator[None]:
+        """A write the disk refuses (full, read-only), anywhere in the run: one error naming the path and what of
+        the run is still whole."""
+        try:
+            yield
+        except DiskError as exc:
+            raise DiskError(f"{exc}; {self.kept()}") from None
+        except OSError as exc:
+            if not is_disk_error(exc):
+                raise
+            raise disk_error(exc, Path(exc.filename or self.out_dir), self.kept()) from None
 
     def write_best(self, step: int, val: dict[str, float]) -> None:
         raise NotImplementedError
@@ -139,8 +178,11 @@ class RunCheckpointer(Checkpointer):
         stage, files = self.stage, self.files
         online, teacher = stage.checkpoint_tensors()
         info = {**stage.checkpoint_info(), **self.run_info, "run_id": self.run_id, "step": step, "val": val}
-        save_checkpoint(files.model, stage.kind, "online", stage.config, online, stage.tokenizer, info, self.data)
-        save_checkpoint(files.teacher, stage.kind, "teacher", stage.config, teacher, stage.tokenizer, info, self.data)
+        contents = [
+            checkpoint_contents(stage.kind, role, stage.config, tensors, stage.tokenizer, info, self.data)
+            for role, tensors in (("online", online), ("teacher", teacher))
+        ]
+        write_safetensors_together([(files.model, *contents[0]), (files.teacher, *contents[1])])
 
     def finish(self) -> None:
         from textjepa.plot import plot_metrics

@@ -120,4 +120,5 @@ def train_on_store(
     checkpointer = RunCheckpointer(stage, out_dir, train, run_info, contract)
     validator = Validator(stage, validation_batches, precision.precision)
     sampler = debug.sampler(sampler, dist)
-    return run_training(stage, sampler, validator, checkpointer, train, dist, precision.precision, debug.log(dist))
+    with checkpointer.disk_errors_say_what_is_kept():
+        return run_training(stage, sampler, validator, checkpointer, train, dist, precision.precision, debug.log(dist))
