@@ -155,3 +155,35 @@ def test_a_failed_run_leaves_no_folder_it_made(lines, tmp_path):
     result = run_cli("train-world", empty, *QUICK, "--data-dir", lines["cache"], "--out-dir", existing)
     assert_user_error(result, "no usable")
     assert existing.is_dir() and not list(existing.iterdir())  # not made by the run: kept, and left clean
+
+
+# --- resume says what changed (W2, W3) ---------------------------------------------------------------------------
+
+
+def test_resume_lists_what_it_applies_and_refuses_what_changes_the_model_or_data(lines, tmp_path):
+    data = tmp_path / "pairs.txt"
+    data.write_text(lines["pairs"].read_text())
+    out = tmp_path / "run"
+    common = ["train-world", data, *QUICK, "--data-dir", lines["cache"], "--out-dir", out, "--lr", "5e-4"]
+    assert run_cli(*common).returncode == 0
+
+    refused = run_cli(*common, "--resume", "auto", "--val-fraction", "0.2", "--seed", "3", "--lr", "1e-3")
+    assert_user_error(refused, "change the model or the data", "--val-fraction 0.05 -> 0.2", "--seed 0 -> 3")
+    assert "--lr" not in refused.stderr  # only what is refused is listed in the refusal
+
+    applied = run_cli(*common, "--resume", "auto", "--steps", "6", "--lr", "1e-3", "--regularizer", "sigreg")
+    assert applied.returncode == 0, applied.stderr
+    [line] = [line for line in applied.stdout.splitlines() if line.startswith("resume: changed")]
+    for change in ("applied from step 4", "--lr 0.0005 -> 0.001", "--steps 4 -> 6", "--regularizer vicreg -> sigreg"):
+        assert change in line, line
+
+    size = data.stat().st_size
+    with data.open("a") as handle:
+        handle.write("User: one more question\tand one more answer\n")
+    changed = run_cli(*common, "--resume", "auto", "--steps", "8", "--lr", "1e-3", "--regularizer", "sigreg")
+    assert_user_error(changed, "the data changed", f"{size} bytes", f"{data.stat().st_size} bytes")
+
+    evaluated = run_cli("eval-world", main_checkpoint(out, "world"), "--data-dir", lines["cache"], "--batch", "8")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"note: {data} changed since" in evaluated.stdout, evaluated.stdout
+    assert f"{data.stat().st_size} bytes" in evaluated.stdout and "all of its records" in evaluated.stdout

@@ -8,13 +8,14 @@ out-dir: a fresh run replaces an earlier one only with --overwrite, and every fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textjepa.checkpoint import checkpoint_contents, find_latest_state, save_tokenizer_files, save_training_state
 from textjepa.config import TrainConfig
@@ -34,6 +35,38 @@ from textjepa.models.encoder import count_parameters, format_size
 
 if TYPE_CHECKING:
     from textjepa.train.loop import Stage
+
+
+# Settings whose change makes another model or another data stream: a resume with one of them changed is refused.
+SHAPING_SETTINGS = ("model.", "data.", "train.seed", "init_encoder", "target_model", "loss.queue_size")
+# Where a run lives and how it reports, not what it computes: never compared. (The data file is compared by its
+# content, not by how its path was typed.)
+PLACE_SETTINGS = (
+    "train.resume",
+    "train.overwrite",
+    "train.out_dir",
+    "train.progress",
+    "train.device",
+    "data.data_dir",
+    "data.path",
+)
+
+
+def flat_settings(config: Any) -> dict[str, Any]:
+    """A command's config as {"train.lr": 0.0005, ...}: what a training state records and a resume compares."""
+
+    def walk(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for name, item in value.items() for k, v in walk(item, f"{prefix}{name}.").items()}
+        return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
+
+    return walk(dataclasses.asdict(config), "")
+
+
+def setting_label(name: str) -> str:
+    """How the user gives a flattened setting: `train.lr` -> `--lr`."""
+    last = name.rpartition(".")[2]
+    return "--" + {"vocab_size": "max_vocab"}.get(last, last).replace("_", "-")
 
 
 class MetricsLog:
@@ -96,6 +129,10 @@ class Checkpointer:
     @property
     def can_resume(self) -> bool:
         return self.state_path is not None
+
+    def check_resume(self, state: dict, source: Path) -> None:
+        """Before a resume puts `state` back (on rank 0): refuse what it cannot continue (a subclass compares the
+        settings and the data file it records)."""
 
     def start(self, resumed: dict | None) -> None:
         """A fresh run starts a fresh log; a resumed one keeps its best so far and its log up to its step."""
@@ -162,10 +199,62 @@ class RunCheckpointer(Checkpointer):
     """A training stage's files in its out-dir (RunFiles): model and teacher checkpoints of the best step, the
     training state of the last validation, tokenizer files, metrics log and, at the end, the plot."""
 
-    def __init__(self, stage: Stage, out_dir: Path, train: TrainConfig, run_info: dict, data: DataContract) -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        out_dir: Path,
+        train: TrainConfig,
+        run_info: dict,
+        data: DataContract,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        """settings: the command's settings (flat_settings), recorded in the training state for a resume."""
         self.files = RunFiles.create(out_dir, stage.kind, format_size(count_parameters(stage.model)))
         super().__init__(self.files.model, self.files.state)
         self.stage, self.train, self.run_info, self.data = stage, train, run_info, data
+        self.settings = settings or {}
+
+    def data_file(self) -> dict:
+        """The data file the run reads: its path, size and content hash (a resume checks they are the same)."""
+        source = Path(self.data.source)
+        return {
+            "path": self.data.source,
+            "size": source.stat().st_size if source.is_file() else None,
+            "hash": self.data.corpus_hash,
+        }
+
+    def save_state(self, state: dict) -> None:
+        super().save_state({**state, "settings": self.settings, "data_file": self.data_file()})
+
+    def check_resume(self, state: dict, source: Path) -> None:
+        """The data file must be the one the run was trained on, and settings that shape the model or the data
+        unchanged (refused, with every difference in one line); the others apply from the resumed step, listed."""
+        recorded, data_file = state.get("settings"), state.get("data_file")
+        if data_file and data_file.get("hash") and data_file["hash"] != self.data.corpus_hash:
+            now = self.data_file()
+            raise TextJepaError(
+                f"cannot resume from {source}: the data changed since the run started (then {data_file.get('path')}, "
+                f"{data_file.get('size')} bytes, content hash {data_file['hash']}; now {now['path']}, {now['size']} "
+                f"bytes, content hash {now['hash']}); give the run's own data, or start anew with --overwrite"
+            )
+        if recorded is None:  # a state from before settings were recorded
+            return
+        names = sorted(set(recorded) | set(self.settings))
+        changed = {
+            name: (recorded.get(name), self.settings.get(name))
+            for name in names
+            if not name.startswith(PLACE_SETTINGS) and recorded.get(name) != self.settings.get(name)
+        }
+        listed = {name: f"{setting_label(name)} {old} -> {new}" for name, (old, new) in changed.items()}
+        refused = [text for name, text in listed.items() if name.startswith(SHAPING_SETTINGS)]
+        if refused:
+            raise TextJepaError(
+                f"cannot resume from {source}: settings that change the model or the data differ from the run's: "
+                f"{', '.join(refused)}; give them as the run had them, or start anew with --overwrite"
+            )
+        if listed:
+            changes = ", ".join(listed.values())
+            print(f"resume: changed since the run started, applied from step {state['step']}: {changes}")
 
     def start(self, resumed: dict | None) -> None:
         remove_stale_temp_files(self.out_dir)

@@ -108,4 +108,6 @@ def train_latent(cfg: LatentConfig, settings: Settings | None = None) -> TrainRe
         seed_everything(cfg.train.seed)
         stage = LatentStage(config, tokenizer, store, cfg, device)
         debug = DebugOptions.from_settings(settings or Settings())
-        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug)
+        return train_on_store(
+            stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug, command=cfg
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,9 +68,16 @@ def rank_state(sampler, stage: Stage) -> dict:
     }
 
 
-def load_resume_state(train: TrainConfig, out_dir: Path, stage: Stage, dist: Distributed) -> tuple[dict, Path] | None:
+def load_resume_state(
+    train: TrainConfig,
+    out_dir: Path,
+    stage: Stage,
+    dist: Distributed,
+    check: Callable[[dict, Path], None] | None = None,
+) -> tuple[dict, Path] | None:
     """Rank 0 finds, verifies and checks the state, then hands it to every rank (so on several nodes only
-    rank 0 needs the file). An error on rank 0 is raised on every rank instead of leaving them waiting."""
+    rank 0 needs the file). An error on rank 0 is raised on every rank instead of leaving them waiting.
+    check(state, source): the checkpointer's own check first (the data file and the settings the run records)."""
     if not train.resume:
         return None
     payload: tuple = ("none",)
@@ -78,6 +86,8 @@ def load_resume_state(train: TrainConfig, out_dir: Path, stage: Stage, dist: Dis
             source = _resolve_resume(train, out_dir, stage.kind)
             if source is not None:
                 state = load_training_state(source)
+                if check is not None:
+                    check(state, source)
                 _check_resumable(state, stage, source)
                 payload = ("ok", state, source)
         except TextJepaError as exc:

@@ -28,7 +28,7 @@ from textjepa.runtime import (
     shutdown_distributed,
 )
 from textjepa.settings import Settings
-from textjepa.train.checkpointer import RunCheckpointer, refuse_earlier_run
+from textjepa.train.checkpointer import RunCheckpointer, flat_settings, refuse_earlier_run
 from textjepa.train.debug import DebugOptions
 from textjepa.train.loop import Stage, TrainResult, run_training
 from textjepa.train.validator import Validator
@@ -88,9 +88,11 @@ def train_on_store(
     dist: Distributed,
     precision: PrecisionChoice,
     debug: DebugOptions | None = None,
+    command: object | None = None,
 ) -> TrainResult:
     """This rank's share of the training split, batched, through the shared loop; validation on the
-    held-out split (the first train.eval_batches batches, the same on every pass)."""
+    held-out split (the first train.eval_batches batches, the same on every pass). command: the command's config,
+    recorded in the training state (a resume says which of its settings changed)."""
     debug = debug or DebugOptions()
     contract = DataContract.for_training(data, max_seq, train.seed, str(path), store.corpus_hash)
     sampler = TrainSampler(
@@ -117,7 +119,8 @@ def train_on_store(
 
     # The checkpoint's info says what it was trained in (its weights are fp32 either way).
     run_info = {**describe_run(train), **precision.info()}
-    checkpointer = RunCheckpointer(stage, out_dir, train, run_info, contract)
+    settings = flat_settings(command) if command is not None else None
+    checkpointer = RunCheckpointer(stage, out_dir, train, run_info, contract, settings)
     validator = Validator(stage, validation_batches, precision.precision)
     sampler = debug.sampler(sampler, dist)
     with checkpointer.disk_errors_say_what_is_kept():

@@ -217,4 +217,6 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None, settings:
         seed_everything(cfg.train.seed)
         stage = WorldStage(config, tokenizer, store, cfg, device, init, mapping, embedder, targets)
         debug = DebugOptions.from_settings(settings or Settings())
-        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug)
+        return train_on_store(
+            stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug, command=cfg
+        )
