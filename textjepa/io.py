@@ -288,21 +288,29 @@ def missing_directories(directory: Path) -> list[Path]:
 
 
 @contextmanager
+def held_lock(lock_path: Path, what: str) -> Iterator[None]:
+    """`hold_lock` for the block's life; a lock file that cannot be made is one clear error."""
+    try:
+        lock = hold_lock(lock_path, what)
+    except OSError as exc:
+        raise TextJepaError(f"cannot lock {what}: {exc.strerror}") from exc
+    try:
+        yield
+    finally:
+        drop_lock(lock_path, lock)
+
+
+@contextmanager
 def own_directory(directory: Path, what: str = "output directory") -> Iterator[Path]:
     """A run's folder for the life of the run: made if need be and writable (`ensure_writable_dir`), and held
     under an exclusive lock (`RUN_LOCK`), so no second run, --overwrite included, writes into it meanwhile.
     A folder the run made and left empty (it failed before writing anything) is removed again."""
     made = missing_directories(directory.absolute())
     ensure_writable_dir(directory, what)
-    lock_path = directory / RUN_LOCK
     try:
-        lock = hold_lock(lock_path, f"{what} {directory}")
-    except OSError as exc:
-        raise TextJepaError(f"cannot lock {what} {directory}: {exc.strerror}") from exc
-    try:
-        yield directory
+        with held_lock(directory / RUN_LOCK, f"{what} {directory}"):
+            yield directory
     finally:
-        drop_lock(lock_path, lock)
         for path in made:  # deepest first; one that holds anything stays, and so do its parents
             try:
                 path.rmdir()
@@ -314,15 +322,8 @@ def own_directory(directory: Path, what: str = "output directory") -> Iterator[P
 def own_output_file(path: Path) -> Iterator[Path]:
     """One output file for the life of the command that writes it (`embed --out`): a lock beside it, as a run's
     folder has (`own_directory`)."""
-    lock_path = path.with_name(f".{path.name}.lock")
-    try:
-        lock = hold_lock(lock_path, f"output {path}")
-    except OSError as exc:
-        raise TextJepaError(f"cannot lock output {path}: {exc.strerror}") from exc
-    try:
+    with held_lock(path.with_name(f".{path.name}.lock"), f"output {path}"):
         yield path
-    finally:
-        drop_lock(lock_path, lock)
 
 
 # ---------------------------------------------------------------- the files of one run
