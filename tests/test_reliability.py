@@ -241,6 +241,79 @@ def test_interrupt_saves_the_step_and_resume_is_exact(lines, uninterrupted, tmp_
     assert_same_training_state(final, expected)
 
 
+# Issue 24 W1: train-world resumes as exactly as latent. "log": stopped once the first log line is written (step 10,
+# between validations); "state": once the first training state is (the validation at step 25).
+WORLD_STOPS = [
+    ("fp32", signal.SIGINT, "log"),
+    ("fp32", signal.SIGTERM, "state"),
+    ("fp32", signal.SIGKILL, "state"),
+    ("bf16", signal.SIGINT, "state"),
+    ("bf16", signal.SIGTERM, "log"),
+    ("bf16", signal.SIGKILL, "state"),
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_world(lines, tmp_path_factory) -> dict:
+    """The end states of uninterrupted train-world runs, by precision (made when first asked for)."""
+    made: dict[str, Path] = {}
+
+    def state(precision: str) -> Path:
+        if precision not in made:
+            out = tmp_path_factory.mktemp(f"uninterrupted-world-{precision}")
+            common = [*TINY, *INTERRUPTED, "--precision", precision, "--queue-size", "16", "--learn-temperature"]
+            reference = run_cli("train-world", lines["pairs"], *common, "--data-dir", lines["cache"], "--out-dir", out)
+            assert reference.returncode == 0, reference.stderr
+            made[precision] = next(out.glob("*.state.pt"))
+        return made[precision]
+
+    return state
+
+
+@pytest.mark.xdist_group("uninterrupted-world")
+@pytest.mark.parametrize(("precision", "stop_signal", "moment"), WORLD_STOPS)
+def test_train_world_resume_is_exact(lines, uninterrupted_world, tmp_path, precision, stop_signal, moment):
+    import torch
+
+    from textjepa.checkpoint import load_training_state
+
+    common = [
+        "train-world",
+        lines["pairs"],
+        *TINY,
+        *INTERRUPTED,
+        "--precision",
+        precision,
+        "--queue-size",
+        "16",
+        "--learn-temperature",
+        "--data-dir",
+        lines["cache"],
+    ]
+    out = tmp_path / "stopped"
+    pattern = "*.metrics.jsonl" if moment == "log" else "*.state.pt"
+    process = start_cli_until(out, pattern, *common, "--out-dir", out)
+    process.send_signal(stop_signal)
+    stdout, stderr = process.communicate(timeout=60)
+    [state_file] = out.glob("*.state.pt")
+    saved_step = load_training_state(state_file)["step"]
+    if stop_signal == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL and saved_step == 25, (process.returncode, saved_step)
+    else:
+        assert process.returncode == 130, stderr
+        assert 10 <= saved_step < 40, (saved_step, stdout)
+        assert f"after step {saved_step}; training state saved to {state_file}" in stderr and "Traceback" not in stderr
+
+    resumed = run_cli(*common, "--out-dir", out, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {saved_step}" in resumed.stdout
+    final, expected = load_training_state(state_file), load_training_state(uninterrupted_world(precision))
+    assert final["step"] == expected["step"] == 40
+    assert_same_training_state(final, expected)
+    for name, tensor in expected["loss"].items():  # the queue of negatives and the learned temperature
+        assert torch.equal(final["loss"][name], tensor), f"loss.{name} differs after resume"
+
+
 def test_eval_without_data_finds_the_training_data_from_anywhere(lines, tmp_path):
     train_dir = tmp_path / "project"
     train_dir.mkdir()

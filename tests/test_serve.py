@@ -260,7 +260,7 @@ def test_other_errors_and_the_server_keeps_serving(client, server):
     assert_openai_error(client.get("/v1/nope"), 404, "not_found")
     assert_openai_error(client.get("/v1/chat/completions"), 405, "method_not_allowed")
     # A body larger than the drain window is refused from its declared length alone.
-    huge = client.post("/v1/embeddings", content=b"x" * (MAX_BODY * 5))
+    huge = client.post("/v1/embeddings", content=b"x" * (MAX_BODY * 5), headers={"Content-Type": "application/json"})
     assert_openai_error(huge, 413, "request_too_large")
     with pytest.raises(openai.BadRequestError) as caught:
         oai(server).chat.completions.create(model="textjepa", messages=[{"role": "system", "content": "no user"}])
@@ -431,7 +431,8 @@ def test_create_app_with_an_agent_in_process(agent):
     from textjepa.config import ServeConfig
     from textjepa.serve.app import create_app
 
-    with TestClient(create_app(agent, ServeConfig(model_id="in-process"))) as local:
+    # As a browser on this machine addresses it (TestClient's own default Host, "testserver", is no name of it).
+    with TestClient(create_app(agent, ServeConfig(model_id="in-process")), base_url="http://localhost") as local:
         assert local.get("/health").json()["status"] == "ok"
         body = local.post("/v1/chat/completions", json={"messages": USER}).json()
         assert body["model"] == "in-process"

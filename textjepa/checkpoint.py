@@ -20,7 +20,14 @@ from tokenizers import Tokenizer
 from textjepa.data.contract import DataContract
 from textjepa.data.tokens import tokenizer_from_string, tokenizer_hash, write_vocab_txt
 from textjepa.errors import TextJepaError
-from textjepa.io import RunFiles, RunKind, atomic_write_bytes, atomic_write_text, write_safetensors
+from textjepa.io import (
+    RunFiles,
+    RunKind,
+    atomic_write_bytes,
+    atomic_write_text,
+    folder_given_as_file,
+    write_safetensors,
+)
 from textjepa.models.config import ModelConfig
 
 FORMAT = "textjepa"
@@ -72,6 +79,19 @@ def save_checkpoint(
     data: DataContract | None = None,
 ) -> None:
     """data: the run's data contract, recorded as info["data"] (None for a checkpoint not trained on data)."""
+    write_safetensors(path, *checkpoint_contents(kind, role, config, tensors, tokenizer, info, data))
+
+
+def checkpoint_contents(
+    kind: RunKind,
+    role: str,
+    config: ModelConfig,
+    tensors: dict[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    info: dict,
+    data: DataContract | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A checkpoint file's tensors (on the CPU) and metadata (save_checkpoint's arguments)."""
     info = {k: v for k, v in info.items() if k != "data"}
     if data is not None:
         info["data"] = data.to_info()
@@ -85,8 +105,7 @@ def save_checkpoint(
         "tokenizer": tokenizer.to_str(),
         "info": json.dumps(info),
     }
-    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    write_safetensors(path, plain, metadata)
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata
 
 
 def save_tokenizer_files(files: RunFiles, kind: RunKind, tokenizer: Tokenizer) -> None:
@@ -96,6 +115,8 @@ def save_tokenizer_files(files: RunFiles, kind: RunKind, tokenizer: Tokenizer) -
 
 def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Checkpoint:
     path = Path(path)
+    if path.is_dir():
+        raise TextJepaError(folder_given_as_file(path, "a checkpoint"))
     if not path.is_file():
         raise TextJepaError(f"checkpoint not found: {path}")
     try:
@@ -229,6 +250,9 @@ def save_training_state(path: Path, state: dict) -> None:
 
 
 def load_training_state(path: Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        raise TextJepaError(folder_given_as_file(path, "a training state") + " (or --resume auto)")
     if not path.is_file():
         raise TextJepaError(f"training state not found: {path}")
     data = path.read_bytes()

@@ -125,7 +125,13 @@ class LatentConfig(Checked):
     """`textjepa latent`: JEPA pretraining of the encoder."""
 
     data: DataConfig = setting(default_factory=DataConfig, group="data")
-    model: ModelConfig = setting(default_factory=ModelConfig, only=TRAINED_SHAPE, group="model shape")
+    model: ModelConfig = setting(
+        default_factory=ModelConfig,
+        only=TRAINED_SHAPE,
+        group="model shape",
+        # A masked span is predicted from the rest of its line: a line of one token has no rest (the loss is NaN).
+        bounds={"max_seq": {"min": 2, "why": "JEPA predicts masked spans from the rest of the line"}},
+    )
     train: TrainConfig = setting(default_factory=TrainConfig, group="training")
     masking: MaskingConfig = setting(default_factory=MaskingConfig, group="span masking")
     loss: JepaLossConfig = setting(default_factory=JepaLossConfig, group="loss")
@@ -473,6 +479,25 @@ class ServeConfig(Checked):
         help="require `Authorization: Bearer KEY` on /v1/* (or set TEXTJEPA_API_KEY, which keeps it out of `ps`)",
     )
     model_id: str = setting("textjepa", group="network", nonblank=True, help="the model name clients see")
+    # A web page the user visits must not be able to use the server: requests are answered only under a Host
+    # of this server (DNS rebinding) and from no other web origin (cross-site requests); serve/guard.py.
+    allowed_hosts: tuple[str, ...] = setting(
+        (),
+        group="network",
+        flag="allowed-host",
+        action="append",
+        show_default=False,
+        help="a host name requests may address the server by, besides its address and localhost (repeatable; "
+        "'*': any, e.g. behind a proxy that checks them)",
+    )
+    cors_origins: tuple[str, ...] = setting(
+        (),
+        group="network",
+        flag="cors-origin",
+        action="append",
+        show_default=False,
+        help="a web origin (https://app.example) whose pages may call the API, with CORS (repeatable; '*': any)",
+    )
     # Generations and embedding requests in flight at once.
     max_concurrency: int = setting(
         8, group="limits", min=1, help="requests doing model work at once; more wait in a queue"

@@ -22,7 +22,7 @@ from textjepa.data.local_corpus import build_demo_corpus
 from textjepa.errors import Interrupted, TextJepaError
 from textjepa.eval.jepa import evaluate_jepa
 from textjepa.eval.world import evaluate_world
-from textjepa.io import RunKind
+from textjepa.io import RunKind, own_directory
 from textjepa.runtime import choose_precision, resolve_device
 from textjepa.settings import Settings
 from textjepa.train.checkpointer import earlier_run_files
@@ -59,6 +59,12 @@ def _stage(name: str) -> Iterator[None]:
 
 
 def run_demo(cfg: DemoConfig, settings: Settings | None = None) -> dict:
+    """`textjepa demo`, in an out-dir it owns until it ends (no other run writes into it meanwhile)."""
+    with own_directory(Path(cfg.out_dir), "demo directory"):
+        return _run_demo(cfg, settings)
+
+
+def _run_demo(cfg: DemoConfig, settings: Settings | None) -> dict:
     started = time.perf_counter()
     refuse_earlier_demo(cfg)
     out = Path(cfg.out_dir)

@@ -1,7 +1,7 @@
 """`textjepa embed`: the embedding of every line of a file, streamed to .npy or Parquet.
 
 Memory stays flat in the file's size: lines are read, encoded and written a batch at a time. A first pass counts
-the usable lines so that the .npy can be written in place (`numpy.lib.format.open_memmap`); Parquet is written in
+the usable lines so that the .npy's header can be written first and its rows appended; Parquet is written in
 row groups (`pyarrow.parquet.ParquetWriter`). Lines are read as the latent reader reads them (data/lines.py: a
 plain line whole, a `left<TAB>right` line its left side; lines that are too long, undecodable or empty are
 skipped and counted). The output is written under a temporary name and renamed when complete.
@@ -9,6 +9,7 @@ skipped and counted). The output is written under a temporary name and renamed w
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from textjepa.data.lines import LineStats, iter_latent_texts, require_usable
 from textjepa.data.sources import resolve_data
 from textjepa.errors import TextJepaError
 from textjepa.inference.encoding import TextEncoder, as_array
-from textjepa.io import RunKind, atomic_write, ensure_writable_dir, remove_stale_temp_files
+from textjepa.io import RunKind, atomic_write, ensure_writable_dir, own_output_file, remove_stale_temp_files
 from textjepa.settings import Settings
 
 # Rows per Parquet row group: large enough for efficient reading, small enough to keep memory flat.
@@ -37,24 +38,34 @@ class EmbeddingWriter(Protocol):
 
     def close(self) -> None: ...
 
+    def abandon(self) -> None:
+        """After an error: let go of the file (its temporary name is removed), raising nothing more."""
+
 
 class NpyWriter:
-    """float32 [rows, dim], written in place into a memory-mapped .npy; nothing is buffered."""
+    """float32 [rows, dim] in a .npy: its header (the row count is known from the first pass), then each batch's
+    rows appended; nothing is buffered. Plain writes, not a memory map: on a full disk a write fails with an
+    error, where a store into a memory-mapped page the disk cannot hold kills the process (SIGBUS)."""
 
     def __init__(self, path: Path, rows: int, dim: int) -> None:
-        self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
+        self.handle = open(path, "wb")  # noqa: SIM115 - closed by close(), or with the temporary file on error
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, dim)}
+        np.lib.format.write_array_header_1_0(self.handle, header)
         self.rows, self.written, self.buffered_rows_peak = rows, 0, 0
 
     def write(self, texts: list[str], vectors: np.ndarray) -> None:
         end = self.written + len(vectors)
         if end > self.rows:
             raise TextJepaError("the data file grew while it was being embedded")
-        self.array[self.written : end] = vectors
+        self.handle.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
         self.written = end
 
     def close(self) -> None:
-        self.array.flush()
-        del self.array  # unmaps the file before it is renamed
+        self.handle.close()
+
+    def abandon(self) -> None:
+        with contextlib.suppress(OSError):  # closing flushes, and the disk may still be full
+            self.handle.close()
 
 
 class ParquetWriter:
@@ -92,6 +103,10 @@ class ParquetWriter:
     def close(self) -> None:
         self._flush()
         self.writer.close()
+
+    def abandon(self) -> None:
+        with contextlib.suppress(Exception):  # closing writes the footer, and the disk may still be full
+            self.writer.close()
 
 
 @dataclass
@@ -150,14 +165,18 @@ def write_embeddings(
         else:
             writer = NpyWriter(tmp, stats.used, encoder.dim)
         written = 0
-        with tqdm(total=stats.used, desc="embed", unit=" lines", mininterval=0.5, disable=not progress) as bar:
-            for texts in _batched(iter_latent_texts(path, max_line_bytes, LineStats()), batch_size):
-                writer.write(texts, as_array(encoder.embed_texts(texts, batch_size).vectors, normalize))
-                written += len(texts)
-                bar.update(len(texts))
-        if written != stats.used:  # the output would not match the file: keep nothing
-            raise TextJepaError(f"{path} changed while it was being embedded ({stats.used} lines, then {written})")
-        writer.close()
+        try:
+            with tqdm(total=stats.used, desc="embed", unit=" lines", mininterval=0.5, disable=not progress) as bar:
+                for texts in _batched(iter_latent_texts(path, max_line_bytes, LineStats()), batch_size):
+                    writer.write(texts, as_array(encoder.embed_texts(texts, batch_size).vectors, normalize))
+                    written += len(texts)
+                    bar.update(len(texts))
+            if written != stats.used:  # the output would not match the file: keep nothing
+                raise TextJepaError(f"{path} changed while it was being embedded ({stats.used} lines, then {written})")
+            writer.close()
+        except BaseException:
+            writer.abandon()
+            raise
     return EmbedReport(out, stats.used, encoder.dim, stats, writer.buffered_rows_peak)
 
 
@@ -166,9 +185,11 @@ def embed_file(cfg: EmbedConfig, settings: Settings | None = None) -> EmbedRepor
     cfg.validate()
     out = Path(cfg.out)
     check_output(out, cfg.overwrite)
-    encoder = load_encoder(cfg.model, cfg.reply, cfg.device, cfg.precision)
-    path = resolve_data(cfg.data, cfg.data_dir, RunKind.LATENT, settings)
-    report = write_embeddings(encoder, path, out, cfg.batch_size, cfg.normalize, cfg.progress)
+    with own_output_file(out):  # no second embed writes it meanwhile
+        check_output(out, cfg.overwrite)  # one that ended just before us may have written it
+        encoder = load_encoder(cfg.model, cfg.reply, cfg.device, cfg.precision)
+        path = resolve_data(cfg.data, cfg.data_dir, RunKind.LATENT, settings)
+        report = write_embeddings(encoder, path, out, cfg.batch_size, cfg.normalize, cfg.progress)
     what = "replies" if cfg.reply else ("contexts" if encoder.checkpoint.kind is RunKind.WORLD else "texts")
     summary = report.stats.summary("embedded", "lines")
     print(f"{summary} of {path} as {what} -> {out} ({report.dim} dims)", file=sys.stderr)

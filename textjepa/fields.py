@@ -21,6 +21,7 @@ option as the user gives it (`--max-pairs`, or a positional's name) in one line.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -94,6 +95,8 @@ def bound_problem(value: Any, bounds: Mapping[str, Any]) -> str | None:
         return f"must end in {' or '.join(suffixes)}, got {value!r}"
     if not _inside(value, bounds):
         return f"must be {describe_range(bounds)}{why}, got {value}"
+    if isinstance(value, float) and describe_range(bounds) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"  # inf passes `above=0`, and would end in a NaN loss
     return None
 
 

@@ -60,15 +60,17 @@ class Settings:
     """A snapshot of the variables in `VARIABLES` (unset and empty ones left out), with typed accessors."""
 
     values: Mapping[str, str] = field(default_factory=dict)
+    blank: frozenset[str] = frozenset()  # variables that are set, but empty or only spaces
 
     def __hash__(self) -> int:  # a decoder is cached per (name, options), and the settings are one of its options
-        return hash(tuple(sorted(self.values.items())))
+        return hash((tuple(sorted(self.values.items())), self.blank))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         source = os.environ if environ is None else environ
         known = {name: source[name].strip() for name in VARIABLES if source.get(name, "").strip()}
-        return cls(MappingProxyType(known))
+        blank = frozenset(name for name in VARIABLES if name in source and not source[name].strip())
+        return cls(MappingProxyType(known), blank)
 
     def get(self, name: str) -> str | None:
         if name not in VARIABLES:
@@ -94,6 +96,9 @@ class Settings:
 
     @property
     def api_key(self) -> str | None:
+        if "TEXTJEPA_API_KEY" in self.blank:
+            # Like --api-key "": an empty key is a mistake (a variable meant to hold one), not a wish for none.
+            raise TextJepaError("TEXTJEPA_API_KEY is set but empty; set it to a key, or unset it to serve without one")
         return self.get("TEXTJEPA_API_KEY")
 
     @property

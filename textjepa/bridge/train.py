@@ -37,7 +37,7 @@ from textjepa.decoders.prefix_bridge import (
 from textjepa.decoders.prompting import context_messages, truncate_left
 from textjepa.errors import TextJepaError
 from textjepa.inference.world import WorldInference
-from textjepa.io import RunFiles, RunKind, ensure_writable_dir
+from textjepa.io import RunFiles, RunKind, ensure_writable_dir, own_output_file
 from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device, seed_everything
 from textjepa.settings import Settings
@@ -276,42 +276,44 @@ def train_bridge(cfg: BridgeTrainConfig, settings: Settings | None = None) -> Pa
 
     source = resolve_decoder_model(cfg.decoder_model, settings=settings)
     out_path = out_path or default_bridge_path(Path(cfg.train.out_dir), source.name, checkpoint.path.name)
-    if out_path.exists() and not cfg.train.overwrite:
-        # A run never silently replaces another; checked before the decoder model is loaded.
-        raise TextJepaError(f"{out_path} already exists; replace it with --overwrite, or choose another --out")
-    started = time.time()
-    lm = load_causal_lm(source, device, settings=settings)
-    print(f"decoder model: {source} ({lm.hidden_size} hidden, vocab {lm.vocab_size}; {time.time() - started:.0f}s)")
-    if cfg.prefix_tokens + cfg.max_prompt_tokens + cfg.max_reply_tokens > lm.context_length:
-        raise TextJepaError(
-            f"--prefix-tokens + --max-prompt-tokens + --max-reply-tokens exceed the decoder context "
-            f"({lm.context_length})"
-        )
+    with own_output_file(out_path):  # no second train-bridge writes it (or its metrics log) meanwhile
+        if out_path.exists() and not cfg.train.overwrite:
+            # A run never silently replaces another; checked before the decoder model is loaded.
+            raise TextJepaError(f"{out_path} already exists; replace it with --overwrite, or choose another --out")
+        started = time.time()
+        lm = load_causal_lm(source, device, settings=settings)
+        print(f"decoder model: {source} ({lm.hidden_size} hidden, vocab {lm.vocab_size}; {time.time() - started:.0f}s)")
+        if cfg.prefix_tokens + cfg.max_prompt_tokens + cfg.max_reply_tokens > lm.context_length:
+            raise TextJepaError(
+                f"--prefix-tokens + --max-prompt-tokens + --max-reply-tokens exceed the decoder context "
+                f"({lm.context_length})"
+            )
 
-    rng = np.random.default_rng(cfg.train.seed)  # the held-out pairs, then every training batch
-    data = bridge_data(cfg, model, lm, pairs, train_pairs, rng)
-    torch.manual_seed(cfg.train.seed)
-    embed_scale = float(lm.model.get_input_embeddings().weight.detach().float().std())
-    projector = PrefixProjector(
-        checkpoint.config.predicted_dim, lm.hidden_size, cfg.prefix_tokens, embed_scale=embed_scale
-    ).to(device)
-    stage = BridgeStage(cfg, lm, projector, data, precision.precision)
-    bridge = Bridge(projector, lm.fingerprint(), world_identity(checkpoint))
-    # Like a training stage's checkpoint (train/session.py describe_run): every setting of the run, as given.
-    bridge.info = {
-        "train": {
-            **dataclasses.asdict(cfg),
-            "data": str(data_path),
-            "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
-            "train_pairs": len(data.fit),
-            "val_pairs": len(data.val),
-        },
-        "world_model": str(checkpoint.path),
-        **precision.info(),
-    }
-    sampler = BridgeSampler(data.fit, cfg, rng, mix=data.target_latents is not None)
-    validator = Validator(stage, lambda: [data.val], precision.precision) if data.val else None
-    checkpointer = BridgeCheckpointer(out_path, bridge)
-    checkpointer.log.mirror = tensorboard_log(cfg.train.tensorboard, "bridge")
-    run_training(stage, sampler, validator, checkpointer, cfg.train, None, precision.precision)
+        rng = np.random.default_rng(cfg.train.seed)  # the held-out pairs, then every training batch
+        data = bridge_data(cfg, model, lm, pairs, train_pairs, rng)
+        torch.manual_seed(cfg.train.seed)
+        embed_scale = float(lm.model.get_input_embeddings().weight.detach().float().std())
+        projector = PrefixProjector(
+            checkpoint.config.predicted_dim, lm.hidden_size, cfg.prefix_tokens, embed_scale=embed_scale
+        ).to(device)
+        stage = BridgeStage(cfg, lm, projector, data, precision.precision)
+        bridge = Bridge(projector, lm.fingerprint(), world_identity(checkpoint))
+        # Like a training stage's checkpoint (train/session.py describe_run): every setting of the run, as given.
+        bridge.info = {
+            "train": {
+                **dataclasses.asdict(cfg),
+                "data": str(data_path),
+                "latent": "oracle (teacher latent of the true reply)" if cfg.oracle else "predicted",
+                "train_pairs": len(data.fit),
+                "val_pairs": len(data.val),
+            },
+            "world_model": str(checkpoint.path),
+            **precision.info(),
+        }
+        sampler = BridgeSampler(data.fit, cfg, rng, mix=data.target_latents is not None)
+        validator = Validator(stage, lambda: [data.val], precision.precision) if data.val else None
+        checkpointer = BridgeCheckpointer(out_path, bridge)
+        checkpointer.log.mirror = tensorboard_log(cfg.train.tensorboard, "bridge")
+        with checkpointer.disk_errors_say_what_is_kept():
+            run_training(stage, sampler, validator, checkpointer, cfg.train, None, precision.precision)
     return out_path

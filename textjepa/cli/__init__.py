@@ -18,6 +18,7 @@ from typing import Any
 from textjepa.cli.options import config_from_args
 from textjepa.cli.seed_form import translate_seed_form
 from textjepa.errors import Interrupted, TextJepaError
+from textjepa.io import is_disk_error
 from textjepa.settings import Settings
 
 # One module per group of subcommands; each has register(subparsers).
@@ -95,3 +96,10 @@ def run_guarded(work: Callable[[], int]) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if not is_disk_error(exc):
+            raise
+        # A write no file-writer here turned into a DiskError: still one line (a full or read-only disk is the
+        # user's to fix). Whatever was written before is whole (every file is written under a temporary name).
+        print(f"error: cannot write {exc.filename or 'a file'}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USER_ERROR

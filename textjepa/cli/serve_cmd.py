@@ -17,6 +17,7 @@ from typing import Any
 from textjepa.cli.common import add_command, add_shape_checks, shape_checks
 from textjepa.config import ServeConfig
 from textjepa.errors import TextJepaError
+from textjepa.io import folder_given_as_file
 from textjepa.settings import Settings
 
 AgentLoader = Callable[[ServeConfig, Any, Settings], Any]  # (config, device, settings) -> Agent
@@ -118,6 +119,8 @@ def run(cfg: ServeConfig, args: argparse.Namespace, settings: Settings) -> int:
 
 def serve(cfg: ServeConfig, settings: Settings, load: AgentLoader = load_agent) -> int:
     """Serve until stopped. `load` makes the agent (in the background, once the socket is open)."""
+    if Path(cfg.model).is_dir():
+        raise TextJepaError(folder_given_as_file(Path(cfg.model), "a checkpoint"))
     if not Path(cfg.model).is_file():
         raise TextJepaError(f"model {cfg.model} not found")
     # Bind before the heavy imports, so that a taken port is reported at once. Once the HTTP loop runs,

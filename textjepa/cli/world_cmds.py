@@ -10,6 +10,7 @@ import sys
 from textjepa.cli.common import add_command, add_shape_checks, shape_checks
 from textjepa.cli.options import given_options, iter_options
 from textjepa.config import EvalConfig, InferConfig, WorldConfig
+from textjepa.data.text import checked_text
 from textjepa.settings import Settings
 
 
@@ -76,6 +77,7 @@ def run_eval_world(cfg: EvalConfig, args: argparse.Namespace, settings: Settings
 def run_infer(cfg: InferConfig, args: argparse.Namespace, settings: Settings) -> int:
     cfg = dataclasses.replace(cfg, shape_overrides=shape_checks(args))
     cfg.validate()  # before the imports below: a bad option is reported without importing torch
+    checked_text(cfg.prompt, "PROMPT")  # an argument's invalid bytes reach Python as lone surrogates
 
     from textjepa.agent import Agent
     from textjepa.runtime import choose_precision, configure_threads, resolve_device

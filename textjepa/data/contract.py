@@ -24,6 +24,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from textjepa.data.configs import DataConfig, world_data_defaults
+from textjepa.data.text import checked_text
 from textjepa.data.vocab import PAD_ID
 from textjepa.io import RunKind
 
@@ -93,7 +94,9 @@ class EncodedRows:
 
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], role: Field, max_seq: int) -> EncodedRows:
-    """The one way texts become model input outside the token store (whose rows are cut by `keep_tokens` too)."""
+    """The one way texts become model input outside the token store (whose rows are cut by `keep_tokens` too).
+    Texts given from outside (the API, the server, `infer`, `embed`) are checked to be text here (NotText)."""
+    texts = [checked_text(text, "the text" if len(texts) == 1 else f"text {i + 1}") for i, text in enumerate(texts)]
     rows = token_ids(tokenizer, texts)
     ids, valid = pad_rows(rows, role, max_seq)
     return EncodedRows(ids, valid, [len(row) for row in rows], max_seq)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textjepa.data.text import NotText, checked_text
 from textjepa.errors import TextJepaError
 
 TAB = "\t"
@@ -97,8 +98,8 @@ def iter_decoded_lines(path: str | Path, max_line_bytes: int, stats: LineStats) 
                 stats.skip("too long")
                 continue
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
+                text = checked_text(raw)
+            except NotText:
                 stats.skip("undecodable")
                 continue
             if "\x00" in text:

@@ -255,13 +255,13 @@ def _write_store_files(
             if bar is not None:
                 bar.update(len(chunk))
     finally:
+        if bar is not None:  # first: an error said next starts on a line of its own
+            bar.close()
         for ids_handle, offsets_handle in handles.values():
-            ids_handle.close()
+            ids_handle.close()  # flushes: on a full disk, the error goes up (the temporary folder is removed)
             offsets_handle.close()
         if action_handle is not None:
             action_handle.close()
-        if bar is not None:
-            bar.close()
     return positions, action_names
 
 

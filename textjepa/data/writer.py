@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from textjepa.data.lines import TAB, LineStats, escape
+from textjepa.data.text import NotText, checked_text
 from textjepa.errors import TextJepaError
 from textjepa.io import TEMP_MARK, commit_temp, lock_writer, release_writer, temp_path, writer_alive
 
@@ -135,8 +136,14 @@ class AtomicLineFile:
     # ------------------------------------------------------------ writing
 
     def write_record(self, fields: Sequence[str], stats: LineStats | None = None) -> bool:
-        """Clean each field and write them as one TAB-separated line; an empty field skips the record."""
-        cleaned = [clean_field(f) for f in fields]
+        """Clean each field and write them as one TAB-separated line; an empty field, or one that is not text (a
+        lone surrogate a JSON source spelled), skips the record."""
+        try:
+            cleaned = [clean_field(checked_text(f)) for f in fields]
+        except NotText:
+            if stats is not None:
+                stats.skip("not text")
+            return False
         if not all(cleaned):
             if stats is not None:
                 stats.skip("empty field")

@@ -75,10 +75,24 @@ def load_latent_models(path: Path, device: torch.device):
     return checkpoint, model.to(device).eval(), teacher.to(device).eval()
 
 
-def choose_split(requested: str, store: TokenStore, checkpoint: Checkpoint) -> str:
+def choose_split(requested: str, store: TokenStore, checkpoint: Checkpoint, path: Path | None = None) -> str:
+    """auto: the held-out split of the data the model was trained on, all of any other data. The model's own data
+    file changed since (its content hash differs): said, never silently evaluated as if it were the same."""
+    same = store.corpus_hash == checkpoint.data.corpus_hash
+    recorded = checkpoint.data.source
+    if not same and path is not None and recorded and Path(path).absolute() == Path(recorded).absolute():
+        consequence = (
+            "so all of its records are evaluated, not a held-out split"
+            if requested == "auto"
+            else f"so its {requested} split is not the one the model's training held out"
+        )
+        print(
+            f"note: {path} changed since {checkpoint.path.name} was trained on it (content hash "
+            f"{checkpoint.data.corpus_hash}, now {store.corpus_hash}, {Path(path).stat().st_size} bytes); {consequence}"
+        )
     if requested != "auto":
         return requested
-    return "val" if store.corpus_hash == checkpoint.data.corpus_hash else "all"
+    return "val" if same else "all"
 
 
 def evaluate_jepa(cfg: EvalConfig, settings: Settings | None = None) -> dict:
@@ -92,7 +106,7 @@ def evaluate_jepa(cfg: EvalConfig, settings: Settings | None = None) -> dict:
         check_vocab_argument(cfg.vocab, checkpoint.tokenizer)
     path, data = recorded_data(cfg.data, checkpoint.data, checkpoint.kind, cfg.data_dir, settings)
     _, store = load_corpus(path, LATENT_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
-    split = choose_split(cfg.split, store, checkpoint)
+    split = choose_split(cfg.split, store, checkpoint, path)
     masking = MaskingConfig(**checkpoint.info.get("masking", {}))
     with autocast(device, precision.precision):
         trained = jepa_metrics(model, teacher, store, masking, cfg, split, checkpoint.data, device)

@@ -51,7 +51,7 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     path, data = recorded_data(cfg.data, checkpoint.data, checkpoint.kind, cfg.data_dir, settings)
     _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     mapping = action_mapping(store, checkpoint.config.actions, checkpoint.path.name)
-    split = choose_split(cfg.split, store, checkpoint)
+    split = choose_split(cfg.split, store, checkpoint, path)
     contract = checkpoint.data
     # In a frozen target space "copy the context" is the frozen model's embedding of the context: its zero-shot
     # retrieval, labelled so.

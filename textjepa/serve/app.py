@@ -28,6 +28,8 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -39,6 +41,7 @@ from textjepa.inference.conversation import require_context
 from textjepa.inference.world import ablated
 from textjepa.serve.decoding import DecoderRunner
 from textjepa.serve.errors import ApiError, bad_request, dumps, error_body, json_response
+from textjepa.serve.guard import BrowserGuard
 from textjepa.serve.inspect import MAX_TOP_K, ReplyIndex, neighbours
 from textjepa.serve.limits import Admission, Slot
 from textjepa.serve.page import ChatPage
@@ -163,8 +166,21 @@ def create_app(
     lifespan = partial(lifetime, agent_or_loader, on_load_error)
     app = FastAPI(title="textjepa", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.textjepa = state
+    # Middleware added last runs first: the browser guard, then CORS answers (preflights carry no key), then the key.
     if config.api_key:
         app.add_middleware(BearerAuth, api_key=config.api_key)
+    if config.cors_origins:
+        origins = [origin.rstrip("/") for origin in config.cors_origins]
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(
+        BrowserGuard, bound_host=config.host, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins
+    )
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)
@@ -373,12 +389,17 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit * DRAIN_FACTOR:
-            break
-        if size <= limit:
-            chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit * DRAIN_FACTOR:
+                break
+            if size <= limit:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        # Routine on a network (a closed tab, a timeout): one line, not a traceback; the answer goes nowhere.
+        log.info("a client disconnected after %d bytes of its request body to %s", size, request.url.path)
+        raise ApiError(400, "the client disconnected before its request body was complete", "client_gone") from None
     if size > limit:
         raise too_large
     return b"".join(chunks)

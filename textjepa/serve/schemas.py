@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
+from textjepa.data.text import NotText, checked_text
 from textjepa.serve.errors import ApiError, bad_request
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -65,28 +66,30 @@ class EmbeddingRequest(_Open):
 
 
 def parse_json(body: bytes) -> dict:
+    """The body as a JSON object whose every string is text (data/text.py: the one rule for text from outside).
+
+    Decoded here as strict UTF-8 (JSON between systems is UTF-8), not by json.loads(bytes), which would guess
+    UTF-16 and let UTF-8-encoded surrogates through."""
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = checked_text(body, "the request body")
+        payload = json.loads(text)
+        if _LONE_SURROGATE_HINT.search(text):
+            # JSON may spell a lone UTF-16 surrogate (\ud800), which is no character: every later encode would fail.
+            checked_text(json.dumps(payload, ensure_ascii=False), "a string of the request body")
+    except NotText as exc:
+        raise bad_request(str(exc), code="invalid_text") from None
+    except ValueError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
     except RecursionError:
         raise bad_request("the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
-    if _LONE_SURROGATE_HINT.search(body):
-        # JSON may spell a lone UTF-16 surrogate (\ud800), which is no character: every later encode would fail.
-        try:
-            json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise bad_request(
-                "the request body holds an unpaired UTF-16 surrogate (e.g. \\ud800), which is not text",
-                code="invalid_json",
-            ) from None
     return payload
 
 
-# A surrogate can only come in as a \uD800-\uDFFF escape: bodies without one skip the check.
-_LONE_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
+# In a strictly decoded body a surrogate can only come in as a \uD800-\uDFFF escape: bodies without one skip the
+# check.
+_LONE_SURROGATE_HINT = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def validate(model: type[_Open], payload: dict) -> _Open:

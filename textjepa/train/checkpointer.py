@@ -8,17 +8,29 @@ out-dir: a fresh run replaces an earlier one only with --overwrite, and every fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from textjepa.checkpoint import find_latest_state, save_checkpoint, save_tokenizer_files, save_training_state
+from textjepa.checkpoint import checkpoint_contents, find_latest_state, save_tokenizer_files, save_training_state
 from textjepa.config import TrainConfig
 from textjepa.data.contract import DataContract
 from textjepa.errors import TextJepaError
-from textjepa.io import RunFiles, RunKind, atomic_write_text, remove_stale_temp_files
+from textjepa.io import (
+    DiskError,
+    RunFiles,
+    RunKind,
+    atomic_write_text,
+    disk_error,
+    is_disk_error,
+    remove_stale_temp_files,
+    write_safetensors_together,
+)
 from textjepa.models.encoder import count_parameters, format_size
 from textjepa.train.model_card import write_model_card
 from textjepa.train.tensorboard import tensorboard_log
@@ -26,6 +38,38 @@ from textjepa.train.tensorboard import tensorboard_log
 if TYPE_CHECKING:
     from textjepa.train.loop import Stage
     from textjepa.train.tensorboard import TensorBoardLog
+
+
+# Settings whose change makes another model or another data stream: a resume with one of them changed is refused.
+SHAPING_SETTINGS = ("model.", "data.", "train.seed", "init_encoder", "target_model", "loss.queue_size")
+# Where a run lives and how it reports, not what it computes: never compared. (The data file is compared by its
+# content, not by how its path was typed.)
+PLACE_SETTINGS = (
+    "train.resume",
+    "train.overwrite",
+    "train.out_dir",
+    "train.progress",
+    "train.device",
+    "data.data_dir",
+    "data.path",
+)
+
+
+def flat_settings(config: Any) -> dict[str, Any]:
+    """A command's config as {"train.lr": 0.0005, ...}: what a training state records and a resume compares."""
+
+    def walk(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for name, item in value.items() for k, v in walk(item, f"{prefix}{name}.").items()}
+        return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
+
+    return walk(dataclasses.asdict(config), "")
+
+
+def setting_label(name: str) -> str:
+    """How the user gives a flattened setting: `train.lr` -> `--lr`."""
+    last = name.rpartition(".")[2]
+    return "--" + {"vocab_size": "max_vocab"}.get(last, last).replace("_", "-")
 
 
 class MetricsLog:
@@ -89,6 +133,7 @@ class Checkpointer:
         self.log = MetricsLog.beside(best_path)
         self.best_score, self.best_metrics = -math.inf, {}
         self.run_id = uuid.uuid4().hex  # every file of a run carries it, so a mixed set is refused
+        self.state_step: int | None = None  # the step of the last training state written (or resumed from)
 
     @property
     def out_dir(self) -> Path:
@@ -99,6 +144,10 @@ class Checkpointer:
     def can_resume(self) -> bool:
         return self.state_path is not None
 
+    def check_resume(self, state: dict, source: Path) -> None:
+        """Before a resume puts `state` back (on rank 0): refuse what it cannot continue (a subclass compares the
+        settings and the data file it records)."""
+
     def start(self, resumed: dict | None) -> None:
         """A fresh run starts a fresh log; a resumed one keeps its best so far and its log up to its step."""
         if resumed is None:
@@ -106,6 +155,7 @@ class Checkpointer:
             return
         self.best_score, self.best_metrics = resumed["best_score"], resumed["best_metrics"]
         self.run_id = resumed.get("run_id", self.run_id)
+        self.state_step = resumed["step"]
         self.log.keep_until(resumed["step"])
 
     def validated(self, step: int, val: dict[str, float]) -> None:
@@ -125,6 +175,32 @@ class Checkpointer:
             save_training_state(
                 self.state_path, {**state, "best_score": self.best_score, "best_metrics": self.best_metrics}
             )
+            self.state_step = state["step"]
+
+    def kept(self) -> str:
+        """What of the run is whole on disk (said when a write fails): the best checkpoint and the last state."""
+        parts = []
+        if self.best_metrics and self.best_path.is_file():
+            parts.append(f"the best checkpoint {self.best_path} (step {self.best_metrics.get('step')})")
+        if self.state_step is not None:
+            parts.append(f"the training state {self.state_path} (step {self.state_step})")
+        if not parts:
+            return "nothing of this run had been kept yet"
+        again = "; make room, then continue with --resume auto" if self.state_step is not None else ""
+        return "kept and valid: " + " and ".join(parts) + again
+
+    @contextmanager
+    def disk_errors_say_what_is_kept(self) -> Iterator[None]:
+        """A write the disk refuses (full, read-only), anywhere in the run: one error naming the path and what of
+        the run is still whole."""
+        try:
+            yield
+        except DiskError as exc:
+            raise DiskError(f"{exc}; {self.kept()}") from None
+        except OSError as exc:
+            if not is_disk_error(exc):
+                raise
+            raise disk_error(exc, Path(exc.filename or self.out_dir), self.kept()) from None
 
     def write_best(self, step: int, val: dict[str, float]) -> None:
         raise NotImplementedError
@@ -137,11 +213,63 @@ class RunCheckpointer(Checkpointer):
     """A training stage's files in its out-dir (RunFiles): model and teacher checkpoints of the best step, the
     training state of the last validation, tokenizer files, metrics log and, at the end, the plot."""
 
-    def __init__(self, stage: Stage, out_dir: Path, train: TrainConfig, run_info: dict, data: DataContract) -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        out_dir: Path,
+        train: TrainConfig,
+        run_info: dict,
+        data: DataContract,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        """settings: the command's settings (flat_settings), recorded in the training state for a resume."""
         self.files = RunFiles.create(out_dir, stage.kind, format_size(count_parameters(stage.model)))
         super().__init__(self.files.model, self.files.state)
         self.stage, self.train, self.run_info, self.data = stage, train, run_info, data
         self.log.mirror = tensorboard_log(train.tensorboard, stage.kind)
+        self.settings = settings or {}
+
+    def data_file(self) -> dict:
+        """The data file the run reads: its path, size and content hash (a resume checks they are the same)."""
+        source = Path(self.data.source)
+        return {
+            "path": self.data.source,
+            "size": source.stat().st_size if source.is_file() else None,
+            "hash": self.data.corpus_hash,
+        }
+
+    def save_state(self, state: dict) -> None:
+        super().save_state({**state, "settings": self.settings, "data_file": self.data_file()})
+
+    def check_resume(self, state: dict, source: Path) -> None:
+        """The data file must be the one the run was trained on, and settings that shape the model or the data
+        unchanged (refused, with every difference in one line); the others apply from the resumed step, listed."""
+        recorded, data_file = state.get("settings"), state.get("data_file")
+        if data_file and data_file.get("hash") and data_file["hash"] != self.data.corpus_hash:
+            now = self.data_file()
+            raise TextJepaError(
+                f"cannot resume from {source}: the data changed since the run started (then {data_file.get('path')}, "
+                f"{data_file.get('size')} bytes, content hash {data_file['hash']}; now {now['path']}, {now['size']} "
+                f"bytes, content hash {now['hash']}); give the run's own data, or start anew with --overwrite"
+            )
+        if recorded is None:  # a state from before settings were recorded
+            return
+        names = sorted(set(recorded) | set(self.settings))
+        changed = {
+            name: (recorded.get(name), self.settings.get(name))
+            for name in names
+            if not name.startswith(PLACE_SETTINGS) and recorded.get(name) != self.settings.get(name)
+        }
+        listed = {name: f"{setting_label(name)} {old} -> {new}" for name, (old, new) in changed.items()}
+        refused = [text for name, text in listed.items() if name.startswith(SHAPING_SETTINGS)]
+        if refused:
+            raise TextJepaError(
+                f"cannot resume from {source}: settings that change the model or the data differ from the run's: "
+                f"{', '.join(refused)}; give them as the run had them, or start anew with --overwrite"
+            )
+        if listed:
+            changes = ", ".join(listed.values())
+            print(f"resume: changed since the run started, applied from step {state['step']}: {changes}")
 
     def start(self, resumed: dict | None) -> None:
         remove_stale_temp_files(self.out_dir)
@@ -154,8 +282,11 @@ class RunCheckpointer(Checkpointer):
         stage, files = self.stage, self.files
         online, teacher = stage.checkpoint_tensors()
         info = {**stage.checkpoint_info(), **self.run_info, "run_id": self.run_id, "step": step, "val": val}
-        save_checkpoint(files.model, stage.kind, "online", stage.config, online, stage.tokenizer, info, self.data)
-        save_checkpoint(files.teacher, stage.kind, "teacher", stage.config, teacher, stage.tokenizer, info, self.data)
+        contents = [
+            checkpoint_contents(stage.kind, role, stage.config, tensors, stage.tokenizer, info, self.data)
+            for role, tensors in (("online", online), ("teacher", teacher))
+        ]
+        write_safetensors_together([(files.model, *contents[0]), (files.teacher, *contents[1])])
         write_model_card(files.model, stage.kind, stage.config, info, self.data, count_parameters(stage.model))
 
     def finish(self) -> None:
@@ -182,6 +313,17 @@ def refuse_earlier_run(train: TrainConfig, out_dir: Path, kind: RunKind) -> None
         return
     if train.resume and (train.resume != "auto" or find_latest_state(out_dir, kind) is not None):
         return
+    if train.resume == "auto":  # asked to continue, but nothing there can be continued: say why
+        states = sorted(out_dir.glob(RunFiles.state_pattern(kind)))
+        why = (
+            f"its training state {states[0].name} is corrupt or truncated (checksum mismatch)"
+            if states
+            else "it has no training state (it stopped before its first validation)"
+        )
+        raise TextJepaError(
+            f"--resume auto: {out_dir} holds a {kind} run ({existing[0].name}) that cannot be continued: {why}; "
+            "replace it with --overwrite, or choose another --out-dir"
+        )
     raise TextJepaError(
         f"{out_dir} already holds a {kind} run ({existing[0].name}); continue it with --resume auto, replace it "
         "with --overwrite, or choose another --out-dir"

@@ -129,4 +129,6 @@ def train_latent(cfg: LatentConfig, settings: Settings | None = None, shape_give
         seed_everything(cfg.train.seed)
         stage = LatentStage(config, tokenizer, store, cfg, device, pretrained)
         debug = DebugOptions.from_settings(settings or Settings())
-        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug)
+        return train_on_store(
+            stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug, command=cfg
+        )

@@ -188,7 +188,9 @@ def run_training(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, stage.schedule(train))
     if validator is not None and dist.is_main:
         validator.check_not_empty()
-    loaded = load_resume_state(train, checkpointer.out_dir, stage, dist) if checkpointer.can_resume else None
+    loaded = None
+    if checkpointer.can_resume:
+        loaded = load_resume_state(train, checkpointer.out_dir, stage, dist, checkpointer.check_resume)
     start_step = restore(*loaded, stage, optimizer, scheduler, sampler, dist) if loaded else 0
     if dist.is_main:
         checkpointer.start(loaded[0] if loaded else None)

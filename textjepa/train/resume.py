@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,9 +69,16 @@ def rank_state(sampler, stage: Stage) -> dict:
     }
 
 
-def load_resume_state(train: TrainConfig, out_dir: Path, stage: Stage, dist: Distributed) -> tuple[dict, Path] | None:
+def load_resume_state(
+    train: TrainConfig,
+    out_dir: Path,
+    stage: Stage,
+    dist: Distributed,
+    check: Callable[[dict, Path], None] | None = None,
+) -> tuple[dict, Path] | None:
     """Rank 0 finds, verifies and checks the state, then hands it to every rank (so on several nodes only
-    rank 0 needs the file). An error on rank 0 is raised on every rank instead of leaving them waiting."""
+    rank 0 needs the file). An error on rank 0 is raised on every rank instead of leaving them waiting.
+    check(state, source): the checkpointer's own check first (the data file and the settings the run records)."""
     if not train.resume:
         return None
     payload: tuple = ("none",)
@@ -79,6 +87,8 @@ def load_resume_state(train: TrainConfig, out_dir: Path, stage: Stage, dist: Dis
             source = _resolve_resume(train, out_dir, stage.kind)
             if source is not None:
                 state = load_training_state(source)
+                if check is not None:
+                    check(state, source)
                 _check_resumable(state, stage, source)
                 payload = ("ok", state, source)
         except TextJepaError as exc:
@@ -160,7 +170,12 @@ def load_loss_state(loss: nn.Module, saved: dict[str, torch.Tensor], source: Pat
             f"cannot resume from {source}: it was saved with other loss state ({sorted(saved) or 'none'}, this run "
             f"has {sorted(expected) or 'none'}); use the loss settings it was trained with (e.g. --queue-size)"
         )
-    loss.load_state_dict(saved, strict=False)  # its model's tensors are loaded with the model
+    # Copied tensor by tensor, not by loss.load_state_dict(strict=False): that would also walk the model inside
+    # the loss, whose encoder fills the pooling tensors a state lacks with their defaults (for a JEPA checkpoint),
+    # so a world model's pooling weights would be reset to uniform on every resume.
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            tensor.copy_(saved[name])
 
 
 def _restore_rank_state(state: dict, sampler, stage: Stage, dist: Distributed, step: int) -> str:

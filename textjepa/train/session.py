@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -14,10 +14,12 @@ from textjepa.config import DataConfig, TrainConfig
 from textjepa.data.batches import Batch, TrainSampler, iter_split_batches
 from textjepa.data.contract import DataContract
 from textjepa.data.tokens import TokenStore
-from textjepa.io import RunKind, ensure_writable_dir
+from textjepa.errors import TextJepaError
+from textjepa.io import RunKind, ensure_writable_dir, own_directory
 from textjepa.precision import PrecisionChoice
 from textjepa.runtime import (
     Distributed,
+    broadcast_object,
     choose_precision,
     configure_threads,
     init_distributed,
@@ -26,7 +28,7 @@ from textjepa.runtime import (
     shutdown_distributed,
 )
 from textjepa.settings import Settings
-from textjepa.train.checkpointer import RunCheckpointer, refuse_earlier_run
+from textjepa.train.checkpointer import RunCheckpointer, flat_settings, refuse_earlier_run
 from textjepa.train.debug import DebugOptions
 from textjepa.train.loop import Stage, TrainResult, run_training
 from textjepa.train.validator import Validator
@@ -43,8 +45,9 @@ def training_session(
 ) -> Iterator[tuple[torch.device, Distributed, Path, PrecisionChoice]]:
     """What every training command does first: threads, device, precision (stated on the run's first line),
     process group (torchrun, described by `settings`), this rank's batch, a writable output directory that holds
-    no earlier run of this kind (unless resumed or --overwrite); the process group is shut down however the run
-    ends. dim: the model's width where known (auto's training rule depends on it)."""
+    no earlier run of this kind (unless resumed or --overwrite) and that this run owns until it ends (no other run
+    writes into it meanwhile: io.own_directory); the process group is shut down however the run ends. dim: the
+    model's width where known (auto's training rule depends on it)."""
     settings = settings or Settings()
     configure_threads(settings)
     device = resolve_device(train.device)
@@ -55,11 +58,22 @@ def training_session(
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
         out_dir = Path(train.out_dir)
-        ensure_writable_dir(out_dir)
-        refuse_earlier_run(train, out_dir, kind)
-        if dist.is_main:
-            print(precision.describe(), flush=True)
-        yield device, dist, out_dir, precision
+        with ExitStack() as owned:
+            # Rank 0 owns the folder (the others write nothing in it); its refusal stops every rank.
+            refusal = None
+            if dist.is_main:
+                try:
+                    owned.enter_context(own_directory(out_dir))
+                except TextJepaError as exc:
+                    refusal = str(exc)
+            refusal = broadcast_object(refusal, dist)
+            if refusal is not None:
+                raise TextJepaError(refusal)
+            ensure_writable_dir(out_dir)
+            refuse_earlier_run(train, out_dir, kind)
+            if dist.is_main:
+                print(precision.describe(), flush=True)
+            yield device, dist, out_dir, precision
     finally:
         shutdown_distributed(dist)
 
@@ -75,9 +89,11 @@ def train_on_store(
     dist: Distributed,
     precision: PrecisionChoice,
     debug: DebugOptions | None = None,
+    command: object | None = None,
 ) -> TrainResult:
     """This rank's share of the training split, batched, through the shared loop; validation on the
-    held-out split (the first train.eval_batches batches, the same on every pass)."""
+    held-out split (the first train.eval_batches batches, the same on every pass). command: the command's config,
+    recorded in the training state (a resume says which of its settings changed)."""
     debug = debug or DebugOptions()
     contract = DataContract.for_training(data, max_seq, train.seed, str(path), store.corpus_hash)
     sampler = TrainSampler(
@@ -104,7 +120,9 @@ def train_on_store(
 
     # The checkpoint's info says what it was trained in (its weights are fp32 either way).
     run_info = {**describe_run(train), **precision.info()}
-    checkpointer = RunCheckpointer(stage, out_dir, train, run_info, contract)
+    settings = flat_settings(command) if command is not None else None
+    checkpointer = RunCheckpointer(stage, out_dir, train, run_info, contract, settings)
     validator = Validator(stage, validation_batches, precision.precision)
     sampler = debug.sampler(sampler, dist)
-    return run_training(stage, sampler, validator, checkpointer, train, dist, precision.precision, debug.log(dist))
+    with checkpointer.disk_errors_say_what_is_kept():
+        return run_training(stage, sampler, validator, checkpointer, train, dist, precision.precision, debug.log(dist))

@@ -305,4 +305,6 @@ def train_world(cfg: WorldConfig, shape_overrides: dict | None = None, settings:
             with local_main_first(dist):  # computed once per node, then read from the cache
                 stage.use_frozen_latents(precision.precision, cfg.train.progress)
         debug = DebugOptions.from_settings(settings or Settings())
-        return train_on_store(stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug)
+        return train_on_store(
+            stage, store, path, cfg.data, cfg.train, config.max_seq, out_dir, dist, precision, debug, command=cfg
+        )
