@@ -146,7 +146,11 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32, help="batch size of both sides (ST's default)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (best is kept)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    return exit_code(lambda: run(parser.parse_args()))
+    parser.add_argument("--quick", action="store_true", help="32 texts, one round: a smoke run, numbers mean nothing")
+    args = parser.parse_args()
+    if args.quick:
+        args.sentences, args.rounds = 32, 1
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

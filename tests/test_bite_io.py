@@ -23,6 +23,7 @@ LIMIT = 4096
 CHILD = """
 import resource, signal, sys
 from pathlib import Path
+from textjepa.errors import TextJepaError
 from textjepa.io import atomic_write_bytes, atomic_write_text
 target, how, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file from the crash
@@ -36,6 +37,9 @@ try:
         atomic_write_text(target, "\u00e9" * ({size} // 2))  # two bytes each in UTF-8
 except OSError as exc:
     print("raised", exc.errno)
+    sys.exit(3)
+except TextJepaError as exc:  # the disk errors (EFBIG among them) become one line naming what was kept
+    print("refused", exc)
     sys.exit(3)
 print("wrote")
 """
@@ -53,7 +57,9 @@ def test_an_exception_mid_write_leaves_the_earlier_file_whole(tmp_path, mode):
     target = tmp_path / "report.json"
     target.write_bytes(OLD)
     result = cut_write(target, "exception", mode)
-    assert result.returncode == 3 and result.stdout.split() == ["raised", "27"], result.stdout + result.stderr  # EFBIG
+    # EFBIG, said as the one line of a disk error ("File too large"; the earlier file unchanged).
+    assert result.returncode == 3 and result.stdout.startswith("refused cannot write"), result.stdout + result.stderr
+    assert "File too large" in result.stdout and "unchanged" in result.stdout
     assert target.read_bytes() == OLD
     assert os.listdir(tmp_path) == ["report.json"]  # the writer removed its temporary
 

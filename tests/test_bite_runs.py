@@ -21,7 +21,7 @@ def test_an_out_dir_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_p
     refuse_earlier_run(TrainConfig(out_dir=str(out)), out, RunKind.WORLD)  # a run of another kind is no obstacle
     refuse_earlier_run(TrainConfig(out_dir=str(out), overwrite=True), out, RunKind.LATENT)
     # --resume auto continues only a run that left a valid training state.
-    with pytest.raises(TextJepaError, match="already holds"):
+    with pytest.raises(TextJepaError, match="cannot be continued: it has no training state"):
         refuse_earlier_run(TrainConfig(out_dir=str(out), resume="auto"), out, RunKind.LATENT)
     save_training_state(files.state, {"step": 2})
     refuse_earlier_run(TrainConfig(out_dir=str(out), resume="auto"), out, RunKind.LATENT)

@@ -184,10 +184,10 @@ def test_resume_checks_state_shape_tokenizer_and_integrity(data, tmp_path):
     other_tokenizer = ["latent", data["other"], *TINY, "--steps", "6", "--batch", "8", "--no-progress"]
     assert_user_error(
         run_cli(*other_tokenizer, "--out-dir", out, "--data-dir", data["cache"], "--resume", state),
-        "another tokenizer",
+        "the data changed",  # another file (and so another tokenizer): refused by the recorded data file first
     )
     other_shape = latent_args(data, tmp_path / "x", "--steps", "6", "--layers", "2", "--resume", state)
-    assert_user_error(run_cli(*other_shape), "model shape differs", "layers")
+    assert_user_error(run_cli(*other_shape), "change the model or the data", "--layers 1 -> 2")
 
     # A truncated copy is detected by its checksum and not loaded.
     truncated = tmp_path / "model_latent_9.9k.state.pt"

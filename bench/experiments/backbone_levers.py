@@ -1,7 +1,7 @@
 """Issue 22's levers: a next-turn world model standing on all-MiniLM-L6-v2, measured on bench/quality.py's sets.
 
-    python bench/backbone_levers.py --sets stdlib jargon chat --seeds 0 --levers linear mlp ... [--json PATH]
-    python bench/backbone_levers.py --list      # the levers
+    python bench/experiments/backbone_levers.py --sets stdlib jargon chat --seeds 0 --levers linear mlp [--json PATH]
+    python bench/experiments/backbone_levers.py --list      # the levers
 
 Same pair sets, split and held-out batches of 256 candidates as bench/quality.py (its `held_out_batches`,
 `mean_ranking`), so every number here sits beside its TF-IDF, BM25, MiniLM zero-shot and minilm-ft rows.
@@ -31,10 +31,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import CACHE_DIR, exit_code
-from _pairsets import SET_NAMES, build_set, read_pairs
-from quality import finetune_minilm, held_out_batches, load_minilm, mean_ranking, write_report
-from torch import nn
+
+# An experiment, not a ratio bench (bench/run_all.py runs only bench/*.py): it reads the benches' helpers beside it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import CACHE_DIR, exit_code  # noqa: E402
+from _pairsets import SET_NAMES, build_set, read_pairs  # noqa: E402
+from quality import finetune_minilm, held_out_batches, load_minilm, mean_ranking, write_report  # noqa: E402
+from torch import nn  # noqa: E402
 
 CANDIDATES = 256
 VAL_FRACTION = 0.1
