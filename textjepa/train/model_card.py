@@ -71,7 +71,7 @@ def render_model_card(
         "",
         "## Backbone and shape",
         "",
-        f"- backbone: {describe_backbone(config, info)}",
+        f"- backbone: {describe_backbone(config)}",
         f"- parameters: {parameters:,} (online model)",
         "",
         *table(["setting", "value"], [(field, value) for field, value in dataclasses.asdict(config).items()]),
@@ -114,7 +114,7 @@ def command(kind: RunKind) -> str:
     return {RunKind.LATENT: "latent", RunKind.WORLD: "train-world"}[kind]
 
 
-def describe_backbone(config: ModelConfig, info: dict) -> str:
+def describe_backbone(config: ModelConfig) -> str:
     """The encoder's backbone: the checkpoint's pretrained one where it names one, else textjepa's own."""
     if not config.is_scratch:
         return f"pretrained `{config.backbone}` ({config.layers} layers, width {config.dim}, its own tokenizer)"
