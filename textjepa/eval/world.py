@@ -17,13 +17,15 @@ from textjepa.checkpoint import check_shape_overrides
 from textjepa.config import EvalConfig
 from textjepa.data.batches import iter_split_batches
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, recorded_data
-from textjepa.data.tokens import check_vocab_argument
+from textjepa.data.tokens import check_vocab_argument, tokenizer_hash
 from textjepa.errors import TextJepaError
 from textjepa.eval.jepa import choose_split
 from textjepa.eval.lexical import ranking_metrics, record_texts, tfidf_for_checkpoint
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
 from textjepa.inference.world import WorldInference
+from textjepa.models.backbone import load_backbone
 from textjepa.models.world_inputs import action_mapping, batch_tensors
+from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device
 from textjepa.settings import Settings
 
@@ -65,6 +67,10 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     )
     if tfidf is not None:
         rows["tf-idf baseline"] = MetricAverager()
+    zero_shot_encoder, zero_shot_note = backbone_zero_shot(model, cfg.data_dir, device)
+    zero_shot_row = f"{checkpoint.config.backbone} zero-shot"
+    if zero_shot_encoder is not None:
+        rows[zero_shot_row] = MetricAverager()
     for batch in iter_split_batches(
         store, cfg.batch, contract.max_seq, split, contract.val_fraction, contract.seed, max_batches=cfg.steps
     ):
@@ -79,6 +85,11 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
             contexts = record_texts(store, checkpoint.tokenizer, "context", batch.index)
             replies = record_texts(store, checkpoint.tokenizer, "next", batch.index)
             rows["tf-idf baseline"].add(ranking_metrics(tfidf.scores(contexts, replies)), n)
+        if zero_shot_encoder is not None:
+            with autocast(device, precision.precision):
+                contexts = zero_shot_encoder.pooled(tensors["ids"], tensors["valid"])
+                replies = zero_shot_encoder.pooled(tensors["next_ids"], tensors["next_valid"])
+            rows[zero_shot_row].add(retrieval_metrics(contexts.float(), replies.float()), n)
     if rows["world model"].rows == 0:
         raise TextJepaError(f"no {split} batches of {cfg.batch} pairs in {path}; lower --batch or use --split all")
     results = {name: _named(averager.result()) for name, averager in rows.items()}
@@ -86,6 +97,8 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     print(f"eval-world {checkpoint.path.name} on {path} ({split} split, {pairs} pairs, batches of {cfg.batch})")
     print(format_table(results, WORLD_COLUMNS))
     print(tfidf_note)
+    if zero_shot_note:
+        print(zero_shot_note)
     report = {
         "model": str(checkpoint.path),
         "target_model": model.target_model or None,
@@ -100,6 +113,26 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     }
     if tfidf is not None:
         report["baseline_tfidf"] = results["tf-idf baseline"]
+    if zero_shot_encoder is not None:
+        report["baseline_backbone_zero_shot"] = results[zero_shot_row]
     if cfg.json_path:
         write_json_report(cfg.json_path, report)
     return report
+
+
+def backbone_zero_shot(
+    model: WorldInference, data_dir: str, device: torch.device
+) -> tuple[torch.nn.Module | None, str]:
+    """A world model that fine-tuned a pretrained backbone is shown beside that backbone as it was (its zero-shot
+    retrieval, the same batches); with the pretrained weights no longer at hand, a note says why the row is missing.
+    (Frozen, the backbone's zero-shot is the copy row already.)"""
+    config = model.config
+    if config.is_scratch or model.frozen_backbone or model.target_model:
+        return None, ""
+    try:
+        encoder, tokenizer = load_backbone(config.backbone, data_dir)
+    except TextJepaError as exc:
+        return None, f"no {config.backbone} zero-shot row: {exc}"
+    if tokenizer_hash(tokenizer) != tokenizer_hash(model.checkpoint.tokenizer):
+        return None, f"no {config.backbone} zero-shot row: its tokenizer is not the checkpoint's"
+    return encoder.to(device).eval(), f"{config.backbone} zero-shot: the pretrained backbone before training"
