@@ -242,22 +242,43 @@ def test_frozen_mode_resumes_exactly_after_ctrl_c(backbone, tmp_path):
     assert_same_training_state(final, expected)
 
 
-def test_finetune_mode_trains_the_backbone_with_an_ema_teacher(backbone, tmp_path):
-    out = tmp_path / "finetune"
+@pytest.mark.parametrize("teacher", ["recipe", "ema"])
+def test_finetune_mode_trains_the_backbone(frozen_world, tmp_path, teacher):
+    """At the pretrained recipe the next turn is read by the same tower as the context (teacher momentum 0, so the
+    teacher file holds the trained encoder); with --ema-start/--ema-end the teacher lags, as on the scratch encoder."""
+    backbone, out = frozen_world, tmp_path / "finetune"
+    ema = ["--ema-start", "0.99", "--ema-end", "0.999"] if teacher == "ema" else []
     result = run_cli(
         "train-world", backbone["pairs"], "--backbone", backbone["folder"], *QUICK, "--steps", "30",
-        "--eval-every", "30", "--out-dir", out, "--data-dir", backbone["cache"],
+        "--eval-every", "30", "--out-dir", out, "--data-dir", backbone["cache"], *ema,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     world = main_checkpoint(out, "world")
-    online, teacher = tensors_of(world), tensors_of(world.with_name(world.stem + "_teacher.safetensors"))
+    online, reply_side = tensors_of(world), tensors_of(world.with_name(world.stem + "_teacher.safetensors"))
     source = tensors_of(backbone["folder"] / "model.safetensors")
     key = "embeddings.word_embeddings.weight"
     assert not torch.equal(online[f"encoder.model.{key}"], source[key])  # the encoder trained
-    assert not torch.equal(online[f"encoder.model.{key}"], teacher[f"encoder.model.{key}"])  # the teacher lags
-    assert json.loads(metadata_of(world)["info"])["backbone_mode"] == "finetune"
-    evaluated = run_cli("eval-world", world, "--batch", "32", "--data-dir", backbone["cache"])
-    assert evaluated.returncode == 0 and "copy baseline" in evaluated.stdout, evaluated.stderr
+    same_tower = torch.equal(online[f"encoder.model.{key}"], reply_side[f"encoder.model.{key}"])
+    assert same_tower == (teacher == "recipe")
+    info = json.loads(metadata_of(world)["info"])
+    assert info["backbone_mode"] == "finetune" and info["loss"]["infonce_weight"] == 0.0  # the recipe's, in both
+    # Beside the world model: the backbone as it was before training (its zero-shot retrieval on the same batches),
+    # which is what "copy the context" of a frozen-mode model on the same folder and pairs computes.
+    reports = {}
+    for name, model in (("finetune", world), ("frozen", frozen_world["world"])):
+        reports[name] = out / f"{name}.json"
+        evaluated = run_cli(
+            "eval-world", model, "--batch", "32", "--precision", "fp32", "--data-dir", backbone["cache"],
+            "--json", reports[name],
+        )  # fmt: skip
+        assert evaluated.returncode == 0, evaluated.stderr
+        reports[name] = json.loads(reports[name].read_text())
+        if name == "finetune":
+            assert "copy baseline" in evaluated.stdout and f"{backbone['folder']} zero-shot" in evaluated.stdout
+        else:  # its backbone folder is gone after training (and frozen, its zero-shot is the copy row): no row
+            assert "zero-shot)" in evaluated.stdout and "baseline_backbone_zero_shot" not in reports[name]
+    zero_shot, copy = reports["finetune"]["baseline_backbone_zero_shot"], reports["frozen"]["baseline_copy"]
+    assert zero_shot == pytest.approx(copy, abs=1e-4)
 
 
 def test_jepa_on_the_backbone_then_the_seed_forms_world_model_uses_it(backbone, tmp_path):
