@@ -1,5 +1,6 @@
 """The world model on a pretrained backbone: frozen mode's steps per CPU-second beside fine-tuned mode's at the same
-shape, and the wall time of the whole `train-world PAIRS --backbone minilm --backbone-mode frozen` on a 7,000-pair file.
+shape, and the wall time of the whole `train-world PAIRS --backbone minilm` (its defaults: fine-tuned; or frozen) on a
+7,000-pair file.
 
 1. `steps`: the real training step (`textjepa.train.loop.train_step`) of a WorldStage in each mode, on the same
    pairs, the same backbone, batch and precision, timed in process CPU seconds (so a busy machine does not count
@@ -120,8 +121,8 @@ def measure_command(args: argparse.Namespace, work: Path) -> dict:
         cached.unlink()
     command = [
         sys.executable, "-m", "textjepa", "train-world", str(pairs), "--backbone", args.backbone,
-        "--backbone-mode", "frozen", "--out-dir", str(work / "run"), "--data-dir", str(data_dir), "--no-progress",
-        "--overwrite", *args.command_args,
+        "--backbone-mode", args.command_mode, "--out-dir", str(work / "run"), "--data-dir", str(data_dir),
+        "--no-progress", "--overwrite", *args.command_args,
     ]  # fmt: skip
     env = {**os.environ, "TEXTJEPA_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO_ROOT)}
     started, cpu_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -154,6 +155,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the command")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--only", choices=("steps", "command"), default=None)
+    parser.add_argument(
+        "--command-mode",
+        choices=("finetune", "frozen"),
+        default="finetune",
+        help="the timed command's --backbone-mode; the rest is train-world's defaults (finetune: its default)",
+    )
     parser.add_argument("--command-args", nargs=argparse.REMAINDER, default=[], help="more train-world options")
     parser.add_argument("--json", default=None)
     parser.add_argument("--quick", action="store_true", help="2 steps, 200 pairs: a smoke run, numbers mean nothing")
@@ -181,7 +188,7 @@ def main() -> int:
                 result["command"] = command
                 result["table"].append(
                     goal_row(
-                        f"train-world {args.pairs} pairs --backbone-mode frozen, wall minutes",
+                        f"train-world {args.pairs} pairs --backbone-mode {args.command_mode}, wall minutes",
                         command["wall_minutes"],
                         WALL_GOAL_MINUTES,
                         "<=",
