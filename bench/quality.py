@@ -43,6 +43,7 @@ t-interval over seeds. Ties between scores are broken at random in expectation f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -606,6 +607,7 @@ def run(args: argparse.Namespace) -> dict:
         backbone_ft_args=args.backbone_ft_args,
         backbone_frozen_args=args.backbone_frozen_args,
         backbone_frozen_steps=args.backbone_frozen_steps,
+        backbone_frozen_batch=args.backbone_frozen_batch,
         match_steps=args.match_steps,
     )
     calibration = report.setdefault("calibration", {})
@@ -629,8 +631,9 @@ def run(args: argparse.Namespace) -> dict:
             [*shlex.split(args.world_args), *shlex.split(args.backbone_ft_args)],
             label="backbone-ft|", backbone=args.backbone, evals=1,
         ),
-        "world-minilm-frozen": Trainer(
-            work, shape, args.threads, args.quick, calibration,
+        "world-minilm-frozen": Trainer(  # its batch: the frozen recipe's 256 (the validation split holds one)
+            work, dataclasses.replace(shape, world_batch=args.backbone_frozen_batch), args.threads, args.quick,
+            calibration,
             [*shlex.split(args.world_args), *shlex.split(args.backbone_frozen_args)],
             (1, args.backbone_frozen_steps, args.backbone_frozen_steps),
             label="backbone-frozen|", backbone=args.backbone, evals=max(1, args.backbone_frozen_steps // 100),
@@ -815,9 +818,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backbone-frozen-args",
-        default="--backbone-mode frozen --batch 256 --lr 1e-3",
+        default="--backbone-mode frozen --lr 1e-3",
         metavar="ARGS",
         help="train-world flags of world-minilm-frozen (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backbone-frozen-batch", type=int, default=256, help="world-minilm-frozen's batch (default 256)"
     )
     parser.add_argument(
         "--backbone-frozen-steps",
