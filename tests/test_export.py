@@ -112,7 +112,8 @@ def test_a_backbone_world_model_exports_as_a_plain_sentence_transformer(backbone
     modules = json.loads((folder / "modules.json").read_text())
     assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling"]
     assert not list(folder.glob("textjepa*")), "a plain folder carries no textjepa checkpoint"
-    assert TextEncoder.load(world, "cpu", teacher=kind == "reply", precision="fp32").tokenize([LONG]).truncated == [True]
+    side = TextEncoder.load(world, "cpu", teacher=kind == "reply", precision="fp32")
+    assert side.tokenize([LONG]).truncated == [True]
     # No trust_remote_code, nothing fetched: sentence-transformers' own modules read the folder.
     model = sentence_transformers.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     expected = WorldModel.load(world, device="cpu", precision="fp32").encode(BACKBONE_TEXTS, kind=kind)

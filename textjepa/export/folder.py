@@ -59,4 +59,3 @@ def export_model(cfg: ExportConfig) -> Path:
         elif out.exists():
             out.unlink()
     return out
-
