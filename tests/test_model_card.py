@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from conftest import TINY, cli_env, main_checkpoint, run_cli
 
 from textjepa.checkpoint import load_checkpoint
 from textjepa.io import TEMP_MARK, RunFiles
@@ -135,3 +135,23 @@ def test_the_world_card_holds_eval_worlds_table_of_the_end_of_training(tiny_worl
         expected = [f"{report[key][column]:.4f}" if column in report[key] else "-" for column in columns]
         assert rows[row] == expected, row
     assert rows["world model"] != rows["copy baseline"]
+
+
+def test_a_corpus_without_words_ends_its_run_with_the_tfidf_row_left_out(tmp_path):
+    """TF-IDF finds no word in pairs of punctuation: the run still ends well, its table without that row, saying
+    why."""
+    import random
+
+    rng = random.Random(0)
+    marks = "!?.,;:+*/=<>#%&"
+    pairs = ["".join(rng.choices(marks, k=6)) + "\t" + "".join(rng.choices(marks, k=6)) for _ in range(160)]
+    (tmp_path / "pairs.txt").write_text("\n".join(pairs) + "\n")
+    trained = run_cli(
+        "train-world", tmp_path / "pairs.txt", *TINY, "--steps", "4", "--batch", "16", "--eval-every", "4",
+        "--val-fraction", "0.2", "--no-progress", "--out-dir", tmp_path / "out", "--data-dir", tmp_path / "cache",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    card = RunFiles(main_checkpoint(tmp_path / "out", "world")).card.read_text()
+    rows = card_table(card, "Evaluation at the end of training")
+    assert list(rows) == ["", "world model", "copy baseline", "mean baseline"]
+    assert "tf-idf baseline left out: cannot fit TF-IDF" in card and "tf-idf baseline left out" in trained.stdout
