@@ -14,6 +14,7 @@ from conftest import assert_user_error, build_sentence_transformer, main_checkpo
 
 from textjepa import Encoder, WorldModel
 from textjepa.inference.encoding import TextEncoder
+from textjepa.io import RunFiles
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 
@@ -101,6 +102,14 @@ def backbone_worlds(tmp_path_factory) -> dict:
         )  # fmt: skip
         assert trained.returncode == 0, trained.stderr
         worlds[mode] = main_checkpoint(root / mode, "world")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(line.replace("\t", " ") for line in pair_lines(120, 1)) + "\n")
+    latent = run_cli(
+        "latent", corpus, "--backbone", folder, "--steps", "4", "--batch", "16", "--eval-every", "4",
+        "--val-fraction", "0.3", "--no-progress", "--out-dir", root / "latent", "--data-dir", root / "cache",
+    )  # fmt: skip
+    assert latent.returncode == 0, latent.stderr
+    worlds["latent"] = main_checkpoint(root / "latent", "latent")
     return worlds
 
 
@@ -120,6 +129,14 @@ def test_a_backbone_world_model_exports_as_a_plain_sentence_transformer(backbone
     vectors = model.encode(BACKBONE_TEXTS, batch_size=3)
     assert vectors.shape == expected.shape
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    # The card beside the checkpoint says to load it so.
+    assert "`SentenceTransformer(DIR).encode(texts)` gives the same vectors" in RunFiles(world).card.read_text()
+    if (mode, kind) == ("frozen", "reply"):
+        # Frozen mode's replies are the untouched backbone's pooled latents: the export of that side is the
+        # backbone's own sentence-transformers model again (on texts within its length).
+        original = sentence_transformers.SentenceTransformer(str(backbone_worlds["folder"]), device="cpu")
+        short = [text for text in BACKBONE_TEXTS if text != LONG]
+        np.testing.assert_allclose(model.encode(short), original.encode(short), atol=1e-5)
     if mode == "finetune":  # the two sides are different weights (online and EMA teacher): the one asked for
         other = WorldModel.load(world, device="cpu", precision="fp32").encode(
             BACKBONE_TEXTS, kind="reply" if kind == "context" else "context"
@@ -127,11 +144,10 @@ def test_a_backbone_world_model_exports_as_a_plain_sentence_transformer(backbone
         assert np.abs(vectors - other).max() > 1e-4
 
 
-def test_a_frozen_backbones_reply_side_is_the_backbone_itself(backbone_worlds, tmp_path):
-    """Frozen mode's replies are the untouched backbone's pooled latents: the export of that side is the backbone's
-    own sentence-transformers model again (texts within its length)."""
-    folder = export(backbone_worlds["frozen"], tmp_path / "st", "--kind", "reply")
-    short = BACKBONE_TEXTS[:2] + BACKBONE_TEXTS[3:]
-    exported = sentence_transformers.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-    original = sentence_transformers.SentenceTransformer(str(backbone_worlds["folder"]), device="cpu")
-    np.testing.assert_allclose(exported.encode(short), original.encode(short), atol=1e-5)
+def test_a_backbone_latent_encoder_exports_as_a_plain_sentence_transformer(backbone_worlds, tmp_path):
+    """A latent checkpoint's text lines keep their first tokens: the tokenizer cuts on the right."""
+    folder = export(backbone_worlds["latent"], tmp_path / "st")
+    assert json.loads((folder / "tokenizer_config.json").read_text())["truncation_side"] == "right"
+    model = sentence_transformers.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    expected = Encoder.load(backbone_worlds["latent"], device="cpu", precision="fp32").encode(BACKBONE_TEXTS)
+    np.testing.assert_allclose(model.encode(BACKBONE_TEXTS, batch_size=3), expected, atol=1e-5)
