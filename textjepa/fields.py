@@ -23,9 +23,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from textjepa.errors import TextJepaError
+
+T = TypeVar("T")
 
 BOUND_KEYS = ("min", "max", "above", "below", "choices", "nonblank", "endswith", "why")
 
@@ -137,3 +139,18 @@ class Checked:
 
     def check(self) -> None:
         """Rules that relate two or more fields (a single field's bounds are declared with it)."""
+
+
+def with_values(config: T, values: Mapping[str, Any]) -> T:
+    """`config` with the settings named by dotted paths (`"train.lr"`, as the command line's dests) replaced."""
+    nested: dict[str, dict[str, Any]] = {}
+    direct: dict[str, Any] = {}
+    for path, value in values.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, inner in nested.items():
+        direct[head] = with_values(getattr(config, head), inner)
+    return dataclasses.replace(config, **direct)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from textjepa.cli.common import recipe_defaults
 from textjepa.cli.options import config_from_args
 from textjepa.cli.seed_form import translate_seed_form
 from textjepa.errors import Interrupted, TextJepaError
@@ -78,7 +79,11 @@ def _dispatch(argv: list[str]) -> int:
 def command_config(args: argparse.Namespace) -> Any:
     """The parsed command's config: its defaults with the options the user gave laid over them."""
     defaults = getattr(args, "config_defaults", None)
-    return None if defaults is None else config_from_args(defaults, args)
+    if defaults is None:
+        return None
+    if getattr(args, "backbone_recipe", None):  # a training command: the defaults of the encoder it starts from
+        defaults = recipe_defaults(args.backbone_recipe, defaults, args)
+    return config_from_args(defaults, args)
 
 
 def run_guarded(work: Callable[[], int]) -> int:

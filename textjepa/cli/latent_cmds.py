@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "model_latent_<size>.safetensors (+ _teacher), tokenizer.json, vocab_latent.txt, "
             "a metrics log and a PNG of the curves to --out-dir."
         ),
+        backbone_recipe=True,
     )
     evaluate = add_command(
         subparsers,

@@ -77,8 +77,16 @@ def translate_seed_form(argv: list[str]) -> list[str]:
         (options.extend([name, value]) if name.startswith("--") else words.append(value))
     for name, value in zip(optional, positionals[len(needed) :]):
         (words.append(value) if name.isupper() else options.extend([f"--{name}", value]))
+    # The seed trained its own encoder (a BPE tokenizer on the data); the subcommands default to a pretrained
+    # backbone. With --init-encoder the checkpoint says which encoder it is.
+    if command in WRITES_RUN_FOLDER and not _given(rest, "--backbone", "--init-encoder"):
+        options.extend(["--backbone", "scratch"])
     # The seed wrote its runs to the current folder, and its documented next step (`--train-world ...
     # --init-encoder model_latent_*.safetensors`) looks for them there; the subcommands keep `runs/`.
-    if command in WRITES_RUN_FOLDER and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in rest):
+    if command in WRITES_RUN_FOLDER and not _given(rest, "--out-dir"):
         options.extend(["--out-dir", "."])
     return words + options + rest
+
+
+def _given(args: list[str], *flags: str) -> bool:
+    return any(a == flag or a.startswith(f"{flag}=") for a in args for flag in flags)

@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "With --init-encoder the encoder (and its tokenizer) comes from a latent checkpoint, or encoder, "
             "transition and conditioning head from a world checkpoint (fine-tuning)."
         ),
+        backbone_recipe=True,
     )
     evaluate = add_command(
         subparsers,

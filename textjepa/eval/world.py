@@ -4,7 +4,8 @@ Baselines computed in the same run on the same batches: "copy" (the context late
 prediction; for a world model trained with --target-model, the frozen model's embedding of the context, i.e. that
 model's zero-shot retrieval; likewise for one trained on a frozen backbone, --backbone-mode frozen), "mean" (the
 training set's mean next latent for every context) and "tf-idf" (a lexical baseline fitted on the training split,
-ranking the same candidates by word overlap; eval/lexical.py).
+ranking the same candidates by word overlap; eval/lexical.py); for a world model that fine-tuned a pretrained
+backbone, that backbone as it was ("<backbone> zero-shot").
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from textjepa.checkpoint import check_shape_overrides
 from textjepa.config import EvalConfig
 from textjepa.data.batches import iter_split_batches
 from textjepa.data.sources import WORLD_RECORDS, load_corpus, recorded_data
-from textjepa.data.tokens import TokenStore, check_vocab_argument
+from textjepa.data.tokens import TokenStore, check_vocab_argument, tokenizer_hash
 from textjepa.errors import TextJepaError
 from textjepa.eval.jepa import choose_split
 from textjepa.eval.lexical import ranking_metrics, record_texts, tfidf_for_checkpoint
 from textjepa.eval.metrics import MetricAverager, format_table, retrieval_metrics, write_json_report
 from textjepa.inference.world import WorldInference
+from textjepa.models.backbone import load_backbone
 from textjepa.models.world_inputs import action_mapping, batch_tensors
+from textjepa.precision import autocast
 from textjepa.runtime import choose_precision, configure_threads, resolve_device
 from textjepa.settings import Settings
 
@@ -46,8 +49,9 @@ class WorldEvaluation:
     split: str
     pairs: int
     batch: int
-    tfidf_note: str  # what the tf-idf baseline was fitted on, or why it is left out
+    notes: list[str]  # what the tf-idf baseline was fitted on (or why it is left out); likewise the zero-shot row
     precision: str  # the compute precision of the model's forward passes
+    backbone: str  # the checkpoint's backbone (its zero-shot row, where there is one)
 
     def report(self) -> dict:
         """The rows as eval-world's JSON report names them."""
@@ -62,7 +66,13 @@ class WorldEvaluation:
         }
         if "tf-idf baseline" in self.rows:
             report["baseline_tfidf"] = self.rows["tf-idf baseline"]
+        if self.zero_shot_row in self.rows:
+            report["baseline_backbone_zero_shot"] = self.rows[self.zero_shot_row]
         return report
+
+    @property
+    def zero_shot_row(self) -> str:
+        return f"{self.backbone} zero-shot"
 
     def table(self) -> str:
         return format_table(self.rows, WORLD_COLUMNS)
@@ -91,6 +101,10 @@ def evaluate_split(
     )
     if tfidf is not None:
         rows["tf-idf baseline"] = MetricAverager()
+    zero_shot_encoder, zero_shot_note = backbone_zero_shot(model, data_dir, device)
+    zero_shot_row = f"{checkpoint.config.backbone} zero-shot"
+    if zero_shot_encoder is not None:
+        rows[zero_shot_row] = MetricAverager()
     for chunk in iter_split_batches(
         store, batch, contract.max_seq, split, contract.val_fraction, contract.seed, max_batches=max_batches
     ):
@@ -105,10 +119,17 @@ def evaluate_split(
             contexts = record_texts(store, checkpoint.tokenizer, "context", chunk.index)
             replies = record_texts(store, checkpoint.tokenizer, "next", chunk.index)
             rows["tf-idf baseline"].add(ranking_metrics(tfidf.scores(contexts, replies)), n)
+        if zero_shot_encoder is not None:
+            with autocast(device, model.precision):
+                contexts = zero_shot_encoder.pooled(tensors["ids"], tensors["valid"])
+                replies = zero_shot_encoder.pooled(tensors["next_ids"], tensors["next_valid"])
+            rows[zero_shot_row].add(retrieval_metrics(contexts.float(), replies.float()), n)
     if rows["world model"].rows == 0:
         raise TextJepaError(f"no {split} batches of {batch} pairs in {path}; lower --batch or use --split all")
     results = {name: _named(averager.result()) for name, averager in rows.items()}
-    return WorldEvaluation(results, copy_row, split, rows["world model"].rows, batch, tfidf_note, model.precision)
+    notes = [tfidf_note] + ([zero_shot_note] if zero_shot_note else [])
+    pairs = rows["world model"].rows
+    return WorldEvaluation(results, copy_row, split, pairs, batch, notes, model.precision, checkpoint.config.backbone)
 
 
 def evaluation_heading(model_file: Path, path: Path, evaluation: WorldEvaluation) -> str:
@@ -135,7 +156,7 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     evaluation = evaluate_split(model, store, path, split, cfg.batch, cfg.steps, cfg.data_dir)
     print(evaluation_heading(checkpoint.path, path, evaluation))
     print(evaluation.table())
-    print(evaluation.tfidf_note)
+    print("\n".join(evaluation.notes))
     report = {
         "model": str(checkpoint.path),
         "target_model": model.target_model or None,
@@ -145,3 +166,21 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     if cfg.json_path:
         write_json_report(cfg.json_path, report)
     return report
+
+
+def backbone_zero_shot(
+    model: WorldInference, data_dir: str, device: torch.device
+) -> tuple[torch.nn.Module | None, str]:
+    """A world model that fine-tuned a pretrained backbone is shown beside that backbone as it was (its zero-shot
+    retrieval, the same batches); with the pretrained weights no longer at hand, a note says why the row is missing.
+    (Frozen, the backbone's zero-shot is the copy row already.)"""
+    config = model.config
+    if config.is_scratch or model.frozen_backbone or model.target_model:
+        return None, ""
+    try:
+        encoder, tokenizer = load_backbone(config.backbone, data_dir)
+    except TextJepaError as exc:
+        return None, f"no {config.backbone} zero-shot row: {exc}"
+    if tokenizer_hash(tokenizer) != tokenizer_hash(model.checkpoint.tokenizer):
+        return None, f"no {config.backbone} zero-shot row: its tokenizer is not the checkpoint's"
+    return encoder.to(device).eval(), f"{config.backbone} zero-shot: the pretrained backbone before training"

@@ -113,7 +113,7 @@ def render_model_card(
         "",
         *(table(["metric", "value"], [(key, f"{value:.4f}") for key, value in val.items()]) if val else []),
         "",
-        *(evaluation_section(name, data, evaluation) if evaluation is not None else []),
+        *(evaluation_section(name, evaluation) if evaluation is not None else []),
         "## How to load it",
         "",
         *how_to_load(kind, name, config),
@@ -121,7 +121,7 @@ def render_model_card(
     return "\n".join(lines) + "\n"
 
 
-def evaluation_section(name: str, data: DataContract, evaluation: WorldEvaluation) -> list[str]:
+def evaluation_section(name: str, evaluation: WorldEvaluation) -> list[str]:
     """eval-world's table as train-world computed it after its last step, with what its numbers are."""
     from textjepa.eval.world import WORLD_COLUMNS
 
@@ -131,11 +131,14 @@ def evaluation_section(name: str, data: DataContract, evaluation: WorldEvaluatio
         for row, metrics in evaluation.rows.items()
     ]
     command = f"textjepa eval-world {name} --split {evaluation.split} --batch {evaluation.batch} --precision "
-    tfidf = (
-        f"the tf-idf baseline ranks the same candidates by word overlap ({evaluation.tfidf_note})"
-        if "tf-idf baseline" in evaluation.rows
-        else evaluation.tfidf_note
-    )
+    baselines = [
+        f"{evaluation.copy_row} predicts the context's own latent",
+        "the mean baseline predicts the training next turns' mean latent for every context",
+    ]
+    if "tf-idf baseline" in evaluation.rows:
+        baselines.append("the tf-idf baseline ranks the same candidates by word overlap")
+    if evaluation.zero_shot_row in evaluation.rows:
+        baselines.append(f"{evaluation.zero_shot_row} ranks them by the pretrained backbone's own latents")
     return [
         "## Evaluation at the end of training",
         "",
@@ -146,8 +149,7 @@ def evaluation_section(name: str, data: DataContract, evaluation: WorldEvaluatio
         "",
         *(f"| {' | '.join(cells)} |" for cells in [["", *WORLD_COLUMNS], ["---"] * (len(WORLD_COLUMNS) + 1), *rows]),
         "",
-        f"Baselines: {evaluation.copy_row} predicts the context's own latent; the mean baseline predicts the "
-        f"training next turns' mean latent for every context; {tfidf}. The same table again: "
+        f"Baselines: {'; '.join(baselines)} ({'; '.join(evaluation.notes)}). The same table again: "
         f"`{command}{evaluation.precision} --steps {-(-evaluation.pairs // evaluation.batch)}`.",
         "",
     ]

@@ -205,7 +205,7 @@ class WorldStage(Stage):
             )
         print(evaluation_heading(best_path, source, evaluation))
         print(evaluation.table())
-        print(evaluation.tfidf_note)
+        print("\n".join(evaluation.notes))
         parameters = count_parameters(self.model)
         write_model_card(best_path, self.kind, best.config, best.info, best.data, parameters, evaluation)
 
