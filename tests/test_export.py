@@ -88,17 +88,18 @@ BACKBONE_TEXTS = ["User: tell me about space please", "the rocket leaves orbit",
 
 @pytest.fixture(scope="module")
 def backbone_worlds(tmp_path_factory) -> dict:
-    """World models on conftest's tiny sentence-transformers BERT: frozen and fine-tuned, ten steps each."""
+    """World models on conftest's tiny sentence-transformers BERT, frozen and fine-tuned (with a teacher that lags,
+    so its two sides have different weights), ten steps each; and a JEPA encoder on it, four steps."""
     root = tmp_path_factory.mktemp("export-backbone")
     folder = build_sentence_transformer(root / "st")
     pairs = root / "pairs.txt"
     pairs.write_text("\n".join(pair_lines(200)) + "\n")
     worlds = {"folder": folder}
-    for mode in ("frozen", "finetune"):
+    for mode, extra in (("frozen", []), ("finetune", ["--ema-start", "0.9", "--ema-end", "0.9"])):
         trained = run_cli(
             "train-world", pairs, "--backbone", folder, "--backbone-mode", mode, "--steps", "10", "--batch", "32",
             "--eval-every", "10", "--val-fraction", "0.2", "--no-progress", "--out-dir", root / mode,
-            "--data-dir", root / "cache",
+            "--data-dir", root / "cache", *extra,
         )  # fmt: skip
         assert trained.returncode == 0, trained.stderr
         worlds[mode] = main_checkpoint(root / mode, "world")
@@ -138,10 +139,11 @@ def test_a_backbone_world_model_exports_as_a_plain_sentence_transformer(backbone
         short = [text for text in BACKBONE_TEXTS if text != LONG]
         np.testing.assert_allclose(model.encode(short), original.encode(short), atol=1e-5)
     if mode == "finetune":  # the two sides are different weights (online and EMA teacher): the one asked for
+        short = [text for text in BACKBONE_TEXTS if text != LONG]  # cut alike on both sides
         other = WorldModel.load(world, device="cpu", precision="fp32").encode(
-            BACKBONE_TEXTS, kind="reply" if kind == "context" else "context"
+            short, kind="reply" if kind == "context" else "context"
         )
-        assert np.abs(vectors - other).max() > 1e-4
+        assert np.abs(model.encode(short) - other).max() > 1e-4
 
 
 def test_a_backbone_latent_encoder_exports_as_a_plain_sentence_transformer(backbone_worlds, tmp_path):
