@@ -36,6 +36,7 @@ pytest.importorskip("accelerate", reason="pip install -e '.[llm]'")
 
 from textjepa.decoders.models import find_smollm2  # noqa: E402
 from textjepa.inference.world import WorldInference  # noqa: E402
+from textjepa.io import TEMP_MARK  # noqa: E402
 
 SMOLLM2 = find_smollm2()
 if SMOLLM2 is None:
@@ -251,6 +252,7 @@ def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "bridge.metrics.jsonl").read_text().splitlines()]
     assert [r["align_step"] for r in records if "align_step" in r][-1] == 20
     assert [r["step"] for r in records if "val_matched_nll" in r] == [0, 3]
+    assert_bridge_card(tmp_path / "bridge.README.md", json.loads(meta["info"]), records, world["model"])
 
     report_path = tmp_path / "eval.json"
     evaluated = run_cli(
@@ -271,6 +273,22 @@ def test_train_bridge_eval_conditioning_and_infer_cli(world, tmp_path):
                        "--bridge", out, "--temperature", "0", "--max-new-tokens", "3", "--json")  # fmt: skip
     assert answered.returncode == 0, answered.stderr
     assert json.loads(answered.stdout)["output"].strip()
+
+
+def assert_bridge_card(card_path: Path, info: dict, records: list[dict], world_model: Path) -> None:
+    """The card beside the bridge: its run's id (the file's too), the world model and the LLM it belongs to, the
+    settings given, and the kept step's validation, which is the best of the metrics log."""
+    card = card_path.read_text()
+    front = dict(line.split(": ", 1) for line in card.split("---\n")[1].splitlines())
+    assert front["textjepa_kind"] == "bridge" and front["textjepa_bridge"] == "bridge.safetensors"
+    assert len(info["run_id"]) == 32 and front["textjepa_run_id"] == info["run_id"]
+    assert f"`{world_model.name}` ({world_model})" in card and f"{SMOLLM2.name} (hidden 576, vocab 49152)" in card
+    assert "| prefix_tokens | 2 |" in card and "| train.steps | 3 |" in card and "| target_mix | 0.5 |" in card
+    best = min((r for r in records if "val_matched_nll" in r), key=lambda r: r["val_matched_nll"])
+    assert front["textjepa_step"] == str(best["step"]) == str(info["best"]["step"])
+    assert f"| val_matched_nll | {best['val_matched_nll']:.4f} |" in card
+    assert f"| val_shuffled_nll | {best['val_shuffled_nll']:.4f} |" in card and "on 4 pairs" in card
+    assert not list(card_path.parent.glob(f".*{TEMP_MARK}*")), "a temporary file was left beside the card"
 
 
 def test_bridge_reads_a_frozen_target_space_prediction(world, tmp_path):

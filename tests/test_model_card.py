@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from conftest import TINY, cli_env, main_checkpoint, run_cli
 
 from textjepa.checkpoint import load_checkpoint
 from textjepa.io import TEMP_MARK, RunFiles
@@ -97,3 +97,61 @@ def test_the_cards_load_instructions_run_as_written(run, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() or (tmp_path / "vectors.parquet").is_file()
+
+
+def card_table(card: str, heading: str) -> dict[str, list[str]]:
+    """The Markdown table under `heading`: its first cell -> the other cells."""
+    section = card.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [
+        line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows}
+
+
+def test_the_world_card_holds_eval_worlds_table_of_the_end_of_training(tiny_world, tmp_path):
+    """The table train-world computed after its last step (the world model and its baselines, the split and its
+    pairs named) is the one `eval-world` prints for the checkpoint with the card's own command line."""
+    model, card = Path(tiny_world["world"]), RunFiles(Path(tiny_world["world"])).card.read_text()
+    rows = card_table(card, "Evaluation at the end of training")
+    columns = rows.pop("")
+    assert columns == ["transition_cos", "transition_l2", "R@1", "R@5", "MRR"]
+    assert list(rows) == ["world model", "copy baseline", "mean baseline", "tf-idf baseline"]
+    # The run printed the same table at its end.
+    assert "(val split, " in tiny_world["stdout"] and "tf-idf baseline" in tiny_world["stdout"]
+    (command,) = re.findall(r"The same table again: `(textjepa eval-world [^`]*)`", card)
+    report_path = tmp_path / "report.json"
+    args = [*command.split()[1:], "--data-dir", str(tiny_world["cache"]), "--json", str(report_path)]
+    result = subprocess.run(
+        [sys.executable, "-m", "textjepa", *args], cwd=model.parent, env=cli_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert (
+        report["split"] == "val"
+        and f"the val split of the training file (held out from training), {report['pairs']} pairs" in card
+    )
+    names = {"world model": "world_model", "copy baseline": "baseline_copy", "mean baseline": "baseline_mean"}
+    for row, key in {**names, "tf-idf baseline": "baseline_tfidf"}.items():
+        expected = [f"{report[key][column]:.4f}" if column in report[key] else "-" for column in columns]
+        assert rows[row] == expected, row
+    assert rows["world model"] != rows["copy baseline"]
+
+
+def test_a_corpus_without_words_ends_its_run_with_the_tfidf_row_left_out(tmp_path):
+    """TF-IDF finds no word in pairs of punctuation: the run still ends well, its table without that row, saying
+    why."""
+    import random
+
+    rng = random.Random(0)
+    marks = "!?.,;:+*/=<>#%&"
+    pairs = ["".join(rng.choices(marks, k=6)) + "\t" + "".join(rng.choices(marks, k=6)) for _ in range(160)]
+    (tmp_path / "pairs.txt").write_text("\n".join(pairs) + "\n")
+    trained = run_cli(
+        "train-world", tmp_path / "pairs.txt", *TINY, "--steps", "4", "--batch", "16", "--eval-every", "4",
+        "--val-fraction", "0.2", "--no-progress", "--out-dir", tmp_path / "out", "--data-dir", tmp_path / "cache",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    card = RunFiles(main_checkpoint(tmp_path / "out", "world")).card.read_text()
+    rows = card_table(card, "Evaluation at the end of training")
+    assert list(rows) == ["", "world model", "copy baseline", "mean baseline"]
+    assert "tf-idf baseline left out: cannot fit TF-IDF" in card and "tf-idf baseline left out" in trained.stdout

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from textjepa.bridge.align import align_projector
+from textjepa.bridge.card import write_bridge_card
 from textjepa.bridge.data import LMExample, conditioning_latents, derangement, lm_examples, read_pairs, split_pairs
 from textjepa.bridge.scoring import reply_nll
 from textjepa.config import BridgeTrainConfig, TrainConfig
@@ -202,8 +203,8 @@ class BridgeStage(Stage):
 
 
 class BridgeCheckpointer(Checkpointer):
-    """The bridge file of the best step (its info records that step's metrics) and the metrics log beside it; no
-    training state (train-bridge does not resume)."""
+    """The bridge file of the best step (its info records that step's metrics and the run's id), its card and the
+    metrics log beside it; no training state (train-bridge does not resume)."""
 
     def __init__(self, out_path: Path, bridge: Bridge) -> None:
         super().__init__(out_path)
@@ -212,7 +213,9 @@ class BridgeCheckpointer(Checkpointer):
     def write_best(self, step: int, val: dict[str, float]) -> None:
         best = {"step": step, **{k: v for k, v in val.items() if k != "score"}} if val else self.best_metrics
         self.bridge.info["best"] = best
+        self.bridge.info["run_id"] = self.run_id
         save_bridge(self.best_path, self.bridge)
+        write_bridge_card(self.best_path, self.bridge)
 
     def finish(self) -> None:
         self.log.close()

@@ -17,11 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         run_export,
         help="export a checkpoint's encoder as a sentence-transformers folder",
         description=(
-            "Write DIR, a folder that sentence_transformers.SentenceTransformer(DIR, trust_remote_code=True) loads "
-            "offline: the checkpoint and its teacher, and a module (textjepa's own code, so textjepa must be "
-            "installed where it is loaded) that tokenizes under the checkpoint's data contract and pools as "
-            "textjepa does, so its encode(texts) equals WorldModel.encode(texts) in fp32. --kind reply exports "
-            "the EMA teacher (the reply side). An existing DIR is replaced only with --overwrite."
+            "Write DIR, a folder that sentence_transformers.SentenceTransformer(DIR) loads offline, whose "
+            "encode(texts) equals WorldModel.encode(texts) in fp32 (texts cut as the checkpoint's data contract "
+            "cuts them). A checkpoint on a pretrained backbone (--backbone) becomes a plain Transformer + Pooling "
+            "model. A scratch checkpoint becomes its files and a module of textjepa's own code, so textjepa must be "
+            "installed where it is loaded, with trust_remote_code=True. --kind reply exports the EMA teacher (the "
+            "reply side). An existing DIR is replaced only with --overwrite."
         ),
     )
 

@@ -92,8 +92,8 @@ def tfidf_for_checkpoint(
     eval_store: TokenStore,
 ) -> tuple[TfidfScorer | None, str]:
     """TF-IDF fitted on the training split of a world checkpoint's training data (its recorded data contract),
-    and a note on what it was fitted on; (None, reason) when that data is no longer there (the baseline is then
-    left out, not guessed)."""
+    and a note on what it was fitted on; (None, reason) when that data is no longer there or has no word to fit
+    on (the baseline is then left out, not guessed)."""
     seed = contract.seed
     try:
         path, data = recorded_data(None, contract, RunKind.WORLD, data_dir)
@@ -102,5 +102,8 @@ def tfidf_for_checkpoint(
     store = eval_store
     if path.resolve() != eval_path.resolve():
         _, store = load_corpus(path, WORLD_RECORDS, data, tokenizer, vocab_size)
-    scorer = fit_training_split(store, tokenizer, data.val_fraction, seed)
+    try:
+        scorer = fit_training_split(store, tokenizer, data.val_fraction, seed)
+    except TextJepaError as exc:  # no word to fit on (a corpus of symbols): the other rows still stand
+        return None, f"tf-idf baseline left out: {exc}"
     return scorer, f"tf-idf baseline fitted on the training split of {path}"

@@ -94,6 +94,14 @@ class Embedded:
     token_counts: list[int]
 
 
+def encoder_role(kind: RunKind, teacher: bool) -> Field:
+    """What a checkpoint's encoder reads: a world model's online encoder contexts, its EMA teacher replies; a
+    latent checkpoint's encoders plain text lines."""
+    if RunKind(kind) is RunKind.WORLD:
+        return Field.REPLY if teacher else Field.CONTEXT
+    return Field.TEXT
+
+
 class TextEncoder:
     """A trained encoder and the role its texts play under the checkpoint's data contract (context, reply or a
     plain text line)."""
@@ -123,11 +131,7 @@ class TextEncoder:
         source = load_teacher(checkpoint) if teacher else checkpoint
         network = build_encoder(checkpoint.config)
         network.load_state_dict(source.module_state("encoder"))
-        if checkpoint.kind is RunKind.WORLD:
-            role = Field.REPLY if teacher else Field.CONTEXT
-        else:
-            role = Field.TEXT
-        return cls(checkpoint, network.to(device).eval(), role, device, compute)
+        return cls(checkpoint, network.to(device).eval(), encoder_role(checkpoint.kind, teacher), device, compute)
 
     @property
     def dim(self) -> int:

@@ -77,8 +77,9 @@ class Stage:
         """The number the best checkpoint is chosen by (higher is better), from the averaged metrics."""
         raise NotImplementedError
 
-    def finish(self, best_path: Path) -> None:
-        """After the last step, on rank 0 (the world stage's retrieval index)."""
+    def finish(self, best_path: Path, precision: str) -> None:
+        """After the last step, on rank 0, computing at `precision` (the world stage's retrieval index and final
+        evaluation)."""
 
 
 @dataclass
@@ -255,7 +256,7 @@ def run_training(
         if validator is None:
             checkpointer.keep_last(train.steps, record)
         with autocast(next(model.parameters()).device, precision):
-            stage.finish(checkpointer.best_path)
+            stage.finish(checkpointer.best_path, precision)
         checkpointer.finish()
     return TrainResult(checkpointer.best_path, checkpointer.best_metrics, train.steps, checkpointer.log.path)
 

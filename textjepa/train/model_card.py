@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textjepa.data.contract import DataContract
 from textjepa.io import RunFiles, RunKind, atomic_write_text
 from textjepa.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from textjepa.eval.world import WorldEvaluation
 
 WHAT_IT_IS = {
     RunKind.LATENT: (
@@ -35,16 +39,29 @@ def card_path(model_file: Path) -> Path:
 
 
 def write_model_card(
-    model_file: Path, kind: RunKind, config: ModelConfig, info: dict, data: DataContract, parameters: int
+    model_file: Path,
+    kind: RunKind,
+    config: ModelConfig,
+    info: dict,
+    data: DataContract,
+    parameters: int,
+    evaluation: WorldEvaluation | None = None,
 ) -> Path:
-    """Writes (atomically) and returns the card of the checkpoint just saved at `model_file`."""
+    """Writes (atomically) and returns the card of the checkpoint just saved at `model_file`; evaluation: the
+    world model's eval-world table that train-world computes at its end."""
     path = card_path(model_file)
-    atomic_write_text(path, render_model_card(model_file, kind, config, info, data, parameters))
+    atomic_write_text(path, render_model_card(model_file, kind, config, info, data, parameters, evaluation))
     return path
 
 
 def render_model_card(
-    model_file: Path, kind: RunKind, config: ModelConfig, info: dict, data: DataContract, parameters: int
+    model_file: Path,
+    kind: RunKind,
+    config: ModelConfig,
+    info: dict,
+    data: DataContract,
+    parameters: int,
+    evaluation: WorldEvaluation | None = None,
 ) -> str:
     kind = RunKind(kind)
     files = RunFiles(model_file)
@@ -96,11 +113,46 @@ def render_model_card(
         "",
         *(table(["metric", "value"], [(key, f"{value:.4f}") for key, value in val.items()]) if val else []),
         "",
+        *(evaluation_section(name, evaluation) if evaluation is not None else []),
         "## How to load it",
         "",
-        *how_to_load(kind, name),
+        *how_to_load(kind, name, config),
     ]
     return "\n".join(lines) + "\n"
+
+
+def evaluation_section(name: str, evaluation: WorldEvaluation) -> list[str]:
+    """eval-world's table as train-world computed it after its last step, with what its numbers are."""
+    from textjepa.eval.world import WORLD_COLUMNS
+
+    # A row without a metric (the lexical baseline has no latent cosine) shows "-", as eval-world prints it.
+    rows = [
+        [row, *(f"{metrics[column]:.4f}" if column in metrics else "-" for column in WORLD_COLUMNS)]
+        for row, metrics in evaluation.rows.items()
+    ]
+    command = f"textjepa eval-world {name} --split {evaluation.split} --batch {evaluation.batch} --precision "
+    baselines = [
+        f"{evaluation.copy_row} predicts the context's own latent",
+        "the mean baseline predicts the training next turns' mean latent for every context",
+    ]
+    if "tf-idf baseline" in evaluation.rows:
+        baselines.append("the tf-idf baseline ranks the same candidates by word overlap")
+    if evaluation.zero_shot_row in evaluation.rows:
+        baselines.append(f"{evaluation.zero_shot_row} ranks them by the pretrained backbone's own latents")
+    return [
+        "## Evaluation at the end of training",
+        "",
+        f"eval-world's table for this checkpoint, computed by train-world after its last step: the "
+        f"{evaluation.split} split of the training file (held out from training), {evaluation.pairs} pairs in "
+        f"batches of {evaluation.batch}, each pair's true next turn ranked among its batch's next turns; "
+        f"{evaluation.precision} compute.",
+        "",
+        *(f"| {' | '.join(cells)} |" for cells in [["", *WORLD_COLUMNS], ["---"] * (len(WORLD_COLUMNS) + 1), *rows]),
+        "",
+        f"Baselines: {'; '.join(baselines)} ({'; '.join(evaluation.notes)}). The same table again: "
+        f"`{command}{evaluation.precision} --steps {-(-evaluation.pairs // evaluation.batch)}`.",
+        "",
+    ]
 
 
 def training_rows(train: dict, info: dict) -> list[tuple[str, object]]:
@@ -138,7 +190,7 @@ def data_rows(data: DataContract) -> list[tuple[str, object]]:
     ]
 
 
-def how_to_load(kind: RunKind, name: str) -> list[str]:
+def how_to_load(kind: RunKind, name: str, config: ModelConfig) -> list[str]:
     if kind == RunKind.WORLD:
         cli = [
             f'textjepa infer {name} "hello"            # one reply through the retrieval decoder',
@@ -163,10 +215,15 @@ def how_to_load(kind: RunKind, name: str) -> list[str]:
             f'encoder = Encoder.load("{name}")',
             'vectors = encoder.encode(["some text"])',
         ]
+    loaded = (
+        "`SentenceTransformer(DIR, trust_remote_code=True).encode(texts)` gives the same vectors (textjepa installed)."
+        if config.is_scratch
+        else "`SentenceTransformer(DIR).encode(texts)` gives the same vectors (a plain Transformer + Pooling model)."
+    )
     export = [
         "",
         f"sentence-transformers: `textjepa export {name} --format sentence-transformers --out DIR`, then",
-        "`SentenceTransformer(DIR, trust_remote_code=True).encode(texts)` gives the same vectors (textjepa installed).",
+        loaded,
     ]
     return ["Command line:", "", "```bash", *cli, "```", "", "Python:", "", "```python", *python, "```", *export]
 

@@ -24,14 +24,16 @@ from textjepa.data.tokens import TokenStore, file_hash, stored_record_texts
 from textjepa.decoders.retrieval import build_retrieval_index
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import retrieval_metrics
+from textjepa.eval.world import evaluate_split, evaluation_heading
 from textjepa.inference.world import WorldInference
 from textjepa.io import RunKind
 from textjepa.models.backbone import PretrainedEncoder
-from textjepa.models.encoder import LEXICAL, pooling_weights
+from textjepa.models.encoder import LEXICAL, count_parameters, pooling_weights
 from textjepa.models.frozen import TARGET_MODEL_INFO, FrozenEmbedder, record_targets
 from textjepa.models.heads import CONDITIONING_HEAD_KEY, WorldModel
 from textjepa.models.world_inputs import action_mapping, batch_tensors
 from textjepa.objectives.world_loss import WorldLoss
+from textjepa.precision import full_precision
 from textjepa.runtime import (
     local_main_first,
     seed_everything,
@@ -41,6 +43,7 @@ from textjepa.train.debug import DebugOptions
 from textjepa.train.frozen_latents import RecordLatents, record_latents
 from textjepa.train.latent import start_backbone
 from textjepa.train.loop import Stage, TrainResult
+from textjepa.train.model_card import write_model_card
 from textjepa.train.session import train_on_store, training_session
 
 
@@ -172,10 +175,12 @@ class WorldStage(Stage):
             info[TARGET_MODEL_INFO] = self.embedder.info()
         return info
 
-    def finish(self, best_path: Path) -> None:
+    def finish(self, best_path: Path, precision: str) -> None:
         """The retrieval decoder's index: the training next turns in the best checkpoint's reply space (its
-        teacher's latents, or the frozen target model's embeddings), picked as everywhere by the inference core."""
-        world = WorldInference.load(best_path, self.device, target_embedder=self.embedder)
+        teacher's latents, or the frozen target model's embeddings), picked as everywhere by the inference core.
+        Then eval-world's table for the best checkpoint on the validation batches (its baselines beside it),
+        printed and put into the model card."""
+        world = WorldInference.load(best_path, self.device, precision, target_embedder=self.embedder)
         best = world.checkpoint
         if self.latents is not None and self.embedder is None:
             # Frozen mode: the teacher is the encoder, whose latents of every next turn are already cached.
@@ -190,6 +195,19 @@ class WorldStage(Stage):
             best_path, reply_latents, self.store, self.tokenizer, best.data, reply_texts=self._reply_texts(best.data)
         )
         print(f"retrieval index: {index_path}")
+        train = self.cfg.train
+        source = Path(best.data.source)
+        # The loop's autocast is off here: the model's forwards run at `precision` by themselves, the metrics in
+        # fp32, as in eval-world, so the card's table is the one eval-world prints.
+        with full_precision(self.device.type):
+            evaluation = evaluate_split(
+                world, self.store, source, "val", train.batch, train.eval_batches, self.cfg.data.data_dir
+            )
+        print(evaluation_heading(best_path, source, evaluation))
+        print(evaluation.table())
+        print("\n".join(evaluation.notes))
+        parameters = count_parameters(self.model)
+        write_model_card(best_path, self.kind, best.config, best.info, best.data, parameters, evaluation)
 
     def _reply_texts(self, data: DataContract) -> list[str] | None:
         """A pretrained backbone's tokenizer (an uncased WordPiece) does not decode to the text it read, so the
