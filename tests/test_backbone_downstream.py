@@ -17,6 +17,7 @@ import signal
 import httpx
 import numpy as np
 import pytest
+import test_chat_page
 import torch
 from conftest import (
     ServerProcess,
@@ -33,7 +34,6 @@ from conftest import (
 from safetensors import safe_open
 from safetensors.torch import save_file
 from test_chat_page import PageSession, last_turn
-from test_chat_page import browser as page_tests_browser  # noqa: F401 (their `browser` fixture, used here)
 from test_scale import read_jsonl, torchrun
 
 from textjepa.checkpoint import (
@@ -228,6 +228,7 @@ def test_train_world_on_a_backbone_under_torchrun(backbone, mode, tmp_path):
 
 
 API_KEY = "backbone-key"
+page_tests_browser = test_chat_page.browser  # the page tests' headless Chromium (skips, saying why, without one)
 
 
 @pytest.fixture(scope="module")
@@ -271,8 +272,8 @@ def test_the_chat_page_and_its_endpoints_on_a_backbone_world_model(page_server, 
     assert found["nearest"][0]["text"] in written_replies(frozen_world["lines"])
 
 
-def test_the_chat_page_in_a_browser_on_a_backbone_world_model(browser, page_server):
-    session = PageSession(browser, page_server.base)
+def test_the_chat_page_in_a_browser_on_a_backbone_world_model(page_tests_browser, page_server):
+    session = PageSession(page_tests_browser, page_server.base)
     try:
         session.open_with_key(API_KEY)
         session.wait_ready()
