@@ -356,12 +356,10 @@ def test_bf16_forced_through_train_world_and_infer_on_a_backbone(backbone, mode,
     if mode == "frozen":  # the backbone's latents were computed once, in bf16, and cached as such
         [cache] = (tmp_path / "cache").glob("tokens/*.latents-*.safetensors")
         assert metadata_of(cache)["precision"] == "bf16"
-    answers = {}
-    for precision in ("bf16", "fp32"):
-        answered = run_cli("infer", world, QUESTION, "--json", "--precision", precision, "--top-k", "3")
-        assert answered.returncode == 0, answered.stderr
-        answers[precision] = json.loads(answered.stdout)
-        assert answers[precision]["output"] in written_replies(backbone["lines"])
+    answered = run_cli("infer", world, QUESTION, "--json", "--precision", "bf16")
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stderr.startswith("precision: bf16 autocast")
+    assert json.loads(answered.stdout)["output"] in written_replies(backbone["lines"])
 
 
 # ---------------------------------------------------------------- the frozen backbone written once per save
