@@ -365,7 +365,7 @@ def test_bf16_forced_through_train_world_and_infer_on_a_backbone(backbone, mode,
 # ---------------------------------------------------------------- the frozen backbone written once per save
 
 
-def test_a_frozen_backbone_is_written_once_per_save(frozen_world):
+def test_a_frozen_backbone_is_written_once_per_save(frozen_world, tmp_path):
     world = frozen_world["world"]
     online = tensors_of(world)
     encoder = {key: value for key, value in online.items() if key.startswith("encoder.")}
@@ -382,6 +382,19 @@ def test_a_frozen_backbone_is_written_once_per_save(frozen_world):
     assert state["teacher"] is None and not any(key.startswith("encoder.") for key in state["model"])
     assert state["fixed"]["prefix"] == "encoder." and len(state["fixed"]["sha256"]) == 64
     assert "transition.weight" in state["model"]
+
+    # Exported, the reply side (the teacher) is the model file's encoder: sentence-transformers gives its latents.
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    from textjepa.api import WorldModel
+
+    folder = tmp_path / "exported"
+    exported = run_cli("export", world, "--out", folder, "--kind", "reply")
+    assert exported.returncode == 0, exported.stderr
+    vectors = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True).encode([QUESTION])
+    expected = WorldModel.load(world, precision="fp32").encode([QUESTION], kind="reply")
+    np.testing.assert_allclose(vectors, expected, atol=1e-6, rtol=0)
 
 
 def test_frozen_files_written_the_old_way_still_load_and_resume(frozen_world, tmp_path):
