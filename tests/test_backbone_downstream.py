@@ -12,7 +12,6 @@ from the uncased WordPiece's ids instead of read from the file shows.
 from __future__ import annotations
 
 import json
-import signal
 
 import httpx
 import numpy as np
@@ -22,14 +21,13 @@ import torch
 from conftest import (
     ServerProcess,
     assert_openai_error,
-    assert_same_training_state,
     assert_user_error,
     build_sentence_transformer,
     cli_env,
     main_checkpoint,
     pair_lines,
     run_cli,
-    start_cli_until,
+    stop_and_resume,
 )
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -293,46 +291,24 @@ def test_the_chat_page_in_a_browser_on_a_backbone_world_model(page_tests_browser
 # ---------------------------------------------------------------- --resume auto, --precision bf16
 
 
-# A log line every 10 steps, validation every 100: a Ctrl-C after the first log line lands between validations.
+# Validation every 100 steps: conftest.stop_and_resume's Ctrl-C after the first log line lands between them.
 INTERRUPTED = ["--steps", "200", "--eval-every", "100", "--seed", "3"]
 
 
-def stop_and_resume(out, tmp_path, *command: str) -> None:
-    """`command` whole into tmp_path/whole; stopped by Ctrl-C after its first log line and resumed with
-    --resume auto into `out`: the same model, teacher and step as the whole run."""
-    reference = run_cli(*command, "--out-dir", tmp_path / "whole")
-    assert reference.returncode == 0, reference.stderr
-    process = start_cli_until(out, "*.metrics.jsonl", *command, "--out-dir", out)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "continue with --resume auto" in stderr and "Traceback" not in stderr
-    [state_file] = out.glob("*.state.pt")
-    saved = load_training_state(state_file)
-    assert 10 <= saved["step"] < 200 and saved["teacher"] is not None, (saved["step"], stdout)
-    resumed = run_cli(*command, "--out-dir", out, "--resume", "auto")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"at step {saved['step']}" in resumed.stdout
-    final, expected = (
-        load_training_state(state_file),
-        load_training_state(next((tmp_path / "whole").glob("*.state.pt"))),
-    )
-    assert final["step"] == expected["step"] == 200
-    assert_same_training_state(final, expected)
-
-
 def test_finetune_mode_resumes_exactly_after_ctrl_c(backbone, tmp_path):
-    stop_and_resume(
-        tmp_path / "stopped", tmp_path, "train-world", backbone["pairs"], "--backbone", backbone["folder"], *QUICK,
+    saved = stop_and_resume(
+        tmp_path, 200, "train-world", backbone["pairs"], "--backbone", backbone["folder"], *QUICK,
         *INTERRUPTED, "--batch", "16", "--data-dir", backbone["cache"],
     )  # fmt: skip
+    assert saved["teacher"] is not None and saved["fixed"] is None  # the backbone trains: its weights are kept
 
 
 def test_jepa_on_a_backbone_resumes_exactly_after_ctrl_c(backbone, tmp_path):
-    stop_and_resume(
-        tmp_path / "stopped", tmp_path, "latent", backbone["corpus"], "--backbone", backbone["folder"], *QUICK,
+    saved = stop_and_resume(
+        tmp_path, 200, "latent", backbone["corpus"], "--backbone", backbone["folder"], *QUICK,
         *INTERRUPTED, "--batch", "8", "--data-dir", backbone["cache"],
     )  # fmt: skip
+    assert saved["kind"] == "latent" and saved["teacher"] is not None
 
 
 @pytest.mark.parametrize("mode", ["frozen", "finetune"])
