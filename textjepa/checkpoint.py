@@ -230,6 +230,13 @@ def load_teacher(checkpoint: Checkpoint) -> Checkpoint:
             "a checkpoint and its teacher must come from the same run"
         )
     if teacher.encoder_in_online:
+        from textjepa.config import FROZEN
+
+        if checkpoint.info.get("backbone_mode") != FROZEN:  # an EMA teacher is never replaced by the online encoder
+            raise TextJepaError(
+                f"{path.name} says its encoder is {checkpoint.path.name}'s, but that model was trained with an EMA "
+                "teacher (only a frozen backbone is its own teacher); damaged or edited file"
+            )
         teacher.tensors = {name: value for name, value in checkpoint.tensors.items() if name.startswith("encoder.")}
     return teacher
 
