@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -101,6 +102,34 @@ def assert_same_training_state(final: dict, expected: dict) -> None:
         assert set(final[part]) == set(expected[part]), part
         for name, tensor in expected[part].items():
             assert torch.equal(final[part][name], tensor), f"{part}.{name} differs after resume"
+
+
+def stop_and_resume(root: Path, steps: int, *command: str) -> dict:
+    """`command` (a training run of `steps` steps, a log line every 10) run whole into root/whole, and again into
+    root/stopped stopped by Ctrl-C after its first log line (between validations): it exits 130 with its state
+    saved, a fresh run into its folder is refused, and `--resume auto` ends with the whole run's model, teacher and
+    step, bit for bit. Returns the state the stopped run saved."""
+    from textjepa.checkpoint import load_training_state
+
+    whole, out = root / "whole", root / "stopped"
+    reference = run_cli(*command, "--out-dir", whole)
+    assert reference.returncode == 0, reference.stderr
+    process = start_cli_until(out, "*.metrics.jsonl", *command, "--out-dir", out)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "continue with --resume auto" in stderr and "Traceback" not in stderr
+    [state_file] = out.glob("*.state.pt")
+    saved = load_training_state(state_file)
+    assert 10 <= saved["step"] < steps, (saved["step"], stdout)
+    assert_user_error(run_cli(*command, "--out-dir", out), "--resume auto", "--overwrite")  # never replaced afresh
+    resumed = run_cli(*command, "--out-dir", out, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {saved['step']}" in resumed.stdout
+    final, expected = load_training_state(state_file), load_training_state(next(whole.glob("*.state.pt")))
+    assert final["step"] == expected["step"] == steps
+    assert_same_training_state(final, expected)
+    return saved
 
 
 WORDS = (

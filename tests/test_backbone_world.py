@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 
 import numpy as np
 import pytest
@@ -19,13 +18,12 @@ import torch
 from conftest import (
     TOPICS,
     ServerProcess,
-    assert_same_training_state,
     assert_user_error,
     build_sentence_transformer,
     main_checkpoint,
     pair_lines,
     run_cli,
-    start_cli_until,
+    stop_and_resume,
 )
 from safetensors import safe_open
 
@@ -100,14 +98,18 @@ def test_frozen_checkpoint_describes_its_backbone_and_keeps_it_unchanged(frozen_
     source_tokenizer = json.loads((frozen_world["folder"] / "tokenizer.json").read_text())
     assert json.loads(metadata["tokenizer"])["model"]["vocab"] == source_tokenizer["model"]["vocab"]
     assert (frozen_world["out"] / "tokenizer.json").read_text() == metadata["tokenizer"]
-    # Frozen: the encoder is the pretrained one, bit for bit, and the teacher file holds the same encoder.
+    # Frozen: the encoder is the pretrained one, bit for bit, and is its own teacher: the teacher file points at it.
     source = tensors_of(frozen_world["folder"] / "model.safetensors")
     online, teacher = tensors_of(world), tensors_of(world.with_name(world.stem + "_teacher.safetensors"))
     encoder_keys = [key for key in online if key.startswith("encoder.model.")]
     assert len(encoder_keys) >= 16  # every BERT tensor but the pooler, which sentence-transformers never uses
     for key in encoder_keys:
         assert torch.equal(online[key], source[key.removeprefix("encoder.model.")]), key
-    assert all(torch.equal(teacher[key], online[key]) for key in teacher)
+    assert teacher == {} and metadata_of(world.with_name(world.stem + "_teacher.safetensors"))["encoder"] == "online"
+    from textjepa.checkpoint import load_checkpoint, load_teacher
+
+    loaded = load_teacher(load_checkpoint(world)).tensors
+    assert set(loaded) == set(encoder_keys) and all(torch.equal(loaded[key], online[key]) for key in encoder_keys)
     assert "transition.weight" in online and not torch.all(online["transition.weight"] == 0)
 
 
@@ -209,37 +211,11 @@ INTERRUPTED = ["--steps", "1500", "--eval-every", "500", "--seed", "3"]
 
 
 def test_frozen_mode_resumes_exactly_after_ctrl_c(backbone, tmp_path):
-    from textjepa.checkpoint import load_training_state
-
-    common = [
-        "train-world", backbone["pairs"], "--backbone", backbone["folder"], *FROZEN, *QUICK, *INTERRUPTED,
-        "--data-dir", backbone["cache"],
-    ]  # fmt: skip
-    reference = run_cli(*common, "--out-dir", tmp_path / "whole")
-    assert reference.returncode == 0, reference.stderr
-
-    out = tmp_path / "stopped"
-    process = start_cli_until(out, "*.metrics.jsonl", *common, "--out-dir", out)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    [state_file] = out.glob("*.state.pt")
-    saved = load_training_state(state_file)
-    assert 10 <= saved["step"] < 1500 and saved["teacher"] is None, (saved["step"], stdout)
-    assert "continue with --resume auto" in stderr and "Traceback" not in stderr
-
-    refused = run_cli(*common, "--out-dir", out)  # a fresh run never replaces the stopped one
-    assert_user_error(refused, "--resume auto", "--overwrite")
-
-    resumed = run_cli(*common, "--out-dir", out, "--resume", "auto")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"at step {saved['step']}" in resumed.stdout
-    final, expected = (
-        load_training_state(state_file),
-        load_training_state(next((tmp_path / "whole").glob("*.state.pt"))),
-    )
-    assert final["step"] == expected["step"] == 1500
-    assert_same_training_state(final, expected)
+    saved = stop_and_resume(
+        tmp_path, 1500, "train-world", backbone["pairs"], "--backbone", backbone["folder"], *FROZEN, *QUICK,
+        *INTERRUPTED, "--data-dir", backbone["cache"],
+    )  # fmt: skip
+    assert saved["teacher"] is None and saved["fixed"]["prefix"] == "encoder."  # no EMA copy, no frozen weights
 
 
 @pytest.mark.parametrize("teacher", ["recipe", "ema"])

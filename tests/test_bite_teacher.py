@@ -26,11 +26,14 @@ def run(tmp_path):
     return files, config, tokenizer, model
 
 
-def save_teacher(run, role="teacher", config=None, tokenizer=None, info=INFO) -> None:
+def save_teacher(run, role="teacher", config=None, tokenizer=None, info=INFO, tensors=None) -> None:
     files, run_config, run_tokenizer, model = run
-    tensors = (
-        model.state_dict() if role == "online" else {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
-    )
+    if tensors is None:
+        tensors = (
+            model.state_dict()
+            if role == "online"
+            else {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
+        )
     save_checkpoint(
         files.teacher, RunKind.LATENT, role, config or run_config, tensors, tokenizer or run_tokenizer, info
     )
@@ -63,3 +66,18 @@ def test_a_teacher_that_differs_in_one_thing_is_refused(run, difference):
     save_teacher(run, **DIFFERENCES[difference](run))
     with pytest.raises(TextJepaError, match="is not the teacher of .* must come from the same run"):
         load_with_teacher(run[0].model)
+
+
+def test_a_teacher_without_tensors_is_the_online_encoder_only_for_a_frozen_backbone(run):
+    """A frozen backbone is its own teacher: its teacher file holds no tensors and points at the model file's
+    encoder. Beside a model that was trained with an EMA teacher, such a file is refused, never read as the online
+    encoder."""
+    save_teacher(run, tensors={})
+    with pytest.raises(TextJepaError, match="trained with an EMA teacher"):
+        load_with_teacher(run[0].model, RunKind.LATENT)
+    files, config, tokenizer, model = run
+    frozen = {**INFO, "backbone_mode": "frozen"}
+    save_checkpoint(files.model, RunKind.LATENT, "online", config, model.state_dict(), tokenizer, frozen)
+    save_teacher(run, tensors={}, info=frozen)
+    online, teacher = load_with_teacher(files.model, RunKind.LATENT)
+    assert teacher.encoder_in_online and set(teacher.tensors) == {k for k in online.tensors if k.startswith("encoder.")}

@@ -32,6 +32,9 @@ from textjepa.models.config import ModelConfig
 
 FORMAT = "textjepa"
 STATE_MAGIC = b"TEXTJEPA-STATE-1\n"
+# A teacher file's metadata "encoder" when it holds no tensors: its encoder is the online checkpoint's (a frozen
+# backbone is its own teacher), read from the model file instead of written twice.
+ENCODER_IN_ONLINE = "online"
 
 
 def pick_model_file(paths: list[str]) -> str:
@@ -59,6 +62,8 @@ class Checkpoint:
     info: dict  # everything else from the metadata: step, training settings, metrics
     tokenizer: Tokenizer
     data: DataContract  # how its records become model input (info["data"] on disk)
+    # A teacher whose encoder is the online checkpoint's (ENCODER_IN_ONLINE): its tensors come from there.
+    encoder_in_online: bool = False
 
     def module_state(self, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1 :]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
@@ -91,7 +96,8 @@ def checkpoint_contents(
     info: dict,
     data: DataContract | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A checkpoint file's tensors (on the CPU) and metadata (save_checkpoint's arguments)."""
+    """A checkpoint file's tensors (on the CPU) and metadata (save_checkpoint's arguments). A teacher given no
+    tensors is one whose encoder is the online checkpoint's (ENCODER_IN_ONLINE)."""
     info = {k: v for k, v in info.items() if k != "data"}
     if data is not None:
         info["data"] = data.to_info()
@@ -105,6 +111,8 @@ def checkpoint_contents(
         "tokenizer": tokenizer.to_str(),
         "info": json.dumps(info),
     }
+    if role == "teacher" and not tensors:
+        metadata["encoder"] = ENCODER_IN_ONLINE
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata
 
 
@@ -149,11 +157,13 @@ def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Che
         config.validate()
         info = json.loads(metadata["info"])
         role = metadata["role"]
+        encoder_in_online = role == "teacher" and metadata.get("encoder") == ENCODER_IN_ONLINE
     except TextJepaError as exc:
         raise TextJepaError(f"{path}: its recorded model config is invalid ({exc})") from None
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise TextJepaError(f"{path}: its metadata is damaged ({type(exc).__name__}: {exc})") from None
-    check_tensors_match_config(path, kind, role, config, tensors)
+    if not (encoder_in_online and not tensors):
+        check_tensors_match_config(path, kind, role, config, tensors)
     return Checkpoint(
         path=path,
         kind=kind,
@@ -163,6 +173,7 @@ def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Che
         info=info,
         tokenizer=tokenizer,
         data=DataContract.from_info(info.pop("data", None), kind, config.max_seq),
+        encoder_in_online=encoder_in_online,
     )
 
 
@@ -196,7 +207,9 @@ def check_tensors_match_config(
 
 def load_teacher(checkpoint: Checkpoint) -> Checkpoint:
     """The EMA teacher saved beside an online checkpoint. Every run writes both; a missing or foreign teacher is
-    an error, never replaced by the online encoder (whose latents are not the targets the model learned)."""
+    an error, never replaced by the online encoder (whose latents are not the targets the model learned). A frozen
+    backbone is its own teacher: its teacher file says so (ENCODER_IN_ONLINE) and the encoder is read from the
+    online checkpoint."""
     path = checkpoint.files.teacher
     if not path.is_file():
         raise TextJepaError(
@@ -216,6 +229,15 @@ def load_teacher(checkpoint: Checkpoint) -> Checkpoint:
             f"{path.name} is not the teacher of {checkpoint.path.name} (another role, shape, tokenizer, step or run); "
             "a checkpoint and its teacher must come from the same run"
         )
+    if teacher.encoder_in_online:
+        from textjepa.config import FROZEN
+
+        if checkpoint.info.get("backbone_mode") != FROZEN:  # an EMA teacher is never replaced by the online encoder
+            raise TextJepaError(
+                f"{path.name} says its encoder is {checkpoint.path.name}'s, but that model was trained with an EMA "
+                "teacher (only a frozen backbone is its own teacher); damaged or edited file"
+            )
+        teacher.tensors = {name: value for name, value in checkpoint.tensors.items() if name.startswith("encoder.")}
     return teacher
 
 

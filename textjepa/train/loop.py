@@ -52,6 +52,9 @@ class Stage:
     loss: nn.Module
     teacher: nn.Module | None = None  # EMA copy of model.encoder, never trained by gradients
     lr_scales: dict[str, float] | None = None
+    # A part of `model` (a state-dict name prefix) that never trains: the training state keeps its digest, not its
+    # weights (train-world's frozen backbone).
+    fixed_prefix: str | None = None
     generators: dict[str, torch.Generator]
     log_every: int | None = None  # None: min(eval_every, 10)
     validate_first = False  # a validation (and best checkpoint) before the first step of a fresh run

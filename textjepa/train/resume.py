@@ -7,6 +7,7 @@ optimizer, schedule, and each rank's data position, RNG and generators come back
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import threading
 from collections.abc import Callable
@@ -42,14 +43,18 @@ def training_state(
     dist: Distributed,
     ranks: list[dict],
 ) -> dict:
-    """Everything a resume needs (the checkpointer adds the best score so far)."""
+    """Everything a resume needs (the checkpointer adds the best score so far). A part of the model that never
+    trains (stage.fixed_prefix: train-world's frozen backbone) is recorded by its digest, not its weights: the
+    resumed run rebuilds it from where the run started (the backbone, --init-encoder) and checks the digest."""
+    model, fixed = split_fixed(stage.model.state_dict(), stage.fixed_prefix)
     return {
         "kind": str(stage.kind),
         "run_id": run_id,
         "config": stage.config.to_dict(),
         "tokenizer_hash": tokenizer_hash(stage.tokenizer),
         "step": step,
-        "model": stage.model.state_dict(),
+        "model": model,
+        "fixed": {"prefix": stage.fixed_prefix, "sha256": fixed_digest(fixed)} if stage.fixed_prefix else None,
         # None: the stage has no EMA teacher (train-world's frozen mode, whose encoder is its own teacher).
         "teacher": stage.teacher.state_dict() if stage.teacher is not None else None,
         "loss": loss_own_state(stage.loss),
@@ -59,6 +64,26 @@ def training_state(
         "world_size": dist.world_size,
         "ranks": ranks,
     }
+
+
+def split_fixed(
+    state: dict[str, torch.Tensor], prefix: str | None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A model's state dict as (what trains, the fixed part under `prefix`; empty without one)."""
+    if not prefix:
+        return dict(state), {}
+    fixed = {name: value for name, value in state.items() if name.startswith(prefix)}
+    return {name: value for name, value in state.items() if name not in fixed}, fixed
+
+
+def fixed_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """The fixed part's names, shapes and weights in one hash."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def rank_state(sampler, stage: Stage) -> dict:
@@ -109,7 +134,8 @@ def restore(
     dist: Distributed,
 ) -> int:
     """Puts a training state back; returns the step it was saved at."""
-    load_model_state(stage.model, state["model"], source)
+    check_fixed_part(stage, state.get("fixed"), source)
+    load_model_state(stage.model, state["model"], source, (state.get("fixed") or {}).get("prefix"))
     if (stage.teacher is None) != (state["teacher"] is None):
         raise TextJepaError(
             f"cannot resume from {source}: it was saved {'without' if state['teacher'] is None else 'with'} an EMA "
@@ -147,10 +173,28 @@ def _check_resumable(state: dict, stage: Stage, source: Path) -> None:
         raise TextJepaError(f"cannot resume from {source}: it was trained with another tokenizer")
 
 
-def load_model_state(model: nn.Module, state: dict, source: Path) -> None:
+def check_fixed_part(stage: Stage, fixed: dict | None, source: Path) -> None:
+    """A state that left out the model's fixed part resumes only where that part is as the run had it: the same
+    backbone or --init-encoder weights, still fixed (a state of a run that trained it has its weights)."""
+    if fixed is None:
+        return
+    if fixed["prefix"] != stage.fixed_prefix:
+        raise TextJepaError(
+            f"cannot resume from {source}: it was saved with its {fixed['prefix'].rstrip('.')} frozen and this run "
+            "trains it (another --backbone-mode)"
+        )
+    if fixed_digest(split_fixed(stage.model.state_dict(), fixed["prefix"])[1]) != fixed["sha256"]:
+        raise TextJepaError(
+            f"cannot resume from {source}: the frozen {fixed['prefix'].rstrip('.')} this run starts from has other "
+            "weights than the run's (another --backbone or --init-encoder file)"
+        )
+
+
+def load_model_state(model: nn.Module, state: dict, source: Path, fixed_prefix: str | None = None) -> None:
     """The model's tensors from a training state; one of another layout (e.g. written by a textjepa from
-    before the losses held the models) is a clear error."""
-    expected = set(model.state_dict())
+    before the losses held the models) is a clear error. fixed_prefix: the part the state left out (checked by
+    check_fixed_part; it stays as built)."""
+    expected = set(split_fixed(model.state_dict(), fixed_prefix)[0])
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         example = (missing or unexpected)[0]
@@ -158,7 +202,7 @@ def load_model_state(model: nn.Module, state: dict, source: Path) -> None:
             f"cannot resume from {source}: its model tensors are laid out otherwise ({len(missing)} missing, "
             f"{len(unexpected)} unexpected, e.g. {example}); it may come from another textjepa version"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=fixed_prefix is None)
 
 
 def load_loss_state(loss: nn.Module, saved: dict[str, torch.Tensor], source: Path) -> None:

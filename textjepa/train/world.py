@@ -91,17 +91,13 @@ class WorldStage(Stage):
         self.loss.to(device)  # the model and the loss's own state (queue, temperature)
         if self.frozen:
             self.model.encoder.requires_grad_(False)
+            self.fixed_prefix = "encoder."  # its weights stay as loaded: the training state keeps their digest
         else:
             self.teacher.to(device).requires_grad_(False).eval()
 
     def encoders(self) -> list[torch.nn.Module]:
         """The online encoder and its EMA teacher (in frozen mode the encoder alone: it is its own teacher)."""
         return [self.model.encoder] + ([self.teacher] if self.teacher is not None else [])
-
-    @property
-    def reply_encoder(self) -> torch.nn.Module:
-        """What embeds the next turns: the EMA teacher, or in frozen mode the encoder itself."""
-        return self.teacher if self.teacher is not None else self.model.encoder
 
     def use_frozen_latents(self, precision: str, progress: bool) -> None:
         """Frozen mode: the encoder's latents of every record, computed once (or read from the cache)."""
@@ -158,8 +154,12 @@ class WorldStage(Stage):
         return metrics["val_mrr"]
 
     def checkpoint_tensors(self):
+        """The model's tensors and the teacher's; in frozen mode none for the teacher: the encoder is its own
+        teacher, and the teacher file says its encoder is the model file's (checkpoint.ENCODER_IN_ONLINE)."""
         online = dict(self.model.state_dict())
-        teacher = {f"encoder.{k}": v for k, v in self.reply_encoder.state_dict().items()}
+        if self.teacher is None:
+            return online, {}
+        teacher = {f"encoder.{k}": v for k, v in self.teacher.state_dict().items()}
         return online, teacher
 
     def checkpoint_info(self) -> dict:
