@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import statistics
 import sys
@@ -35,16 +34,11 @@ import torch.nn.functional as F
 # An experiment, not a ratio bench (bench/run_all.py runs only bench/*.py): it reads the benches' helpers beside it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import demo_paragraphs  # noqa: E402
-from train_throughput import SHAPES  # noqa: E402
+from train_throughput import SHAPES, training_setup  # noqa: E402
 
 import textjepa.models.encoder as encoder_module  # noqa: E402
-from textjepa.config import DataConfig, LatentConfig, ModelConfig, TrainConfig  # noqa: E402
-from textjepa.data.batches import TrainSampler  # noqa: E402
-from textjepa.data.sources import LATENT_RECORDS, load_corpus  # noqa: E402
 from textjepa.models.linear import Linear, _Bf16Linear  # noqa: E402
-from textjepa.train.latent import LatentStage  # noqa: E402
-from textjepa.train.loop import build_optimizer, train_step  # noqa: E402
-from textjepa.train.schedules import lr_factor  # noqa: E402
+from textjepa.train.loop import train_step  # noqa: E402
 
 VARIANTS = ("fp32", "bf16", "bf16-torch-linear", "bf16-attention-bf16", "bf16-contiguous-grad")
 
@@ -95,20 +89,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = SHAPES[args.shape]
-    config = ModelConfig(dim=spec["dim"], layers=spec["layers"], heads=spec["heads"], max_seq=spec["max_seq"])
-    data = demo_paragraphs()
     with tempfile.TemporaryDirectory() as cache:
-        cfg = LatentConfig(
-            data=DataConfig(path=str(data), data_dir=cache),
-            model=config,
-            train=TrainConfig(steps=10_000, batch=spec["batch"], progress=False),
-        )
-        tokenizer, store = load_corpus(data, LATENT_RECORDS, cfg.data, None, config.vocab_size)
-        config = dataclasses.replace(config, vocab_size=tokenizer.get_vocab_size())
-        stage = LatentStage(config, tokenizer, store, cfg, torch.device("cpu"))
-        optimizer = build_optimizer(stage.model, cfg.train)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.train))
-        sampler = TrainSampler(store, spec["batch"], config.max_seq, cfg.data.val_fraction, 0, bucket_by_length=True)
+        _, cfg, stage, optimizer, scheduler, sampler = training_setup(spec, demo_paragraphs(), Path(cache))
         step = 0
 
         def run(variant: str, batches) -> float:
