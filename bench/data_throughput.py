@@ -11,8 +11,9 @@
 3. Peak RSS (VmHWM, each step in a fresh subprocess) for a corpus and for the same corpus 10x
    larger, for both steps. Goal: 10x corpus / corpus <= 1.2.
 
-Ratios are throughput(textjepa) / throughput(raw), best of --repeats runs; step 1 also gives the ratio of
-CPU seconds (steadier than the wall clock when other work shares the cores; it leaves out the fsync wait).
+Ratios are throughput(textjepa) / throughput(raw), best of --repeats runs (step 1's in turns with its
+references); step 1 also gives the ratio of CPU seconds (steadier than the wall clock when other work shares
+the cores; it leaves out the fsync wait).
 The corpus is synthetic Wikipedia-like parquet (articles of paragraphs and headings, the real column names), made here.
 
     python bench/data_throughput.py      # prints the ratios, writes bench/results/data_throughput.json
@@ -170,6 +171,19 @@ def best_times(fn, repeats: int) -> tuple[float, float]:
     return min(walls), min(cpus)
 
 
+def interleaved_best_times(fns: list, repeats: int) -> list[tuple[float, float]]:
+    """best_times of each function, run in turns (one run of each per round), so that a change of load during
+    the measurement falls on all of them alike."""
+    walls, cpus = [[] for _ in fns], [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            fn()
+            walls[i].append(time.perf_counter() - start)
+            cpus[i].append(time.process_time() - cpu_start)
+    return [(min(w), min(c)) for w, c in zip(walls, cpus)]
+
+
 # ---------------------------------------------------------------- memory (child processes)
 
 
@@ -286,9 +300,14 @@ def main() -> int:
 
         # 1. parquet -> lines
         lines = tmp / "lines.txt"
-        raw_scan, raw_scan_cpu = best_times(lambda: raw_parquet_scan(base), args.repeats)
-        raw_arrow_only = best_time(lambda: raw_parquet_scan(base, to_python=False), args.repeats)
-        ours_lines, ours_lines_cpu = best_times(lambda: ours_parquet_to_lines(base, lines), args.repeats)
+        (raw_scan, raw_scan_cpu), (raw_arrow_only, _), (ours_lines, ours_lines_cpu) = interleaved_best_times(
+            [
+                lambda: raw_parquet_scan(base),
+                lambda: raw_parquet_scan(base, to_python=False),
+                lambda: ours_parquet_to_lines(base, lines),
+            ],
+            args.repeats,
+        )
         p2l = {
             "ours_s": round(ours_lines, 3),
             "raw_pyarrow_scan_s": round(raw_scan, 3),

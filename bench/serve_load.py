@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import glob
 import importlib.util
 import json
@@ -283,16 +284,32 @@ async def run_load(
     finally:
         for connection in connections:
             connection.close()
-    total = clients * per_client
-    ms = [s * 1000 for s in latencies]
     return {
-        "requests": total,
-        "ok": len(latencies),
+        "requests": clients * per_client,
+        "errors": errors,
+        "seconds": wall,
+        "completion_tokens": tokens,
+        "latencies_ms": [seconds * 1000 for seconds in latencies],
+    }
+
+
+def summarise(parts: list[dict]) -> dict:
+    """One result from the loads of one server (its rounds): requests, errors, req/s, latency percentiles."""
+    ms = [value for part in parts for value in part["latencies_ms"]]
+    errors: dict[str, int] = {}
+    for part in parts:
+        for kind, count in part["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    wall = sum(part["seconds"] for part in parts)
+    return {
+        "requests": sum(part["requests"] for part in parts),
+        "ok": len(ms),
         "errors": sum(errors.values()),
         "error_kinds": errors,
+        "rounds": len(parts),
         "seconds": round(wall, 3),
-        "req_per_s": round(len(latencies) / wall, 1),
-        "completion_tokens_per_s": round(tokens / wall, 1),
+        "req_per_s": round(len(ms) / wall, 1) if wall else None,
+        "completion_tokens_per_s": round(sum(part["completion_tokens"] for part in parts) / wall, 1) if wall else None,
         "latency_ms": {
             "mean": round(sum(ms) / len(ms), 2) if ms else None,
             "p50": round(percentile(ms, 50), 2),
@@ -406,8 +423,12 @@ def llamacpp_comparison(args: argparse.Namespace, model: Path | None, work: Path
             env={"JEPA_DECODER_MODEL": gguf},  # the decoder's own way to name its GGUF (spec section 8)
         )
         try:
-            results["textjepa_llamacpp"] = asyncio.run(
-                run_load(url, prompts, clients, per_client, args.llm_max_tokens, False, {}, "textjepa", warmup=1)
+            results["textjepa_llamacpp"] = summarise(
+                [
+                    asyncio.run(
+                        run_load(url, prompts, clients, per_client, args.llm_max_tokens, False, {}, "textjepa", 1)
+                    )
+                ]
             )
             _note_crash(results["textjepa_llamacpp"], proc)
         finally:
@@ -422,10 +443,22 @@ def llamacpp_comparison(args: argparse.Namespace, model: Path | None, work: Path
     llama = Process([*argv, "--n_threads", str(threads)], work / "llama_cpp_server.log", server_env(threads))
     try:
         wait_ready(f"http://127.0.0.1:{port}", "/v1/models", llama, timeout=300)
-        results["llama_cpp_server"] = asyncio.run(
-            run_load(
-                f"http://127.0.0.1:{port}", prompts, clients, per_client, args.llm_max_tokens, False, {}, "local", 1
-            )
+        results["llama_cpp_server"] = summarise(
+            [
+                asyncio.run(
+                    run_load(
+                        f"http://127.0.0.1:{port}",
+                        prompts,
+                        clients,
+                        per_client,
+                        args.llm_max_tokens,
+                        False,
+                        {},
+                        "local",
+                        1,
+                    )
+                )
+            ]
         )
         _note_crash(results["llama_cpp_server"], llama)
     finally:
@@ -446,6 +479,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens per request (default %(default)s)")
     parser.add_argument("--stream", action="store_true", help="also measure streamed requests")
     parser.add_argument("--warmup", type=int, default=64, help="unmeasured requests first (default %(default)s)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="the servers take turns this many times, each round --requests/--rounds requests per client "
+        "(default %(default)s)",
+    )
     parser.add_argument("--train-steps", type=int, default=60, help="when training a model (default %(default)s)")
     parser.add_argument(
         "--server-threads", type=int, default=1, help="torch threads of the server (default %(default)s)"
@@ -456,8 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=("fp32", "bf16", "auto"),
         default=["fp32", "bf16", "auto"],
-        help="the server's --precision, each measured on its own server in turn; p99s printed side by side "
-        "(default: fp32 bf16 auto; not with --url)",
+        help="the server's --precision, each on its own server, all started first and measured in turns "
+        "(--rounds); p99s printed side by side (default: fp32 bf16 auto; not with --url)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="the smallest run: fp32 and auto, 2 clients x 4 requests, no llamacpp"
@@ -478,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_path", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.clients, args.requests, args.warmup, args.train_steps = 2, 4, 2, 4
+        args.clients, args.requests, args.warmup, args.train_steps, args.rounds = 2, 4, 2, 4, 2
         args.precisions, args.no_llamacpp = ["fp32", "auto"], True
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="serve_load_"))
@@ -494,48 +534,60 @@ def main(argv: list[str] | None = None) -> int:
         "goal": GOAL,
         "load_average_before": list(os.getloadavg()),
     }
-    # Each precision on its own server, one after the other, the same model, prompts and clients.
+    # Each precision on its own server, the same model, prompts and clients. All servers run at once and take
+    # turns (`--rounds`, the order rotating), so a change of load during the run falls on each of them alike: one
+    # server after the other measured the same fp32 server 1.5x apart in p99 at load 7-11 (docs/results.md).
     precisions: list[str | None] = [None] if args.url else list(dict.fromkeys(args.precisions))
-    report["precisions"] = {}
+    report["precisions"] = {precision or "as served": {} for precision in precisions}
+    rounds = max(1, min(args.rounds, args.requests))
+    per_round = max(1, args.requests // rounds)
+    servers: dict[str | None, tuple] = {}
     prompts: list[str] = []
-    for precision in precisions:
-        proc = None
-        try:
+    try:
+        for precision in precisions:
             if args.url:
-                url, first_line = args.url.rstrip("/").removesuffix("/v1"), None
-            else:
-                if model is None:
-                    model = train_model(work, args.train_steps)
-                extra = ["--precision", precision, *args.server_args.split()]
-                proc, url, first_line = start_textjepa(model, work, args.server_threads, extra)
-            report["server"] = {"url": url, "model": str(model) if model else None, "decoder": "retrieval"}
-            prompts = prompts or prompts_from(model)
-            side: dict = {"server_first_line": first_line, "load_average_before": list(os.getloadavg())}
-            modes = [("non-stream", False)] + ([("stream", True)] if args.stream else [])
-            for title, stream in modes:
-                result = asyncio.run(
-                    run_load(
-                        url,
-                        prompts,
-                        args.clients,
-                        args.requests,
-                        args.max_tokens,
-                        stream,
-                        headers,
-                        "textjepa",
-                        args.warmup,
-                    )
-                )
-                side[title] = result
-                label = f"retrieval, {precision or 'as served'}, {title}, {args.clients} clients x {args.requests}"
-                print_result(label, result)
+                servers[precision] = (None, args.url.rstrip("/").removesuffix("/v1"), None)
+                continue
+            if model is None:
+                model = train_model(work, args.train_steps)
+            extra = ["--precision", precision, *args.server_args.split()]
+            servers[precision] = start_textjepa(model, work, args.server_threads, extra)
+        report["server"] = {
+            "urls": [url for _, url, _ in servers.values()],
+            "model": str(model) if model else None,
+            "decoder": "retrieval",
+            "rounds": rounds,
+            "requests_per_client_per_round": per_round,
+        }
+        prompts = prompts_from(model)
+        modes = [("non-stream", False)] + ([("stream", True)] if args.stream else [])
+        for title, stream in modes:
+            loads = {precision: [] for precision in precisions}
+            load = functools.partial(
+                run_load, prompts=prompts, clients=args.clients, max_tokens=args.max_tokens, stream=stream,
+                headers=headers, model="textjepa",
+            )  # fmt: skip
+            for _, url, _ in servers.values():
+                asyncio.run(load(url, per_client=0, warmup=args.warmup))
+            for round_index in range(rounds):
+                order = precisions[round_index % len(precisions) :] + precisions[: round_index % len(precisions)]
+                for precision in order:
+                    loads[precision].append(asyncio.run(load(servers[precision][1], per_client=per_round)))
+            for precision in precisions:
+                result = summarise(loads[precision])
+                report["precisions"][precision or "as served"][title] = result
+                label = f"retrieval, {precision or 'as served'}, {title}, {args.clients} clients x {per_round * rounds}"
+                print_result(label + f" in {rounds} rounds", result)
+        for precision, (proc, url, first_line) in servers.items():
+            side = report["precisions"][precision or "as served"]
+            side["server_first_line"] = first_line
             if proc is not None:
                 side["server_health"] = httpx.get(url + "/health", timeout=5).json()
                 side["resolved"] = resolved_precision(first_line)
-        finally:
+    finally:
+        for proc, _, _ in servers.values():
             if proc is not None:
                 proc.stop()
-        report["precisions"][precision or "as served"] = side
     # The first precision's results stay where earlier reports had them (and give the goal rows).
     first = report["precisions"][precisions[0] or "as served"]
     report.update({title: first[title] for title in ("non-stream", "stream") if title in first})
@@ -587,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["ratio"],
                 1.0 if other == "auto" else None,
                 direction="<=",
-                note=f"fp32 {row['fp32']} ms, {other} {row[other]} ms; servers one after the other",
+                note=f"fp32 {row['fp32']} ms, {other} {row[other]} ms; servers side by side in {rounds} rounds",
             )
         )
     report["goal_met"] = all(row["met"] for row in report["table"] if row["met"] is not None)

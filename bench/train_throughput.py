@@ -121,17 +121,9 @@ def under_autocast(function, precision: str):
 COMPILED = "+compile"
 
 
-def measure_shape(
-    spec: dict,
-    data: Path,
-    cache: Path,
-    rounds: int,
-    steps: int,
-    variants: list[str],
-    bf16_native: bool,
-    profile_steps: int = 0,
-    peak_seconds: float = 0.3,
-) -> dict:
+def training_setup(spec: dict, data: Path, cache: Path) -> tuple:
+    """(model config, latent config, stage, optimizer, LR schedule, bucketed sampler) of a shape, as the commands
+    build them."""
     config = ModelConfig(dim=spec["dim"], layers=spec["layers"], heads=spec["heads"], max_seq=spec["max_seq"])
     cfg = LatentConfig(
         data=DataConfig(path=str(data), data_dir=str(cache)),
@@ -144,6 +136,21 @@ def measure_shape(
     optimizer = build_optimizer(stage.model, cfg.train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.train))
     sampler = TrainSampler(store, spec["batch"], config.max_seq, cfg.data.val_fraction, 0, bucket_by_length=True)
+    return config, cfg, stage, optimizer, scheduler, sampler
+
+
+def measure_shape(
+    spec: dict,
+    data: Path,
+    cache: Path,
+    rounds: int,
+    steps: int,
+    variants: list[str],
+    bf16_native: bool,
+    profile_steps: int = 0,
+    peak_seconds: float = 0.3,
+) -> dict:
+    config, cfg, stage, optimizer, scheduler, sampler = training_setup(spec, data, cache)
 
     # Count what each step computes: the masked positions come from the stage's own make_inputs.
     seen = {}

@@ -16,19 +16,11 @@ import pytest
 from conftest import REPO_ROOT, assert_user_error, cli_env, run_cli
 
 from textjepa.config import PrepareJsonlConfig, PrepareMixConfig
-from textjepa.data.hub import (
-    _PARAGRAPH_BREAK,
-    ROW_BATCH,
-    WIKI_MAX_CHARS,
-    WIKI_MIN_CHARS,
-    describe_parquet_path,
-    iter_local_batches,
-    wikipedia_paragraphs,
-    write_wikipedia_lines,
-)
+from textjepa.data.hub import ROW_BATCH, describe_parquet_path, iter_local_batches, write_wikipedia_lines
 from textjepa.data.lines import LineStats, iter_world_pairs
 from textjepa.data.pairs import chat_pairs, html_to_text
 from textjepa.data.prepare import prepare_jsonl, prepare_mix
+from textjepa.data.wiki_paragraphs import PARAGRAPH_BREAK, WIKI_MAX_CHARS, WIKI_MIN_CHARS, wikipedia_paragraphs
 from textjepa.data.writer import AtomicLineFile
 from textjepa.errors import TextJepaError
 
@@ -441,7 +433,7 @@ def simple_wikipedia_paragraphs(texts: list[str | None], stats: LineStats) -> li
     big = "\n\n".join(t for t in texts if t)
     big = big.replace("\r", "").replace("\t", " ").replace("\x00", "").replace("|||", "| | |")
     kept = []
-    for part in _PARAGRAPH_BREAK.split(big):
+    for part in PARAGRAPH_BREAK.split(big):
         paragraph = part.replace("\n", " ").strip()
         if len(paragraph) < WIKI_MIN_CHARS:
             stats.skip(f"fragment under {WIKI_MIN_CHARS} chars", int(bool(paragraph)))
@@ -473,15 +465,19 @@ def awkward_articles(count: int, seed: int) -> list[str | None]:
     return articles
 
 
-def test_fast_wikipedia_lines_are_byte_identical_to_the_simple_rules(tmp_path):
+@pytest.mark.parametrize("arrow_type", ["string", "large_string", "string_view"])
+def test_fast_wikipedia_lines_are_byte_identical_to_the_simple_rules(tmp_path, arrow_type):
     """The real parquet -> line-file path against the plain rules, on articles built from awkward pieces:
-    embedded newlines, tabs, CR, NUL, pipes, empty and null rows, non-ASCII whitespace, unicode, long runs."""
+    embedded newlines, tabs, CR, NUL, pipes, empty and null rows, non-ASCII whitespace, unicode, long runs.
+    string and large_string columns go through the byte path (wiki_paragraphs.wikipedia_paragraph_block),
+    string_view through the rule on Python strings."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     articles = awkward_articles(2 * ROW_BATCH + 300, seed=7)  # three batches, the last partial
     source = tmp_path / "train-00000-of-00001.parquet"
-    pq.write_table(pa.table({"text": pa.array(articles, pa.string())}), source, row_group_size=700)
+    column = pa.array(articles, getattr(pa, arrow_type)())
+    pq.write_table(pa.table({"text": column}), source, row_group_size=700)
     fast_stats, simple_stats = LineStats(), LineStats()
     out = tmp_path / "lines.txt"
     with AtomicLineFile(out) as writer:

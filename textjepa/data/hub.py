@@ -32,6 +32,11 @@ from pathlib import Path
 
 from textjepa.data.lines import LineStats
 from textjepa.data.pairs import PairOptions, PairSource, chat_pairs, chat_turns, convert_rows, source_for_repo
+from textjepa.data.wiki_paragraphs import (
+    WIKI_MAX_CHARS,
+    wikipedia_paragraph_block,
+    wikipedia_paragraphs,
+)
 from textjepa.data.writer import AtomicLineFile, clean_field
 from textjepa.errors import TextJepaError
 from textjepa.io import RunKind
@@ -40,8 +45,6 @@ from textjepa.settings import Settings
 WIKI_ID = "wikimedia/wikipedia"
 WIKI_CONFIG = "20231101.en"
 WIKI_MAX_FILES_ENV = "JEPA_WIKI_MAX_FILES"
-WIKI_MIN_CHARS = 15  # shorter fragments are headings, captions and list debris
-WIKI_MAX_CHARS = 2000  # a few paragraphs are whole tables run together; longer ones are cut at a word
 
 TEXT_COLUMNS = ("text", "content", "document", "sentence", "article", "body")
 MESSAGE_COLUMNS = ("messages", "conversations", "conversation", "dialogue", "chat")
@@ -55,7 +58,6 @@ PAIR_COLUMNS = (
 PARQUET_REVISIONS = ("main", "refs/convert/parquet")
 ROW_BATCH = 1024
 _DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 _SHARD = re.compile(r"^(.*?)-\d{5}-of-\d{5}")
 
 
@@ -349,38 +351,17 @@ def single_line(text: str) -> str:
     return clean_field(text).replace("|||", "| | |")
 
 
-def wikipedia_paragraphs(texts: Sequence[str | None], stats: LineStats) -> tuple[list[str], int]:
-    """Articles -> (paragraphs, how many were capped): split on blank lines, inner newlines become spaces.
-
-    The whole batch is joined and split once, and each pass over the paragraphs is one comprehension:
-    per-article and per-paragraph Python statements were the bottleneck. A single-character test
-    (memchr) guards each multi-character search, which scans far slower.
-    """
-    big = "\n\n".join([t for t in texts if t])
-    for bad, good in (("\r", ""), ("\t", " "), ("\x00", "")):
-        if bad in big:
-            big = big.replace(bad, good)
-    if "|" in big and "|||" in big:
-        big = big.replace("|||", "| | |")
-    stripped = [part.replace("\n", " ").strip() for part in _PARAGRAPH_BREAK.split(big)]
-    kept = [paragraph for paragraph in stripped if len(paragraph) >= WIKI_MIN_CHARS]
-    stats.skip(f"fragment under {WIKI_MIN_CHARS} chars", len(stripped) - stripped.count("") - len(kept))
-    capped = 0
-    if kept and max(map(len, kept)) > WIKI_MAX_CHARS:
-        for i, paragraph in enumerate(kept):
-            if len(paragraph) > WIKI_MAX_CHARS:
-                kept[i] = paragraph[:WIKI_MAX_CHARS].rsplit(" ", 1)[0]
-                capped += 1
-    stats.used += len(kept)
-    return kept, capped
-
-
 def write_wikipedia_lines(batches: Iterable, writer: AtomicLineFile, stats: LineStats) -> int:
     """Paragraph lines of batches whose first column is the article text; returns how many were capped."""
     capped = 0
     for batch in batches:
-        paragraphs, cut = wikipedia_paragraphs(batch.column(0).to_pylist(), stats)
-        writer.write_clean_block(paragraphs)
+        block = wikipedia_paragraph_block(batch.column(0), stats)
+        if block is None:  # not an Arrow string column: the rule on Python strings
+            paragraphs, cut = wikipedia_paragraphs(batch.column(0).to_pylist(), stats)
+            writer.write_clean_block(paragraphs)
+        else:
+            lines, count, cut = block
+            writer.write_clean_bytes(lines, count)
         capped += cut
     return capped
 

@@ -166,6 +166,12 @@ class AtomicLineFile:
             self._handle.write(b"\n")
             self.lines += len(lines)
 
+    def write_clean_bytes(self, block, lines: int) -> None:
+        """`lines` safe lines already encoded as one UTF-8 block, each ending in a newline (any bytes-like)."""
+        if lines:
+            self._handle.write(block)
+            self.lines += lines
+
     def commit(self, what: str = "lines") -> Path:
         """Rename the temporary file to the final name; a file with no line is an error, not a result."""
         handle, self._handle = self._handle, None

@@ -26,6 +26,7 @@ from torch import nn
 
 from textjepa.data.vocab import MASK_ID, PAD_ID
 from textjepa.models.config import ModelConfig
+from textjepa.models.linear import Linear
 
 
 def attention(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -51,8 +52,8 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)  # one GEMM for queries, keys and values
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)  # one GEMM for queries, keys and values
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         return self.proj(attention(self.qkv(x), self.heads, attn_mask))
@@ -64,7 +65,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(Linear(dim, mlp_ratio * dim), nn.GELU(), Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), attn_mask)

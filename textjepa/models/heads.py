@@ -8,6 +8,7 @@ from torch import nn
 from textjepa.models.backbone import build_encoder
 from textjepa.models.config import ModelConfig
 from textjepa.models.encoder import _init_weights
+from textjepa.models.linear import Linear
 
 # Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only the
 # LLM prefix projector (textjepa/decoders/prefix_bridge.py); the submodule keeps that name so every checkpoint loads.
@@ -19,9 +20,7 @@ class NormMLP(nn.Module):
 
     def __init__(self, width_in: int, hidden: int, width_out: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(width_in), nn.Linear(width_in, hidden), nn.GELU(), nn.Linear(hidden, width_out)
-        )
+        self.net = nn.Sequential(nn.LayerNorm(width_in), Linear(width_in, hidden), nn.GELU(), Linear(hidden, width_out))
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,127 @@
+"""Issue 23's bf16 training levers, side by side in one process: the real training step, the same batches.
+
+    python bench/experiments/bf16_levers.py                       # all variants, 6 rounds, the default shape
+    python bench/experiments/bf16_levers.py --variants fp32 bf16 bf16-torch-linear --rounds 10 --shape 368x4
+
+Variants (each round steps every variant through the same bucketed batches, in turns; the rates are real tokens
+per CPU-second of this process, and per round over the first variant's, so a change of load during the run falls on
+every variant alike; the spread over rounds is printed):
+
+- `fp32`: train_step in fp32;
+- `bf16`: train_step's bf16 autocast as the package runs it (textjepa.models.linear.Linear's own backward,
+  attention in fp32 where a backward follows);
+- `bf16-torch-linear`: the same with torch's own autocast linear (the weight gradient handed back transposed);
+- `bf16-attention-bf16`: `bf16` with attention in torch's bf16 flash kernel in the training step too;
+- `bf16-contiguous-grad`: `bf16` with the output gradient made contiguous before the weight-gradient GEMM.
+
+Each variant but fp32 swaps an implementation in for its own steps (class attributes, restored after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# An experiment, not a ratio bench (bench/run_all.py runs only bench/*.py): it reads the benches' helpers beside it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import demo_paragraphs  # noqa: E402
+from train_throughput import SHAPES, training_setup  # noqa: E402
+
+import textjepa.models.encoder as encoder_module  # noqa: E402
+from textjepa.models.linear import Linear, _Bf16Linear  # noqa: E402
+from textjepa.train.loop import train_step  # noqa: E402
+
+VARIANTS = ("fp32", "bf16", "bf16-torch-linear", "bf16-attention-bf16", "bf16-contiguous-grad")
+
+
+def attention_in_bf16(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
+    batch, length, width = qkv.shape
+    dim = width // 3
+    q, k, v = qkv.view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return out.transpose(1, 2).reshape(batch, length, dim)
+
+
+def backward_with_contiguous_grad(ctx, grad: torch.Tensor):
+    x2d, w = ctx.saved_tensors
+    g = grad.reshape(-1, grad.shape[-1]).to(torch.bfloat16)
+    grad_x = torch.mm(g, w).view(ctx.input_shape).to(ctx.input_dtype) if ctx.needs_input_grad[0] else None
+    grad_w = torch.mm(g.t().contiguous(), x2d).float() if ctx.needs_input_grad[1] else None
+    grad_b = g.sum(0).float() if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_x, grad_w, grad_b
+
+
+@contextlib.contextmanager
+def swapped(owner, name: str, value):
+    original = owner.__dict__[name]
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def variant_context(variant: str) -> contextlib.AbstractContextManager:
+    if variant == "bf16-torch-linear":
+        return swapped(Linear, "forward", torch.nn.Linear.forward)
+    if variant == "bf16-attention-bf16":
+        return swapped(encoder_module, "attention", attention_in_bf16)
+    if variant == "bf16-contiguous-grad":
+        return swapped(_Bf16Linear, "backward", staticmethod(backward_with_contiguous_grad))
+    return contextlib.nullcontext()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=4, help="steps per variant per round")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="default")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    spec = SHAPES[args.shape]
+    with tempfile.TemporaryDirectory() as cache:
+        _, cfg, stage, optimizer, scheduler, sampler = training_setup(spec, demo_paragraphs(), Path(cache))
+        step = 0
+
+        def run(variant: str, batches) -> float:
+            nonlocal step
+            precision = "fp32" if variant == "fp32" else "bf16"
+            cpu, tokens = 0.0, 0
+            with variant_context(variant):
+                for batch in batches:
+                    began = time.process_time()
+                    train_step(stage, optimizer, scheduler, cfg.train, batch, step, None, precision)
+                    cpu += time.process_time() - began
+                    tokens += batch.real_tokens
+                    step += 1
+            return tokens / cpu
+
+        for variant in args.variants:  # warm-up
+            run(variant, [sampler.next_batch() for _ in range(2)])
+        ratios: dict[str, list[float]] = {variant: [] for variant in args.variants}
+        first = args.variants[0]
+        for round_index in range(args.rounds):
+            batches = [sampler.next_batch() for _ in range(args.steps)]
+            rates = {variant: run(variant, batches) for variant in args.variants}
+            for variant in args.variants:
+                ratios[variant].append(rates[variant] / rates[first])
+            listed = ", ".join(f"{v} {rates[v]:.0f} ({rates[v] / rates[first]:.2f})" for v in args.variants)
+            print(f"round {round_index}: real tokens per CPU-s {listed}; load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"over {first}, median [min..max] of {args.rounds} rounds:")
+    for variant in args.variants:
+        values = ratios[variant]
+        print(f"  {variant:22s} {statistics.median(values):.2f} [{min(values):.2f}..{max(values):.2f}]")
+
+
+if __name__ == "__main__":
+    main()
