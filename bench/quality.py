@@ -450,8 +450,15 @@ def merge_reports(paths: list[Path], target: Path) -> dict:
     reports = [json.loads(path.read_text()) for path in paths]
     first = reports[0]
     fixed = [k for k in first["config"] if k not in ("sets", "seeds", "systems", "load_average_start")]
+    frozen_settings = ("backbone_frozen_args", "backbone_frozen_batch", "backbone_frozen_steps")
     for path, other in zip(paths[1:], reports[1:]):
-        differs = [k for k in fixed if other["config"].get(k) != first["config"].get(k)]
+        # The frozen system's settings matter only between reports that both ran it.
+        ran_frozen = all("world-minilm-frozen" in r["config"].get("systems", ()) for r in (first, other))
+        differs = [
+            k
+            for k in fixed
+            if other["config"].get(k) != first["config"].get(k) and (ran_frozen or k not in frozen_settings)
+        ]
         if differs:
             raise TextJepaError(f"cannot merge {path}: other settings ({', '.join(differs)})")
     merged = json.loads(json.dumps(first))
