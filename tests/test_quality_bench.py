@@ -189,3 +189,27 @@ def test_the_default_shape_is_the_commands_own_and_shape_overrides_it():
         demo.model.vocab_size,
         demo.world_batch,
     )
+
+
+def _report(seed: int, systems: list[str], frozen_args: str) -> dict:
+    row = {"per_seed": {str(seed): {"R@1": 0.5 + seed / 10, "R@5": 0.8, "MRR": 0.6}}, "trained": True}
+    config = {"budget_minutes": 3, "sets": ["stdlib"], "seeds": [seed], "systems": systems}
+    config["backbone_frozen_args"] = frozen_args
+    return {"config": config, "sets": {"stdlib": {"info": {}, "systems": {"minilm-ft": row}}}}
+
+
+def test_merged_reports_ignore_frozen_settings_only_where_one_did_not_run_it(tmp_path):
+    import json
+
+    from quality import merge_reports
+
+    paths = []
+    for seed, systems, frozen in ((0, ["minilm-ft", "world-minilm-frozen"], "--lr 1e-3"), (1, ["minilm-ft"], "old")):
+        paths.append(tmp_path / f"s{seed}.json")
+        paths[-1].write_text(json.dumps(_report(seed, systems, frozen)))
+    merged = merge_reports(paths, tmp_path / "merged.json")
+    row = merged["sets"]["stdlib"]["systems"]["minilm-ft"]
+    assert row["seeds"] == ["0", "1"] and row["mean"]["R@1"] == pytest.approx(0.55)
+    paths[1].write_text(json.dumps(_report(1, ["minilm-ft", "world-minilm-frozen"], "old")))
+    with pytest.raises(TextJepaError, match="backbone_frozen_args"):
+        merge_reports(paths, tmp_path / "merged.json")
