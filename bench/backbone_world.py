@@ -163,7 +163,7 @@ def main() -> int:
     )
     parser.add_argument("--command-args", nargs=argparse.REMAINDER, default=[], help="more train-world options")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--quick", action="store_true", help="2 steps, 200 pairs: a smoke run, numbers mean nothing")
+    parser.add_argument("--quick", action="store_true", help="2 steps, 1000 pairs: a smoke run, numbers mean nothing")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.step_pairs, args.pairs = 2, 1000, 1000  # the validation split must hold one batch

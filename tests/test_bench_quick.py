@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, cli_env
+from conftest import REPO_ROOT, build_sentence_transformer, cli_env
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 from run_all import discover  # noqa: E402
@@ -21,7 +21,13 @@ BENCHES = {path.stem: path for path in discover(REPO_ROOT / "bench")}
 COVERED_ELSEWHERE = {"quality": "tests/test_quality_bench.py"}
 # Arguments besides --quick that keep a run to seconds: serve_load serves the session's tiny world model instead
 # of training one; precision_quality (12 training runs at full size) takes one pair set, one seed, two jobs.
-EXTRA_ARGS = {"precision_quality": ["--sets", "stdlib", "--seeds", "0", "--jobs", "2"]}
+EXTRA_ARGS = {
+    "precision_quality": ["--sets", "stdlib", "--seeds", "0", "--jobs", "2"],
+    "backbone_world": ["--batch", "8"],
+}
+# Benchmarks of a world model on a pretrained backbone read conftest's tiny sentence-transformers folder instead of
+# all-MiniLM-L6-v2: the same code path (a local BERT-family folder), a hundredth of the compute.
+TINY_BACKBONE = {"backbone_world"}
 ROW_KEYS = {"metric", "value", "goal", "met", "note"}
 
 
@@ -42,6 +48,8 @@ def test_bench_runs_quick(name, tmp_path, request):
         args += ["--model", str(world["world"]), "--work-dir", str(tmp_path / "work")]
     if name == "precision_quality":
         args += ["--work-dir", str(tmp_path / "work")]
+    if name in TINY_BACKBONE:
+        args += ["--backbone", str(build_sentence_transformer(tmp_path / "backbone"))]
     report_path = tmp_path / f"{name}.json"
     result = subprocess.run(
         [sys.executable, str(BENCHES[name]), "--quick", "--json", str(report_path), *args],

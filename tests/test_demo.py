@@ -44,6 +44,8 @@ def test_demo_runs_end_to_end(tmp_path):
     for needle in ("untrained baseline", "copy baseline", "mean baseline", "action: reply", "demo finished"):
         assert needle in out
     assert "prompt: What does `os.path.join` do?" in out
+    # The world model's eval-world table is printed once: train-world's own, at its end.
+    assert out.count("eval-world model_world_") == 1, out
     assert any(line.startswith("output: ") and len(line) > 10 for line in out.splitlines())
     assert list((tmp_path / "world").glob("model_world_*.index"))
 

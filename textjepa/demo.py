@@ -22,7 +22,6 @@ from textjepa.config import (
 from textjepa.data.local_corpus import build_demo_corpus
 from textjepa.errors import Interrupted, TextJepaError
 from textjepa.eval.jepa import evaluate_jepa
-from textjepa.eval.world import evaluate_world
 from textjepa.fields import with_values
 from textjepa.io import RunKind, own_directory
 from textjepa.runtime import choose_precision, resolve_device
@@ -129,16 +128,7 @@ def _run_demo(cfg: DemoConfig, settings: Settings | None) -> dict:
             ),
             settings=settings,
         )
-    world_report = evaluate_world(
-        EvalConfig(
-            model=str(world.best_path),
-            data_dir=data_dir,
-            batch=cfg.world_batch,
-            device=cfg.train.device,
-            precision=cfg.train.precision,
-        ),
-        settings,
-    )
+    world_report = world.evaluation  # eval-world's table, printed by train-world at its end
 
     _banner("5/5 the agent answers (retrieval decoder)")
     device = resolve_device(cfg.train.device)

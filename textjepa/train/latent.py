@@ -96,7 +96,7 @@ class LatentStage(Stage):
             "loss": dataclasses.asdict(self.cfg.loss),
         }
 
-    def finish(self, best_path: Path, precision: str) -> None:
+    def finish(self, best_path: Path, precision: str) -> dict | None:
         return None
 
 

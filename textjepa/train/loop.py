@@ -80,9 +80,10 @@ class Stage:
         """The number the best checkpoint is chosen by (higher is better), from the averaged metrics."""
         raise NotImplementedError
 
-    def finish(self, best_path: Path, precision: str) -> None:
+    def finish(self, best_path: Path, precision: str) -> dict | None:
         """After the last step, on rank 0, computing at `precision` (the world stage's retrieval index and final
-        evaluation)."""
+        evaluation); returns that evaluation's report, if the stage makes one."""
+        return None
 
 
 @dataclass
@@ -91,6 +92,8 @@ class TrainResult:
     best_metrics: dict
     steps_done: int
     metrics_path: Path
+    # The stage's final evaluation of the best checkpoint (train-world: eval-world's report), on rank 0.
+    evaluation: dict | None = None
 
 
 @torch.no_grad()
@@ -255,13 +258,16 @@ def run_training(
     finally:
         stop.restore()
     progress.close()
+    evaluation = None
     if dist.is_main:
         if validator is None:
             checkpointer.keep_last(train.steps, record)
         with autocast(next(model.parameters()).device, precision):
-            stage.finish(checkpointer.best_path, precision)
+            evaluation = stage.finish(checkpointer.best_path, precision)
         checkpointer.finish()
-    return TrainResult(checkpointer.best_path, checkpointer.best_metrics, train.steps, checkpointer.log.path)
+    return TrainResult(
+        checkpointer.best_path, checkpointer.best_metrics, train.steps, checkpointer.log.path, evaluation
+    )
 
 
 def distributed_loss(stage: Stage, dist: Distributed) -> nn.Module:

@@ -175,11 +175,11 @@ class WorldStage(Stage):
             info[TARGET_MODEL_INFO] = self.embedder.info()
         return info
 
-    def finish(self, best_path: Path, precision: str) -> None:
+    def finish(self, best_path: Path, precision: str) -> dict:
         """The retrieval decoder's index: the training next turns in the best checkpoint's reply space (its
         teacher's latents, or the frozen target model's embeddings), picked as everywhere by the inference core.
         Then eval-world's table for the best checkpoint on the validation batches (its baselines beside it),
-        printed and put into the model card."""
+        printed, put into the model card and returned as eval-world's JSON report names it."""
         world = WorldInference.load(best_path, self.device, precision, target_embedder=self.embedder)
         best = world.checkpoint
         if self.latents is not None and self.embedder is None:
@@ -208,6 +208,8 @@ class WorldStage(Stage):
         print("\n".join(evaluation.notes))
         parameters = count_parameters(self.model)
         write_model_card(best_path, self.kind, best.config, best.info, best.data, parameters, evaluation)
+        report = {"model": str(best_path), "target_model": world.target_model or None, "data": str(source)}
+        return {**report, **evaluation.report()}
 
     def _reply_texts(self, data: DataContract) -> list[str] | None:
         """A pretrained backbone's tokenizer (an uncased WordPiece) does not decode to the text it read, so the
