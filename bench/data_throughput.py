@@ -23,6 +23,8 @@ The corpus is synthetic Wikipedia-like parquet (articles of paragraphs and headi
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import random
@@ -48,6 +50,22 @@ WORDS = (
 # ---------------------------------------------------------------- corpus
 
 
+@functools.cache
+def corpus_sentences() -> tuple[str, ...]:
+    """The corpus language: 100k sentences over a Zipf vocabulary, the same for every corpus. The cumulative
+    weights are summed once (random.choices would sum all 20k weights again for every sentence, which took
+    most of a --quick run); the draws are the same."""
+    language = random.Random(0)
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    vocab = WORDS + ["".join(language.choices(letters, k=language.randint(2, 11))) for _ in range(20_000)]
+    cumulative = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(vocab))))
+    sentences = []
+    for _ in range(100_000):
+        words = language.choices(vocab, cum_weights=cumulative, k=language.randint(6, 28))
+        sentences.append(" ".join(words).capitalize() + language.choice([".", ".", ".", ",", ";"]))
+    return tuple(sentences)
+
+
 def make_corpus(folder: Path, megabytes: float, files: int, seed: int = 0) -> list[Path]:
     """Wikipedia-like parquet: `id, url, title, text`, articles of paragraphs separated by blank lines.
 
@@ -62,14 +80,7 @@ def make_corpus(folder: Path, megabytes: float, files: int, seed: int = 0) -> li
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    language = random.Random(0)
-    letters = "etaoinshrdlcumwfgypbvkjxqz"
-    vocab = WORDS + ["".join(language.choices(letters, k=language.randint(2, 11))) for _ in range(20_000)]
-    weights = [1.0 / (rank + 1) for rank in range(len(vocab))]
-    sentences = []
-    for _ in range(100_000):
-        words = language.choices(vocab, weights=weights, k=language.randint(6, 28))
-        sentences.append(" ".join(words).capitalize() + language.choice([".", ".", ".", ",", ";"]))
+    sentences = corpus_sentences()
     rng = random.Random(seed)
     headings = ["History", "See also", "References", "Early life", "Career", "Geography", "External links"]
     folder.mkdir(parents=True, exist_ok=True)
