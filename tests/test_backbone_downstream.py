@@ -157,7 +157,9 @@ def test_train_bridge_and_eval_conditioning_on_a_backbone_world_model(backbone, 
 @pytest.mark.llm
 def test_a_bridge_on_a_backbone_steers_both_llm_decoders(frozen_world, tmp_path):
     """An untrained projector with a large output scale: its prefix from the backbone world model's prediction
-    visibly steers SmolLM2, in transformers and in llama.cpp, so --ablate-conditioning changes the answer."""
+    visibly steers SmolLM2, in transformers and in llama.cpp, so --ablate-conditioning changes the answer. (At
+    scale 8 the six greedy tokens were sometimes the same with and without the prefix: the test failed in 3 of 4
+    runs on one day and passed on others; at 32 the prefix dominates the first tokens.)"""
     smollm2 = smollm2_or_skip()
     from textjepa.decoders.llamacpp import gguf_fingerprint
     from textjepa.decoders.prefix_bridge import Bridge, PrefixProjector, save_bridge, world_identity
@@ -165,7 +167,7 @@ def test_a_bridge_on_a_backbone_steers_both_llm_decoders(frozen_world, tmp_path)
     checkpoint = load_checkpoint(frozen_world["world"])
     fingerprint = gguf_fingerprint(smollm2)
     torch.manual_seed(0)
-    projector = PrefixProjector(checkpoint.config.dim, fingerprint.hidden_size, 4, embed_scale=8.0)
+    projector = PrefixProjector(checkpoint.config.dim, fingerprint.hidden_size, 4, embed_scale=32.0)
     bridge = tmp_path / "strong_bridge.safetensors"
     save_bridge(bridge, Bridge(projector, fingerprint, world_identity(checkpoint)))
     decoders = ["transformers"]
