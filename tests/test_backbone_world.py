@@ -27,6 +27,10 @@ from conftest import (
 )
 from safetensors import safe_open
 
+# One worker runs this module, so its module-scoped fixtures (trained world models) are built once per run,
+# not once per worker.
+pytestmark = pytest.mark.xdist_group("test_backbone_world")
+
 # Frozen mode with the research helper's recipe: a residual linear transition, InfoNCE at temperature 0.05.
 FROZEN = ["--backbone-mode", "frozen", "--transition", "linear", "--temperature", "0.05", "--lr", "1e-3"]
 QUICK = ["--batch", "32", "--val-fraction", "0.2", "--no-progress"]

@@ -16,6 +16,10 @@ from textjepa import Encoder, WorldModel
 from textjepa.inference.encoding import TextEncoder
 from textjepa.io import RunFiles
 
+# One worker runs this module, so its module-scoped fixtures (trained world models) are built once per run,
+# not once per worker.
+pytestmark = pytest.mark.xdist_group("test_export")
+
 sentence_transformers = pytest.importorskip("sentence_transformers")
 
 TEXTS = [

@@ -23,6 +23,10 @@ from textjepa.data.sources import WORLD_RECORDS, load_corpus, recorded_data
 from textjepa.io import write_safetensors
 from textjepa.models.frozen import TARGET_MODEL_INFO, FrozenEmbedder, record_targets, targets_path
 
+# One worker runs this module, so its module-scoped fixtures (trained world models) are built once per run,
+# not once per worker.
+pytestmark = pytest.mark.xdist_group("test_frozen_target")
+
 
 @pytest.fixture(scope="module")
 def target_model(tmp_path_factory) -> Path:
