@@ -193,6 +193,18 @@ def test_checkpoint_metadata_that_disagrees_with_its_tensors_is_refused(latent_r
     assert result.returncode == 2
 
 
+def test_a_checkpoints_config_is_read_from_its_metadata_as_load_checkpoint_reads_it(latent_run, lines, tmp_path):
+    """train-world reads an --init-encoder checkpoint's config (its backbone picks the recipe) from the metadata
+    alone: the same config load_checkpoint gives, and the same one-line error for a damaged one."""
+    from textjepa.checkpoint import checkpoint_config, load_checkpoint
+
+    assert checkpoint_config(latent_run) == load_checkpoint(latent_run).config
+    damaged = edited_copy(latent_run, tmp_path / "damaged", DAMAGED["config"][0])
+    world = run_cli("train-world", lines["pairs"], *QUICK, "--init-encoder", damaged, "--out-dir", tmp_path / "w")
+    assert_user_error(world, "metadata is damaged")
+    assert not (tmp_path / "w").exists()  # refused before the run folder was made
+
+
 def test_init_encoder_and_serve_refuse_an_edited_checkpoint(latent_run, lines, tmp_path):
     damaged = edited_copy(latent_run, tmp_path / "damaged", set_config(heads=3))
     world = run_cli("train-world", lines["pairs"], *QUICK, "--init-encoder", damaged, "--out-dir", tmp_path / "w")

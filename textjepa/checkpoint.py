@@ -121,8 +121,8 @@ def save_tokenizer_files(files: RunFiles, kind: RunKind, tokenizer: Tokenizer) -
     write_vocab_txt(tokenizer, files.vocab(kind))
 
 
-def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Checkpoint:
-    path = Path(path)
+def _read_checkpoint(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A checkpoint file's metadata and (if `tensors`) its tensors, or a one-line error saying what is wrong."""
     if path.is_dir():
         raise TextJepaError(folder_given_as_file(path, "a checkpoint"))
     if not path.is_file():
@@ -132,11 +132,35 @@ def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Che
             metadata = handle.metadata() or {}
             if metadata.get("format") != FORMAT:
                 raise TextJepaError(f"{path} is not a textjepa checkpoint (no textjepa metadata)")
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            return metadata, {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
     except TextJepaError:
         raise
     except Exception as exc:  # safetensors raises its own error types for foreign or damaged files
         raise TextJepaError(f"{path} is not a readable safetensors checkpoint ({exc})") from exc
+
+
+def _recorded_config(path: Path, metadata: dict) -> ModelConfig:
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        config.validate()
+    except TextJepaError as exc:
+        raise TextJepaError(f"{path}: its recorded model config is invalid ({exc})") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise TextJepaError(f"{path}: its metadata is damaged ({type(exc).__name__}: {exc})") from None
+    return config
+
+
+def checkpoint_config(path: str | Path) -> ModelConfig:
+    """The model config a checkpoint records, read from its metadata alone (no tensors are loaded): what a command
+    needs to choose its defaults before it loads the model."""
+    path = Path(path)
+    metadata, _ = _read_checkpoint(path, tensors=False)
+    return _recorded_config(path, metadata)
+
+
+def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Checkpoint:
+    path = Path(path)
+    metadata, tensors = _read_checkpoint(path, tensors=True)
     try:
         kind = RunKind(metadata["kind"])
     except KeyError:
@@ -152,14 +176,11 @@ def load_checkpoint(path: str | Path, expect_kind: RunKind | None = None) -> Che
         raise TextJepaError(f"{path}: its embedded tokenizer is missing or unreadable (damaged file?)") from exc
     if tokenizer_hash(tokenizer) != recorded_hash:
         raise TextJepaError(f"{path}: embedded tokenizer does not match its recorded hash (damaged file?)")
+    config = _recorded_config(path, metadata)
     try:
-        config = ModelConfig.from_dict(json.loads(metadata["config"]))
-        config.validate()
         info = json.loads(metadata["info"])
         role = metadata["role"]
         encoder_in_online = role == "teacher" and metadata.get("encoder") == ENCODER_IN_ONLINE
-    except TextJepaError as exc:
-        raise TextJepaError(f"{path}: its recorded model config is invalid ({exc})") from None
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise TextJepaError(f"{path}: its metadata is damaged ({type(exc).__name__}: {exc})") from None
     if not (encoder_in_online and not tensors):

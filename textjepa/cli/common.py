@@ -53,9 +53,9 @@ def chosen_backbone(args: argparse.Namespace) -> str:
         return SCRATCH
     init = getattr(args, "init_encoder", None)
     if init:
-        from textjepa.checkpoint import load_checkpoint, pick_model_file
+        from textjepa.checkpoint import checkpoint_config, pick_model_file
 
-        return load_checkpoint(pick_model_file(init)).config.backbone
+        return checkpoint_config(pick_model_file(init)).backbone
     return DEFAULT_BACKBONE
 
 
