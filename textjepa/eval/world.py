@@ -139,6 +139,16 @@ def evaluation_heading(model_file: Path, path: Path, evaluation: WorldEvaluation
     )
 
 
+def show_evaluation(model: WorldInference, data_path: Path, evaluation: WorldEvaluation) -> dict:
+    """Prints eval-world's heading, table and notes for `model` on `data_path`; returns its JSON report (what
+    eval-world --json writes and train-world returns at its end)."""
+    print(evaluation_heading(model.checkpoint.path, data_path, evaluation))
+    print(evaluation.table())
+    print("\n".join(evaluation.notes))
+    report = {"model": str(model.checkpoint.path), "target_model": model.target_model or None, "data": str(data_path)}
+    return {**report, **evaluation.report()}
+
+
 def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     configure_threads(settings)
     torch.manual_seed(cfg.seed)
@@ -154,15 +164,7 @@ def evaluate_world(cfg: EvalConfig, settings: Settings | None = None) -> dict:
     _, store = load_corpus(path, WORLD_RECORDS, data, checkpoint.tokenizer, checkpoint.config.vocab_size)
     split = choose_split(cfg.split, store, checkpoint, path)
     evaluation = evaluate_split(model, store, path, split, cfg.batch, cfg.steps, cfg.data_dir)
-    print(evaluation_heading(checkpoint.path, path, evaluation))
-    print(evaluation.table())
-    print("\n".join(evaluation.notes))
-    report = {
-        "model": str(checkpoint.path),
-        "target_model": model.target_model or None,
-        "data": str(path),
-        **evaluation.report(),
-    }
+    report = show_evaluation(model, path, evaluation)
     if cfg.json_path:
         write_json_report(cfg.json_path, report)
     return report

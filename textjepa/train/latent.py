@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
@@ -95,9 +94,6 @@ class LatentStage(Stage):
             "regularizer": self.cfg.loss.regularization.regularizer,
             "loss": dataclasses.asdict(self.cfg.loss),
         }
-
-    def finish(self, best_path: Path, precision: str) -> dict | None:
-        return None
 
 
 def start_backbone(

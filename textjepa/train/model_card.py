@@ -49,20 +49,6 @@ def write_model_card(
 ) -> Path:
     """Writes (atomically) and returns the card of the checkpoint just saved at `model_file`; evaluation: the
     world model's eval-world table that train-world computes at its end."""
-    path = card_path(model_file)
-    atomic_write_text(path, render_model_card(model_file, kind, config, info, data, parameters, evaluation))
-    return path
-
-
-def render_model_card(
-    model_file: Path,
-    kind: RunKind,
-    config: ModelConfig,
-    info: dict,
-    data: DataContract,
-    parameters: int,
-    evaluation: WorldEvaluation | None = None,
-) -> str:
     kind = RunKind(kind)
     files = RunFiles(model_file)
     name = files.model.name
@@ -118,7 +104,9 @@ def render_model_card(
         "",
         *how_to_load(kind, name, config),
     ]
-    return "\n".join(lines) + "\n"
+    path = card_path(model_file)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def evaluation_section(name: str, evaluation: WorldEvaluation) -> list[str]:

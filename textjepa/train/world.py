@@ -24,7 +24,7 @@ from textjepa.data.tokens import TokenStore, file_hash, stored_record_texts
 from textjepa.decoders.retrieval import build_retrieval_index
 from textjepa.errors import TextJepaError
 from textjepa.eval.metrics import retrieval_metrics
-from textjepa.eval.world import evaluate_split, evaluation_heading
+from textjepa.eval.world import evaluate_split, show_evaluation
 from textjepa.inference.world import WorldInference
 from textjepa.io import RunKind
 from textjepa.models.backbone import PretrainedEncoder
@@ -203,13 +203,10 @@ class WorldStage(Stage):
             evaluation = evaluate_split(
                 world, self.store, source, "val", train.batch, train.eval_batches, self.cfg.data.data_dir
             )
-        print(evaluation_heading(best_path, source, evaluation))
-        print(evaluation.table())
-        print("\n".join(evaluation.notes))
+        report = show_evaluation(world, source, evaluation)
         parameters = count_parameters(self.model)
         write_model_card(best_path, self.kind, best.config, best.info, best.data, parameters, evaluation)
-        report = {"model": str(best_path), "target_model": world.target_model or None, "data": str(source)}
-        return {**report, **evaluation.report()}
+        return report
 
     def _reply_texts(self, data: DataContract) -> list[str] | None:
         """A pretrained backbone's tokenizer (an uncased WordPiece) does not decode to the text it read, so the
