@@ -42,6 +42,10 @@ from textjepa.checkpoint import (
     save_training_state,
 )
 
+# One worker runs this module, so its module-scoped fixtures (trained world models) are built once per run,
+# not once per worker.
+pytestmark = pytest.mark.xdist_group("test_backbone_downstream")
+
 FROZEN = ["--backbone-mode", "frozen", "--transition", "linear", "--temperature", "0.05", "--lr", "1e-3"]
 QUICK = ["--batch", "32", "--val-fraction", "0.2", "--no-progress", "--precision", "fp32"]
 QUESTION = "tell me about cooking please"
