@@ -95,7 +95,7 @@ PRETRAINED_RECIPES: dict[str, dict[str, Any]] = {
         "loss.regularization.cov_weight": 0.0,
     },
     "latent": {"train.steps": 300, "train.lr": 2e-5},
-    "demo": {"latent_steps": 0, "train.lr": 2e-5, "world_steps": 150, "world_batch": 32, "transition": "linear"},
+    "demo": {"latent_steps": 0, "train.lr": 2e-5, "world_steps": 300, "world_batch": 32, "transition": "linear"},
 }
 
 
