@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tiny models so every training test takes seconds.
+# The CLI runs in the test process too (run_cli), and huggingface_hub reads this once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
 TINY = ["--dim", "32", "--layers", "1", "--heads", "2", "--max-seq", "32", "--max-vocab", "300"]
 
 
@@ -31,6 +34,22 @@ def cli_env(**extra: str) -> dict:
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
+    """The real `textjepa` command: its `main()` run in this test process, with sys.argv, the environment, the
+    working directory, stdout and stderr as a subprocess would have them, and the same exit code and output.
+
+    Why not a subprocess each time: every fresh process pays 2-3 CPU-s of imports (torch, torch._dynamo,
+    transformers, scikit-learn) for under a second of tiny training, and those imports were two thirds of the
+    suite's CPU time. Commands whose subject is the process itself run in one (`run_cli_process`): a server, an
+    environment that changes more than textjepa's own settings (a library may read it at import), and any test
+    that signals, kills or times the process (start_cli_until, torchrun) or needs it to survive a crash."""
+    if args and str(args[0]) == "serve" or not _only_textjepa_settings_differ(env):
+        return run_cli_process(*args, cwd=cwd, env=env, timeout=timeout)
+    return _run_cli_in_process([str(a) for a in args], cwd, env or cli_env())
+
+
+def run_cli_process(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """The real `textjepa` command in a subprocess (python -m textjepa)."""
     return subprocess.run(
         [sys.executable, "-m", "textjepa", *map(str, args)],
@@ -40,6 +59,61 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def _only_textjepa_settings_differ(env: dict | None) -> bool:
+    """Whether `env` is the tests' environment but for TEXTJEPA_* settings, which textjepa reads when a command
+    starts (Settings.from_env), so a command in this process sees them as a fresh one would."""
+    if env is None:
+        return True
+    base = cli_env()
+    keys = set(base) | set(env)
+    return all(key.startswith("TEXTJEPA_") or base.get(key) == env.get(key) for key in keys)
+
+
+def _print_warnings_as_a_process_does() -> None:
+    """Python's default warning filters, printed to (the redirected) stderr instead of recorded by pytest."""
+    warnings.simplefilter("default")
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.simplefilter("ignore", category)
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+        warnings.formatwarning(message, category, filename, lineno, line)
+    )
+
+
+def _run_cli_in_process(argv: list[str], cwd: Path | None, env: dict) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+    import traceback
+
+    from textjepa.cli import main
+
+    stdout, stderr = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True) for _ in range(2))
+    saved_environ, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["textjepa", *argv]
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            _print_warnings_as_a_process_does()
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse: --help, --version, usage errors
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+            except Exception:  # what a subprocess would print before exiting with 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_environ)
+    text = [stream.buffer.getvalue().decode("utf-8", "replace") for stream in (stdout, stderr)]
+    return subprocess.CompletedProcess(["textjepa", *argv], int(code or 0), text[0], text[1])
 
 
 def start_cli_until(

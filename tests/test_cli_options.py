@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, run_cli, run_cli_process
 
 from textjepa.cli import build_parser, command_config
 from textjepa.cli.options import add_config_arguments, config_from_args, given_options, iter_options
@@ -304,3 +304,36 @@ def test_every_declared_bound_is_checked_and_the_error_names_the_flag():
     bridge.validate()
     help_text = " ".join(subcommands(build_parser())["train-bridge"].format_help().split())
     assert "K soft tokens, between 1 and 64 (default 4)" in help_text and "at least 0 (default 800)" in help_text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--version",),
+        ("train-world",),  # a usage error
+        ("infer", "{world}", "tell me about music please"),  # an answer, with the precision note on stderr
+        ("eval-world", "{world}", "--steps", "2", "--batch", "8", "--data-dir", "{cache}", "--split", "val"),
+        ("export", "{world}", "--out", "exported"),  # written relative to the working directory
+    ],
+)
+def test_the_cli_in_the_test_process_answers_as_a_subprocess_does(argv, tiny_world, tmp_path):
+    """conftest's run_cli runs the real main() in this process (no 2-3 CPU-s of imports per call); what a user
+    sees, exit code, stdout and stderr, must be what the installed command gives them in a process of its own."""
+    values = {"world": tiny_world["world"], "cache": tiny_world["cache"]}
+    results = []
+    for runner in (run_cli, run_cli_process):
+        where = tmp_path / runner.__name__
+        where.mkdir()
+        args = [a.format(**values) for a in argv]
+        result = runner(*args, cwd=where)
+        written = sorted(path.name for path in where.iterdir())
+        results.append(
+            (
+                result.returncode,
+                *(text.replace(str(where), "<tmp>") for text in (result.stdout, result.stderr)),
+                written,
+            )
+        )
+    assert results[0] == results[1]
+    if argv[0] == "export":
+        assert results[0][3] == ["exported"]

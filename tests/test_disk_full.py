@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_user_error, main_checkpoint, pair_lines, run_cli, synthetic_lines
+from conftest import TINY, assert_user_error, main_checkpoint, pair_lines, synthetic_lines
+from conftest import run_cli_process as run_cli  # a SIGBUS must not take pytest with it
 
 TEMP_FILES = ".*.tmp-*"
 
