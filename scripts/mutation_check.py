@@ -155,9 +155,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "io-failed-block-commits",
         "textjepa/io.py",
-        "    try:\n        yield tmp\n        commit_temp(tmp, path, shared)\n    finally:",
+        "    try:\n        yield tmp\n        commit_temp(tmp, path, shared)\n    except OSError as exc:",
         "    try:\n        try:\n            yield tmp\n        finally:\n            commit_temp(tmp, path, shared)\n"
-        "    finally:",
+        "    except OSError as exc:",
         ATOMIC,
         "a write that failed half way is put in place",
     ),
