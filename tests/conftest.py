@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Tiny models so every training test takes seconds.
 # The CLI runs in the test process too (run_cli), and huggingface_hub reads this once, at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Tiny models so every training test takes seconds.
 TINY = ["--dim", "32", "--layers", "1", "--heads", "2", "--max-seq", "32", "--max-vocab", "300"]
 
 
@@ -41,8 +41,9 @@ def run_cli(
     transformers, scikit-learn) for under a second of tiny training, and those imports were two thirds of the
     suite's CPU time. Commands whose subject is the process itself run in one (`run_cli_process`): a server, an
     environment that changes more than textjepa's own settings (a library may read it at import), and any test
-    that signals, kills or times the process (start_cli_until, torchrun) or needs it to survive a crash."""
-    if args and str(args[0]) == "serve" or not _only_textjepa_settings_differ(env):
+    that signals, kills or times the process (start_cli_until, torchrun) or needs it to survive a crash.
+    `timeout` applies to a subprocess only."""
+    if (args and str(args[0]) == "serve") or not _only_textjepa_settings_differ(env):
         return run_cli_process(*args, cwd=cwd, env=env, timeout=timeout)
     return _run_cli_in_process([str(a) for a in args], cwd, env or cli_env())
 
