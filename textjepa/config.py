@@ -268,6 +268,11 @@ class InferConfig(Checked):
     ablate_conditioning: bool = setting(False, help="zero the conditioning vector")
     max_new_tokens: int = setting(128, min=1, help="reply length cap")
     top_k: int = setting(1, show_default=False, help="also show the k best alternatives (retrieval)")
+    no_recall: bool = setting(
+        False,
+        help="retrieval: answer from the prediction alone, without first recalling the replies that followed "
+        "training contexts nearly the same as the prompt",
+    )
     # None: the decoder's own setting (JEPA_DECODER_TEMP, else DecoderSettings.temperature).
     temperature: float | None = setting(
         None, help="sampling temperature, 0 = greedy (LLM decoders; default JEPA_DECODER_TEMP or 0.7)"
@@ -276,6 +281,10 @@ class InferConfig(Checked):
     precision: str = precision_setting()
     json: bool = setting(False, help="print the result as JSON")
     shape_overrides: dict = setting(default_factory=dict, help="shape arguments given on the command line")
+
+    def check(self) -> None:
+        if self.no_recall and self.decoder != "retrieval":
+            raise TextJepaError("--no-recall is for --decoder retrieval (an LLM decoder recalls nothing)")
 
 
 EXPORT_FORMATS = ("sentence-transformers",)

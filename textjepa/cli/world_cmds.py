@@ -98,12 +98,14 @@ def run_infer(cfg: InferConfig, args: argparse.Namespace, settings: Settings) ->
         decoder_model=cfg.decoder_model,
         settings=settings,
     )
+    recall = {"recall": False} if cfg.no_recall else {}
     reply = agent.respond(
         cfg.prompt,
         ablate=cfg.ablate_conditioning,
         max_new_tokens=cfg.max_new_tokens,
         top_k=cfg.top_k,
         temperature=cfg.temperature,
+        **recall,
     )
     result = {
         "model": agent.model_name,

@@ -2,7 +2,13 @@
 
 Its index is built at the end of world training from the best checkpoint: the latents of the training split's
 next turns (deduplicated) in its reply space (its teacher's, or the frozen target model's with --target-model),
-beside the reply texts, and the mean next latent (the "mean" baseline of eval-world).
+beside the reply texts, and the mean next latent (the "mean" baseline of eval-world); and the training contexts'
+state latents with the reply each led to, for recall.
+
+Recall: when the prompt's context is nearly one the model was trained on (state cosine >= RECALL_THRESHOLD), the
+replies that followed such contexts come first. The transition predicts near the centre of a cluster of alike
+questions (the demo's shutil.copyfile, shutil.copy and distutils' copy_file), so without it a question from the
+training data can get its neighbour's answer; docs/results.md has the measurement behind the threshold.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from textjepa.io import RunFiles, atomic_write_text, write_safetensors
 
 INDEX_FORMAT = "textjepa-index"
 MAX_INDEX_ENTRIES = 200_000
+# Measured on the demo's stdlib pairs (docs/results.md): at 0.98 the held-out full-index R@1 is unchanged (0.387 ->
+# 0.390) while the training questions' own replies go from 0.573 to 0.971; at 0.95 held-out fell to 0.365 (alike
+# but different functions' questions), and 0.99 missed the demo's own question (0.987 to its training form).
+RECALL_THRESHOLD = 0.98
 
 
 @torch.no_grad()
@@ -39,42 +49,54 @@ def build_retrieval_index(
     data: DataContract,
     batch: int = 128,
     reply_texts: Sequence[str] | None = None,
+    context_states: Callable[[Batch], torch.Tensor] | None = None,
 ) -> Path:
     """reply_latents: a batch's next turns in the checkpoint's reply space (the inference core's
     `WorldInference.reply_latents`, which picks that space). reply_texts: every record's next turn as the file
-    wrote it, in store order, where the tokenizer cannot give it back (else the stored ids are decoded)."""
+    wrote it, in store order, where the tokenizer cannot give it back (else the stored ids are decoded).
+    context_states: a batch's contexts as the decoder's `Conditioning.state` (`WorldInference.context_states`), for
+    recall; none given, the index has no contexts and the decoder answers from the prediction alone."""
     files = RunFiles(model_path)
     index_file, replies_file = files.index, files.replies
     seen: dict[str, int] = {}
     latents: list[torch.Tensor] = []
+    contexts: list[torch.Tensor] = []
+    context_replies: list[int] = []
     total: torch.Tensor | None = None
     count = 0
     # The training split of the checkpoint's own data contract, read the way the world model read it.
     for chunk in iter_split_batches(store, batch, data.max_seq, "train", data.val_fraction, data.seed, drop_last=False):
         pooled = reply_latents(chunk).float().cpu()
+        states = context_states(chunk).float().cpu() if context_states is not None else None
         total = pooled.double().sum(0) + (total if total is not None else 0)
         count += len(pooled)
         for row, record in enumerate(chunk.index):
-            if len(seen) >= MAX_INDEX_ENTRIES:
-                break
             if reply_texts is not None:
                 text = reply_texts[int(record)]
             else:
                 text = tokenizer.decode(store.fields["next"].record(int(record)).tolist(), skip_special_tokens=True)
             if text not in seen:
+                if len(seen) >= MAX_INDEX_ENTRIES:
+                    continue
                 seen[text] = len(seen)
                 latents.append(pooled[row])
+            if states is not None and len(contexts) < MAX_INDEX_ENTRIES:
+                contexts.append(states[row])
+                context_replies.append(seen[text])
     if not latents or total is None:
         raise TextJepaError("no training next turns to index")
     matrix = F.normalize(torch.stack(latents), dim=-1)
-    mean = (total / max(1, count)).float()
+    tensors = {"latents": matrix.contiguous(), "mean_next_latent": (total / max(1, count)).float().contiguous()}
+    if contexts:
+        tensors["context_states"] = F.normalize(torch.stack(contexts), dim=-1).contiguous()
+        tensors["context_replies"] = torch.tensor(context_replies, dtype=torch.long)
     replies_text = "\n".join(escape(text) for text in seen) + "\n"
     atomic_write_text(replies_file, replies_text)
     # The run id ties the index to its checkpoint and the digest ties the reply texts to the index: a set
     # mixed from two runs (a run killed before writing its own index) is refused on load.
     write_safetensors(
         index_file,
-        {"latents": matrix.contiguous(), "mean_next_latent": mean.contiguous()},
+        tensors,
         {
             "format": INDEX_FORMAT,
             "checkpoint": model_path.name,
@@ -94,8 +116,20 @@ def checkpoint_run_id(model_path: Path) -> str:
 
 
 class RetrievalIndex:
-    def __init__(self, latents: torch.Tensor, mean_next_latent: torch.Tensor, replies: list[str]) -> None:
+    """latents: the training replies [R, dim], unit length, beside `replies`; context_states [C, state dim] and
+    context_replies [C]: each training context and the row of the reply that followed it (None in an index written
+    before recall)."""
+
+    def __init__(
+        self,
+        latents: torch.Tensor,
+        mean_next_latent: torch.Tensor,
+        replies: list[str],
+        context_states: torch.Tensor | None = None,
+        context_replies: torch.Tensor | None = None,
+    ) -> None:
         self.latents, self.mean_next_latent, self.replies = latents, mean_next_latent, replies
+        self.context_states, self.context_replies = context_states, context_replies
 
     @classmethod
     def load(cls, model_path: Path) -> RetrievalIndex:
@@ -111,6 +145,9 @@ class RetrievalIndex:
             if metadata.get("format") != INDEX_FORMAT:
                 raise TextJepaError(f"{index_file} is not a textjepa retrieval index")
             latents, mean = handle.get_tensor("latents"), handle.get_tensor("mean_next_latent")
+            names = set(handle.keys())
+            states = handle.get_tensor("context_states") if "context_states" in names else None
+            context_replies = handle.get_tensor("context_replies") if "context_replies" in names else None
         if metadata.get("run_id", "") != checkpoint_run_id(model_path):
             raise TextJepaError(
                 f"{index_file.name} belongs to another run than {model_path.name}; re-run training to completion "
@@ -125,32 +162,74 @@ class RetrievalIndex:
             raise TextJepaError(
                 f"{replies_file} does not match {index_file} ({len(replies)} vs {len(latents)} entries)"
             )
-        return cls(latents, mean, replies)
+        if (states is None) != (context_replies is None) or (
+            context_replies is not None
+            and (len(states) != len(context_replies) or bool((context_replies >= len(replies)).any()))
+        ):
+            raise TextJepaError(f"{index_file.name} has a broken context table; re-run training to completion")
+        return cls(latents, mean, replies, states, context_replies)
 
     def nearest(self, query: torch.Tensor, k: int) -> list[tuple[str, float]]:
+        """The k training replies nearest `query` by cosine, with their cosines."""
         scores = self.latents @ F.normalize(query.float().cpu(), dim=-1)
         top = torch.topk(scores, min(k, len(scores)))
         return [(self.replies[int(i)], float(s)) for s, i in zip(top.values, top.indices)]
 
+    def recalled(self, state: torch.Tensor, threshold: float = RECALL_THRESHOLD) -> torch.Tensor:
+        """Per reply, the highest cosine between `state` and a training context that reply followed, where it is at
+        least `threshold` (else 0): which replies the model was taught for a context like this one."""
+        recall = torch.zeros(len(self.replies))
+        if self.context_states is None or self.context_replies is None:
+            return recall
+        similarity = self.context_states @ F.normalize(state.float().cpu(), dim=-1)
+        close = similarity >= threshold
+        return recall.scatter_reduce(0, self.context_replies[close], similarity[close], "amax")
+
+    def answer(
+        self, predicted: torch.Tensor, state: torch.Tensor | None, k: int
+    ) -> tuple[list[tuple[str, float]], float]:
+        """The retrieval decoder's k best replies with their cosines to the prediction, and the recall cosine (0 when
+        nothing was recalled). Replies recalled for `state` come first, by cosine to the prediction plus recall
+        cosine; then the rest by cosine to the prediction."""
+        cosines = self.latents @ F.normalize(predicted.float().cpu(), dim=-1)
+        recall = self.recalled(state) if state is not None else torch.zeros_like(cosines)
+        # Recalled replies score above 2, beyond any cosine, so they come first.
+        scores = torch.where(recall > 0, cosines + recall + 2.0, cosines)
+        top = torch.topk(scores, min(k, len(scores))).indices
+        return [(self.replies[int(i)], float(cosines[i])) for i in top], float(recall[top[0]])
+
 
 class RetrievalDecoder:
-    """Nearest training reply to the predicted next latent (cosine)."""
+    """Nearest training reply to the predicted next latent (cosine), after the replies recalled for a context the
+    model was trained on (`recall=False`: from the prediction alone)."""
 
     name = "retrieval"
     thread_safe = True  # read-only tensors: the server may run several generations at once
 
-    def __init__(self, index: RetrievalIndex) -> None:
-        self.index = index
+    def __init__(self, index: RetrievalIndex, recall: bool = True) -> None:
+        self.index, self.recall = index, recall
 
     def generate(
-        self, messages: list[dict], conditioning: Conditioning, max_new_tokens: int = 128, top_k: int = 1, **_
+        self,
+        messages: list[dict],
+        conditioning: Conditioning,
+        max_new_tokens: int = 128,
+        top_k: int = 1,
+        recall: bool | None = None,
+        **_,
     ) -> Generation:
+        """recall: this call's choice (None: the decoder's)."""
         notes = []
         query = conditioning.predicted
         if conditioning.ablated:
             query = conditioning.state
             notes.append("conditioning ablated: retrieval falls back to the context latent")
-        ranked = self.index.nearest(query, max(1, top_k))
+        recalling = self.recall if recall is None else recall
+        ranked, recall_cosine = self.index.answer(query, conditioning.state if recalling else None, max(1, top_k))
+        if recall_cosine > 0:
+            notes.append(
+                f"recalled: a training context at cosine {recall_cosine:.3f} to this one was followed by this reply"
+            )
         text = truncate_words(ranked[0][0], max_new_tokens)
         return Generation(text=text, alternatives=ranked, notes=notes, completion_tokens=len(text.split()))
 

@@ -151,6 +151,16 @@ class WorldInference:
             self._record_targets[store.path] = targets.to(self.device)
         return self._record_targets[store.path][torch.from_numpy(batch.index).to(self.device)]
 
+    @torch.no_grad()
+    def context_states(self, batch: Batch) -> torch.Tensor:
+        """The contexts of a batch of store records as `condition` gives the decoders their state [B, predicted_dim]
+        float32 on the device: the retrieval index's training contexts, for recall."""
+        ids = torch.from_numpy(batch.ids["context"]).to(self.device)
+        valid = torch.from_numpy(batch.valid["context"]).to(self.device)
+        state = self.context_encoder.pool(ids, valid)
+        with autocast(self.device, self.precision):
+            return self.network.to_target_space(state).float()
+
     def copy_latents(self, store: TokenStore, batch: Batch, state: torch.Tensor) -> torch.Tensor:
         """eval-world's "copy the context" prediction in the reply space: the state itself, or with a target model
         the frozen model's embedding of the context (that model's zero-shot retrieval)."""
@@ -235,11 +245,12 @@ class WorldInference:
         return self._index
 
     def nearest_replies(self, context: str, k: int, action: str = DEFAULT_ACTION) -> list[tuple[str, float]]:
-        """The k training replies whose latents are nearest (cosine) to the predicted next latent of a context:
-        what the retrieval decoder answers (`infer --top-k`)."""
+        """The k training replies the retrieval decoder ranks first for a context, with their cosines to its predicted
+        next latent: those recalled for a context the model was trained on, then the nearest to the prediction
+        (`infer --top-k`)."""
         if k < 1:
             raise TextJepaError(f"k must be at least 1, got {k}")
         if not context.strip():
             raise TextJepaError("the context is empty")
-        predicted = self.predict_texts([context], action, batch_size=1)[0]
-        return self.retrieval_index().nearest(predicted, k)
+        [conditioning], _ = self.condition([context], action=action)
+        return self.retrieval_index().answer(conditioning.predicted, conditioning.state, k)[0]

@@ -186,13 +186,25 @@ class WorldStage(Stage):
             # Frozen mode: the teacher is the encoder, whose latents of every next turn are already cached.
             def reply_latents(chunk: Batch) -> torch.Tensor:
                 return self.latents.next[self._records(chunk)]
+
+            # The state of a context is its frozen latent, cached too.
+            def context_states(chunk: Batch) -> torch.Tensor:
+                return self.latents.context[self._records(chunk)]
         else:
 
             def reply_latents(chunk: Batch) -> torch.Tensor:
                 return world.reply_latents(self.store, chunk)
 
+            context_states = world.context_states
+
         index_path = build_retrieval_index(
-            best_path, reply_latents, self.store, self.tokenizer, best.data, reply_texts=self._reply_texts(best.data)
+            best_path,
+            reply_latents,
+            self.store,
+            self.tokenizer,
+            best.data,
+            reply_texts=self._reply_texts(best.data),
+            context_states=context_states,
         )
         print(f"retrieval index: {index_path}")
         train = self.cfg.train
