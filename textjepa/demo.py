@@ -137,8 +137,9 @@ def _run_demo(cfg: DemoConfig, settings: Settings | None) -> dict:
     answers = []
     for prompt in cfg.prompts:
         reply = agent.respond(prompt)
-        answers.append({"prompt": prompt, "output": reply.generation.text})
-        print(f"prompt: {prompt}\naction: reply\noutput: {reply.generation.text}\n")
+        answers.append({"prompt": prompt, "output": reply.generation.text, "notes": reply.notes})
+        notes = "".join(f"note: {note}\n" for note in reply.notes)  # e.g. that the answer was recalled
+        print(f"prompt: {prompt}\naction: reply\n{notes}output: {reply.generation.text}\n")
     print(f"demo finished in {time.perf_counter() - started:.0f} s; artifacts in {out}/")
     print(f'try: textjepa infer {world.best_path} "What does \\`os.path.join\\` do?"')
     return {"jepa": jepa_report, "world": world_report, "answers": answers}
