@@ -97,7 +97,7 @@ def test_per_command_defaults_and_nested_configs():
     assert (latent.train.lr, latent.train.ema_start, latent.data.min_tokens) == (5e-4, 0.996, 2)
     assert (world.train.lr, world.train.ema_start, world.train.ema_end, world.data.min_tokens) == (3e-4, 0.99, 0.999, 1)
     bridge, _ = parse("train-bridge", "w.safetensors", "pairs.txt", "--lr", "1e-3", "--no-progress", "--oracle-latent")
-    assert (bridge.train.steps, bridge.train.batch, bridge.train.lr, bridge.train.weight_decay) == (800, 8, 1e-3, 0.0)
+    assert (bridge.train.steps, bridge.train.batch, bridge.train.lr, bridge.train.weight_decay) == (1200, 8, 1e-3, 0.0)
     assert (bridge.train.progress, bridge.oracle, bridge.world_model, bridge.data) == (
         False,
         True,
@@ -205,7 +205,7 @@ def test_usage_errors_are_one_line():
     assert_user_error(run_cli("latent", "x.txt", "--steps", "many"), "--steps", "invalid int")
     assert_user_error(run_cli("latent", "x.txt", "--regularizer", "none"), "invalid choice")
     result = run_cli("train-bridge", "--help")
-    assert result.returncode == 0 and "--oracle-latent" in result.stdout and "(default 800)" in result.stdout
+    assert result.returncode == 0 and "--oracle-latent" in result.stdout and "(default 1200)" in result.stdout
 
 
 def test_the_package_reads_the_environment_only_in_settings():
@@ -303,7 +303,7 @@ def test_every_declared_bound_is_checked_and_the_error_names_the_flag():
     bridge, _ = parse("train-bridge", "w.safetensors", "p.txt", "--steps", "0")
     bridge.validate()
     help_text = " ".join(subcommands(build_parser())["train-bridge"].format_help().split())
-    assert "K soft tokens, between 1 and 64 (default 4)" in help_text and "at least 0 (default 800)" in help_text
+    assert "K soft tokens, between 1 and 64 (default 8)" in help_text and "at least 0 (default 1200)" in help_text
 
 
 @pytest.mark.parametrize(
