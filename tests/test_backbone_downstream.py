@@ -264,13 +264,17 @@ def test_the_chat_page_and_its_endpoints_on_a_backbone_world_model(page_server, 
     [conditioning], encoded = agent.world.condition([f"User: {QUESTION}"])
     assert found["prompt_tokens"] == encoded.token_counts[0] > 0  # the backbone's WordPiece tokens
     index = RetrievalIndex.load(frozen_world["world"])
+    # Both lists in the retrieval decoder's order: replies recalled for a context like a training one first (this
+    # question is a training question without its number), then the nearest, each with its cosine to the query.
     for field, latent in (("nearest", conditioning.predicted), ("context_nearest", conditioning.state)):
-        expected = index.nearest(latent, 5)
+        expected, recalled = index.answer(latent, conditioning.state, 5)
         assert [item["text"] for item in found[field]] == [text for text, _ in expected]
         assert [item["score"] for item in found[field]] == pytest.approx([s for _, s in expected], abs=1e-5)
+        if field == "nearest":
+            assert (found["recalled"] or 0.0) == pytest.approx(recalled, abs=1e-5)
     cosine = torch.nn.functional.cosine_similarity(conditioning.predicted, conditioning.state, dim=0)
     assert found["prediction_context_cosine"] == pytest.approx(float(cosine), abs=1e-5)
-    # The turn's answer is the nearest training reply as the file wrote it; ablated, the context's nearest.
+    # The turn's answer is the decoder's first, a training reply as the file wrote it; ablated, the context's first.
     assert answer.json()["choices"][0]["message"]["content"] == found["nearest"][0]["text"]
     assert ablated.json()["choices"][0]["message"]["content"] == found["context_nearest"][0]["text"]
     assert found["nearest"][0]["text"] in written_replies(frozen_world["lines"])

@@ -98,11 +98,15 @@ def test_inspect_gives_the_nearest_training_replies_with_their_cosines(client, a
     [conditioning], encoded = agent.world.condition([f"User: {QUESTION}"])
     assert found["prompt_tokens"] == encoded.token_counts[0] > 0
     index = RetrievalIndex.load(world_model)
+    # The retrieval decoder's order: replies recalled for a context like a training one first, then the nearest.
+    recalled = index.answer(conditioning.predicted, conditioning.state, 1)[1]
+    assert (found["recalled"] or 0.0) == pytest.approx(recalled, abs=1e-5)
     for field, latent in (("nearest", conditioning.predicted), ("context_nearest", conditioning.state)):
-        expected = index.nearest(latent, TOP_K)
+        expected = index.answer(latent, conditioning.state, TOP_K)[0]
         assert [item["text"] for item in found[field]] == [text for text, _ in expected]
         assert [item["score"] for item in found[field]] == pytest.approx([score for _, score in expected], abs=1e-5)
-        scores = [item["score"] for item in found[field]]
+        # After the recalled replies, highest cosine first.
+        scores = [item["score"] for item in found[field]][int((index.recalled(conditioning.state) > 0).sum()) :]
         assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
     cosine = torch.nn.functional.cosine_similarity(conditioning.predicted, conditioning.state, dim=0)
     assert found["prediction_context_cosine"] == pytest.approx(float(cosine), abs=1e-5)

@@ -320,7 +320,7 @@ async def inspect(request: Request, state: State) -> Response:
         found = (
             await asyncio.to_thread(neighbours, index, conditioned.conditioning, body.top_k)
             if index is not None
-            else {"nearest": [], "context_nearest": [], "prediction_context_cosine": None}
+            else {"nearest": [], "context_nearest": [], "recalled": None, "prediction_context_cosine": None}
         )
     finally:
         slot.release()

@@ -2,7 +2,8 @@
 
 `POST /v1/textjepa/inspect` takes the messages of a chat request and answers with the action, the training
 replies whose teacher latents are nearest (cosine) to the predicted next-turn latent, and those nearest to
-the context latent (what the retrieval decoder answers from when the conditioning is ablated). The replies
+the context latent (what the retrieval decoder answers from when the conditioning is ablated), each list in the
+retrieval decoder's order (replies recalled for a context nearly the same as a training one first). The replies
 come from the retrieval index written beside every world checkpoint at the end of `train-world`; an LLM
 decoder does not need that index to answer, so the server loads it only when something asks to inspect.
 """
@@ -46,15 +47,19 @@ class ReplyIndex:
 
 
 def neighbours(index: RetrievalIndex, conditioning: Conditioning, top_k: int) -> dict:
-    """The nearest training replies to the predicted next latent and to the context latent, with cosines."""
+    """The training replies the retrieval decoder ranks first for the predicted next latent and, ablated, for the
+    context latent, with their cosines to it: those recalled for a context like a training one first (`recalled`:
+    that context's cosine, else None), then the nearest."""
 
     def listed(pairs: list[tuple[str, float]]) -> list[dict]:
         return [{"text": text, "score": round(score, 6)} for text, score in pairs]
 
     predicted, state = conditioning.predicted.float(), conditioning.state.float()
+    ranked, recalled = index.answer(predicted, state, top_k)
     return {
-        "nearest": listed(index.nearest(predicted, top_k)),
-        "context_nearest": listed(index.nearest(state, top_k)),
+        "nearest": listed(ranked),
+        "context_nearest": listed(index.answer(state, state, top_k)[0]),
+        "recalled": round(recalled, 6) if recalled > 0 else None,
         # How far the transition moved the prediction away from "the next turn looks like the context".
         "prediction_context_cosine": round(float(F.cosine_similarity(predicted, state, dim=0)), 6),
     }
