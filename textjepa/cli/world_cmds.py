@@ -98,14 +98,13 @@ def run_infer(cfg: InferConfig, args: argparse.Namespace, settings: Settings) ->
         decoder_model=cfg.decoder_model,
         settings=settings,
     )
-    recall = {"recall": False} if cfg.no_recall else {}
     reply = agent.respond(
         cfg.prompt,
         ablate=cfg.ablate_conditioning,
         max_new_tokens=cfg.max_new_tokens,
         top_k=cfg.top_k,
         temperature=cfg.temperature,
-        **recall,
+        recall=not cfg.no_recall,  # the retrieval decoder's; LLM decoders take only their own options
     )
     result = {
         "model": agent.model_name,

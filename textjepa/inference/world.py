@@ -157,7 +157,12 @@ class WorldInference:
         float32 on the device: the retrieval index's training contexts, for recall."""
         ids = torch.from_numpy(batch.ids["context"]).to(self.device)
         valid = torch.from_numpy(batch.valid["context"]).to(self.device)
-        state = self.context_encoder.pool(ids, valid)
+        return self.decoder_state(self.context_encoder.pool(ids, valid))
+
+    def decoder_state(self, state: torch.Tensor) -> torch.Tensor:
+        """A pooled context latent as the decoders read it, float32: the decoders compare it with the prediction
+        and query the index with it (ablation, recall), so with a target model it is taken into that space through
+        the target head (what an idle transition predicts)."""
         with autocast(self.device, self.precision):
             return self.network.to_target_space(state).float()
 
@@ -211,9 +216,7 @@ class WorldInference:
         state, predicted = self.predict(encoded, action)
         with autocast(self.device, self.precision):
             vector = self.network.conditioning_head(predicted)
-            # The decoders compare the state with the prediction and query the index with it (ablation): with a
-            # target model it is taken into that space through the target head (what an idle transition predicts).
-            state = self.network.to_target_space(state).float()
+        state = self.decoder_state(state)
         vector = vector.float()  # decoders and clients get fp32 vectors whichever precision computed them
         out = [
             Conditioning(predicted=predicted[i].cpu(), state=state[i].cpu(), vector=vector[i].cpu())
