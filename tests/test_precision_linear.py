@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textjepa.models.linear import Linear
+from textjepa.models.linear import Linear, _rows_in_bf16, padded_rows
 
 
 def outputs_and_grads(layer: Linear, x: torch.Tensor, forward) -> tuple[torch.Tensor, ...]:
@@ -21,10 +21,12 @@ def outputs_and_grads(layer: Linear, x: torch.Tensor, forward) -> tuple[torch.Te
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
-def test_bf16_linear_matches_torchs_autocast_linear(bias, input_dtype):
+@pytest.mark.parametrize("leading", [(3, 7), (5, 205)])  # 21 rows run as 32, 1,025 as 1,152
+def test_bf16_linear_matches_torchs_autocast_linear(bias, input_dtype, leading):
     torch.manual_seed(0)
     layer = Linear(48, 80, bias=bias)
-    x = torch.randn(3, 7, 48).to(input_dtype)
+    x = torch.randn(*leading, 48).to(input_dtype)
+    assert padded_rows(x.shape[0] * x.shape[1]) > x.shape[0] * x.shape[1]  # the padded path is the one tested
     ours = outputs_and_grads(layer, x, layer)
     torchs = outputs_and_grads(layer, x, lambda t: torch.nn.Linear.forward(layer, t))
     y, grad_x, grad_w, grad_b = ours
@@ -51,3 +53,32 @@ def test_outside_bf16_training_it_is_nn_linear():
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # the teacher, encoding, serving
         assert layer(x).grad_fn is None and layer(x).dtype == torch.bfloat16
     assert set(dict(layer.named_parameters())) == {"weight", "bias"}  # checkpoints name nn.Linear's tensors
+
+
+def test_row_counts_are_padded_to_a_coarse_grid():
+    padded = [padded_rows(rows) for rows in range(1, 5001)]
+    assert all(p >= rows for rows, p in zip(range(1, 5001), padded))
+    assert all(p - rows <= max(15, rows // 8) for rows, p in zip(range(1, 5001), padded))  # at most 12.5% more
+    assert all(padded_rows(p) == p for p in padded)  # a padded count is its own grid point
+    # A run's row counts (e.g. 300 to 4,096 tokens in a batch) map to few GEMM shapes: oneDNN builds each once.
+    assert len({padded_rows(rows) for rows in range(300, 4097)}) <= 32
+
+
+def test_padded_rows_are_zeros_and_the_rows_are_the_input():
+    t = torch.randn(21, 5)
+    block = _rows_in_bf16(t, 32)
+    assert block.dtype == torch.bfloat16 and block.shape == (32, 5)
+    assert torch.equal(block[:21], t.to(torch.bfloat16)) and not block[21:].any()
+    same = torch.randn(32, 5).to(torch.bfloat16)
+    assert _rows_in_bf16(same, 32) is same  # nothing to pad, already bf16: no copy
+
+
+@pytest.mark.parametrize("rows", [21, 1025])
+def test_without_gradients_it_computes_what_torchs_autocast_linear_does(rows):
+    torch.manual_seed(0)
+    layer = Linear(48, 80)
+    x = torch.randn(rows, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # the teacher, encoding, serving
+        ours, torchs = layer(x), torch.nn.Linear.forward(layer, x)
+    assert ours.dtype == torch.bfloat16 and ours.shape == (rows, 80)
+    assert torch.equal(ours, torchs)

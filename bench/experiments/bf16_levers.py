@@ -12,7 +12,9 @@ every variant alike; the spread over rounds is printed):
   attention in fp32 where a backward follows);
 - `bf16-torch-linear`: the same with torch's own autocast linear (the weight gradient handed back transposed);
 - `bf16-attention-bf16`: `bf16` with attention in torch's bf16 flash kernel in the training step too;
-- `bf16-contiguous-grad`: `bf16` with the output gradient made contiguous before the weight-gradient GEMM.
+- `bf16-contiguous-grad`: `bf16` with the output gradient made contiguous before the weight-gradient GEMM;
+- `bf16-unpadded-rows`: `bf16` with every GEMM at its own row count (before the grid of
+  textjepa.models.linear.padded_rows: oneDNN builds a kernel for each new shape).
 
 Each variant but fp32 swaps an implementation in for its own steps (class attributes, restored after).
 """
@@ -37,10 +39,11 @@ from _common import demo_paragraphs  # noqa: E402
 from train_throughput import SHAPES, training_setup  # noqa: E402
 
 import textjepa.models.encoder as encoder_module  # noqa: E402
+import textjepa.models.linear as linear_module  # noqa: E402
 from textjepa.models.linear import Linear, _Bf16Linear  # noqa: E402
 from textjepa.train.loop import train_step  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "bf16-torch-linear", "bf16-attention-bf16", "bf16-contiguous-grad")
+VARIANTS = ("fp32", "bf16", "bf16-torch-linear", "bf16-attention-bf16", "bf16-contiguous-grad", "bf16-unpadded-rows")
 
 
 def attention_in_bf16(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -53,10 +56,12 @@ def attention_in_bf16(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) ->
 
 def backward_with_contiguous_grad(ctx, grad: torch.Tensor):
     x2d, w = ctx.saved_tensors
-    g = grad.reshape(-1, grad.shape[-1]).to(torch.bfloat16)
-    grad_x = torch.mm(g, w).view(ctx.input_shape).to(ctx.input_dtype) if ctx.needs_input_grad[0] else None
+    g2d = grad.reshape(-1, grad.shape[-1])
+    rows = g2d.shape[0]
+    g = linear_module._rows_in_bf16(g2d, x2d.shape[0])
+    grad_x = torch.mm(g, w)[:rows].view(ctx.input_shape).to(ctx.input_dtype) if ctx.needs_input_grad[0] else None
     grad_w = torch.mm(g.t().contiguous(), x2d).float() if ctx.needs_input_grad[1] else None
-    grad_b = g.sum(0).float() if ctx.has_bias and ctx.needs_input_grad[2] else None
+    grad_b = g[:rows].sum(0).float() if ctx.has_bias and ctx.needs_input_grad[2] else None
     return grad_x, grad_w, grad_b
 
 
@@ -77,6 +82,8 @@ def variant_context(variant: str) -> contextlib.AbstractContextManager:
         return swapped(encoder_module, "attention", attention_in_bf16)
     if variant == "bf16-contiguous-grad":
         return swapped(_Bf16Linear, "backward", staticmethod(backward_with_contiguous_grad))
+    if variant == "bf16-unpadded-rows":
+        return swapped(linear_module, "padded_rows", lambda rows: rows)
     return contextlib.nullcontext()
 
 
@@ -86,6 +93,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=4, help="steps per variant per round")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="default")
+    parser.add_argument(
+        "--warmup", type=int, default=100, help="steps per variant first, so GEMM kernels are built as in a long run"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = SHAPES[args.shape]
@@ -93,7 +103,9 @@ def main() -> None:
         _, cfg, stage, optimizer, scheduler, sampler = training_setup(spec, demo_paragraphs(), Path(cache))
         step = 0
 
-        def run(variant: str, batches) -> float:
+        totals = {variant: [0, 0.0] for variant in args.variants}  # measured rounds: real tokens, CPU seconds
+
+        def run(variant: str, batches, measured: bool = True) -> float:
             nonlocal step
             precision = "fp32" if variant == "fp32" else "bf16"
             cpu, tokens = 0.0, 0
@@ -104,23 +116,35 @@ def main() -> None:
                     cpu += time.process_time() - began
                     tokens += batch.real_tokens
                     step += 1
+            if measured:
+                totals[variant][0] += tokens
+                totals[variant][1] += cpu
             return tokens / cpu
 
         for variant in args.variants:  # warm-up
-            run(variant, [sampler.next_batch() for _ in range(2)])
+            run(variant, [sampler.next_batch() for _ in range(max(1, args.warmup))], measured=False)
         ratios: dict[str, list[float]] = {variant: [] for variant in args.variants}
         first = args.variants[0]
         for round_index in range(args.rounds):
             batches = [sampler.next_batch() for _ in range(args.steps)]
-            rates = {variant: run(variant, batches) for variant in args.variants}
+            # A rotating order: a variant that runs a batch after another one finds some of its GEMM kernels
+            # already built (oneDNN caches them by shape), so no variant may always come second.
+            shift = round_index % len(args.variants)
+            order = args.variants[shift:] + args.variants[:shift]
+            rates = {variant: run(variant, batches) for variant in order}
             for variant in args.variants:
                 ratios[variant].append(rates[variant] / rates[first])
             listed = ", ".join(f"{v} {rates[v]:.0f} ({rates[v] / rates[first]:.2f})" for v in args.variants)
             print(f"round {round_index}: real tokens per CPU-s {listed}; load {os.getloadavg()[0]:.1f}", flush=True)
-    print(f"over {first}, median [min..max] of {args.rounds} rounds:")
+    print(f"over {first}: all rounds' tokens over all their CPU time (what a run gets); median [min..max] per round:")
+    first_rate = totals[first][0] / totals[first][1]
     for variant in args.variants:
         values = ratios[variant]
-        print(f"  {variant:22s} {statistics.median(values):.2f} [{min(values):.2f}..{max(values):.2f}]")
+        overall = totals[variant][0] / totals[variant][1] / first_rate
+        print(
+            f"  {variant:22s} {overall:.2f}; per round {statistics.median(values):.2f} "
+            f"[{min(values):.2f}..{max(values):.2f}]"
+        )
 
 
 if __name__ == "__main__":
