@@ -124,10 +124,12 @@ def test_auto_picks_bf16_only_for_the_work_where_it_measured_faster(cpuinfo):
     assert resolve_precision("bf16", "cpu", cpuinfo, work="serving").precision == "bf16"
     assert {resolve_precision("auto", "cpu", AVX2_ONLY, work=work).precision for work in WORKS} == {"fp32"}
     assert {resolve_precision("auto", "cuda", AVX2_ONLY, True, work=work).precision for work in WORKS} == {"bf16"}
-    # Narrow models train slower in bf16 there: auto keeps them in fp32 (dim unknown: the default shapes' rule).
-    narrow = resolve_precision("auto", "cpu", cpuinfo, work="training", dim=128)
-    assert narrow.precision == "fp32" and "below dim 256" in narrow.reason
-    assert resolve_precision("auto", "cpu", cpuinfo, work="training", dim=384).precision == "bf16"
+    # Models narrower than any shape measured faster stay in fp32 (dim unknown: the default shapes' rule).
+    narrow = resolve_precision("auto", "cpu", cpuinfo, work="training", dim=64)
+    assert narrow.precision == "fp32" and "below dim 128" in narrow.reason
+    for dim in (128, 384):
+        assert resolve_precision("auto", "cpu", cpuinfo, work="training", dim=dim).precision == "bf16"
+        assert resolve_precision("auto", "cpu", cpuinfo, work="encoding", dim=dim).precision == "bf16"
     assert resolve_precision("auto", "cpu", AVX2_ONLY, work="training", dim=384).precision == "fp32"
     with pytest.raises(ValueError, match="unknown work 'chatting'"):
         resolve_precision("auto", "cpu", cpuinfo, work="chatting")

@@ -55,7 +55,8 @@ DEVICE_HELP = "auto, cpu or cuda"
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 PRECISION_HELP = (
     "compute precision: auto picks bf16 only where the hardware runs it natively (CUDA with bf16, a CPU reporting "
-    "avx512_bf16 or amx_bf16), else fp32; bf16 is autocast over fp32 weights, checkpoints stay fp32"
+    "avx512_bf16 or amx_bf16) and, on such a CPU, only for training and encoding models at least 128 wide (serving "
+    "stays fp32: measured faster there), else fp32; bf16 is autocast over fp32 weights, checkpoints stay fp32"
 )
 
 

@@ -41,9 +41,10 @@ WORKS: tuple[str, ...] = get_args(Work)
 # a training step ~1.9x at the default shape; encoding batches of 32 faster too. Serving computes a few short
 # texts per request, where the casts and bf16 kernels' fixed costs outweigh the faster GEMMs: p99 slower in bf16.
 CPU_BF16_FASTER_FOR: frozenset[str] = frozenset({"training", "encoding"})
-# ... and only for models at least this wide: at dim 128 (2 layers, max_seq 64) a bf16 training step was slower
-# than fp32 there (0.75-0.9x; dim 368 and 384: ~1.7x), its GEMMs too small for the casts to pay.
-CPU_BF16_MIN_DIM = 256
+# ... and only for models at least this wide: the narrowest shape measured is dim 128 (2 layers, max_seq 64), where
+# with GEMM row counts on a grid (textjepa/models/linear.py) bf16 trained 1.20x and encoded 1.17-1.37x as fast as
+# fp32 (before the grid: 0.75-1.07x; dim 368 and 384: ~2.0x training). Narrower models were not measured: fp32.
+CPU_BF16_MIN_DIM = 128
 
 # CPU flags (as Linux spells them in /proc/cpuinfo) under which oneDNN runs bf16 matmuls natively:
 # AVX512-BF16 dot products, or AMX tiles. avx512f alone only converts, which is no faster than fp32.
@@ -154,7 +155,7 @@ def resolve_precision(
             slower = f"{hardware}, but bf16 measured slower than fp32 for {work} on such CPUs"
             return PrecisionChoice("fp32", requested, device_type, native, slower)
         if native and device_type == "cpu" and dim is not None and dim < CPU_BF16_MIN_DIM:
-            slower = f"{hardware}, but bf16 measured slower than fp32 below dim {CPU_BF16_MIN_DIM} on such CPUs"
+            slower = f"{hardware}, but bf16 was not measured faster than fp32 below dim {CPU_BF16_MIN_DIM} on such CPUs"
             return PrecisionChoice("fp32", requested, device_type, native, slower)
         return PrecisionChoice("bf16" if native else "fp32", requested, device_type, native, hardware)
     # bf16 asked for explicitly
