@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, built_once, new_shared_dir
 
-pytestmark = pytest.mark.slow
+# One worker runs this file's tests, one after the other: they share the run's venv, and one of them edits its page.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_wheel")]
 
 TEXTS = ["User: tell me about music please", "rain falls from grey clouds"]
 
@@ -91,14 +92,21 @@ def test_the_installed_command_prints_its_help(installed, args):
 
 
 def test_the_installed_server_serves_its_own_chat_page(installed, tiny_world, tmp_path):
+    # A marker appended to the installed copy's page (the venv is this file's own): the page served at / must be
+    # that file, not the checkout's. The page is put back afterwards: another test compares it with the wheel's.
+    page = installed_file(installed, "textjepa").parent / "serve" / "static" / "chat.html"
+    original = page.read_bytes()
+    marker = f"<!-- installed copy {tmp_path.name} -->"
+    page.write_bytes(original + marker.encode() + b"\n")
+    try:
+        serves_the_installed_page(installed, tiny_world, tmp_path, marker)
+    finally:
+        page.write_bytes(original)
+
+
+def serves_the_installed_page(installed: dict, tiny_world: dict, tmp_path: Path, marker: str) -> None:
     import httpx
 
-    # A marker appended to the installed copy's page (the venv is this file's own): the page served at / must be
-    # that file, not the checkout's.
-    page = installed_file(installed, "textjepa").parent / "serve" / "static" / "chat.html"
-    marker = f"<!-- installed copy {tmp_path.name} -->"
-    if marker not in page.read_text():
-        page.write_text(page.read_text() + marker + "\n")
     log = open(tmp_path / "serve.log", "w")
     args = [installed["textjepa"], "serve", tiny_world["world"], "--port", "0", "--precision", "fp32"]
     proc = subprocess.Popen(
