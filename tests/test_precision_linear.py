@@ -82,3 +82,16 @@ def test_without_gradients_it_computes_what_torchs_autocast_linear_does(rows):
         ours, torchs = layer(x), torch.nn.Linear.forward(layer, x)
     assert ours.dtype == torch.bfloat16 and ours.shape == (rows, 80)
     assert torch.equal(ours, torchs)
+
+
+def test_a_frozen_layer_passes_its_input_gradient_as_torchs_does():
+    """Weights without gradients (a frozen backbone's layer) under a bf16 autocast: the input's gradient only."""
+    torch.manual_seed(0)
+    layer = Linear(48, 80).requires_grad_(False)
+    grads = []
+    for forward in (layer, lambda t: torch.nn.Linear.forward(layer, t)):
+        x = torch.randn(5, 205, 48, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            forward(x).float().sum().backward()
+        grads.append(x.grad)
+    assert layer.weight.grad is None and torch.equal(grads[0], grads[1])

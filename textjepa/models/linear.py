@@ -5,9 +5,9 @@ hands it back through the autocast cast as a transposed bf16 view; the fp32 `.gr
 layout, so it is copied element by element across the transpose (measured on an AMX CPU: 1.4-1.7 ms for a
 [1536, 384] weight against 0.2 ms for a plain cast, the slowest of ~130 casts in a training step) and the GEMM
 that made it ran with a transposed output. `Linear` here computes `grad^T @ x` instead, which is the gradient
-in the weight's own [out, in] layout, and casts it to fp32 once. Elsewhere
-(fp32, inference, the teacher under no_grad, CUDA) it is nn.Linear itself; the parameters, their names and so
-the checkpoints are nn.Linear's.
+in the weight's own [out, in] layout, and casts it to fp32 once. Under a CPU bf16 autocast without gradients (the
+teacher's targets, encoding, serving) it computes what autocast's linear does; elsewhere (fp32, CUDA) it is
+nn.Linear itself. The parameters, their names and so the checkpoints are nn.Linear's.
 
 Its GEMMs also see few distinct shapes: the row count (tokens, or masked tokens for the predictor) is padded up to
 a coarse grid. A CPU bf16 GEMM runs through oneDNN, which builds (JIT-compiles) a kernel for every new shape and
@@ -23,11 +23,9 @@ import torch
 from torch import nn
 
 
-def _cpu_bf16_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and weight.requires_grad
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
     )
@@ -54,7 +52,8 @@ def _rows_in_bf16(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 class _Bf16Linear(torch.autograd.Function):
-    """y = x W^T + b in bf16 (fp32 accumulation in the kernel); gradients of the fp32 W and b in their layout."""
+    """y = x W^T + b in bf16 (fp32 accumulation in the kernel) at the padded row count; gradients of the fp32 W and
+    b in their own layout. Without gradients (the teacher's targets, encoding, serving) the forward alone runs."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -62,10 +61,7 @@ class _Bf16Linear(torch.autograd.Function):
         rows = x2d.shape[0]
         x2d = _rows_in_bf16(x2d, padded_rows(rows))
         w = weight.to(torch.bfloat16)
-        if bias is None:
-            y = torch.mm(x2d, w.t())
-        else:
-            y = torch.addmm(bias.to(torch.bfloat16), x2d, w.t())
+        y = torch.mm(x2d, w.t()) if bias is None else torch.addmm(bias.to(torch.bfloat16), x2d, w.t())
         ctx.save_for_backward(x2d, w)
         ctx.has_bias = bias is not None
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
@@ -87,32 +83,10 @@ class _Bf16Linear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def _cpu_bf16_without_grad(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
-        x.device.type == "cpu"
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    )
-
-
-def _bf16_linear_without_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """What autocast's linear computes, at the padded row count (the teacher's targets, encoding, serving)."""
-    x2d = x.reshape(-1, x.shape[-1])
-    rows = x2d.shape[0]
-    w = weight.to(torch.bfloat16)
-    x2d = _rows_in_bf16(x2d, padded_rows(rows))
-    y = torch.mm(x2d, w.t()) if bias is None else torch.addmm(bias.to(torch.bfloat16), x2d, w.t())
-    return y[:rows].view(*x.shape[:-1], weight.shape[0])
-
-
 class Linear(nn.Linear):
-    """nn.Linear; under a CPU bf16 autocast, at padded row counts, and with gradients through _Bf16Linear (see the
-    module doc)."""
+    """nn.Linear; under a CPU bf16 autocast, through _Bf16Linear (see the module doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_bf16_training(x, self.weight):
+        if _cpu_bf16_autocast(x):
             return _Bf16Linear.apply(x, self.weight, self.bias)
-        if _cpu_bf16_without_grad(x, self.weight):
-            return _bf16_linear_without_grad(x, self.weight, self.bias)
         return super().forward(x)
