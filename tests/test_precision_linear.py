@@ -95,3 +95,31 @@ def test_a_frozen_layer_passes_its_input_gradient_as_torchs_does():
             forward(x).float().sum().backward()
         grads.append(x.grad)
     assert layer.weight.grad is None and torch.equal(grads[0], grads[1])
+
+
+def test_without_gradients_the_bf16_weights_are_cast_once_and_again_after_any_change():
+    torch.manual_seed(0)
+    layer = Linear(48, 80)
+    x = torch.randn(21, 48)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            return layer(x), torch.nn.Linear.forward(layer, x)
+
+    ours, torchs = both()
+    cast = layer._bf16_copy[1]
+    assert torch.equal(ours, torchs)
+    ours, _ = both()
+    assert layer._bf16_copy[1] is cast  # the weights did not change: no new cast
+    with torch.no_grad():  # an optimizer step or the EMA: in place
+        layer.weight.mul_(-0.5)
+        layer.bias.add_(1.0)
+    ours, torchs = both()
+    assert torch.equal(ours, torchs) and layer._bf16_copy[1] is not cast
+    layer.load_state_dict({"weight": torch.randn(80, 48), "bias": torch.randn(80)})
+    ours, torchs = both()
+    assert torch.equal(ours, torchs)
+    layer.weight.data = torch.randn(80, 48)  # new storage, as a move to another device gives
+    ours, torchs = both()
+    assert torch.equal(ours, torchs)
+    assert set(layer.state_dict()) == {"weight", "bias"}

@@ -6,8 +6,9 @@ layout, so it is copied element by element across the transpose (measured on an 
 [1536, 384] weight against 0.2 ms for a plain cast, the slowest of ~130 casts in a training step) and the GEMM
 that made it ran with a transposed output. `Linear` here computes `grad^T @ x` instead, which is the gradient
 in the weight's own [out, in] layout, and casts it to fp32 once. Under a CPU bf16 autocast without gradients (the
-teacher's targets, encoding, serving) it computes what autocast's linear does; elsewhere (fp32, CUDA) it is
-nn.Linear itself. The parameters, their names and so the checkpoints are nn.Linear's.
+teacher's targets, encoding, serving) it computes what autocast's linear does, from bf16 weights it casts once
+while they stay unchanged; elsewhere (fp32, CUDA) it is nn.Linear itself. The parameters, their names and so the
+checkpoints are nn.Linear's.
 
 Its GEMMs also see few distinct shapes: the row count (tokens, or masked tokens for the predictor) is padded up to
 a coarse grid. A CPU bf16 GEMM runs through oneDNN, which builds (JIT-compiles) a kernel for every new shape and
@@ -51,21 +52,27 @@ def _rows_in_bf16(t: torch.Tensor, rows: int) -> torch.Tensor:
     return block
 
 
+def _bf16_gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = x w^T + b with bf16 w and b (fp32 accumulation in the kernel) at the padded row count; with the padded
+    bf16 input it used."""
+    x2d = x.reshape(-1, x.shape[-1])
+    rows = x2d.shape[0]
+    x2d = _rows_in_bf16(x2d, padded_rows(rows))
+    y = torch.mm(x2d, w.t()) if b is None else torch.addmm(b, x2d, w.t())
+    return y[:rows].view(*x.shape[:-1], w.shape[0]), x2d
+
+
 class _Bf16Linear(torch.autograd.Function):
-    """y = x W^T + b in bf16 (fp32 accumulation in the kernel) at the padded row count; gradients of the fp32 W and
-    b in their own layout. Without gradients (the teacher's targets, encoding, serving) the forward alone runs."""
+    """_bf16_gemm of the fp32 W and b, with their gradients in their own layout."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x2d = x.reshape(-1, x.shape[-1])
-        rows = x2d.shape[0]
-        x2d = _rows_in_bf16(x2d, padded_rows(rows))
         w = weight.to(torch.bfloat16)
-        y = torch.mm(x2d, w.t()) if bias is None else torch.addmm(bias.to(torch.bfloat16), x2d, w.t())
+        y, x2d = _bf16_gemm(x, w, None if bias is None else bias.to(torch.bfloat16))
         ctx.save_for_backward(x2d, w)
         ctx.has_bias = bias is not None
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
-        return y[:rows].view(*x.shape[:-1], weight.shape[0])
+        return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -84,9 +91,27 @@ class _Bf16Linear(torch.autograd.Function):
 
 
 class Linear(nn.Linear):
-    """nn.Linear; under a CPU bf16 autocast, through _Bf16Linear (see the module doc)."""
+    """nn.Linear; under a CPU bf16 autocast, through _Bf16Linear, or without gradients through _bf16_gemm of its bf16
+    weights cast once (see the module doc)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._bf16_copy: tuple | None = None  # (what the weights were, bf16 weight, bf16 bias): not in state_dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_bf16_autocast(x):
+        if not _cpu_bf16_autocast(x):
+            return super().forward(x)
+        if torch.is_grad_enabled():
             return _Bf16Linear.apply(x, self.weight, self.bias)
-        return super().forward(x)
+        return _bf16_gemm(x, *self._bf16_weights())[0]
+
+    def _bf16_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight and bias in bf16, cast again only when they changed: an optimizer step or the EMA (in place:
+        a new version), a load or a move (new storage). Without it every call casts them, a tenth of a bf16 encode
+        (docs/results.md, issue 23). A change made through `.data` would go unseen: nothing here makes one."""
+        tensors = (self.weight,) if self.bias is None else (self.weight, self.bias)
+        state = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._bf16_copy is None or self._bf16_copy[0] != state:
+            bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+            self._bf16_copy = (state, self.weight.to(torch.bfloat16), bias)
+        return self._bf16_copy[1], self._bf16_copy[2]
