@@ -453,8 +453,13 @@ def shape_rows(name: str, shape: dict, threads: int, paths: dict) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds (best is kept)")
-    parser.add_argument("--steps", type=int, default=4, help="steps per mode per round (default shape)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (default %(default)s)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=6,
+        help="steps per mode per round at the default shape, twice that at others (%(default)s)",
+    )
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated: {', '.join(SHAPES)}")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--compile", action="store_true", help="also time each precision's step under torch.compile")
