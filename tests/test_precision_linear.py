@@ -123,3 +123,14 @@ def test_without_gradients_the_bf16_weights_are_cast_once_and_again_after_any_ch
     ours, torchs = both()
     assert torch.equal(ours, torchs)
     assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_a_layer_made_under_inference_mode_still_runs_in_bf16():
+    """Its weights are inference tensors, which keep no version: they are cast on every call, never cached."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        layer = Linear(48, 80)
+        x = torch.randn(21, 48)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours, torchs = layer(x), torch.nn.Linear.forward(layer, x)
+    assert torch.equal(ours, torchs) and layer._bf16_copy is None

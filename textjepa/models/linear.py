@@ -109,9 +109,11 @@ class Linear(nn.Linear):
         """The weight and bias in bf16, cast again only when they changed: an optimizer step or the EMA (in place:
         a new version), a load or a move (new storage). Without it every call casts them, a tenth of a bf16 encode
         (docs/results.md, issue 23). A change made through `.data` would go unseen: nothing here makes one."""
-        tensors = (self.weight,) if self.bias is None else (self.weight, self.bias)
+        bias = self.bias
+        tensors = (self.weight,) if bias is None else (self.weight, bias)
+        if any(t.is_inference() for t in tensors):  # made under torch.inference_mode: no version to tell a change by
+            return self.weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
         state = tuple((t.data_ptr(), t._version) for t in tensors)
         if self._bf16_copy is None or self._bf16_copy[0] != state:
-            bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-            self._bf16_copy = (state, self.weight.to(torch.bfloat16), bias)
+            self._bf16_copy = (state, self.weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16))
         return self._bf16_copy[1], self._bf16_copy[2]
