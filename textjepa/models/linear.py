@@ -114,6 +114,8 @@ class Linear(nn.Linear):
         if any(t.is_inference() for t in tensors):  # made under torch.inference_mode: no version to tell a change by
             return self.weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16)
         state = tuple((t.data_ptr(), t._version) for t in tensors)
-        if self._bf16_copy is None or self._bf16_copy[0] != state:
-            self._bf16_copy = (state, self.weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16))
-        return self._bf16_copy[1], self._bf16_copy[2]
+        copy = self._bf16_copy  # read once: a server's threads may replace it meanwhile
+        if copy is None or copy[0] != state:
+            copy = (state, self.weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16))
+            self._bf16_copy = copy
+        return copy[1], copy[2]
