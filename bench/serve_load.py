@@ -369,6 +369,13 @@ def precision_comparison(by_precision: dict[str, dict], bf16_native: bool) -> di
     return rows
 
 
+def auto_server_noise(row: dict) -> str:
+    """For a row of precision_comparison: the auto server's own ratio, where auto's row is another server's."""
+    if "auto_server_ratio" not in row:
+        return ""
+    return f"; the auto server itself {row['auto_server_ratio']}x fp32's: the same configuration, so this run's noise"
+
+
 def resolved_precision(first_line: str | None) -> str:
     """What the server computes in, from its first line ("... precision: bf16 autocast ..." or "precision: fp32")."""
     if first_line and "precision: bf16" in first_line:
@@ -614,13 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             other = row["precision"]
             print(
                 f"p99 latency ms, {title}: fp32 {row['fp32']}, {other} {row[other]}, {other} / fp32 {row['ratio']} "
-                f"({row['kind']}"
-                + (
-                    f"; the auto server itself {row['auto_server_ratio']}, this run's noise"
-                    if "auto_server_ratio" in row
-                    else ""
-                )
-                + ")"
+                f"({row['kind']}{auto_server_noise(row)})"
             )
     report["load_average_after"] = list(os.getloadavg())
     report["llamacpp"] = (
@@ -657,12 +658,7 @@ def main(argv: list[str] | None = None) -> int:
                 1.0 if other == "auto" else None,
                 direction="<=",
                 note=f"fp32 {row['fp32']} ms, {other} {row[other]} ms; servers side by side in {rounds} rounds"
-                + (
-                    f"; the auto server itself {row['auto_server_ratio']}x fp32's: the same configuration,"
-                    " so that is this run's noise"
-                    if "auto_server_ratio" in row
-                    else ""
-                ),
+                + auto_server_noise(row),
             )
         )
     report["goal_met"] = all(row["met"] for row in report["table"] if row["met"] is not None)

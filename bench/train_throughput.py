@@ -228,7 +228,8 @@ def measure_shape(
     best: dict[str, dict[str, dict]] = {variant: {} for variant in variants}
     # Over all rounds, the same batches for every variant: the bf16 / fp32 ratio is taken from these sums. Each
     # variant's best round would favour bf16, whose rate grows with a batch's size where fp32's hardly does.
-    sums = {variant: {mode: [0, 0.0, 0.0] for mode in ("bucketed", "fixed")} for variant in variants}
+    summed = ("real_tokens", "seconds", "cpu_seconds")
+    sums = {variant: {mode: dict.fromkeys(summed, 0.0) for mode in ("bucketed", "fixed")} for variant in variants}
     peaks: dict[str, list[float]] = {precision: [] for precision in DTYPES if precision in variants}
     for round_index in range(rounds):
         # Every variant steps through the same batches in a round: bucketed batches differ a lot in width.
@@ -247,8 +248,8 @@ def measure_shape(
                 continue
             for mode in ("bucketed", "fixed"):
                 t = run(variant, mode, batches[:variant_steps])
-                for index, key in enumerate(("real_tokens", "seconds", "cpu_seconds")):
-                    sums[variant][mode][index] += t[key]
+                for key in summed:
+                    sums[variant][mode][key] += t[key]
                 rates = {
                     "real_tokens_per_s": t["real_tokens"] / t["seconds"],
                     # Per CPU-second of this process: what the step costs when other work shares the cores.
@@ -288,10 +289,10 @@ def measure_shape(
         }
         shape["bf16_over_fp32_best_rounds"] = best_ratio
         if plan["bf16"] == plan["fp32"]:  # the same work: the ratio of the sums
-            for rate, index in (("real_tokens_per_s", 1), ("real_tokens_per_cpu_s", 2)):
+            for rate, time_key in (("real_tokens_per_s", "seconds"), ("real_tokens_per_cpu_s", "cpu_seconds")):
                 shape[f"bf16_over_fp32_{rate}"] = {
-                    mode: (sums["bf16"][mode][0] / sums["bf16"][mode][index])
-                    / (sums["fp32"][mode][0] / sums["fp32"][mode][index])
+                    mode: (sums["bf16"][mode]["real_tokens"] / sums["bf16"][mode][time_key])
+                    / (sums["fp32"][mode]["real_tokens"] / sums["fp32"][mode][time_key])
                     for mode in ("bucketed", "fixed")
                 }
         else:  # emulated bf16 ran one short step: only its best round exists
