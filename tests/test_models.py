@@ -131,3 +131,59 @@ def test_a_training_state_of_another_layout_is_a_clear_error(tmp_path):
     changed = {k: v + 1 for k, v in model.state_dict().items()}
     load_model_state(model, changed, tmp_path / "new.state.pt")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in changed.items())
+
+
+def test_vicreg_terms_are_the_textbook_variance_hinge_and_off_diagonal_covariance():
+    # vicreg_terms reads each dimension's variance off the covariance's diagonal; the reference takes it from var(0).
+    torch.manual_seed(0)
+    # Mixed scales: some dimensions under the hinge's std of 1, some over it; correlated through the matrix.
+    z = (torch.randn(300, 24) @ torch.randn(24, 24) * torch.linspace(0.02, 0.5, 24)).requires_grad_()
+    variance, covariance = vicreg_terms(z)
+    (variance + covariance).backward()
+    reference_z = z.detach().clone().requires_grad_()
+    centred = reference_z - reference_z.mean(0)
+    ref_variance = torch.relu(1.0 - torch.sqrt(centred.var(0) + 1e-4)).mean()
+    cov = centred.T @ centred / (len(z) - 1)
+    ref_covariance = (cov - torch.diag(torch.diag(cov))).pow(2).sum() / z.shape[1]
+    (ref_variance + ref_covariance).backward()
+    assert 0 < variance.item() and 0 < covariance.item()
+    assert torch.allclose(variance, ref_variance, rtol=1e-5)
+    assert torch.allclose(covariance, ref_covariance, rtol=1e-5)
+    assert torch.allclose(z.grad, reference_z.grad, rtol=1e-4, atol=1e-7)
+
+
+def _attention_by_autograd(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
+    batch, length, width = qkv.shape
+    q, k, v = qkv.view(batch, length, 3, heads, width // 3 // heads).permute(2, 0, 3, 1, 4)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return out.transpose(1, 2).reshape(batch, length, width // 3)
+
+
+def test_attention_gradient_is_autograds_own_bit_for_bit():
+    from textjepa.models.encoder import attention
+
+    torch.manual_seed(0)
+    valid = torch.rand(3, 7) > 0.3
+    valid[:, 0] = True
+    mask = valid[:, None, None, :]
+    qkv = torch.randn(3, 7, 3 * 32, requires_grad=True)
+    reference = qkv.detach().clone().requires_grad_()
+    out, expected = attention(qkv, 4, mask), _attention_by_autograd(reference, 4, mask)
+    assert torch.equal(out, expected)
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    expected.backward(upstream)
+    assert torch.equal(qkv.grad, reference.grad)
+    assert qkv.grad[..., 64:].abs().sum() > 0  # the values' part too, not only queries and keys
+
+
+def test_attention_gradient_when_only_some_heads_inputs_reach_the_loss():
+    # Only v reaches the loss through a uniform attention (q = k = 0): q's and k's gradients may come back as None.
+    from textjepa.models.encoder import _SplitHeads
+
+    qkv = torch.randn(2, 5, 3 * 8, requires_grad=True)
+    q, k, v = _SplitHeads.apply(qkv, 2)
+    v.sum().backward()
+    expected = torch.zeros_like(qkv)
+    expected[..., 16:] = 1.0
+    assert torch.equal(qkv.grad, expected)

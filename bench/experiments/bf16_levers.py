@@ -14,7 +14,13 @@ every variant alike; the spread over rounds is printed):
 - `bf16-attention-bf16`: `bf16` with attention in torch's bf16 flash kernel in the training step too;
 - `bf16-contiguous-grad`: `bf16` with the output gradient made contiguous before the weight-gradient GEMM;
 - `bf16-unpadded-rows`: `bf16` with every GEMM at its own row count (before the grid of
-  textjepa.models.linear.padded_rows: oneDNN builds a kernel for each new shape).
+  textjepa.models.linear.padded_rows: oneDNN builds a kernel for each new shape);
+- `bf16-addmm`: `bf16` with the bias added by addmm (which first copies it into the whole output), not inside
+  oneDNN's GEMM.
+
+Levers that change both precisions alike, each as `fp32-<lever>` and `bf16-<lever>` (the code before the lever):
+- `-var-reduction`: the VICReg variance by var(0), not read off the covariance's diagonal;
+- `-stacked-qkv-grad`: autograd's own backward of attention's head split (a stack, then a copy of it).
 
 Each variant but fp32 swaps an implementation in for its own steps (class attributes, restored after).
 """
@@ -40,10 +46,22 @@ from train_throughput import SHAPES, training_setup  # noqa: E402
 
 import textjepa.models.encoder as encoder_module  # noqa: E402
 import textjepa.models.linear as linear_module  # noqa: E402
+import textjepa.objectives.regularizers as regularizers_module  # noqa: E402
 from textjepa.models.linear import Linear, _Bf16Linear  # noqa: E402
+from textjepa.precision import fp32_function  # noqa: E402
 from textjepa.train.loop import train_step  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "bf16-torch-linear", "bf16-attention-bf16", "bf16-contiguous-grad", "bf16-unpadded-rows")
+SHARED_LEVERS = ("var-reduction", "stacked-qkv-grad")
+VARIANTS = (
+    "fp32",
+    "bf16",
+    "bf16-torch-linear",
+    "bf16-attention-bf16",
+    "bf16-contiguous-grad",
+    "bf16-unpadded-rows",
+    "bf16-addmm",
+    *(f"{precision}-{lever}" for lever in SHARED_LEVERS for precision in ("fp32", "bf16")),
+)
 
 
 def attention_in_bf16(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -65,6 +83,25 @@ def backward_with_contiguous_grad(ctx, grad: torch.Tensor):
     return grad_x, grad_w, grad_b
 
 
+def attention_stacked_grad(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
+    if qkv.requires_grad and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return attention_stacked_grad(qkv.float(), heads, attn_mask)
+    return attention_in_bf16(qkv, heads, attn_mask)  # the view, permute and unbind, with autograd's backward
+
+
+@fp32_function
+def vicreg_by_var_reduction(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    z = z.float()
+    centred = z - z.mean(0)
+    std = torch.sqrt(centred.var(0) + eps)
+    variance = torch.relu(1.0 - std).mean()
+    n, d = z.shape
+    cov = (centred.T @ centred) / max(n - 1, 1)
+    off_diagonal = cov - torch.diag(torch.diag(cov))
+    return variance, off_diagonal.pow(2).sum() / d
+
+
 @contextlib.contextmanager
 def swapped(owner, name: str, value):
     original = owner.__dict__[name]
@@ -84,6 +121,12 @@ def variant_context(variant: str) -> contextlib.AbstractContextManager:
         return swapped(_Bf16Linear, "backward", staticmethod(backward_with_contiguous_grad))
     if variant == "bf16-unpadded-rows":
         return swapped(linear_module, "padded_rows", lambda rows: rows)
+    if variant.endswith("-var-reduction"):
+        return swapped(regularizers_module, "vicreg_terms", vicreg_by_var_reduction)
+    if variant.endswith("-stacked-qkv-grad"):
+        return swapped(encoder_module, "attention", attention_stacked_grad)
+    if variant == "bf16-addmm":
+        return swapped(linear_module, "_gemm_with_bias", lambda x2d, w, b: torch.addmm(b, x2d, w.t()))
     return contextlib.nullcontext()
 
 
@@ -107,7 +150,7 @@ def main() -> None:
 
         def run(variant: str, batches, measured: bool = True) -> float:
             nonlocal step
-            precision = "fp32" if variant == "fp32" else "bf16"
+            precision = variant.split("-")[0]
             cpu, tokens = 0.0, 0
             with variant_context(variant):
                 for batch in batches:

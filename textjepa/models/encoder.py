@@ -43,9 +43,33 @@ def attention(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.T
     if qkv.requires_grad and qkv.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return attention(qkv.float(), heads, attn_mask)
-    q, k, v = qkv.view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = _SplitHeads.apply(qkv, heads)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     return out.transpose(1, 2).reshape(batch, length, dim)
+
+
+class _SplitHeads(torch.autograd.Function):
+    """qkv [B, T, 3 * D] -> q, k, v [B, H, T, D / H], views; the backward writes their gradients into one
+    [B, T, 3 * D] tensor. Autograd's own backward of the view, permute and unbind stacks the three gradients and then
+    copies the permuted stack again to make it contiguous: one copy of qkv's size more, about a tenth of attention's
+    forward and backward (measured on a CPU; docs/results.md, issue 23). The same numbers either way."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+        batch, length, width = qkv.shape
+        return qkv.view(batch, length, 3, heads, width // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        shaped = next(g for g in grads if g is not None)
+        batch, heads, length, head_dim = shaped.shape
+        grad = shaped.new_empty(batch, length, 3, heads, head_dim)
+        for part, g in enumerate(grads):
+            if g is None:  # a part that reached no loss
+                grad[:, :, part].zero_()
+            else:
+                grad[:, :, part].copy_(g.transpose(1, 2))
+        return grad.view(batch, length, 3 * heads * head_dim), None
 
 
 class SelfAttention(nn.Module):

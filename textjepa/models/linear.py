@@ -52,13 +52,22 @@ def _rows_in_bf16(t: torch.Tensor, rows: int) -> torch.Tensor:
     return block
 
 
+def _gemm_with_bias(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x2d w^T + b in bf16, the bias added inside oneDNN's GEMM where torch has that kernel. addmm first copies the
+    broadcast bias into the whole output and the GEMM then adds onto it: a pass over [rows, out] in bf16, 3% of a
+    training step (measured on an AMX CPU; docs/results.md, issue 23). Both give the same bits."""
+    if torch.backends.mkldnn.is_available():
+        return torch.ops.mkldnn._linear_pointwise(x2d, w, b, "none", [], "")
+    return torch.addmm(b, x2d, w.t())
+
+
 def _bf16_gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """y = x w^T + b with bf16 w and b (fp32 accumulation in the kernel) at the padded row count; with the padded
     bf16 input it used."""
     x2d = x.reshape(-1, x.shape[-1])
     rows = x2d.shape[0]
     x2d = _rows_in_bf16(x2d, padded_rows(rows))
-    y = torch.mm(x2d, w.t()) if b is None else torch.addmm(b, x2d, w.t())
+    y = torch.mm(x2d, w.t()) if b is None else _gemm_with_bias(x2d, w, b)
     return y[:rows].view(*x.shape[:-1], w.shape[0]), x2d
 
 

@@ -25,11 +25,15 @@ def vicreg_terms(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torc
     """Variance hinge (std of every dimension towards 1) and off-diagonal covariance, for rows z [N, D]."""
     z = z.float()
     centred = z - z.mean(0)
-    std = torch.sqrt(centred.var(0) + eps)
-    variance = torch.relu(1.0 - std).mean()
     n, d = z.shape
     cov = (centred.T @ centred) / max(n - 1, 1)
-    off_diagonal = cov - torch.diag(torch.diag(cov))
+    # The covariance's diagonal is each dimension's (unbiased) variance: read there rather than from var(0), whose
+    # strided reduction and its backward cost more than the covariance's GEMM (3-4 ms of a ~90 ms bf16 training
+    # step on an AMX CPU; docs/results.md, issue 23).
+    variances = torch.diagonal(cov)
+    std = torch.sqrt(variances + eps)
+    variance = torch.relu(1.0 - std).mean()
+    off_diagonal = cov - torch.diag_embed(variances)
     covariance = off_diagonal.pow(2).sum() / d
     return variance, covariance
 
