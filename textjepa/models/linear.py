@@ -20,6 +20,8 @@ training step with a shape set it had not seen took 1.5x the same step again: 41
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -56,9 +58,16 @@ def _gemm_with_bias(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torc
     """x2d w^T + b in bf16, the bias added inside oneDNN's GEMM where torch has that kernel. addmm first copies the
     broadcast bias into the whole output and the GEMM then adds onto it: a pass over [rows, out] in bf16, 3% of a
     training step (measured on an AMX CPU; docs/results.md, issue 23). Both give the same bits."""
-    if torch.backends.mkldnn.is_available():
+    if _onednn_bf16_linear():
         return torch.ops.mkldnn._linear_pointwise(x2d, w, b, "none", [], "")
     return torch.addmm(b, x2d, w.t())
+
+
+@functools.cache
+def _onednn_bf16_linear() -> bool:
+    """Whether torch's oneDNN linear takes bf16 on this CPU (it refuses bf16 without AVX512-BW/VL/DQ or
+    AVX-NE-CONVERT, where addmm still runs it, emulated)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _bf16_gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
