@@ -89,6 +89,44 @@ def test_without_gradients_it_computes_what_torchs_autocast_linear_does(rows):
     assert torch.equal(ours, torchs)
 
 
+@pytest.mark.parametrize("fused", [True, False])  # GELU inside oneDNN's GEMM, or addmm and then the GELU
+def test_gelu_of_is_the_gelu_of_the_layer_rounded_once_without_gradients(fused, monkeypatch):
+    if fused and not linear_module._onednn_bf16_linear():
+        pytest.skip("torch's oneDNN linear takes no bf16 on this CPU")
+    if not fused:
+        monkeypatch.setattr(linear_module, "_onednn_bf16_linear", lambda: False)
+    torch.manual_seed(0)
+    layer = Linear(48, 80)
+    x = torch.randn(3, 7, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        ours = layer.gelu_of(x)
+        twice_rounded = torch.nn.functional.gelu(torch.nn.Linear.forward(layer, x))
+    # The reference: the GELU of what the bf16 kernel computes (bf16 inputs, fp32 sums), in fp32, rounded once.
+    bf16 = (x.bfloat16().float(), layer.weight.bfloat16().float(), layer.bias.bfloat16().float())
+    exact = torch.nn.functional.gelu(torch.nn.functional.linear(*bf16)).bfloat16()
+    assert ours.dtype == torch.bfloat16 and ours.shape == (3, 7, 80)
+    if fused:
+        torch.testing.assert_close(ours, exact, rtol=2**-8, atol=1e-4)  # at most a bf16 rounding step apart
+        assert (ours != twice_rounded).any()  # it did not round the GEMM's result before the GELU
+    else:
+        assert torch.equal(ours, twice_rounded)
+
+
+def test_gelu_of_with_gradients_is_the_layer_then_the_gelu():
+    torch.manual_seed(0)
+    layer = Linear(48, 80)
+    x = torch.randn(3, 7, 48)
+    outputs = []
+    for forward in (layer.gelu_of, lambda t: torch.nn.functional.gelu(layer(t))):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = forward(x)
+        y.float().sum().backward()
+        outputs.append((y, layer.weight.grad.clone()))
+        layer.zero_grad(set_to_none=True)
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    assert torch.equal(layer.gelu_of(x), torch.nn.functional.gelu(layer(x)))  # fp32: nn.Linear, then the GELU
+
+
 def test_a_frozen_layer_passes_its_input_gradient_as_torchs_does():
     """Weights without gradients (a frozen backbone's layer) under a bf16 autocast: the input's gradient only."""
     torch.manual_seed(0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -54,13 +55,16 @@ def _rows_in_bf16(t: torch.Tensor, rows: int) -> torch.Tensor:
     return block
 
 
-def _gemm_with_bias(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x2d w^T + b in bf16, the bias added inside oneDNN's GEMM where torch has that kernel. addmm first copies the
-    broadcast bias into the whole output and the GEMM then adds onto it: a pass over [rows, out] in bf16, 3% of a
-    training step (measured on an AMX CPU; docs/results.md, issue 23). Both give the same bits."""
+def _gemm_with_bias(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """x2d w^T + b in bf16 (then its exact GELU if `gelu`), the bias added inside oneDNN's GEMM where torch has that
+    kernel. addmm first copies the broadcast bias into the whole output and the GEMM then adds onto it: a pass over
+    [rows, out] in bf16, 3% of a training step (measured on an AMX CPU; docs/results.md, issue 23). Both give the
+    same bits. The GELU, where oneDNN runs it, is applied to the GEMM's fp32 result before the one rounding to bf16
+    (a separate GELU rounds twice): no pass of its own over the [rows, 4 x dim] hidden layer."""
     if _onednn_bf16_linear():
-        return torch.ops.mkldnn._linear_pointwise(x2d, w, b, "none", [], "")
-    return torch.addmm(b, x2d, w.t())
+        return torch.ops.mkldnn._linear_pointwise(x2d, w, b, "gelu" if gelu else "none", [], "none" if gelu else "")
+    y = torch.addmm(b, x2d, w.t())
+    return F.gelu(y) if gelu else y
 
 
 @functools.cache
@@ -70,13 +74,19 @@ def _onednn_bf16_linear() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _bf16_gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """y = x w^T + b with bf16 w and b (fp32 accumulation in the kernel) at the padded row count; with the padded
-    bf16 input it used."""
+def _bf16_gemm(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = x w^T + b with bf16 w and b (fp32 accumulation in the kernel) at the padded row count, or GELU(y); with
+    the padded bf16 input it used."""
     x2d = x.reshape(-1, x.shape[-1])
     rows = x2d.shape[0]
     x2d = _rows_in_bf16(x2d, padded_rows(rows))
-    y = torch.mm(x2d, w.t()) if b is None else _gemm_with_bias(x2d, w, b)
+    if b is None:
+        y = torch.mm(x2d, w.t())
+        y = F.gelu(y) if gelu else y
+    else:
+        y = _gemm_with_bias(x2d, w, b, gelu)
     return y[:rows].view(*x.shape[:-1], w.shape[0]), x2d
 
 
@@ -122,6 +132,14 @@ class Linear(nn.Linear):
         if torch.is_grad_enabled():
             return _Bf16Linear.apply(x, self.weight, self.bias)
         return _bf16_gemm(x, *self._bf16_weights())[0]
+
+    def gelu_of(self, x: torch.Tensor) -> torch.Tensor:
+        """GELU(self(x)) (exact, erf). Under a CPU bf16 autocast without gradients (the teacher's targets, encoding,
+        serving) the GELU runs inside the GEMM (see _gemm_with_bias); with gradients the backward needs the layer's
+        output before the GELU, so it is kept and the GELU runs as its own step."""
+        if _cpu_bf16_autocast(x) and not torch.is_grad_enabled():
+            return _bf16_gemm(x, *self._bf16_weights(), gelu=True)[0]
+        return F.gelu(self(x))
 
     def _bf16_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias in bf16, cast again only when they changed: an optimizer step or the EMA (in place:
