@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import textjepa.models.linear as linear_module
-from textjepa.models.linear import Linear, _rows_in_bf16, padded_rows
+from textjepa.models.linear import Linear, _rows_in_bf16, mlp, padded_rows
 
 
 def outputs_and_grads(layer: Linear, x: torch.Tensor, forward) -> tuple[torch.Tensor, ...]:
@@ -89,42 +89,78 @@ def test_without_gradients_it_computes_what_torchs_autocast_linear_does(rows):
     assert torch.equal(ours, torchs)
 
 
+def layer_by_layer(fc1: Linear, fc2: Linear):
+    return lambda t: fc2(torch.nn.functional.gelu(fc1(t)))
+
+
+def mlp_outputs_and_grads(fc1: Linear, fc2: Linear, x: torch.Tensor, forward) -> list[torch.Tensor]:
+    x = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = forward(x)
+    (y.float().square() * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    params = [p for layer in (fc1, fc2) for p in (layer.weight, layer.bias) if p is not None and p.requires_grad]
+    grads = [x.grad, *(p.grad for p in params)]
+    for p in params:
+        p.grad = None
+    return [y, *grads]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("leading", [(3, 7), (5, 205)])  # 21 rows run as 32, 1,025 as 1,152
+def test_bf16_mlp_is_its_two_layers_and_gelu_bit_for_bit(bias, leading):
+    torch.manual_seed(0)
+    fc1, fc2 = Linear(48, 96, bias=bias), Linear(96, 40, bias=bias)
+    x = torch.randn(*leading, 48)
+    ours = mlp_outputs_and_grads(fc1, fc2, x, lambda t: mlp(fc1, fc2, t))
+    layered = mlp_outputs_and_grads(fc1, fc2, x, layer_by_layer(fc1, fc2))
+    assert len(ours) == (6 if bias else 4)
+    for mine, theirs in zip(ours, layered, strict=True):  # output, input and every weight and bias gradient
+        assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mlp(fc1, fc2, x.requires_grad_(True)).grad_fn.name() == "_Bf16MlpBackward"
+
+
+def test_a_frozen_bf16_mlp_passes_its_input_gradient_only():
+    torch.manual_seed(0)
+    fc1, fc2 = Linear(48, 96).requires_grad_(False), Linear(96, 40).requires_grad_(False)
+    x = torch.randn(5, 205, 48)
+    ours = mlp_outputs_and_grads(fc1, fc2, x, lambda t: mlp(fc1, fc2, t))
+    layered = mlp_outputs_and_grads(fc1, fc2, x, layer_by_layer(fc1, fc2))
+    assert len(ours) == 2 and torch.equal(ours[1], layered[1]) and fc1.weight.grad is None
+
+
 @pytest.mark.parametrize("fused", [True, False])  # GELU inside oneDNN's GEMM, or addmm and then the GELU
-def test_gelu_of_is_the_gelu_of_the_layer_rounded_once_without_gradients(fused, monkeypatch):
+def test_bf16_mlp_without_gradients_rounds_the_hidden_layer_once(fused, monkeypatch):
     if fused and not linear_module._onednn_bf16_linear():
         pytest.skip("torch's oneDNN linear takes no bf16 on this CPU")
     if not fused:
         monkeypatch.setattr(linear_module, "_onednn_bf16_linear", lambda: False)
     torch.manual_seed(0)
-    layer = Linear(48, 80)
+    fc1, fc2 = Linear(48, 96), Linear(96, 40)
     x = torch.randn(3, 7, 48)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-        ours = layer.gelu_of(x)
-        twice_rounded = torch.nn.functional.gelu(torch.nn.Linear.forward(layer, x))
-    # The reference: the GELU of what the bf16 kernel computes (bf16 inputs, fp32 sums), in fp32, rounded once.
-    bf16 = (x.bfloat16().float(), layer.weight.bfloat16().float(), layer.bias.bfloat16().float())
+        ours = mlp(fc1, fc2, x)
+        hidden_ours = linear_module._gemm_with_bias(
+            x.reshape(-1, 48).bfloat16(), fc1.weight.bfloat16(), fc1.bias.bfloat16(), gelu=True
+        )
+        layered = layer_by_layer(fc1, fc2)(x)
+    # The hidden layer's reference: the GELU of what the bf16 kernel computes (bf16 inputs, fp32 sums), rounded once.
+    bf16 = (x.reshape(-1, 48).bfloat16().float(), fc1.weight.bfloat16().float(), fc1.bias.bfloat16().float())
     exact = torch.nn.functional.gelu(torch.nn.functional.linear(*bf16)).bfloat16()
-    assert ours.dtype == torch.bfloat16 and ours.shape == (3, 7, 80)
+    assert ours.dtype == torch.bfloat16 and ours.shape == (3, 7, 40)
     if fused:
-        torch.testing.assert_close(ours, exact, rtol=2**-8, atol=1e-4)  # at most a bf16 rounding step apart
-        assert (ours != twice_rounded).any()  # it did not round the GEMM's result before the GELU
+        torch.testing.assert_close(hidden_ours, exact, rtol=2**-8, atol=1e-4)  # at most a bf16 rounding step apart
+        assert not torch.equal(ours, layered)  # the hidden layer was not rounded before its GELU
+        torch.testing.assert_close(ours, layered, rtol=2e-2, atol=2e-3)
     else:
-        assert torch.equal(ours, twice_rounded)
+        assert torch.equal(ours, layered)
 
 
-def test_gelu_of_with_gradients_is_the_layer_then_the_gelu():
+def test_outside_bf16_the_mlp_is_its_layers_and_torchs_gelu():
     torch.manual_seed(0)
-    layer = Linear(48, 80)
+    fc1, fc2 = Linear(48, 96), Linear(96, 40)
     x = torch.randn(3, 7, 48)
-    outputs = []
-    for forward in (layer.gelu_of, lambda t: torch.nn.functional.gelu(layer(t))):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = forward(x)
-        y.float().sum().backward()
-        outputs.append((y, layer.weight.grad.clone()))
-        layer.zero_grad(set_to_none=True)
-    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
-    assert torch.equal(layer.gelu_of(x), torch.nn.functional.gelu(layer(x)))  # fp32: nn.Linear, then the GELU
+    assert torch.equal(mlp(fc1, fc2, x), fc2(torch.nn.functional.gelu(fc1(x))))
 
 
 def test_a_frozen_layer_passes_its_input_gradient_as_torchs_does():

@@ -16,7 +16,9 @@ every variant alike; the spread over rounds is printed):
 - `bf16-unpadded-rows`: `bf16` with every GEMM at its own row count (before the grid of
   textjepa.models.linear.padded_rows: oneDNN builds a kernel for each new shape);
 - `bf16-addmm`: `bf16` with the bias added by addmm (which first copies it into the whole output), not inside
-  oneDNN's GEMM.
+  oneDNN's GEMM;
+- `bf16-mlp-layer-by-layer`: `bf16` with the MLPs run layer by layer (each Linear pads its own input, the GELU is its
+  own pass also in the teacher's forward), not as textjepa.models.linear.mlp.
 
 Levers that change both precisions alike, each as `fp32-<lever>` and `bf16-<lever>` (the code before the lever):
 - `-var-reduction`: the VICReg variance by var(0), not read off the covariance's diagonal;
@@ -45,6 +47,7 @@ from _common import demo_paragraphs  # noqa: E402
 from train_throughput import SHAPES, training_setup  # noqa: E402
 
 import textjepa.models.encoder as encoder_module  # noqa: E402
+import textjepa.models.heads as heads_module  # noqa: E402
 import textjepa.models.linear as linear_module  # noqa: E402
 import textjepa.objectives.regularizers as regularizers_module  # noqa: E402
 from textjepa.models.linear import Linear, _Bf16Linear  # noqa: E402
@@ -60,6 +63,7 @@ VARIANTS = (
     "bf16-contiguous-grad",
     "bf16-unpadded-rows",
     "bf16-addmm",
+    "bf16-mlp-layer-by-layer",
     *(f"{precision}-{lever}" for lever in SHARED_LEVERS for precision in ("fp32", "bf16")),
 )
 
@@ -125,6 +129,11 @@ def variant_context(variant: str) -> contextlib.AbstractContextManager:
         return swapped(regularizers_module, "vicreg_terms", vicreg_by_var_reduction)
     if variant.endswith("-stacked-qkv-grad"):
         return swapped(encoder_module, "attention", attention_stacked_grad)
+    if variant == "bf16-mlp-layer-by-layer":
+        stack = contextlib.ExitStack()
+        for module in (encoder_module, heads_module):
+            stack.enter_context(swapped(module, "mlp", lambda fc1, fc2, x: fc2(F.gelu(fc1(x)))))
+        return stack
     if variant == "bf16-addmm":
         return swapped(linear_module, "_gemm_with_bias", lambda x2d, w, b: torch.addmm(b, x2d, w.t()))
     return contextlib.nullcontext()

@@ -26,7 +26,7 @@ from torch import nn
 
 from textjepa.data.vocab import MASK_ID, PAD_ID
 from textjepa.models.config import ModelConfig
-from textjepa.models.linear import Linear
+from textjepa.models.linear import Linear, mlp
 
 
 def attention(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -93,9 +93,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), attn_mask)
-        # self.mlp's layers one by one: its GELU (mlp[1]) runs as part of the first GEMM where that is faster.
-        fc1, _, fc2 = self.mlp
-        return x + fc2(fc1.gelu_of(self.norm2(x)))
+        fc1, _, fc2 = self.mlp  # its GELU (mlp[1]) is the one `mlp` runs
+        return x + mlp(fc1, fc2, self.norm2(x))
 
 
 class Encoder(nn.Module):

@@ -8,7 +8,7 @@ from torch import nn
 from textjepa.models.backbone import build_encoder
 from textjepa.models.config import ModelConfig
 from textjepa.models.encoder import _init_weights
-from textjepa.models.linear import Linear
+from textjepa.models.linear import Linear, mlp
 
 # Checkpoints name the conditioning head's tensors `bridge.*`, its name before "bridge" came to mean only the
 # LLM prefix projector (textjepa/decoders/prefix_bridge.py); the submodule keeps that name so every checkpoint loads.
@@ -24,7 +24,8 @@ class NormMLP(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        norm, fc1, _, fc2 = self.net  # its GELU (net[2]) is the one `mlp` runs
+        return mlp(fc1, fc2, norm(x))
 
 
 class Predictor(NormMLP):

@@ -74,19 +74,13 @@ def _onednn_bf16_linear() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _bf16_gemm(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """y = x w^T + b with bf16 w and b (fp32 accumulation in the kernel) at the padded row count, or GELU(y); with
-    the padded bf16 input it used."""
+def _bf16_gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = x w^T + b with bf16 w and b (fp32 accumulation in the kernel) at the padded row count; with the padded
+    bf16 input it used."""
     x2d = x.reshape(-1, x.shape[-1])
     rows = x2d.shape[0]
     x2d = _rows_in_bf16(x2d, padded_rows(rows))
-    if b is None:
-        y = torch.mm(x2d, w.t())
-        y = F.gelu(y) if gelu else y
-    else:
-        y = _gemm_with_bias(x2d, w, b, gelu)
+    y = torch.mm(x2d, w.t()) if b is None else _gemm_with_bias(x2d, w, b)
     return y[:rows].view(*x.shape[:-1], w.shape[0]), x2d
 
 
@@ -133,14 +127,6 @@ class Linear(nn.Linear):
             return _Bf16Linear.apply(x, self.weight, self.bias)
         return _bf16_gemm(x, *self._bf16_weights())[0]
 
-    def gelu_of(self, x: torch.Tensor) -> torch.Tensor:
-        """GELU(self(x)) (exact, erf). Under a CPU bf16 autocast without gradients (the teacher's targets, encoding,
-        serving) the GELU runs inside the GEMM (see _gemm_with_bias); with gradients the backward needs the layer's
-        output before the GELU, so it is kept and the GELU runs as its own step."""
-        if _cpu_bf16_autocast(x) and not torch.is_grad_enabled():
-            return _bf16_gemm(x, *self._bf16_weights(), gelu=True)[0]
-        return F.gelu(self(x))
-
     def _bf16_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias in bf16, cast again only when they changed: an optimizer step or the EMA (in place:
         a new version), a load or a move (new storage). Without it every call casts them, a tenth of a bf16 encode
@@ -155,3 +141,64 @@ class Linear(nn.Linear):
             copy = (state, self.weight.to(torch.bfloat16), None if bias is None else bias.to(torch.bfloat16))
             self._bf16_copy = copy
         return copy[1], copy[2]
+
+
+class _Bf16Mlp(torch.autograd.Function):
+    """fc2(GELU(fc1(x))) of fp32 weights as _Bf16Linear twice with torch's GELU between, the hidden layer kept at the
+    padded row count from the first GEMM to the second, forward and backward. Layer by layer, the second layer would
+    pad the GELU's output again, and the first would pad the GELU's gradient: two copies of the [rows, 4 x dim]
+    hidden layer per step. The same numbers as layer by layer: the padded rows of the output gradient are zeros, so
+    the hidden layer's are too, and the bias gradients sum the real rows only."""
+
+    @staticmethod
+    def forward(ctx, x, weight1, bias1, weight2, bias2) -> torch.Tensor:
+        w1, w2 = weight1.to(torch.bfloat16), weight2.to(torch.bfloat16)
+        b1, b2 = (None if b is None else b.to(torch.bfloat16) for b in (bias1, bias2))
+        x2d = x.reshape(-1, x.shape[-1])
+        rows = x2d.shape[0]
+        x2d = _rows_in_bf16(x2d, padded_rows(rows))
+        hidden = torch.mm(x2d, w1.t()) if b1 is None else _gemm_with_bias(x2d, w1, b1)
+        activated = F.gelu(hidden)
+        y = torch.mm(activated, w2.t()) if b2 is None else _gemm_with_bias(activated, w2, b2)
+        ctx.save_for_backward(x2d, hidden, activated, w1, w2)
+        ctx.rows, ctx.has_bias = rows, (bias1 is not None, bias2 is not None)
+        ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
+        return y[:rows].view(*x.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x2d, hidden, activated, w1, w2 = ctx.saved_tensors
+        rows = ctx.rows
+        g = _rows_in_bf16(grad.reshape(-1, grad.shape[-1]), x2d.shape[0])
+        needs = ctx.needs_input_grad
+        grad_w2 = torch.mm(g.t(), activated).float() if needs[3] else None
+        grad_b2 = g[:rows].sum(0).float() if ctx.has_bias[1] and needs[4] else None
+        grad_x = grad_w1 = grad_b1 = None
+        if needs[0] or needs[1] or needs[2]:
+            grad_hidden = torch.ops.aten.gelu_backward(torch.mm(g, w2), hidden)
+            if needs[0]:
+                grad_x = torch.mm(grad_hidden, w1)[:rows].view(ctx.input_shape).to(ctx.input_dtype)
+            if needs[1]:
+                grad_w1 = torch.mm(grad_hidden.t(), x2d).float()
+            if ctx.has_bias[0] and needs[2]:
+                grad_b1 = grad_hidden[:rows].sum(0).float()
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+
+
+def mlp(fc1: Linear, fc2: Linear, x: torch.Tensor) -> torch.Tensor:
+    """fc2(GELU(fc1(x))), the exact (erf) GELU. Under a CPU bf16 autocast the hidden layer stays at the padded row
+    count between the two GEMMs (_Bf16Mlp); without gradients (the teacher's targets, encoding, serving) the GELU also
+    runs inside the first GEMM (see _gemm_with_bias), faster by a tenth of a bf16 encode (docs/results.md, issue 23).
+    Elsewhere (fp32, CUDA) it is the two layers and torch's GELU."""
+    if not _cpu_bf16_autocast(x):
+        return fc2(F.gelu(fc1(x)))
+    if torch.is_grad_enabled():
+        return _Bf16Mlp.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    w1, b1 = fc1._bf16_weights()
+    w2, b2 = fc2._bf16_weights()
+    x2d = x.reshape(-1, x.shape[-1])
+    rows = x2d.shape[0]
+    x2d = _rows_in_bf16(x2d, padded_rows(rows))
+    activated = F.gelu(torch.mm(x2d, w1.t())) if b1 is None else _gemm_with_bias(x2d, w1, b1, gelu=True)
+    y = torch.mm(activated, w2.t()) if b2 is None else _gemm_with_bias(activated, w2, b2)
+    return y[:rows].view(*x.shape[:-1], w2.shape[0])
