@@ -94,9 +94,11 @@ def layer_by_layer(fc1: Linear, fc2: Linear):
 
 
 def mlp_outputs_and_grads(fc1: Linear, fc2: Linear, x: torch.Tensor, forward) -> list[torch.Tensor]:
-    x = x.detach().clone().requires_grad_(True)
+    x = x.detach().clone().requires_grad_(torch.is_grad_enabled())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = forward(x)
+    if not torch.is_grad_enabled():
+        return [y]
     (y.float().square() * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
     params = [p for layer in (fc1, fc2) for p in (layer.weight, layer.bias) if p is not None and p.requires_grad]
     grads = [x.grad, *(p.grad for p in params)]
@@ -118,6 +120,31 @@ def test_bf16_mlp_is_its_two_layers_and_gelu_bit_for_bit(bias, leading):
         assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert mlp(fc1, fc2, x.requires_grad_(True)).grad_fn.name() == "_Bf16MlpBackward"
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("what", ["linear", "mlp"])
+def test_upcast_results_are_the_bf16_results_in_fp32_with_the_same_gradients(grad, what):
+    torch.manual_seed(0)
+    fc1, fc2 = Linear(48, 96), Linear(96, 40)
+    x = torch.randn(5, 205, 48)
+
+    def forward(t: torch.Tensor, up: bool) -> torch.Tensor:
+        return fc1(t, upcast=up) if what == "linear" else mlp(fc1, fc2, t, upcast=up)
+
+    with torch.set_grad_enabled(grad):
+        up = mlp_outputs_and_grads(fc1, fc2, x, lambda t: forward(t, True))
+        down = mlp_outputs_and_grads(fc1, fc2, x, lambda t: forward(t, False))
+    assert up[0].dtype == torch.float32 and down[0].dtype == torch.bfloat16
+    assert torch.equal(up[0], down[0].float())
+    if not grad:
+        assert len(up) == 1
+        return
+    if what == "linear":  # fc2 took no part: its gradients stay None
+        assert up[4:] == [None, None] and down[4:] == [None, None]
+        up, down = up[:4], down[:4]
+    for mine, theirs in zip(up[1:], down[1:], strict=True):  # the input's, then each weight's and bias's
+        assert torch.equal(mine, theirs)
 
 
 def test_a_frozen_bf16_mlp_passes_its_input_gradient_only():

@@ -17,6 +17,8 @@ every variant alike; the spread over rounds is printed):
   textjepa.models.linear.padded_rows: oneDNN builds a kernel for each new shape);
 - `bf16-addmm`: `bf16` with the bias added by addmm (which first copies it into the whole output), not inside
   oneDNN's GEMM;
+- `bf16-no-upcast`: `bf16` with every bf16 GEMM's result handed on in bf16 (its consumer casts it up, and the
+  backward casts its gradient down and then pads it: two passes, not one);
 - `bf16-mlp-layer-by-layer`: `bf16` with the MLPs run layer by layer (each Linear pads its own input, the GELU is its
   own pass also in the teacher's forward), not as textjepa.models.linear.mlp.
 
@@ -64,6 +66,7 @@ VARIANTS = (
     "bf16-unpadded-rows",
     "bf16-addmm",
     "bf16-mlp-layer-by-layer",
+    "bf16-no-upcast",
     *(f"{precision}-{lever}" for lever in SHARED_LEVERS for precision in ("fp32", "bf16")),
 )
 
@@ -129,6 +132,13 @@ def variant_context(variant: str) -> contextlib.AbstractContextManager:
         return swapped(regularizers_module, "vicreg_terms", vicreg_by_var_reduction)
     if variant.endswith("-stacked-qkv-grad"):
         return swapped(encoder_module, "attention", attention_stacked_grad)
+    if variant == "bf16-no-upcast":
+        stack = contextlib.ExitStack()
+        for name in ("_Bf16Linear", "_Bf16Mlp"):
+            function = getattr(linear_module, name)
+            no_upcast = type(name, (), {"apply": staticmethod(lambda *args, f=function: f.apply(*args[:-1], False))})
+            stack.enter_context(swapped(linear_module, name, no_upcast))
+        return stack
     if variant == "bf16-mlp-layer-by-layer":
         stack = contextlib.ExitStack()
         for module in (encoder_module, heads_module):

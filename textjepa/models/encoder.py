@@ -80,7 +80,10 @@ class SelfAttention(nn.Module):
         self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        return self.proj(attention(self.qkv(x), self.heads, attn_mask))
+        # In fp32 where their consumers compute in fp32: attention where a backward follows (see `attention`), and the
+        # residual stream (see Linear.forward).
+        qkv = self.qkv(x, upcast=torch.is_grad_enabled())
+        return self.proj(attention(qkv, self.heads, attn_mask), upcast=True)
 
 
 class Block(nn.Module):
@@ -94,7 +97,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), attn_mask)
         fc1, _, fc2 = self.mlp  # its GELU (mlp[1]) is the one `mlp` runs
-        return x + mlp(fc1, fc2, self.norm2(x))
+        return x + mlp(fc1, fc2, self.norm2(x), upcast=True)
 
 
 class Encoder(nn.Module):

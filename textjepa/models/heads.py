@@ -25,7 +25,7 @@ class NormMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm, fc1, _, fc2 = self.net  # its GELU (net[2]) is the one `mlp` runs
-        return mlp(fc1, fc2, norm(x))
+        return mlp(fc1, fc2, norm(x), upcast=True)  # its consumers, the losses, compute in fp32
 
 
 class Predictor(NormMLP):

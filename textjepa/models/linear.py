@@ -88,13 +88,13 @@ class _Bf16Linear(torch.autograd.Function):
     """_bf16_gemm of the fp32 W and b, with their gradients in their own layout."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, upcast: bool) -> torch.Tensor:
         w = weight.to(torch.bfloat16)
         y, x2d = _bf16_gemm(x, w, None if bias is None else bias.to(torch.bfloat16))
         ctx.save_for_backward(x2d, w)
         ctx.has_bias = bias is not None
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
-        return y
+        return y.float() if upcast else y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -109,7 +109,7 @@ class _Bf16Linear(torch.autograd.Function):
             grad_w = torch.mm(g.t(), x2d).float()  # [out, in]: the weight's own layout
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g[:rows].sum(0).float()  # the CPU kernel accumulates bf16 in fp32 (sum(dtype=) casts g first)
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 class Linear(nn.Linear):
@@ -120,12 +120,17 @@ class Linear(nn.Linear):
         super().__init__(*args, **kwargs)
         self._bf16_copy: tuple | None = None  # (what the weights were, bf16 weight, bf16 bias): not in state_dict
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, upcast: bool = False) -> torch.Tensor:
+        """`upcast`: under a CPU bf16 autocast, the result in fp32 (cast inside the layer), for a consumer that
+        computes in fp32 (the residual stream, attention in a training step). Then its gradient comes back in fp32 and
+        the backward casts and pads it in one pass, where a bf16 result's gradient is cast by the consumer's backward
+        and padded again here. Ignored elsewhere (fp32 already; CUDA's autocast keeps its own dtypes)."""
         if not _cpu_bf16_autocast(x):
             return super().forward(x)
         if torch.is_grad_enabled():
-            return _Bf16Linear.apply(x, self.weight, self.bias)
-        return _bf16_gemm(x, *self._bf16_weights())[0]
+            return _Bf16Linear.apply(x, self.weight, self.bias, upcast)
+        y = _bf16_gemm(x, *self._bf16_weights())[0]
+        return y.float() if upcast else y
 
     def _bf16_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias in bf16, cast again only when they changed: an optimizer step or the EMA (in place:
@@ -151,7 +156,7 @@ class _Bf16Mlp(torch.autograd.Function):
     the hidden layer's are too, and the bias gradients sum the real rows only."""
 
     @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2) -> torch.Tensor:
+    def forward(ctx, x, weight1, bias1, weight2, bias2, upcast: bool) -> torch.Tensor:
         w1, w2 = weight1.to(torch.bfloat16), weight2.to(torch.bfloat16)
         b1, b2 = (None if b is None else b.to(torch.bfloat16) for b in (bias1, bias2))
         x2d = x.reshape(-1, x.shape[-1])
@@ -163,7 +168,8 @@ class _Bf16Mlp(torch.autograd.Function):
         ctx.save_for_backward(x2d, hidden, activated, w1, w2)
         ctx.rows, ctx.has_bias = rows, (bias1 is not None, bias2 is not None)
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
-        return y[:rows].view(*x.shape[:-1], w2.shape[0])
+        y = y[:rows].view(*x.shape[:-1], w2.shape[0])
+        return y.float() if upcast else y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -182,18 +188,18 @@ class _Bf16Mlp(torch.autograd.Function):
                 grad_w1 = torch.mm(grad_hidden.t(), x2d).float()
             if ctx.has_bias[0] and needs[2]:
                 grad_b1 = grad_hidden[:rows].sum(0).float()
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None
 
 
-def mlp(fc1: Linear, fc2: Linear, x: torch.Tensor) -> torch.Tensor:
+def mlp(fc1: Linear, fc2: Linear, x: torch.Tensor, upcast: bool = False) -> torch.Tensor:
     """fc2(GELU(fc1(x))), the exact (erf) GELU. Under a CPU bf16 autocast the hidden layer stays at the padded row
     count between the two GEMMs (_Bf16Mlp); without gradients (the teacher's targets, encoding, serving) the GELU also
     runs inside the first GEMM (see _gemm_with_bias), faster by a tenth of a bf16 encode (docs/results.md, issue 23).
-    Elsewhere (fp32, CUDA) it is the two layers and torch's GELU."""
+    Elsewhere (fp32, CUDA) it is the two layers and torch's GELU. `upcast`: as Linear.forward's."""
     if not _cpu_bf16_autocast(x):
         return fc2(F.gelu(fc1(x)))
     if torch.is_grad_enabled():
-        return _Bf16Mlp.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return _Bf16Mlp.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, upcast)
     w1, b1 = fc1._bf16_weights()
     w2, b2 = fc2._bf16_weights()
     x2d = x.reshape(-1, x.shape[-1])
@@ -201,4 +207,5 @@ def mlp(fc1: Linear, fc2: Linear, x: torch.Tensor) -> torch.Tensor:
     x2d = _rows_in_bf16(x2d, padded_rows(rows))
     activated = F.gelu(torch.mm(x2d, w1.t())) if b1 is None else _gemm_with_bias(x2d, w1, b1, gelu=True)
     y = torch.mm(activated, w2.t()) if b2 is None else _gemm_with_bias(activated, w2, b2)
-    return y[:rows].view(*x.shape[:-1], w2.shape[0])
+    y = y[:rows].view(*x.shape[:-1], w2.shape[0])
+    return y.float() if upcast else y
