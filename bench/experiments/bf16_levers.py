@@ -87,7 +87,7 @@ def backward_with_contiguous_grad(ctx, grad: torch.Tensor):
     grad_x = torch.mm(g, w)[:rows].view(ctx.input_shape).to(ctx.input_dtype) if ctx.needs_input_grad[0] else None
     grad_w = torch.mm(g.t().contiguous(), x2d).float() if ctx.needs_input_grad[1] else None
     grad_b = g[:rows].sum(0).float() if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return grad_x, grad_w, grad_b
+    return grad_x, grad_w, grad_b, None
 
 
 def attention_stacked_grad(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -95,6 +95,15 @@ def attention_stacked_grad(qkv: torch.Tensor, heads: int, attn_mask: torch.Tenso
         with torch.autocast("cpu", enabled=False):
             return attention_stacked_grad(qkv.float(), heads, attn_mask)
     return attention_in_bf16(qkv, heads, attn_mask)  # the view, permute and unbind, with autograd's backward
+
+
+def bias_by_addmm(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    y = torch.addmm(b, x2d, w.t())
+    return F.gelu(y) if gelu else y
+
+
+def mlp_layer_by_layer(fc1: Linear, fc2: Linear, x: torch.Tensor, upcast: bool = False) -> torch.Tensor:
+    return fc2(F.gelu(fc1(x)), upcast=upcast)
 
 
 @fp32_function
@@ -121,7 +130,11 @@ def swapped(owner, name: str, value):
 
 def variant_context(variant: str) -> contextlib.AbstractContextManager:
     if variant == "bf16-torch-linear":
-        return swapped(Linear, "forward", torch.nn.Linear.forward)
+        stack = contextlib.ExitStack()
+        stack.enter_context(swapped(Linear, "forward", lambda self, x, upcast=False: torch.nn.Linear.forward(self, x)))
+        for module in (encoder_module, heads_module):  # the MLPs too: through the layers' forward
+            stack.enter_context(swapped(module, "mlp", mlp_layer_by_layer))
+        return stack
     if variant == "bf16-attention-bf16":
         return swapped(encoder_module, "attention", attention_in_bf16)
     if variant == "bf16-contiguous-grad":
@@ -142,10 +155,10 @@ def variant_context(variant: str) -> contextlib.AbstractContextManager:
     if variant == "bf16-mlp-layer-by-layer":
         stack = contextlib.ExitStack()
         for module in (encoder_module, heads_module):
-            stack.enter_context(swapped(module, "mlp", lambda fc1, fc2, x: fc2(F.gelu(fc1(x)))))
+            stack.enter_context(swapped(module, "mlp", mlp_layer_by_layer))
         return stack
     if variant == "bf16-addmm":
-        return swapped(linear_module, "_gemm_with_bias", lambda x2d, w, b: torch.addmm(b, x2d, w.t()))
+        return swapped(linear_module, "_gemm_with_bias", bias_by_addmm)
     return contextlib.nullcontext()
 
 
