@@ -6,6 +6,7 @@ Hub-backed commands run the real CLI and `huggingface_hub` against the local fak
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -355,6 +356,43 @@ def test_uncommitted_or_empty_output_leaves_nothing(tmp_path):
     with pytest.raises(TextJepaError, match="no usable"), AtomicLineFile(tmp_path / "empty.txt") as writer:
         writer.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_pages_are_synced_while_writing_and_the_file_is_whole(tmp_path):
+    """Past early_sync_bytes the written pages go to disk on a thread (os.fdatasync) while writing goes on; every
+    way of writing counts its bytes, and the committed file is exactly what was written."""
+    out = tmp_path / "o.txt"
+    synced: list[int] = []
+    with AtomicLineFile(out, early_sync_bytes=64) as writer:
+        real_sync = writer._sync_written
+        writer._sync_written = lambda descriptor: (synced.append(writer.tmp.stat().st_size), real_sync(descriptor))
+        for i in range(20):
+            writer.write_clean_line(f"line {i:03d}\tx")
+        writer.write_clean_block([f"block {i:03d}\ty" for i in range(20)])
+        writer.write_clean_bytes(b"".join(f"bytes {i:03d}\tz\n".encode() for i in range(20)), 20)
+        writer.commit()
+    expected = [f"line {i:03d}\tx" for i in range(20)] + [f"block {i:03d}\ty" for i in range(20)]
+    assert lines_of(out) == expected + [f"bytes {i:03d}\tz" for i in range(20)]
+    assert writer.lines == 60
+    # Synced during the writing (the buffer flushed first: the file already held those bytes), not only at the end.
+    assert synced and 0 < synced[0] < out.stat().st_size
+
+
+def test_a_failed_sync_while_writing_fails_the_commit_and_leaves_the_old_file(tmp_path, monkeypatch):
+    # A disk that fails its writeback (EIO) cannot be made here: os.fdatasync fails instead, as it would report it.
+    out = tmp_path / "o.txt"
+    out.write_text("old complete file\n")
+
+    def failing_sync(descriptor: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_sync)
+    with pytest.raises(OSError, match="Input/output error"), AtomicLineFile(out, early_sync_bytes=16) as writer:
+        for i in range(10):
+            writer.write_clean_line(f"line {i}\tx")
+        writer.commit()
+    assert out.read_text() == "old complete file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]  # the partial file went too
 
 
 def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):

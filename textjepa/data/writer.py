@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +41,12 @@ def ensure_parent_dir(path: Path) -> None:
         raise TextJepaError(f"cannot write {path}: {path.parent} is not a directory")
 
 
+# Written bytes after which the file's pages so far are flushed to disk on a thread while writing goes on, so the
+# commit's fsync waits for the last stretch only (a line file of ~100 MB spent a fifth of its conversion's wall time
+# in that fsync; docs/results.md, issue 23).
+EARLY_SYNC_BYTES = 32 << 20
+
+
 class AtomicLineFile:
     """Streams records (one escaped line each) to `path` through a temporary file.
 
@@ -53,9 +60,13 @@ class AtomicLineFile:
     error, Ctrl-C) deletes the temporary file and leaves any earlier complete file untouched.
     """
 
-    def __init__(self, path: str | Path, lock: bool = False) -> None:
+    def __init__(self, path: str | Path, lock: bool = False, early_sync_bytes: int = EARLY_SYNC_BYTES) -> None:
         self.path = Path(path)
         self.lines = 0
+        self._early_sync_bytes = early_sync_bytes
+        self._unsynced = 0
+        self._sync: threading.Thread | None = None
+        self._sync_error: OSError | None = None
         self._lock_wanted = lock and fcntl is not None
         self._lock_handle = None
         self._handle = None
@@ -80,6 +91,7 @@ class AtomicLineFile:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._wait_for_sync()  # before the descriptor it syncs is closed
         if self._handle is not None:  # not committed: throw the partial work away
             self._handle.close()
             self._handle = None
@@ -155,27 +167,53 @@ class AtomicLineFile:
 
     def write_clean_line(self, line: str) -> None:
         """A line the caller has already made safe (no newline, no NUL)."""
-        self._handle.write(line.encode("utf-8") + b"\n")
+        encoded = line.encode("utf-8") + b"\n"
+        self._handle.write(encoded)
         self.lines += 1
+        self._written(len(encoded))
 
     def write_clean_block(self, lines: Sequence[str]) -> None:
         """Many safe lines at once (one encode and one write for a whole batch: the fast path)."""
         if lines:
             # Two writes rather than `joined + "\n"`, which would copy the whole block once more.
-            self._handle.write("\n".join(lines).encode("utf-8"))
+            size = self._handle.write("\n".join(lines).encode("utf-8"))
             self._handle.write(b"\n")
             self.lines += len(lines)
+            self._written(size + 1)
 
     def write_clean_bytes(self, block, lines: int) -> None:
         """`lines` safe lines already encoded as one UTF-8 block, each ending in a newline (any bytes-like)."""
         if lines:
-            self._handle.write(block)
+            self._written(self._handle.write(block))
             self.lines += lines
+
+    def _written(self, size: int) -> None:
+        self._unsynced += size
+        if self._unsynced >= self._early_sync_bytes and (self._sync is None or not self._sync.is_alive()):
+            self._handle.flush()
+            self._unsynced = 0
+            self._sync = threading.Thread(target=self._sync_written, args=(self._handle.fileno(),), daemon=True)
+            self._sync.start()
+
+    def _sync_written(self, descriptor: int) -> None:
+        try:
+            os.fdatasync(descriptor)
+        except OSError as exc:  # raised by the commit: the commit's own fsync may no longer see a write error
+            self._sync_error = exc
+
+    def _wait_for_sync(self) -> None:
+        if self._sync is not None:
+            self._sync.join()
+            self._sync = None
 
     def commit(self, what: str = "lines") -> Path:
         """Rename the temporary file to the final name; a file with no line is an error, not a result."""
+        self._wait_for_sync()
         handle, self._handle = self._handle, None
         handle.close()
+        if self._sync_error is not None:  # as a failed write: the same handling above (a full disk is one line)
+            self.tmp.unlink(missing_ok=True)
+            raise self._sync_error
         if self.lines == 0:
             self.tmp.unlink(missing_ok=True)
             raise TextJepaError(f"no usable {what} to write to {self.path}; nothing was written")
