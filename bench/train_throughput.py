@@ -92,7 +92,16 @@ def pad_to_multiple(batch: Batch, multiple: int, limit: int) -> Batch:
 
 
 COMPILE_WIDTH_MULTIPLE = 16
-GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul")
+# mkldnn::_linear_pointwise: oneDNN's GEMM with its bias added inside (textjepa/models/linear.py, bf16 on a CPU).
+GEMM_OPS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::linear",
+    "aten::matmul",
+    "mkldnn::_linear_pointwise",
+)
 
 
 def pad_to(batch: Batch, width: int) -> Batch:

@@ -43,7 +43,8 @@ def attention(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.T
     if qkv.requires_grad and qkv.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return attention(qkv.float(), heads, attn_mask)
-    q, k, v = _SplitHeads.apply(qkv, heads)
+    # Without a backward, the views alone: an autograd Function call is overhead that serving short texts would pay.
+    q, k, v = _SplitHeads.apply(qkv, heads) if qkv.requires_grad else _SplitHeads.forward(None, qkv, heads)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     return out.transpose(1, 2).reshape(batch, length, dim)
 
