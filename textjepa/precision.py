@@ -43,7 +43,7 @@ WORKS: tuple[str, ...] = get_args(Work)
 CPU_BF16_FASTER_FOR: frozenset[str] = frozenset({"training", "encoding"})
 # ... and only for models at least this wide: the narrowest shape measured is dim 128 (2 layers, max_seq 64), where
 # with GEMM row counts on a grid (textjepa/models/linear.py) bf16 trained 1.20x and encoded 1.17-1.37x as fast as
-# fp32 (before the grid: 0.75-1.07x; dim 368 and 384: ~1.9x training). Narrower models were not measured: fp32.
+# fp32 (before the grid: 0.75-1.07x; dim 368 and 384: 1.9-2.1x training). Narrower models were not measured: fp32.
 CPU_BF16_MIN_DIM = 128
 
 # CPU flags (as Linux spells them in /proc/cpuinfo) under which oneDNN runs bf16 matmuls natively:

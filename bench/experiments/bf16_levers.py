@@ -97,8 +97,8 @@ def attention_stacked_grad(qkv: torch.Tensor, heads: int, attn_mask: torch.Tenso
     return attention_in_bf16(qkv, heads, attn_mask)  # the view, permute and unbind, with autograd's backward
 
 
-def bias_by_addmm(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    y = torch.addmm(b, x2d, w.t())
+def bias_by_addmm(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+    y = torch.mm(x2d, w.t()) if b is None else torch.addmm(b, x2d, w.t())
     return F.gelu(y) if gelu else y
 
 
@@ -158,7 +158,7 @@ def variant_context(variant: str) -> contextlib.AbstractContextManager:
             stack.enter_context(swapped(module, "mlp", mlp_layer_by_layer))
         return stack
     if variant == "bf16-addmm":
-        return swapped(linear_module, "_gemm_with_bias", bias_by_addmm)
+        return swapped(linear_module, "_gemm", bias_by_addmm)
     return contextlib.nullcontext()
 
 

@@ -44,21 +44,26 @@ def attention(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.T
         with torch.autocast("cpu", enabled=False):
             return attention(qkv.float(), heads, attn_mask)
     # Without a backward, the views alone: an autograd Function call is overhead that serving short texts would pay.
-    q, k, v = _SplitHeads.apply(qkv, heads) if qkv.requires_grad else _SplitHeads.forward(None, qkv, heads)
+    q, k, v = _SplitHeads.apply(qkv, heads) if qkv.requires_grad else split_heads(qkv, heads)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     return out.transpose(1, 2).reshape(batch, length, dim)
 
 
+def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+    """qkv [B, T, 3 * D] -> q, k, v [B, H, T, D / H], views."""
+    batch, length, width = qkv.shape
+    return qkv.view(batch, length, 3, heads, width // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 class _SplitHeads(torch.autograd.Function):
-    """qkv [B, T, 3 * D] -> q, k, v [B, H, T, D / H], views; the backward writes their gradients into one
+    """split_heads; the backward writes their gradients into one
     [B, T, 3 * D] tensor. Autograd's own backward of the view, permute and unbind stacks the three gradients and then
     copies the permuted stack again to make it contiguous: one copy of qkv's size more, about a tenth of attention's
     forward and backward (measured on a CPU; docs/results.md, issue 23). The same numbers either way."""
 
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
-        batch, length, width = qkv.shape
-        return qkv.view(batch, length, 3, heads, width // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return split_heads(qkv, heads)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None]:

@@ -21,6 +21,7 @@ training step with a shape set it had not seen took 1.5x the same step again: 41
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -55,15 +56,15 @@ def _rows_in_bf16(t: torch.Tensor, rows: int) -> torch.Tensor:
     return block
 
 
-def _gemm_with_bias(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """x2d w^T + b in bf16 (then its exact GELU if `gelu`), the bias added inside oneDNN's GEMM where torch has that
+def _gemm(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
+    """x2d w^T (+ b) in bf16 (then its exact GELU if `gelu`), a bias added inside oneDNN's GEMM where torch has that
     kernel. addmm first copies the broadcast bias into the whole output and the GEMM then adds onto it: a pass over
     [rows, out] in bf16, 3% of a training step (measured on an AMX CPU; docs/results.md, issue 23). Both give the
     same bits. The GELU, where oneDNN runs it, is applied to the GEMM's fp32 result before the one rounding to bf16
     (a separate GELU rounds twice): no pass of its own over the [rows, 4 x dim] hidden layer."""
-    if _onednn_bf16_linear():
+    if b is not None and _onednn_bf16_linear():
         return torch.ops.mkldnn._linear_pointwise(x2d, w, b, "gelu" if gelu else "none", [], "none" if gelu else "")
-    y = torch.addmm(b, x2d, w.t())
+    y = torch.mm(x2d, w.t()) if b is None else torch.addmm(b, x2d, w.t())
     return F.gelu(y) if gelu else y
 
 
@@ -74,14 +75,25 @@ def _onednn_bf16_linear() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _bf16_gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """y = x w^T + b with bf16 w and b (fp32 accumulation in the kernel) at the padded row count; with the padded
-    bf16 input it used."""
+def _padded_bf16(x: torch.Tensor) -> torch.Tensor:
+    """x [..., k] as the bf16 [padded rows, k] block a GEMM runs on (see padded_rows)."""
     x2d = x.reshape(-1, x.shape[-1])
-    rows = x2d.shape[0]
-    x2d = _rows_in_bf16(x2d, padded_rows(rows))
-    y = torch.mm(x2d, w.t()) if b is None else _gemm_with_bias(x2d, w, b)
-    return y[:rows].view(*x.shape[:-1], w.shape[0]), x2d
+    return _rows_in_bf16(x2d, padded_rows(x2d.shape[0]))
+
+
+def _real_rows(y: torch.Tensor, x: torch.Tensor, upcast: bool = False) -> torch.Tensor:
+    """A GEMM's padded result [padded rows, out] back to x's leading shape [..., out], in fp32 if `upcast`."""
+    y = y[: math.prod(x.shape[:-1])].view(*x.shape[:-1], y.shape[1])
+    return y.float() if upcast else y
+
+
+def _bf16_gemm(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, upcast: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = x w^T + b with bf16 w and b (fp32 accumulation in the kernel) at the padded row count, as x's shape (in
+    fp32 if `upcast`); with the padded bf16 input it used."""
+    x2d = _padded_bf16(x)
+    return _real_rows(_gemm(x2d, w, b), x, upcast), x2d
 
 
 class _Bf16Linear(torch.autograd.Function):
@@ -90,11 +102,11 @@ class _Bf16Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, upcast: bool) -> torch.Tensor:
         w = weight.to(torch.bfloat16)
-        y, x2d = _bf16_gemm(x, w, None if bias is None else bias.to(torch.bfloat16))
+        y, x2d = _bf16_gemm(x, w, None if bias is None else bias.to(torch.bfloat16), upcast)
         ctx.save_for_backward(x2d, w)
         ctx.has_bias = bias is not None
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
-        return y.float() if upcast else y
+        return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -129,8 +141,7 @@ class Linear(nn.Linear):
             return super().forward(x)
         if torch.is_grad_enabled():
             return _Bf16Linear.apply(x, self.weight, self.bias, upcast)
-        y = _bf16_gemm(x, *self._bf16_weights())[0]
-        return y.float() if upcast else y
+        return _bf16_gemm(x, *self._bf16_weights(), upcast)[0]
 
     def _bf16_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias in bf16, cast again only when they changed: an optimizer step or the EMA (in place:
@@ -159,17 +170,13 @@ class _Bf16Mlp(torch.autograd.Function):
     def forward(ctx, x, weight1, bias1, weight2, bias2, upcast: bool) -> torch.Tensor:
         w1, w2 = weight1.to(torch.bfloat16), weight2.to(torch.bfloat16)
         b1, b2 = (None if b is None else b.to(torch.bfloat16) for b in (bias1, bias2))
-        x2d = x.reshape(-1, x.shape[-1])
-        rows = x2d.shape[0]
-        x2d = _rows_in_bf16(x2d, padded_rows(rows))
-        hidden = torch.mm(x2d, w1.t()) if b1 is None else _gemm_with_bias(x2d, w1, b1)
+        x2d = _padded_bf16(x)
+        hidden = _gemm(x2d, w1, b1)
         activated = F.gelu(hidden)
-        y = torch.mm(activated, w2.t()) if b2 is None else _gemm_with_bias(activated, w2, b2)
         ctx.save_for_backward(x2d, hidden, activated, w1, w2)
-        ctx.rows, ctx.has_bias = rows, (bias1 is not None, bias2 is not None)
+        ctx.rows, ctx.has_bias = math.prod(x.shape[:-1]), (bias1 is not None, bias2 is not None)
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
-        y = y[:rows].view(*x.shape[:-1], w2.shape[0])
-        return y.float() if upcast else y
+        return _real_rows(_gemm(activated, w2, b2), x, upcast)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -194,18 +201,11 @@ class _Bf16Mlp(torch.autograd.Function):
 def mlp(fc1: Linear, fc2: Linear, x: torch.Tensor, upcast: bool = False) -> torch.Tensor:
     """fc2(GELU(fc1(x))), the exact (erf) GELU. Under a CPU bf16 autocast the hidden layer stays at the padded row
     count between the two GEMMs (_Bf16Mlp); without gradients (the teacher's targets, encoding, serving) the GELU also
-    runs inside the first GEMM (see _gemm_with_bias), faster by a tenth of a bf16 encode (docs/results.md, issue 23).
+    runs inside the first GEMM (see _gemm), faster by a tenth of a bf16 encode (docs/results.md, issue 23).
     Elsewhere (fp32, CUDA) it is the two layers and torch's GELU. `upcast`: as Linear.forward's."""
     if not _cpu_bf16_autocast(x):
         return fc2(F.gelu(fc1(x)))
     if torch.is_grad_enabled():
         return _Bf16Mlp.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, upcast)
-    w1, b1 = fc1._bf16_weights()
-    w2, b2 = fc2._bf16_weights()
-    x2d = x.reshape(-1, x.shape[-1])
-    rows = x2d.shape[0]
-    x2d = _rows_in_bf16(x2d, padded_rows(rows))
-    activated = F.gelu(torch.mm(x2d, w1.t())) if b1 is None else _gemm_with_bias(x2d, w1, b1, gelu=True)
-    y = torch.mm(activated, w2.t()) if b2 is None else _gemm_with_bias(activated, w2, b2)
-    y = y[:rows].view(*x.shape[:-1], w2.shape[0])
-    return y.float() if upcast else y
+    activated = _gemm(_padded_bf16(x), *fc1._bf16_weights(), gelu=True)
+    return _real_rows(_gemm(activated, *fc2._bf16_weights()), x, upcast)
