@@ -1,8 +1,10 @@
 """Files on disk: atomic writes, the names of a run's files, and the one loader of a checkpoint's teacher."""
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,12 +16,16 @@ from textjepa.config import ModelConfig
 from textjepa.data.tokens import train_tokenizer
 from textjepa.errors import TextJepaError
 from textjepa.io import (
+    FREE_ON_THREAD_BYTES,
+    FREE_REPLACED_THREAD,
     TEMP_MARK,
     RunFiles,
     RunKind,
     atomic_directory,
     atomic_write,
+    atomic_write_bytes,
     atomic_write_text,
+    commit_temp,
     remove_stale_temp_files,
     writer_alive,
 )
@@ -34,6 +40,45 @@ def test_an_interrupted_write_leaves_the_earlier_file_and_no_temporary(tmp_path)
         raise RuntimeError("killed mid-write")
     assert target.read_text() == "complete\n"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def descriptors_to(path: Path) -> list[str]:
+    """This process's open descriptors of `path` (a replaced file shows as "PATH (deleted)")."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(path)):
+                found.append(fd)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see descriptors")
+def test_a_replaced_file_is_freed_on_a_thread_after_the_new_one_is_in_place(tmp_path):
+    """Renaming over a large file made the rename wait while its blocks were freed; the old file is held open
+    across the rename and its last descriptor closed on a thread. Nothing may stay open, large or small."""
+    for size in (FREE_ON_THREAD_BYTES * 2, 10):
+        target = tmp_path / f"lines-{size}.txt"
+        atomic_write_bytes(target, b"a" * size)
+        reader = open(target, "rb")  # a reader of the earlier file keeps it whole
+        atomic_write_bytes(target, b"b" * size)
+        assert target.read_bytes() == b"b" * size and reader.read() == b"a" * size
+        reader.close()
+        for thread in threading.enumerate():
+            if thread.name == FREE_REPLACED_THREAD:
+                thread.join()
+        assert descriptors_to(target) == [], f"a descriptor of the replaced {size}-byte file was left open"
+        assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no second name, no temporary
+        target.unlink()
+
+
+def test_a_failed_rename_leaves_no_descriptor_open(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()  # a file cannot be renamed over a directory
+    tmp = tmp_path / "new"
+    tmp.write_bytes(b"x")
+    with pytest.raises(OSError):
+        commit_temp(tmp, target)
+    assert descriptors_to(target) == [] and target.is_dir() and tmp.read_bytes() == b"x"
 
 
 def hold_writer_lock(path: Path) -> subprocess.Popen:

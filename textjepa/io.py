@@ -15,6 +15,7 @@ import fcntl
 import os
 import shutil
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     import torch
 
 TEMP_MARK = ".tmp-"
+FREE_REPLACED_THREAD = "textjepa-free-replaced"  # closes a replaced file's last descriptor
+FREE_ON_THREAD_BYTES = 1 << 20  # smaller replaced files are freed by the committing thread itself
 CHECKPOINT_SUFFIX = ".safetensors"
 TEACHER_SUFFIX = "_teacher" + CHECKPOINT_SUFFIX
 
@@ -122,7 +125,30 @@ def commit_temp(tmp: Path, path: Path, shared: bool = False) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-    os.replace(tmp, path)
+    # Freeing the replaced file's blocks took the rename ~0.3 ms per MB (ext4), a tenth of a 10 MB line file's
+    # conversion. Held open, the replaced file is freed when its descriptor closes: on a thread, after the new file is
+    # in place (the interpreter waits for it at exit; a killed process has its descriptors closed by the kernel).
+    earlier = _open_quietly(path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if earlier is not None:
+            os.close(earlier)
+        raise
+    if earlier is None:
+        return
+    if os.fstat(earlier).st_size < FREE_ON_THREAD_BYTES:  # a thread would cost more than it saves
+        os.close(earlier)
+    else:
+        threading.Thread(target=os.close, args=(earlier,), name=FREE_REPLACED_THREAD).start()
+
+
+def _open_quietly(path: Path) -> int | None:
+    """A descriptor of the file at `path`, or None where there is none (O_NONBLOCK: a FIFO would wait for a writer)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
 
 
 @contextmanager
