@@ -240,3 +240,92 @@ def test_a_layer_made_under_inference_mode_still_runs_in_bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ours, torchs = layer(x), torch.nn.Linear.forward(layer, x)
     assert torch.equal(ours, torchs) and layer._bf16_copy is None
+
+
+def attention_and_grads(attn, x: torch.Tensor, mask: torch.Tensor, forward) -> list[torch.Tensor]:
+    attn.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = forward(x)
+    (out.square() * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    return [out, x.grad, *(p.grad for p in attn.parameters())]
+
+
+def through_fp32_qkv(attn, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention in a bf16 training step by the plain route: the projection cast up whole to an fp32 qkv, then split
+    into heads by views."""
+    from textjepa.models.encoder import attention
+
+    qkv = attn.qkv(x, upcast=True)
+    with torch.autocast("cpu", enabled=False):
+        out = attention(qkv, attn.heads, mask)
+    return attn.proj(out, upcast=True)
+
+
+@pytest.fixture
+def nan_filled_empty_tensors():
+    """torch.empty filled with NaN (deterministic mode fills uninitialised memory): a padded row left unwritten
+    shows up as NaN in the weight gradient instead of passing by luck as zeros."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("leading", [(3, 7), (9, 114)])  # 21 rows run as 32, 1,026 as 1,152
+def test_bf16_heads_give_attention_the_numbers_of_an_fp32_qkv_bit_for_bit(leading, nan_filled_empty_tensors):
+    from textjepa.models.encoder import SelfAttention
+
+    assert torch.empty(4).isnan().all()
+    torch.manual_seed(0)
+    attn = SelfAttention(32, 4)
+    valid = torch.rand(*leading) > 0.3
+    valid[:, 0] = True
+    mask = valid[:, None, None, :]
+    x = torch.randn(*leading, 32)
+    assert attn._fp32_attention(x.requires_grad_(True)) is False  # outside an autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attn._fp32_attention(x)
+    ours = attention_and_grads(attn, x, mask, lambda t: attn(t, mask))
+    plain = attention_and_grads(attn, x, mask, lambda t: through_fp32_qkv(attn, t, mask))
+    assert ours[0].dtype == torch.float32
+    for name, a, b in zip(["output", "input", *(n for n, _ in attn.named_parameters())], ours, plain, strict=True):
+        assert torch.equal(a, b), name
+    assert attn.qkv.weight.grad[64:].abs().sum() > 0  # the values' rows of the projection got a gradient too
+
+
+def test_bf16_heads_of_a_part_that_reaches_no_loss_are_zeros():
+    from textjepa.models.encoder import split_heads
+    from textjepa.models.linear import bf16_heads
+
+    torch.manual_seed(0)
+    layer = Linear(16, 48)
+    x = torch.randn(2, 5, 16)
+
+    def grads(heads_of) -> list[torch.Tensor]:
+        layer.zero_grad(set_to_none=True)
+        x_ = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q, _, v = heads_of(x_)
+        assert q.dtype == torch.float32 and q.shape == (2, 2, 5, 8)
+        (q.sum() + (2 * v).sum()).backward()  # keys unused: their gradient comes back as None
+        return [x_.grad, layer.weight.grad, layer.bias.grad]
+
+    ours, plain = grads(lambda t: bf16_heads(layer, t, 2)), grads(lambda t: split_heads(layer(t, upcast=True), 2))
+    for a, b in zip(ours, plain, strict=True):
+        assert torch.equal(a, b)
+    assert ours[1][16:32].abs().sum() == 0 and ours[1][:16].abs().sum() > 0  # the keys' rows: zeros, others not
+
+
+def test_attention_without_a_backward_stays_in_bf16():
+    from textjepa.models.encoder import SelfAttention
+
+    attn = SelfAttention(32, 4)
+    x = torch.randn(2, 5, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            assert not attn._fp32_attention(x)
+        attn.requires_grad_(False)
+        assert not attn._fp32_attention(x)  # frozen, and an input without gradient: nothing flows back
+        assert attn._fp32_attention(x.requires_grad_(True))  # a frozen layer still passes its input's gradient

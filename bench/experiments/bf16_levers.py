@@ -20,7 +20,10 @@ every variant alike; the spread over rounds is printed):
 - `bf16-no-upcast`: `bf16` with every bf16 GEMM's result handed on in bf16 (its consumer casts it up, and the
   backward casts its gradient down and then pads it: two passes, not one);
 - `bf16-mlp-layer-by-layer`: `bf16` with the MLPs run layer by layer (each Linear pads its own input, the GELU is its
-  own pass also in the teacher's forward), not as textjepa.models.linear.mlp.
+  own pass also in the teacher's forward), not as textjepa.models.linear.mlp;
+- `bf16-qkv-through-fp32`: `bf16` with attention's projection cast up as one fp32 qkv [B, T, 3 x dim] that is then
+  split into heads (its backward writes the gradients into an fp32 qkv and the Linear casts that down), not through
+  textjepa.models.linear.bf16_heads.
 
 Levers that change both precisions alike, each as `fp32-<lever>` and `bf16-<lever>` (the code before the lever):
 - `-var-reduction`: the VICReg variance by var(0), not read off the covariance's diagonal;
@@ -67,16 +70,18 @@ VARIANTS = (
     "bf16-addmm",
     "bf16-mlp-layer-by-layer",
     "bf16-no-upcast",
+    "bf16-qkv-through-fp32",
     *(f"{precision}-{lever}" for lever in SHARED_LEVERS for precision in ("fp32", "bf16")),
 )
 
 
-def attention_in_bf16(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
-    batch, length, width = qkv.shape
-    dim = width // 3
-    q, k, v = qkv.view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    return out.transpose(1, 2).reshape(batch, length, dim)
+def attention_through_fp32_qkv(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    """SelfAttention.forward before bf16_heads: qkv cast up whole, attention() in fp32 where a backward follows."""
+    qkv = self.qkv(x, upcast=torch.is_grad_enabled())
+    fp32 = torch.autocast("cpu", enabled=False) if self._fp32_attention(x) else contextlib.nullcontext()
+    with fp32:
+        out = encoder_module.attention(qkv, self.heads, attn_mask)
+    return self.proj(out, upcast=True)
 
 
 def backward_with_contiguous_grad(ctx, grad: torch.Tensor):
@@ -91,10 +96,8 @@ def backward_with_contiguous_grad(ctx, grad: torch.Tensor):
 
 
 def attention_stacked_grad(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
-    if qkv.requires_grad and torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return attention_stacked_grad(qkv.float(), heads, attn_mask)
-    return attention_in_bf16(qkv, heads, attn_mask)  # the view, permute and unbind, with autograd's backward
+    """attention() with autograd's own backward of the view, permute and unbind."""
+    return encoder_module.heads_attention(*encoder_module.split_heads(qkv, heads), attn_mask)
 
 
 def bias_by_addmm(x2d: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
@@ -136,15 +139,20 @@ def variant_context(variant: str) -> contextlib.AbstractContextManager:
             stack.enter_context(swapped(module, "mlp", mlp_layer_by_layer))
         return stack
     if variant == "bf16-attention-bf16":
-        return swapped(encoder_module, "attention", attention_in_bf16)
+        return swapped(encoder_module.SelfAttention, "_fp32_attention", lambda self, x: False)
+    if variant == "bf16-qkv-through-fp32":
+        return swapped(encoder_module.SelfAttention, "forward", attention_through_fp32_qkv)
     if variant == "bf16-contiguous-grad":
         return swapped(_Bf16Linear, "backward", staticmethod(backward_with_contiguous_grad))
     if variant == "bf16-unpadded-rows":
         return swapped(linear_module, "padded_rows", lambda rows: rows)
     if variant.endswith("-var-reduction"):
         return swapped(regularizers_module, "vicreg_terms", vicreg_by_var_reduction)
-    if variant.endswith("-stacked-qkv-grad"):
-        return swapped(encoder_module, "attention", attention_stacked_grad)
+    if variant.endswith("-stacked-qkv-grad"):  # in bf16: as before bf16_heads, which has no stacked backward
+        stack = contextlib.ExitStack()
+        stack.enter_context(swapped(encoder_module, "attention", attention_stacked_grad))
+        stack.enter_context(swapped(encoder_module.SelfAttention, "forward", attention_through_fp32_qkv))
+        return stack
     if variant == "bf16-no-upcast":
         stack = contextlib.ExitStack()
         for name in ("_Bf16Linear", "_Bf16Mlp"):

@@ -1,7 +1,8 @@
 """The transformer encoder: token + position embeddings, pre-norm blocks, final LayerNorm.
 
 Attention goes through scaled_dot_product_attention with a padding mask, so padding never takes
-part in attention and padded outputs are zeroed; under a CPU bf16 autocast it runs in fp32 (see `attention`).
+part in attention and padded outputs are zeroed; under a CPU bf16 autocast it runs in fp32 where a backward follows
+(see `SelfAttention._fp32_attention`).
 
 `Encoder.pooled` is the one way a text becomes one latent (the world model's state, the teacher's next-turn
 targets, the retrieval index, the Python API, evaluation). `ModelConfig.pooling` chooses how:
@@ -26,27 +27,21 @@ from torch import nn
 
 from textjepa.data.vocab import MASK_ID, PAD_ID
 from textjepa.models.config import ModelConfig
-from textjepa.models.linear import Linear, mlp
+from textjepa.models.linear import Linear, bf16_heads, cpu_bf16_autocast, mlp
 
 
 def attention(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
-    """Multi-head attention of one fused projection qkv [B, T, 3 * D] -> [B, T, D].
-
-    Where a backward will follow, under a CPU bf16 autocast it runs in fp32 (one cast of qkv up; the next Linear
-    casts the output down): measured on an AMX CPU (docs/results.md), torch's bf16 flash-attention backward took a
-    third of a bf16 training step, slower than the same kernel in fp32, and the bf16 math kernel was slower than
-    this too. Without a backward (encoding, serving, the teacher's targets) the bf16 kernel is the faster one. The
-    softmax is fp32 either way (the CPU kernel accumulates bf16 in fp32). On CUDA attention stays under autocast.
-    """
-    batch, length, width = qkv.shape
-    dim = width // 3
-    if qkv.requires_grad and qkv.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        with torch.autocast("cpu", enabled=False):
-            return attention(qkv.float(), heads, attn_mask)
+    """Multi-head attention of one fused projection qkv [B, T, 3 * D] -> [B, T, D]."""
     # Without a backward, the views alone: an autograd Function call is overhead that serving short texts would pay.
     q, k, v = _SplitHeads.apply(qkv, heads) if qkv.requires_grad else split_heads(qkv, heads)
+    return heads_attention(q, k, v, attn_mask)
+
+
+def heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    """Attention of q, k, v [B, H, T, D / H] -> [B, T, D]."""
+    batch, heads, length, head_dim = q.shape
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    return out.transpose(1, 2).reshape(batch, length, dim)
+    return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
@@ -86,10 +81,23 @@ class SelfAttention(nn.Module):
         self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        # In fp32 where their consumers compute in fp32: attention where a backward follows (see `attention`), and the
-        # residual stream (see Linear.forward).
-        qkv = self.qkv(x, upcast=torch.is_grad_enabled())
-        return self.proj(attention(qkv, self.heads, attn_mask), upcast=True)
+        if self._fp32_attention(x):
+            q, k, v = bf16_heads(self.qkv, x, self.heads)  # the bf16 GEMM's result cast up in the heads' layout
+            with torch.autocast("cpu", enabled=False):
+                out = heads_attention(q, k, v, attn_mask)
+        else:
+            out = attention(self.qkv(x), self.heads, attn_mask)
+        return self.proj(out, upcast=True)  # the residual stream is fp32 (see Linear.forward)
+
+    def _fp32_attention(self, x: torch.Tensor) -> bool:
+        """Whether attention runs in fp32 under a bf16 autocast: on a CPU, where a backward follows. Measured on an
+        AMX CPU (docs/results.md, issue 23), torch's bf16 flash-attention backward took a third of a bf16 training
+        step, slower than the same kernel in fp32, and the bf16 math kernel was slower than this too. Without a
+        backward (encoding, serving, the teacher's targets) the bf16 kernel is the faster one. The softmax is fp32
+        either way (the CPU kernel accumulates bf16 in fp32). On CUDA attention stays under autocast."""
+        if not (torch.is_grad_enabled() and cpu_bf16_autocast(x)):
+            return False
+        return x.requires_grad or any(p.requires_grad for p in self.qkv.parameters())
 
 
 class Block(nn.Module):

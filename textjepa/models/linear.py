@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
+def cpu_bf16_autocast(x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and torch.is_autocast_enabled("cpu")
@@ -111,17 +111,65 @@ class _Bf16Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x2d, w = ctx.saved_tensors  # x2d: the padded rows
-        g2d = grad.reshape(-1, grad.shape[-1])
-        rows = g2d.shape[0]
-        g = _rows_in_bf16(g2d, x2d.shape[0])
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(g, w)[:rows].view(ctx.input_shape).to(ctx.input_dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.mm(g.t(), x2d).float()  # [out, in]: the weight's own layout
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g[:rows].sum(0).float()  # the CPU kernel accumulates bf16 in fp32 (sum(dtype=) casts g first)
-        return grad_x, grad_w, grad_b, None
+        g = _rows_in_bf16(grad.reshape(-1, grad.shape[-1]), x2d.shape[0])
+        return (*_linear_grads(ctx, g, x2d, w), None)
+
+
+def _linear_grads(ctx, g: torch.Tensor, x2d: torch.Tensor, w: torch.Tensor) -> tuple:
+    """(input, weight, bias) gradients of a bf16 GEMM x2d w^T + b from its output's gradient `g` [padded rows, out]
+    in bf16, zeros in the padded rows; those that `ctx.needs_input_grad` asks for (the first three inputs)."""
+    rows = math.prod(ctx.input_shape[:-1])
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.mm(g, w)[:rows].view(ctx.input_shape).to(ctx.input_dtype)
+    if ctx.needs_input_grad[1]:
+        grad_w = torch.mm(g.t(), x2d).float()  # [out, in]: the weight's own layout
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = g[:rows].sum(0).float()  # the CPU kernel accumulates bf16 in fp32 (sum(dtype=) casts g first)
+    return grad_x, grad_w, grad_b
+
+
+class _Bf16Heads(torch.autograd.Function):
+    """Attention's fused projection x -> q, k, v [B, H, T, D / H] in fp32, for attention in fp32 where a backward
+    follows (see textjepa.models.encoder.attention): the bf16 GEMM, then one pass that casts up and splits the heads;
+    the backward casts the three gradients down into the GEMM's padded bf16 block in one pass. Through an fp32 qkv,
+    the backward wrote the gradients into it and then cast that down again: one pass of qkv's size more, 1-2% of a
+    training step (measured on an AMX CPU; docs/results.md, issue 23). The same numbers either way."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, heads: int):
+        w = weight.to(torch.bfloat16)
+        x2d = _padded_bf16(x)
+        y = _gemm(x2d, w, None if bias is None else bias.to(torch.bfloat16))
+        ctx.save_for_backward(x2d, w)
+        ctx.has_bias = bias is not None
+        ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
+        parts = _head_parts(y, x.shape[:-1], heads)
+        return tuple(torch.empty(p.shape, dtype=torch.float32).copy_(p) for p in parts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):
+        x2d, w = ctx.saved_tensors
+        rows = math.prod(ctx.input_shape[:-1])
+        g = x2d.new_empty((x2d.shape[0], w.shape[0]))
+        g[rows:].zero_()  # zeros: padded rows add nothing to the weight gradient's sum over rows
+        heads = next(grad for grad in grads if grad is not None).shape[1]
+        for part, grad in zip(_head_parts(g, ctx.input_shape[:-1], heads), grads, strict=True):
+            part.zero_() if grad is None else part.copy_(grad)  # a part that reached no loss: zeros
+        return (*_linear_grads(ctx, g, x2d, w), None)
+
+
+def _head_parts(y: torch.Tensor, leading: torch.Size, heads: int) -> tuple[torch.Tensor, ...]:
+    """The real rows of a fused projection's [padded rows, 3 * D] as q, k, v views [B, H, T, D / H]."""
+    batch, length = leading
+    y = y[: batch * length].view(batch, length, 3, heads, y.shape[1] // 3 // heads)
+    return y.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def bf16_heads(qkv: Linear, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v [B, H, T, D / H] in fp32 from a fused projection `qkv` of x [B, T, D] under a CPU bf16 autocast with
+    gradients (_Bf16Heads)."""
+    return _Bf16Heads.apply(x, qkv.weight, qkv.bias, heads)
 
 
 class Linear(nn.Linear):
@@ -137,7 +185,7 @@ class Linear(nn.Linear):
         computes in fp32 (the residual stream, attention in a training step). Then its gradient comes back in fp32 and
         the backward casts and pads it in one pass, where a bf16 result's gradient is cast by the consumer's backward
         and padded again here. Ignored elsewhere (fp32 already; CUDA's autocast keeps its own dtypes)."""
-        if not _cpu_bf16_autocast(x):
+        if not cpu_bf16_autocast(x):
             return super().forward(x)
         if torch.is_grad_enabled():
             return _Bf16Linear.apply(x, self.weight, self.bias, upcast)
@@ -203,7 +251,7 @@ def mlp(fc1: Linear, fc2: Linear, x: torch.Tensor, upcast: bool = False) -> torc
     count between the two GEMMs (_Bf16Mlp); without gradients (the teacher's targets, encoding, serving) the GELU also
     runs inside the first GEMM (see _gemm), faster by a tenth of a bf16 encode (docs/results.md, issue 23).
     Elsewhere (fp32, CUDA) it is the two layers and torch's GELU. `upcast`: as Linear.forward's."""
-    if not _cpu_bf16_autocast(x):
+    if not cpu_bf16_autocast(x):
         return fc2(F.gelu(fc1(x)))
     if torch.is_grad_enabled():
         return _Bf16Mlp.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, upcast)
