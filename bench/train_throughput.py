@@ -25,7 +25,9 @@ step with the online model (forward + backward through AOTAutograd) and the teac
 bucketed widths padded up to a multiple of 16 (few distinct shapes, so few recompiles).
 
 `--profile` then profiles a few bucketed steps of each precision and prints their top operators by self CPU time
-(and puts them in the JSON): the bf16 goal is no single non-GEMM operator above 15% of the step. `--quick` is the
+(and puts them in the JSON): the bf16 goal is no single non-GEMM operator above 15% of the step. From the fp32
+profile it also reports the ceiling of fp32's all-FLOPs utilisation that fusing passes could reach: the utilisation
+if every pass but the GEMMs, attention, AdamW and the EMA took no time. `--quick` is the
 smallest run (small shape, one round of one step): seconds, for tests/test_bench_quick.py.
 """
 
@@ -102,6 +104,11 @@ GEMM_OPS = (
     "aten::matmul",
     "mkldnn::_linear_pointwise",
 )
+
+# The passes over every parameter that no fusion of the activations' passes removes: AdamW (fused) and the teacher's
+# EMA (its only lerp). The gradient clip's norms and multiplies are left out (their op names have other uses too),
+# so the ceiling below is, if anything, too generous.
+PARAMETER_PASS_OPS = ("aten::_fused_adamw_", "aten::lerp_", "aten::_foreach_lerp_")
 
 
 def pad_to(batch: Batch, width: int) -> Batch:
@@ -341,6 +348,10 @@ def profile_ops(work, steps: int, top: int = 12) -> dict:
         work()
     events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
+
+    def ms_per_step(kind) -> float:
+        return sum(e.self_cpu_time_total for e in events if kind(e.key)) / 1e3 / steps
+
     ops = [
         {
             "op": e.key,
@@ -351,7 +362,14 @@ def profile_ops(work, steps: int, top: int = 12) -> dict:
         }
         for e in events[:top]
     ]
-    return {"steps": steps, "ms_per_step": total / 1e3 / steps, "top_ops": ops}
+    return {
+        "steps": steps,
+        "ms_per_step": total / 1e3 / steps,
+        "top_ops": ops,
+        "gemm_ms_per_step": ms_per_step(lambda op: op in GEMM_OPS),
+        "attention_ms_per_step": ms_per_step(lambda op: "scaled_dot_product" in op),
+        "parameter_pass_ms_per_step": ms_per_step(lambda op: op in PARAMETER_PASS_OPS),
+    }
 
 
 def print_profile(name: str, shape: dict) -> None:
@@ -442,6 +460,22 @@ def shape_rows(name: str, shape: dict, threads: int, paths: dict) -> list[dict]:
                 None,
                 note=f"widths padded to a multiple of {COMPILE_WIDTH_MULTIPLE}; fixed batch {ratios['fixed']:.2f}; "
                 f"compile + warm-up {shape['compile_seconds']:.0f} s",
+            )
+        )
+    profiled = shape.get("profile", {}).get("fp32")
+    if profiled and "fp32" in shape["variants"]:
+        # What eager fusion could reach at most: the step with every pass but its GEMMs, attention (a fused kernel
+        # already) and the parameter passes taking no time. Its shares come from the profiled steps.
+        kept = sum(profiled[key] for key in ("gemm_ms_per_step", "attention_ms_per_step", "parameter_pass_ms_per_step"))
+        utilisation = shape["variants"]["fp32"]["modes"]["bucketed"]["all_flops_utilisation"]
+        rows.append(
+            goal_row(
+                f"{name} fp32: all-FLOPs utilisation ceiling, every other pass free, bucketed",
+                utilisation * profiled["ms_per_step"] / kept,
+                None,
+                note=f"of {profiled['ms_per_step']:.0f} ms per profiled step: GEMMs "
+                f"{profiled['gemm_ms_per_step']:.0f}, attention {profiled['attention_ms_per_step']:.1f}, AdamW + "
+                f"EMA {profiled['parameter_pass_ms_per_step']:.1f}",
             )
         )
     profiled = shape.get("profile", {}).get("bf16")
