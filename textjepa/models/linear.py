@@ -115,6 +115,12 @@ class _Bf16Linear(torch.autograd.Function):
         return (*_linear_grads(ctx, g, x2d, w), None)
 
 
+def _weight_grad(g: torch.Tensor, x2d: torch.Tensor) -> torch.Tensor:
+    """A weight's gradient g^T x2d from the bf16 output gradient and input [padded rows, *], in fp32 and laid out
+    as the weight [out, in]."""
+    return torch.mm(g.t(), x2d).float()
+
+
 def _linear_grads(ctx, g: torch.Tensor, x2d: torch.Tensor, w: torch.Tensor) -> tuple:
     """(input, weight, bias) gradients of a bf16 GEMM x2d w^T + b from its output's gradient `g` [padded rows, out]
     in bf16, zeros in the padded rows; those that `ctx.needs_input_grad` asks for (the first three inputs)."""
@@ -123,7 +129,7 @@ def _linear_grads(ctx, g: torch.Tensor, x2d: torch.Tensor, w: torch.Tensor) -> t
     if ctx.needs_input_grad[0]:
         grad_x = torch.mm(g, w)[:rows].view(ctx.input_shape).to(ctx.input_dtype)
     if ctx.needs_input_grad[1]:
-        grad_w = torch.mm(g.t(), x2d).float()  # [out, in]: the weight's own layout
+        grad_w = _weight_grad(g, x2d)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_b = g[:rows].sum(0).float()  # the CPU kernel accumulates bf16 in fp32 (sum(dtype=) casts g first)
     return grad_x, grad_w, grad_b
@@ -232,7 +238,7 @@ class _Bf16Mlp(torch.autograd.Function):
         rows = ctx.rows
         g = _rows_in_bf16(grad.reshape(-1, grad.shape[-1]), x2d.shape[0])
         needs = ctx.needs_input_grad
-        grad_w2 = torch.mm(g.t(), activated).float() if needs[3] else None
+        grad_w2 = _weight_grad(g, activated) if needs[3] else None
         grad_b2 = g[:rows].sum(0).float() if ctx.has_bias[1] and needs[4] else None
         grad_x = grad_w1 = grad_b1 = None
         if needs[0] or needs[1] or needs[2]:
@@ -240,7 +246,7 @@ class _Bf16Mlp(torch.autograd.Function):
             if needs[0]:
                 grad_x = torch.mm(grad_hidden, w1)[:rows].view(ctx.input_shape).to(ctx.input_dtype)
             if needs[1]:
-                grad_w1 = torch.mm(grad_hidden.t(), x2d).float()
+                grad_w1 = _weight_grad(grad_hidden, x2d)
             if ctx.has_bias[0] and needs[2]:
                 grad_b1 = grad_hidden[:rows].sum(0).float()
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None
