@@ -12,7 +12,7 @@ every variant alike; the spread over rounds is printed):
   attention in fp32 where a backward follows);
 - `bf16-torch-linear`: the same with torch's own autocast linear (the weight gradient handed back transposed);
 - `bf16-attention-bf16`: `bf16` with attention in torch's bf16 flash kernel in the training step too;
-- `bf16-contiguous-grad`: `bf16` with the output gradient made contiguous before the weight-gradient GEMM;
+- `bf16-contiguous-grad`: `bf16` with the output gradient made contiguous before every weight-gradient GEMM;
 - `bf16-unpadded-rows`: `bf16` with every GEMM at its own row count (before the grid of
   textjepa.models.linear.padded_rows: oneDNN builds a kernel for each new shape);
 - `bf16-addmm`: `bf16` with the bias added by addmm (which first copies it into the whole output), not inside
@@ -55,7 +55,7 @@ import textjepa.models.encoder as encoder_module  # noqa: E402
 import textjepa.models.heads as heads_module  # noqa: E402
 import textjepa.models.linear as linear_module  # noqa: E402
 import textjepa.objectives.regularizers as regularizers_module  # noqa: E402
-from textjepa.models.linear import Linear, _Bf16Linear  # noqa: E402
+from textjepa.models.linear import Linear  # noqa: E402
 from textjepa.precision import fp32_function  # noqa: E402
 from textjepa.train.loop import train_step  # noqa: E402
 
@@ -84,15 +84,8 @@ def attention_through_fp32_qkv(self, x: torch.Tensor, attn_mask: torch.Tensor) -
     return self.proj(out, upcast=True)
 
 
-def backward_with_contiguous_grad(ctx, grad: torch.Tensor):
-    x2d, w = ctx.saved_tensors
-    g2d = grad.reshape(-1, grad.shape[-1])
-    rows = g2d.shape[0]
-    g = linear_module._rows_in_bf16(g2d, x2d.shape[0])
-    grad_x = torch.mm(g, w)[:rows].view(ctx.input_shape).to(ctx.input_dtype) if ctx.needs_input_grad[0] else None
-    grad_w = torch.mm(g.t().contiguous(), x2d).float() if ctx.needs_input_grad[1] else None
-    grad_b = g[:rows].sum(0).float() if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return grad_x, grad_w, grad_b, None
+def weight_grad_of_contiguous_grad(g: torch.Tensor, x2d: torch.Tensor) -> torch.Tensor:
+    return torch.mm(g.t().contiguous(), x2d).float()
 
 
 def attention_stacked_grad(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -143,7 +136,7 @@ def variant_context(variant: str) -> contextlib.AbstractContextManager:
     if variant == "bf16-qkv-through-fp32":
         return swapped(encoder_module.SelfAttention, "forward", attention_through_fp32_qkv)
     if variant == "bf16-contiguous-grad":
-        return swapped(_Bf16Linear, "backward", staticmethod(backward_with_contiguous_grad))
+        return swapped(linear_module, "_weight_grad", weight_grad_of_contiguous_grad)
     if variant == "bf16-unpadded-rows":
         return swapped(linear_module, "padded_rows", lambda rows: rows)
     if variant.endswith("-var-reduction"):

@@ -27,7 +27,7 @@ from torch import nn
 
 from textjepa.data.vocab import MASK_ID, PAD_ID
 from textjepa.models.config import ModelConfig
-from textjepa.models.linear import Linear, bf16_heads, cpu_bf16_autocast, mlp
+from textjepa.models.linear import Linear, bf16_heads, cpu_bf16_autocast, mlp, split_heads
 
 
 def attention(qkv: torch.Tensor, heads: int, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -42,12 +42,6 @@ def heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
     batch, heads, length, head_dim = q.shape
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     return out.transpose(1, 2).reshape(batch, length, heads * head_dim)
-
-
-def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
-    """qkv [B, T, 3 * D] -> q, k, v [B, H, T, D / H], views."""
-    batch, length, width = qkv.shape
-    return qkv.view(batch, length, 3, heads, width // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class _SplitHeads(torch.autograd.Function):

@@ -87,13 +87,21 @@ def _real_rows(y: torch.Tensor, x: torch.Tensor, upcast: bool = False) -> torch.
     return y.float() if upcast else y
 
 
-def _bf16_gemm(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, upcast: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _bf16_gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, upcast: bool = False) -> torch.Tensor:
     """y = x w^T + b with bf16 w and b (fp32 accumulation in the kernel) at the padded row count, as x's shape (in
-    fp32 if `upcast`); with the padded bf16 input it used."""
+    fp32 if `upcast`)."""
+    return _real_rows(_gemm(_padded_bf16(x), w, b), x, upcast)
+
+
+def _gemm_for_backward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The padded result [padded rows, out] of x's GEMM with the fp32 weight and bias cast to bf16; what
+    _linear_grads needs is kept in `ctx` (the padded bf16 input, the bf16 weight, x's shape and dtype)."""
+    w = weight.to(torch.bfloat16)
     x2d = _padded_bf16(x)
-    return _real_rows(_gemm(x2d, w, b), x, upcast), x2d
+    ctx.save_for_backward(x2d, w)
+    ctx.has_bias = bias is not None
+    ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
+    return _gemm(x2d, w, None if bias is None else bias.to(torch.bfloat16))
 
 
 class _Bf16Linear(torch.autograd.Function):
@@ -101,12 +109,7 @@ class _Bf16Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, upcast: bool) -> torch.Tensor:
-        w = weight.to(torch.bfloat16)
-        y, x2d = _bf16_gemm(x, w, None if bias is None else bias.to(torch.bfloat16), upcast)
-        ctx.save_for_backward(x2d, w)
-        ctx.has_bias = bias is not None
-        ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
-        return y
+        return _real_rows(_gemm_for_backward(ctx, x, weight, bias), x, upcast)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -137,19 +140,15 @@ def _linear_grads(ctx, g: torch.Tensor, x2d: torch.Tensor, w: torch.Tensor) -> t
 
 class _Bf16Heads(torch.autograd.Function):
     """Attention's fused projection x -> q, k, v [B, H, T, D / H] in fp32, for attention in fp32 where a backward
-    follows (see textjepa.models.encoder.attention): the bf16 GEMM, then one pass that casts up and splits the heads;
-    the backward casts the three gradients down into the GEMM's padded bf16 block in one pass. Through an fp32 qkv,
-    the backward wrote the gradients into it and then cast that down again: one pass of qkv's size more, 1-2% of a
-    training step (measured on an AMX CPU; docs/results.md, issue 23). The same numbers either way."""
+    follows (see textjepa.models.encoder.SelfAttention._fp32_attention): the bf16 GEMM, then one pass that casts up
+    and splits the heads; the backward casts the three gradients down into the GEMM's padded bf16 block in one pass.
+    Through an fp32 qkv, the backward wrote the gradients into it and then cast that down again: one pass of qkv's
+    size more, 1-2% of a training step (measured on an AMX CPU; docs/results.md, issue 23). The same numbers."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, heads: int):
-        w = weight.to(torch.bfloat16)
-        x2d = _padded_bf16(x)
-        y = _gemm(x2d, w, None if bias is None else bias.to(torch.bfloat16))
-        ctx.save_for_backward(x2d, w)
-        ctx.has_bias = bias is not None
-        ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
+        y = _gemm_for_backward(ctx, x, weight, bias)
+        ctx.heads = heads
         parts = _head_parts(y, x.shape[:-1], heads)
         return tuple(torch.empty(p.shape, dtype=torch.float32).copy_(p) for p in parts)
 
@@ -159,17 +158,21 @@ class _Bf16Heads(torch.autograd.Function):
         rows = math.prod(ctx.input_shape[:-1])
         g = x2d.new_empty((x2d.shape[0], w.shape[0]))
         g[rows:].zero_()  # zeros: padded rows add nothing to the weight gradient's sum over rows
-        heads = next(grad for grad in grads if grad is not None).shape[1]
-        for part, grad in zip(_head_parts(g, ctx.input_shape[:-1], heads), grads, strict=True):
+        for part, grad in zip(_head_parts(g, ctx.input_shape[:-1], ctx.heads), grads, strict=True):
             part.zero_() if grad is None else part.copy_(grad)  # a part that reached no loss: zeros
         return (*_linear_grads(ctx, g, x2d, w), None)
+
+
+def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
+    """qkv [B, T, 3 * D] of a fused projection -> q, k, v [B, H, T, D / H], views."""
+    batch, length, width = qkv.shape
+    return qkv.view(batch, length, 3, heads, width // 3 // heads).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 def _head_parts(y: torch.Tensor, leading: torch.Size, heads: int) -> tuple[torch.Tensor, ...]:
     """The real rows of a fused projection's [padded rows, 3 * D] as q, k, v views [B, H, T, D / H]."""
     batch, length = leading
-    y = y[: batch * length].view(batch, length, 3, heads, y.shape[1] // 3 // heads)
-    return y.permute(2, 0, 3, 1, 4).unbind(0)
+    return split_heads(y[: batch * length].view(batch, length, y.shape[1]), heads)
 
 
 def bf16_heads(qkv: Linear, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
@@ -195,7 +198,7 @@ class Linear(nn.Linear):
             return super().forward(x)
         if torch.is_grad_enabled():
             return _Bf16Linear.apply(x, self.weight, self.bias, upcast)
-        return _bf16_gemm(x, *self._bf16_weights(), upcast)[0]
+        return _bf16_gemm(x, *self._bf16_weights(), upcast)
 
     def _bf16_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight and bias in bf16, cast again only when they changed: an optimizer step or the EMA (in place:
@@ -228,14 +231,14 @@ class _Bf16Mlp(torch.autograd.Function):
         hidden = _gemm(x2d, w1, b1)
         activated = F.gelu(hidden)
         ctx.save_for_backward(x2d, hidden, activated, w1, w2)
-        ctx.rows, ctx.has_bias = math.prod(x.shape[:-1]), (bias1 is not None, bias2 is not None)
+        ctx.has_bias = (bias1 is not None, bias2 is not None)
         ctx.input_shape, ctx.input_dtype = x.shape, x.dtype
         return _real_rows(_gemm(activated, w2, b2), x, upcast)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x2d, hidden, activated, w1, w2 = ctx.saved_tensors
-        rows = ctx.rows
+        rows = math.prod(ctx.input_shape[:-1])
         g = _rows_in_bf16(grad.reshape(-1, grad.shape[-1]), x2d.shape[0])
         needs = ctx.needs_input_grad
         grad_w2 = _weight_grad(g, activated) if needs[3] else None
